@@ -1,0 +1,173 @@
+"""The ``erasekit`` command line: a thin layer over the Python API with the same names."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .core.errors import ErasekitError
+
+app = typer.Typer(
+    name="erasekit",
+    help="Erase concepts from text-to-image models, measure what was lost and kept, and attack the result.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+testbed_app = typer.Typer(help="The shipped testbed: a small text-to-image world with exact labels.", no_args_is_help=True)
+app.add_typer(testbed_app, name="testbed")
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'testbed', a local diffusers pipeline directory, or a hub id.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else mps, else cpu).")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Denoising steps (default: the model's recommendation).")]
+GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale (default: the model's recommendation).")]
+
+
+def friendly(fn):
+    """Turn erasekit's own errors into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ErasekitError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    """Keep third-party chatter (load bars, deprecation notes) out of the user's terminal."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_error()
+        tlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    except Exception:  # pragma: no cover - logging tweaks are best effort
+        pass
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"erasekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    _quiet_libraries()
+
+
+@app.command()
+@friendly
+def generate(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output image grid (.png).")],
+    model: ModelOpt = "testbed",
+    n: Annotated[int, typer.Option("-n", "--num-images", min=1, max=1024, help="Number of images (seeds seed..seed+n-1).")] = 8,
+    seed: Annotated[int, typer.Option(min=0, help="First seed.")] = 0,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt (the unconditional branch of guidance).")] = None,
+    labels: Annotated[bool, typer.Option(help="Caption each image with the testbed classifier's labels (testbed only).")] = True,
+    device: DeviceOpt = None,
+) -> None:
+    """Generate N images of one prompt with fixed seeds and save them as a grid."""
+    from .api import generate_grid
+
+    path = generate_grid(model, prompt, out, n=n, seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt, labels=labels, device=device)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the demo's outputs.")] = Path("erasekit-demo"),
+    seeds: Annotated[int, typer.Option(min=1, max=64, help="Seeds per prompt for the quality-gate summary.")] = 2,
+    device: DeviceOpt = None,
+) -> None:
+    """Run the main job on the testbed: a labelled image grid and the quality-gate summary."""
+    from .api import run_demo
+
+    for line in run_demo(out, seeds=seeds, device=device):
+        typer.echo(line)
+
+
+@testbed_app.command("path")
+@friendly
+def testbed_path() -> None:
+    """Print the directory of the shipped testbed pipeline."""
+    from .models import resolve_model
+
+    typer.echo(resolve_model("testbed"))
+
+
+@testbed_app.command("check")
+@friendly
+def testbed_check(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the gate report (JSON).")],
+    model: ModelOpt = "testbed",
+    seeds: Annotated[int, typer.Option(min=1, max=256, help="Seeds per prompt (the gate needs at least 8).")] = 8,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    classifier: Annotated[Optional[Path], typer.Option(help="Judge weights (default: the shipped testbed classifier).")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Run the testbed quality gate and write its JSON report (exit code 1 when it fails)."""
+    from .api import check_testbed
+    from .testbed.gate import summary_lines
+
+    report = check_testbed(out, model=model, seeds=seeds, steps=steps, guidance=guidance, classifier=classifier, device=device)
+    for line in summary_lines(report):
+        typer.echo(line)
+    typer.echo(f"wrote {out}")
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+@testbed_app.command("train")
+@friendly
+def testbed_train(
+    workdir: Annotated[Path, typer.Option(help="Working directory for data, checkpoints and logs.")] = Path("runs/testbed"),
+    out: Annotated[Optional[Path], typer.Option(help="Where to export the pipeline (default: WORKDIR/pipeline).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoints in WORKDIR.")] = False,
+    smoke: Annotated[bool, typer.Option("--smoke", help="A few steps of every stage (to check the set-up).")] = False,
+    unet_steps: Annotated[Optional[int], typer.Option(min=1, help="Override the number of UNet training steps.")] = None,
+) -> None:
+    """Train the testbed from scratch (judge, VAE, text encoder + UNet) on the CPU; about 75 minutes on 2 cores."""
+    from .testbed.train import TrainConfig, Trainer
+
+    cfg = TrainConfig.smoke() if smoke else TrainConfig()
+    if unet_steps is not None:
+        cfg.unet_steps = unet_steps
+    path = Trainer(workdir, cfg, log=lambda m: typer.echo(m, err=True)).run(resume=resume, out=out)
+    typer.echo(f"testbed pipeline written to {path}")
+
+
+def run() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())

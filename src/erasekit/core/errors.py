@@ -1,0 +1,19 @@
+"""Errors that users see. Each message says what is wrong and how to fix it; the CLI prints it on one line."""
+
+from __future__ import annotations
+
+
+class ErasekitError(Exception):
+    """Base class of every error erasekit raises on purpose (bad input, missing files, ...)."""
+
+
+class MissingFileError(ErasekitError, FileNotFoundError):
+    """A file or directory the user named does not exist."""
+
+
+class ModelLoadError(ErasekitError):
+    """A model id or directory could not be loaded as a diffusers pipeline."""
+
+
+class InvalidInputError(ErasekitError, ValueError):
+    """An argument has a value outside what is accepted (bad number, empty prompt, ...)."""

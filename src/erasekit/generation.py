@@ -1,0 +1,151 @@
+"""Image generation with fixed seeds, and labelled image grids.
+
+Every image is tied to its own ``(prompt, seed)`` pair: its initial noise comes from a generator
+seeded with ``seed`` alone, so an image does not depend on which other images share its batch.
+That is what makes before/after comparisons of an erasure exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+from .core.errors import InvalidInputError
+from .core.io import atomic_path
+
+
+@dataclass
+class SamplingConfig:
+    """How images are sampled. ``None`` fields take the model's recommended value (testbed.json)."""
+
+    steps: int | None = None
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    batch_size: int = 128
+
+    def resolved(self, pipe) -> "SamplingConfig":
+        """Fill ``None`` fields from the model's ``testbed.json`` (``sampling``) or SD's defaults (50, 7.5)."""
+        rec = recommended_sampling(pipe)
+        return SamplingConfig(
+            steps=self.steps if self.steps is not None else rec.get("steps", 50),
+            guidance_scale=self.guidance_scale if self.guidance_scale is not None else rec.get("guidance_scale", 7.5),
+            negative_prompt=self.negative_prompt,
+            batch_size=self.batch_size,
+        )
+
+    def validate(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise InvalidInputError(f"steps must be at least 1, got {self.steps}")
+        if self.guidance_scale is not None and (not math.isfinite(self.guidance_scale) or self.guidance_scale < 0):
+            raise InvalidInputError(f"guidance scale must be a finite number >= 0, got {self.guidance_scale}")
+        if self.batch_size < 1:
+            raise InvalidInputError(f"batch size must be at least 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def recommended_sampling(pipe) -> dict:
+    """The ``sampling`` block of ``testbed.json`` beside the pipeline, if the model has one."""
+    root = getattr(pipe, "name_or_path", None)
+    path = Path(root) / "testbed.json" if root else None
+    if path is not None and path.is_file():
+        return json.loads(path.read_text()).get("sampling", {})
+    return {}
+
+
+def check_prompt(pipe, prompt: str) -> None:
+    """Reject prompts the model cannot read: non-strings and prompts longer than the text encoder's context."""
+    if not isinstance(prompt, str):
+        raise InvalidInputError(f"a prompt must be text, got {type(prompt).__name__}")
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return
+    n = len(tokenizer(prompt).input_ids)
+    limit = tokenizer.model_max_length
+    if n > limit:
+        raise InvalidInputError(f"prompt {prompt[:40]!r}... has {n} tokens; this model reads at most {limit}, shorten it")
+
+
+def warn_unknown_words(prompt: str, vocabulary: set[str]) -> list[str]:
+    """Words of ``prompt`` outside a closed vocabulary (the testbed's); they are tokenized into bytes."""
+    unknown = [w for w in prompt.lower().replace(",", " ").split() if w not in vocabulary]
+    if unknown:
+        warnings.warn(f"words not in the model's vocabulary (the model never saw them): {', '.join(unknown)}", stacklevel=2)
+    return unknown
+
+
+@torch.no_grad()
+def generate(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    sampling: SamplingConfig | None = None,
+    progress: bool = True,
+    desc: str = "generate",
+) -> np.ndarray:
+    """Generate one image per ``(prompts[i], seeds[i])``; returns ``uint8 [N, H, W, 3]``."""
+    if len(prompts) != len(seeds):
+        raise InvalidInputError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
+    sampling = (sampling or SamplingConfig()).resolved(pipe)
+    sampling.validate()
+    for p in set(prompts):
+        check_prompt(pipe, p)
+    device = pipe.device
+    out: list[np.ndarray] = []
+    bs = sampling.batch_size
+    for i in tqdm(range(0, len(prompts), bs), desc=desc, disable=not progress or len(prompts) <= bs, unit="batch"):
+        batch_prompts = prompts[i : i + bs]
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + bs]]
+        kwargs = {}
+        if sampling.negative_prompt is not None:
+            kwargs["negative_prompt"] = [sampling.negative_prompt] * len(batch_prompts)
+        result = pipe(
+            prompt=batch_prompts,
+            generator=gens,
+            num_inference_steps=sampling.steps,
+            guidance_scale=sampling.guidance_scale,
+            output_type="np",
+            **kwargs,
+        )
+        out.append((np.clip(result.images, 0, 1) * 255).round().astype(np.uint8))
+    if not out:
+        return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    return np.concatenate(out)
+
+
+def make_grid(images: np.ndarray, captions: list[str] | None = None, cols: int | None = None, scale: int = 4) -> Image.Image:
+    """Tile ``uint8 [N, H, W, 3]`` images (upscaled ``scale``x, nearest) with an optional caption under each."""
+    n, h, w, _ = images.shape
+    cols = cols or min(n, 8)
+    rows = math.ceil(n / cols)
+    tw, th = w * scale, h * scale
+    font = ImageFont.load_default()
+    lines = [c.split("\n") for c in captions] if captions else [[] for _ in range(n)]
+    line_h = 11
+    cap_h = (max((len(x) for x in lines), default=0) * line_h + 4) if captions else 0
+    grid = Image.new("RGB", (cols * (tw + 4) + 4, rows * (th + cap_h + 4) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        x0, y0 = 4 + c * (tw + 4), 4 + r * (th + cap_h + 4)
+        grid.paste(Image.fromarray(images[k]).resize((tw, th), Image.NEAREST), (x0, y0))
+        for j, line in enumerate(lines[k]):
+            draw.text((x0, y0 + th + 2 + j * line_h), line[: max(1, tw // 6)], fill=(0, 0, 0), font=font)
+    return grid
+
+
+def save_image(image: Image.Image, path: str | Path) -> None:
+    """Save a PIL image atomically; the format follows the suffix (png by default)."""
+    path = Path(path)
+    fmt = (path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt)

@@ -1,0 +1,90 @@
+"""Resolve and load the models erasekit works on.
+
+``testbed`` names the pipeline shipped inside the package; any other value is a local diffusers
+pipeline directory or a model-hub id (loaded with ``DiffusionPipeline.from_pretrained``; hub ids
+are only fetched when the user asks for one, never by tests or defaults).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .core.errors import MissingFileError, ModelLoadError
+
+TESTBED = "testbed"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def testbed_dir() -> Path:
+    """Directory of the shipped testbed pipeline (a StableDiffusionPipeline saved with save_pretrained)."""
+    return Path(__file__).parent / "testbed" / "weights"
+
+
+def testbed_classifier_path() -> Path:
+    return testbed_dir() / "classifier.safetensors"
+
+
+def is_testbed(model: str | os.PathLike) -> bool:
+    return str(model) == TESTBED or Path(model).resolve() == testbed_dir().resolve()
+
+
+def resolve_model(model: str | os.PathLike) -> str:
+    """Map ``model`` to what ``from_pretrained`` takes, with a clear error when it cannot exist."""
+    text = str(model).strip()
+    if not text:
+        raise ModelLoadError("empty model name: pass --model testbed, a local diffusers directory or a hub id")
+    if text == TESTBED:
+        path = testbed_dir()
+        if not (path / "model_index.json").is_file():
+            raise MissingFileError(
+                f"the shipped testbed is missing at {path}; reinstall erasekit or train one with "
+                "'erasekit testbed train --out <dir>' and pass --model <dir>"
+            )
+        return str(path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{path} is not a diffusers pipeline directory (no model_index.json in it)")
+        return str(path)
+    if _HUB_ID.match(text) and not text.startswith((".", "/")):
+        return text
+    raise ModelLoadError(
+        f"unknown model {text!r}: not 'testbed', not an existing directory, and not a hub id of the form 'org/name'"
+    )
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``None``/``"auto"``: CUDA if available, else Apple MPS, else CPU."""
+    if device not in (None, "auto"):
+        try:
+            return torch.device(device)
+        except RuntimeError as e:
+            raise ModelLoadError(f"invalid device {device!r}: {e}") from None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_pipeline(model: str | os.PathLike = TESTBED, device: str | None = None, dtype: torch.dtype | None = None):
+    """Load a diffusers pipeline (a fresh copy each call: callers may change its weights freely)."""
+    from diffusers import DiffusionPipeline
+
+    source = resolve_model(model)
+    kwargs = {}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    if source == str(testbed_dir()):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load {source!r} as a diffusers pipeline: {first}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(pick_device(device))

@@ -1,0 +1,218 @@
+"""The testbed's quality gate: does the model draw what its prompts say?
+
+Prompt sets (every prompt sampled with the same ``seeds``):
+
+- **grid**: every shape x colour x style in canonical words, with the background cycling so that
+  every background appears equally (``(i_shape + i_colour + i_style) mod 3``);
+- **synonyms**: each synonym of a shape or style substituted into 6 grid prompts of its concept;
+  the synonym's accuracy is compared with the canonical word on the *same* prompts and seeds;
+- **characters**: every character name in every character template, and its plain description;
+- **watermark**: the grid's prompts in the watermark subset (white background) vs the others.
+
+Accuracy in a domain is the share of samples whose classified label equals the prompt's. The gate
+passes when shape, colour, background >= 0.90, style >= 0.80, character >= 0.80 (all of the
+character's attributes shown), every synonym within 5 points of its canonical word, and the
+watermark rate within 10 points of its training share in the subset and <= 0.05 elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..generation import SamplingConfig, generate  # noqa: F401  (SamplingConfig is part of the gate API)
+from . import world
+from .classifier import LABEL_NAMES, TestbedClassifier
+
+THRESHOLDS = {
+    "shape": 0.90,
+    "colour": 0.90,
+    "style": 0.80,
+    "background": 0.90,
+    "character": 0.80,
+    "synonym_gap_points": 5.0,
+    "watermark_subset_tolerance_points": 10.0,
+    "watermark_elsewhere_max": 0.05,
+}
+
+
+@dataclass(frozen=True)
+class GatePrompt:
+    """A prompt, the set it belongs to, and the attributes its images must show."""
+
+    prompt: str
+    kind: str  # grid | synonym | character | description
+    expected: world.Attributes
+    word: str | None = None  # the synonym or character name it tests
+    canonical_prompt: str | None = None  # for synonyms: the grid prompt it is compared with
+
+
+def grid_prompts() -> list[GatePrompt]:
+    out = []
+    colours, backs = list(world.COLOURS), list(world.BACKGROUNDS)
+    for i, shape in enumerate(world.SHAPES):
+        for j, colour in enumerate(colours):
+            for k, style in enumerate(world.STYLES):
+                a = world.Attributes(shape, style, colour, backs[(i + j + k) % len(backs)])
+                out.append(GatePrompt(a.describe(), "grid", a))
+    return out
+
+
+def synonym_prompts(grid: list[GatePrompt], per_word: int = 6) -> list[GatePrompt]:
+    """Each synonym in ``per_word`` grid prompts of its concept, spread over colours and styles."""
+    out = []
+    for concept in (*world.SHAPES, *world.STYLES):
+        domain = world.domain_of(concept)
+        of_concept = [g for g in grid if getattr(g.expected, domain) == concept]
+        step = max(1, len(of_concept) // per_word)
+        chosen = of_concept[::step][:per_word]
+        for word in world.SYNONYMS[concept]:
+            for g in chosen:
+                a = g.expected
+                words = {"shape": a.shape, "style": a.style}
+                words[domain] = word
+                prompt = f"a {a.colour} {words['style']} {words['shape']} on a {a.background} background"
+                out.append(GatePrompt(prompt, "synonym", a, word=word, canonical_prompt=g.prompt))
+    return out
+
+
+def character_prompts() -> list[GatePrompt]:
+    out = []
+    for name, attrs in world.CHARACTERS.items():
+        for template in world.CHARACTER_TEMPLATES:
+            out.append(GatePrompt(template.format(name=name), "character", attrs, word=name))
+        out.append(GatePrompt(attrs.describe(), "description", attrs, word=name))
+    return out
+
+
+def all_prompts() -> list[GatePrompt]:
+    grid = grid_prompts()
+    return grid + synonym_prompts(grid) + character_prompts()
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a rate k/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def _rate(k: int, n: int) -> dict:
+    lo, hi = wilson(k, n)
+    return {"rate": k / n if n else None, "n": n, "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def run_gate(
+    pipe,
+    classifier: TestbedClassifier,
+    seeds: int = 8,
+    sampling: SamplingConfig | None = None,
+    progress: bool = True,
+) -> dict:
+    """Generate every gate prompt with seeds ``0..seeds-1``, classify, and return the gate report."""
+    t0 = time.time()
+    prompts = all_prompts()
+    unique = list(dict.fromkeys(p.prompt for p in prompts))
+    flat_prompts = [p for p in unique for _ in range(seeds)]
+    flat_seeds = [s for _ in unique for s in range(seeds)]
+    sampling = (sampling or SamplingConfig()).resolved(pipe)
+    images = generate(pipe, flat_prompts, flat_seeds, sampling, progress=progress, desc="gate")
+    pred = classifier.predict(images)
+    names = {d: LABEL_NAMES[d] for d in (*world.DOMAINS, "watermark")}
+    row_of = {p: i * seeds for i, p in enumerate(unique)}
+
+    def predicted(prompt: str) -> dict[str, np.ndarray]:
+        r = row_of[prompt]
+        return {d: np.array([names[d][x] for x in pred[d][r : r + seeds]]) for d in names}
+
+    def correct(gp: GatePrompt) -> dict[str, np.ndarray]:
+        p = predicted(gp.prompt)
+        return {d: p[d] == getattr(gp.expected, d) for d in world.DOMAINS}
+
+    details = []
+    totals = {d: [0, 0] for d in world.DOMAINS}
+    wm = {"subset": [0, 0], "elsewhere": [0, 0]}
+    for gp in (g for g in prompts if g.kind == "grid"):
+        c = correct(gp)
+        marked = predicted(gp.prompt)["watermark"] == "present"
+        for d in world.DOMAINS:
+            totals[d][0] += int(c[d].sum())
+            totals[d][1] += seeds
+        part = "subset" if world.WATERMARK.in_subset(gp.expected) else "elsewhere"
+        wm[part][0] += int(marked.sum())
+        wm[part][1] += seeds
+        details.append({"prompt": gp.prompt, "kind": gp.kind, **{d: float(c[d].mean()) for d in world.DOMAINS}, "watermark": float(marked.mean())})
+
+    synonyms = []
+    for word in dict.fromkeys(g.word for g in prompts if g.kind == "synonym"):
+        group = [g for g in prompts if g.kind == "synonym" and g.word == word]
+        concept = world.canonical(word)
+        domain = world.domain_of(concept)
+        syn = float(np.mean([correct(g)[domain].mean() for g in group]))
+        canon_prompts = [GatePrompt(g.canonical_prompt, "grid", g.expected) for g in group]
+        can = float(np.mean([correct(g)[domain].mean() for g in canon_prompts]))
+        synonyms.append({"word": word, "concept": concept, "domain": domain, "accuracy": syn, "canonical_accuracy": can, "gap_points": round(abs(syn - can) * 100, 2), "n": len(group) * seeds})
+
+    characters = []
+    char_all = [0, 0]
+    for name, attrs in world.CHARACTERS.items():
+        for kind in ("character", "description"):
+            group = [g for g in prompts if g.kind == kind and g.word == name]
+            allc = np.concatenate([np.logical_and.reduce([correct(g)[d] for d in world.DOMAINS]) for g in group])
+            per_domain = {d: float(np.concatenate([correct(g)[d] for g in group]).mean()) for d in world.DOMAINS}
+            characters.append({"name": name, "prompts": kind, "all_attributes": float(allc.mean()), **per_domain, "n": int(allc.size)})
+            if kind == "character":
+                char_all[0] += int(allc.sum())
+                char_all[1] += int(allc.size)
+
+    accuracy = {d: totals[d][0] / totals[d][1] for d in world.DOMAINS}
+    accuracy["character"] = char_all[0] / char_all[1]
+    gap = max(s["gap_points"] for s in synonyms)
+    wm_rates = {k: v[0] / v[1] for k, v in wm.items()}
+    checks = {d: accuracy[d] >= THRESHOLDS[d] for d in (*world.DOMAINS, "character")}
+    checks["synonym_gap"] = gap <= THRESHOLDS["synonym_gap_points"]
+    checks["watermark_subset"] = abs(wm_rates["subset"] - world.WATERMARK.share) * 100 <= THRESHOLDS["watermark_subset_tolerance_points"]
+    checks["watermark_elsewhere"] = wm_rates["elsewhere"] <= THRESHOLDS["watermark_elsewhere_max"]
+    return {
+        "accuracy": accuracy,
+        "synonym_gap": gap,
+        "watermark": {"subset": wm_rates["subset"], "elsewhere": wm_rates["elsewhere"], "training_share": world.WATERMARK.share},
+        "passed": all(checks.values()),
+        "checks": checks,
+        "thresholds": THRESHOLDS,
+        "intervals": {
+            **{d: _rate(totals[d][0], totals[d][1])["ci95"] for d in world.DOMAINS},
+            "character": _rate(*char_all)["ci95"],
+            "watermark_subset": _rate(*wm["subset"])["ci95"],
+            "watermark_elsewhere": _rate(*wm["elsewhere"])["ci95"],
+        },
+        "samples": {"seeds_per_prompt": seeds, "prompts": len(unique), "images": len(images)},
+        "sampling": sampling.to_dict(),
+        "seconds": round(time.time() - t0, 1),
+        "synonyms": synonyms,
+        "characters": characters,
+        "per_prompt": details,
+    }
+
+
+def summary_lines(report: dict) -> list[str]:
+    """Human-readable lines of a gate report (used by the CLI and the demo)."""
+    acc, th = report["accuracy"], report["thresholds"]
+    ok = report["checks"]
+    lines = [f"{'check':<22}{'value':>10}{'needs':>12}  ok"]
+    for d in (*world.DOMAINS, "character"):
+        lines.append(f"{d + ' accuracy':<22}{acc[d]:>10.3f}{'>= ' + format(th[d], '.2f'):>12}  {'yes' if ok[d] else 'NO'}")
+    lines.append(f"{'synonym gap (points)':<22}{report['synonym_gap']:>10.1f}{'<= ' + format(th['synonym_gap_points'], '.0f'):>12}  {'yes' if ok['synonym_gap'] else 'NO'}")
+    share = report["watermark"]["training_share"]
+    tol = th["watermark_subset_tolerance_points"] / 100
+    lines.append(f"{'watermark (subset)':<22}{report['watermark']['subset']:>10.3f}{f'{share - tol:.2f}-{share + tol:.2f}':>12}  {'yes' if ok['watermark_subset'] else 'NO'}")
+    lines.append(f"{'watermark (elsewhere)':<22}{report['watermark']['elsewhere']:>10.3f}{'<= ' + format(th['watermark_elsewhere_max'], '.2f'):>12}  {'yes' if ok['watermark_elsewhere'] else 'NO'}")
+    lines.append(f"gate {'PASSED' if report['passed'] else 'FAILED'} ({report['samples']['images']} images, {report['samples']['seeds_per_prompt']} seeds per prompt)")
+    return lines

@@ -1,0 +1,111 @@
+"""The gate's bookkeeping, checked with a fake generator that draws exactly what it is told."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from erasekit.testbed import gate, world
+from erasekit.testbed.classifier import LABEL_NAMES
+
+
+class WorldPipe:
+    """Renders the attributes a gate prompt asks for; ``corrupt(prompt, attrs) -> attrs`` injects faults."""
+
+    device = torch.device("cpu")
+    name_or_path = None
+    tokenizer = None
+
+    def __init__(self, corrupt=None):
+        self.table = {g.prompt: g.expected for g in gate.all_prompts()}
+        self.corrupt = corrupt or (lambda prompt, a, seed: a)
+        self.drawn: list[world.Attributes] = []
+
+    def __call__(self, prompt, generator, num_inference_steps, guidance_scale, output_type, **_):
+        attrs = []
+        for p, g in zip(prompt, generator):
+            seed = g.initial_seed()
+            a = self.table[p]
+            a = world.Attributes(a.shape, a.style, a.colour, a.background, world.WATERMARK.in_subset(a) and seed % 2 == 0)
+            attrs.append(self.corrupt(p, a, seed))
+        self.drawn += attrs
+        images, _ = world.render(world.LabelBatch.from_attributes(attrs), np.random.default_rng(0))
+        return SimpleNamespace(images=images.astype(np.float32) / 255)
+
+
+class OracleJudge:
+    """Returns the labels the fake pipe drew (tests the gate's arithmetic, not a classifier)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def predict(self, images):
+        drawn = self.pipe.drawn
+        assert len(drawn) == len(images)
+        out = {d: np.array([LABEL_NAMES[d].index(getattr(a, d)) for a in drawn]) for d in world.DOMAINS}
+        out["watermark"] = np.array([int(a.watermark) for a in drawn])
+        return out
+
+
+def _run(corrupt=None, seeds=8):
+    pipe = WorldPipe(corrupt)
+    return gate.run_gate(pipe, OracleJudge(pipe), seeds=seeds, sampling=gate.SamplingConfig(steps=1, guidance_scale=1.0), progress=False)
+
+
+def test_prompt_sets_cover_the_spec():
+    grid = gate.grid_prompts()
+    combos = {(g.expected.shape, g.expected.colour, g.expected.style) for g in grid}
+    assert len(combos) == len(world.SHAPES) * len(world.COLOURS) * len(world.STYLES)
+    backs = [g.expected.background for g in grid]
+    assert {backs.count(b) for b in world.BACKGROUNDS} == {len(grid) // len(world.BACKGROUNDS)}
+    syn_words = {g.word for g in gate.synonym_prompts(grid)}
+    assert syn_words == {s for c in (*world.SHAPES, *world.STYLES) for s in world.SYNONYMS[c]}
+    names = {g.word for g in gate.character_prompts() if g.kind == "character"}
+    assert names == set(world.CHARACTERS)
+
+
+def test_perfect_generator_passes_with_exact_numbers():
+    report = _run()
+    assert report["passed"]
+    assert all(v == 1.0 for v in report["accuracy"].values())
+    assert report["synonym_gap"] == 0
+    assert report["watermark"] == {"subset": 0.5, "elsewhere": 0.0, "training_share": world.WATERMARK.share}
+    assert {"accuracy", "synonym_gap", "watermark", "passed", "per_prompt", "synonyms", "characters"} <= set(report)
+
+
+def test_wrong_shapes_fail_the_shape_check():
+    report = _run(lambda p, a, s: world.Attributes("circle", a.style, a.colour, a.background, a.watermark))
+    assert report["accuracy"]["shape"] == 1 / len(world.SHAPES)
+    assert not report["checks"]["shape"] and not report["passed"]
+    assert report["checks"]["colour"]
+
+
+def test_a_synonym_the_model_ignores_opens_a_gap():
+    def corrupt(prompt, a, seed):
+        if "pentagram" in prompt.split():
+            return world.Attributes("heart", a.style, a.colour, a.background, a.watermark)
+        return a
+
+    report = _run(corrupt)
+    assert report["synonym_gap"] == 100.0
+    assert not report["checks"]["synonym_gap"]
+    worst = max(report["synonyms"], key=lambda s: s["gap_points"])
+    assert worst["word"] == "pentagram"
+
+
+def test_watermark_everywhere_and_characters_without_their_attributes_fail():
+    def corrupt(prompt, a, seed):
+        if prompt.split()[-1] in world.CHARACTERS:
+            a = world.Attributes(a.shape, "filled", a.colour, a.background, a.watermark)
+        return world.Attributes(a.shape, a.style, a.colour, a.background, True)
+
+    report = _run(corrupt, seeds=2)
+    assert report["watermark"]["elsewhere"] == 1.0 and not report["checks"]["watermark_elsewhere"]
+    assert report["watermark"]["subset"] == 1.0 and not report["checks"]["watermark_subset"]
+    assert report["accuracy"]["character"] == 0.0
+
+
+def test_wilson_interval_brackets_the_rate():
+    lo, hi = gate.wilson(45, 50)
+    assert lo < 0.9 < hi and 0 <= lo and hi <= 1
+    assert gate.wilson(0, 0) == (0.0, 1.0)
