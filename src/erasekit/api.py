@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
+
+import torch
 
 from .core.errors import InvalidInputError, MissingFileError
 from .core.io import write_json
@@ -88,10 +91,11 @@ def check_testbed(
 
     if seeds < 1:
         raise InvalidInputError(f"seeds must be at least 1, got {seeds}")
-    pipe = load_pipeline(model, device=device)
+    resolve_model(model)
     judge = load_judge(model, classifier)
     if judge is None:
         raise MissingFileError(f"no testbed classifier found for {model!r}; pass --classifier PATH")
+    pipe = load_pipeline(model, device=device)
     report = run_gate(pipe, judge, seeds=seeds, sampling=SamplingConfig(steps=steps, guidance_scale=guidance), progress=progress)
     report["model"] = str(model)
     write_json(out, report)
@@ -137,3 +141,97 @@ def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: s
     lines.append(f"report: {out / 'gate.json'}  ({time.time() - t0:.0f}s)")
     write_json(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "seconds": round(time.time() - t0, 1)})
     return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Erasure
+# --------------------------------------------------------------------------------------------------
+
+
+def _model_name(pipe, model: str | None) -> str:
+    return str(model) if model is not None else str(getattr(pipe, "name_or_path", "") or type(pipe).__name__)
+
+
+def check_vocabulary(pipe, request) -> None:
+    """On a closed-vocabulary testbed model, every word of the request must be one the model knows."""
+    root = getattr(pipe, "name_or_path", None)
+    if not root or not (Path(root) / "testbed.json").is_file():
+        return
+    from .core.errors import ConfigError
+    from .testbed.world import vocabulary
+
+    vocab = set(vocabulary())
+    phrases = [p for t in request.targets for p in (*t.phrases(), t.anchor or "")] + list(request.preserve)
+    unknown = sorted({w for p in phrases for w in p.lower().split() if w not in vocab})
+    if unknown:
+        raise ConfigError(f"not in the testbed's vocabulary: {', '.join(unknown)} (see docs/testbed.md for its {len(vocab)} words)")
+
+
+def erase(pipe, method: str, request, model: str | None = None, progress: bool = True, **params):
+    """Compute an erasure of ``request`` with ``method`` on ``pipe`` (left unchanged) -> :class:`Erasure`.
+
+    ``pipe`` is a loaded diffusers pipeline or a model name for :func:`load_pipeline`.
+    """
+    from . import __version__
+    from .core.erasure import Erasure, hash_tensors
+    from .core.errors import ErasekitError, UnsupportedModelError
+    from .core.registry import get_method
+    from .core.request import ErasureRequest
+    from .families import get_adapter
+
+    if isinstance(request, dict):
+        request = ErasureRequest.from_dict(request)
+    spec = get_method(method)
+    config = spec.make_config(params)
+    if isinstance(pipe, (str, os.PathLike)):
+        model = str(pipe) if model is None else model
+        pipe = load_pipeline(pipe)
+    adapter = get_adapter(pipe)
+    if adapter.name not in spec.families:
+        raise UnsupportedModelError(f"method {method!r} does not support the {adapter.name} family (it supports: {', '.join(spec.families)})")
+    check_vocabulary(pipe, request)
+    t0 = time.perf_counter()
+    result = spec.fn(pipe, request, config, adapter=adapter, progress=progress)
+    seconds = time.perf_counter() - t0
+    from .core.erasure import get_tensor
+
+    originals = {k: get_tensor(pipe, k).detach() for k in result.weights}
+    changed = {k: v.detach().to("cpu").contiguous() for k, v in result.weights.items() if not torch.equal(v.to(originals[k].device), originals[k])}
+    if not changed:
+        raise ErasekitError(f"method {method!r} changed no weight for this request (a silent no-op); check the request and parameters")
+    return Erasure(
+        method=method,
+        params=dataclasses.asdict(config),
+        request=request,
+        base_model=_model_name(pipe, model),
+        base_hash=hash_tensors({k: originals[k] for k in changed}),
+        weights=changed,
+        family=adapter.name,
+        timings={"seconds": round(seconds, 4)},
+        info=result.info,
+        version=__version__,
+    )
+
+
+def export_pipeline(erasure_dir: str | os.PathLike, model: str, out: str | os.PathLike, force: bool = False, device: str | None = None) -> Path:
+    """Apply a saved erasure to ``model`` and write a complete diffusers pipeline directory at ``out``."""
+    import shutil
+
+    from .core.erasure import Erasure
+    from .core.io import atomic_path
+
+    erasure = Erasure.load(erasure_dir)
+    source = Path(resolve_model(model))
+    pipe = load_pipeline(model, device=device)
+    erasure.apply(pipe, force=force)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        for extra in ("classifier.safetensors", "testbed.json"):  # keep a testbed's judge and sampling defaults
+            if (source / extra).is_file():
+                shutil.copyfile(source / extra, tmp / extra)
+        if (source / "tokenizer" / "vocab.json").is_file():
+            for f in ("vocab.json", "merges.txt"):
+                shutil.copyfile(source / "tokenizer" / f, tmp / "tokenizer" / f)
+        write_json(tmp / "erasure.json", erasure.metadata())
+    return out

@@ -114,6 +114,69 @@ def demo(
         typer.echo(line)
 
 
+@app.command()
+@friendly
+def erase(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the erasure (delta + metadata).")],
+    model: ModelOpt = "testbed",
+    method: Annotated[str, typer.Option(help="Method name (see 'erasekit methods').")] = "uce",
+    concept: Annotated[Optional[list[str]], typer.Option("--concept", "-c", help="Concept to erase (repeatable).")] = None,
+    anchor: Annotated[Optional[str], typer.Option(help="Neutral destination for every --concept ('' = empty prompt).")] = None,
+    preserve: Annotated[Optional[list[str]], typer.Option("--preserve", help="Concept to keep unchanged (repeatable).")] = None,
+    request: Annotated[Optional[Path], typer.Option(help="YAML request file (targets, anchors, synonyms, preserve, templates).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method parameter as key=value (repeatable).")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Erase concepts from a model with a named method and save the result (only the changed tensors)."""
+    from .api import erase as erase_api
+    from .core.errors import ConfigError
+    from .core.request import ErasureRequest
+
+    params = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        params[key.strip()] = value.strip()
+    req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None)
+    from .models import load_pipeline, resolve_model
+
+    resolve_model(model)
+    pipe = load_pipeline(model, device=device)
+    result = erase_api(pipe, method, req, model=model, **params)
+    result.save(out)
+    typer.echo(f"erased {', '.join(req.concepts)} with {method}: {len(result.weights)} tensors changed "
+               f"({result.num_bytes() / 2**20:.2f} MiB) in {result.timings['seconds']:.2f}s -> {out}")
+
+
+@app.command()
+@friendly
+def export(
+    erasure: Annotated[Path, typer.Argument(help="An erasure directory written by 'erasekit erase'.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the complete diffusers pipeline.")],
+    model: ModelOpt = "testbed",
+    force: Annotated[bool, typer.Option("--force", help="Apply even if the model's weights differ from the erasure's base.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Apply an erasure to its base model and write a complete pipeline directory (loadable with from_pretrained)."""
+    from .api import export_pipeline
+
+    path = export_pipeline(erasure, model, out, force=force, device=device)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+@friendly
+def methods() -> None:
+    """List the erasure methods with their families and parameters."""
+    from .core.registry import all_methods
+
+    for spec in all_methods():
+        typer.echo(f"{spec.name:<10} {spec.kind:<12} {spec.summary}  [families: {', '.join(spec.families)}]")
+        for name, tp, default, help_ in spec.parameters():
+            typer.echo(f"    {name:<16} {tp:<28} default {default!r:<10} {help_}")
+
+
 @testbed_app.command("path")
 @friendly
 def testbed_path() -> None:

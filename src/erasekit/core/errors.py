@@ -17,3 +17,19 @@ class ModelLoadError(ErasekitError):
 
 class InvalidInputError(ErasekitError, ValueError):
     """An argument has a value outside what is accepted (bad number, empty prompt, ...)."""
+
+
+class UnsupportedModelError(ErasekitError):
+    """The pipeline's family, or this method on it, is not supported."""
+
+
+class ConfigError(ErasekitError, ValueError):
+    """An erasure request or a method's parameters are invalid (unknown name, bad value, empty list...)."""
+
+
+class IncompatibleErasureError(ErasekitError):
+    """An erasure does not fit the model it is applied to (other base weights, missing tensors)."""
+
+
+class SingularSystemError(ErasekitError):
+    """A closed-form solve met a singular or ill-conditioned system."""

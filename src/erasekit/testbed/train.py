@@ -209,6 +209,7 @@ class Trainer:
                 cache.update(zip(missing, ids))
             return torch.tensor([cache[c] for c in captions])
 
+        initial = [p.detach().clone() for p in params]
         text_encoder.train()
         unet.train()
         losses: list[float] = []
@@ -242,7 +243,8 @@ class Trainer:
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
                 self._save_ckpt("unet", step + 1, modules, opt)
                 self.log(f"[unet] step {step + 1}/{cfg.unet_steps} loss {np.mean(losses[-cfg.checkpoint_every:]):.4f}")
-        return {"final_loss": float(np.mean(losses[-100:])) if losses else None, "steps": cfg.unet_steps}
+        change = float(sum((p.detach() - q).pow(2).sum() for p, q in zip(params, initial)).sqrt())
+        return {"final_loss": float(np.mean(losses[-100:])) if losses else None, "steps": cfg.unet_steps, "param_change_l2": change}
 
     def stage_export(self, out: Path | None = None) -> dict:
         """Write the StableDiffusionPipeline (EMA weights) and the classifier into ``out``."""

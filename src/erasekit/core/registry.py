@@ -1,0 +1,135 @@
+"""Registries of named things (methods now; attacks, metrics and judges later).
+
+A method registers one line next to its implementation::
+
+    @register_method("uce", UCEConfig, families=("sd", "sdxl", "sd3", "flux"), kind="closed-form")
+    def uce(pipe, request, config, adapter, progress) -> MethodResult: ...
+
+Its config is a dataclass whose fields carry the paper's defaults and a ``help`` string in their
+metadata; ``erasekit methods`` and ``--set key=value`` parsing are generated from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+
+@dataclass
+class MethodResult:
+    """What a method returns: new values of the tensors it changed, and anything worth recording."""
+
+    weights: dict[str, torch.Tensor]
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    config_cls: type
+    fn: Callable[..., MethodResult]
+    families: tuple[str, ...]
+    kind: str
+    summary: str
+
+    def make_config(self, params: dict[str, Any] | None = None):
+        """Build the config from ``params`` (values may be strings from the CLI); unknown keys are errors."""
+        params = dict(params or {})
+        fields = {f.name: f for f in dataclasses.fields(self.config_cls)}
+        unknown = set(params) - set(fields)
+        if unknown:
+            raise ConfigError(f"method {self.name!r} has no parameter {', '.join(sorted(unknown))}; its parameters: {', '.join(fields)}")
+        hints = typing.get_type_hints(self.config_cls)
+        values = {k: coerce(v, hints[k], f"{self.name}.{k}") for k, v in params.items()}
+        config = self.config_cls(**values)
+        if hasattr(config, "validate"):
+            config.validate()
+        return config
+
+    def parameters(self) -> list[tuple[str, str, Any, str]]:
+        """(name, type, default, help) of every config field."""
+        hints = typing.get_type_hints(self.config_cls)
+        out = []
+        for f in dataclasses.fields(self.config_cls):
+            default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+            out.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+        return out
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, config_cls: type, families: tuple[str, ...], kind: str):
+    """Decorator registering a method under ``name`` (refuses duplicates); the summary is the docstring's first line."""
+
+    def deco(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        METHODS[name] = MethodSpec(name, config_cls, fn, tuple(families), kind, summary)
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> MethodSpec:
+    from .. import methods  # noqa: F401  (importing the package registers every method)
+
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown method {name!r}{hint}; available: {', '.join(sorted(METHODS))} (see 'erasekit methods')")
+    return METHODS[name]
+
+
+def all_methods() -> list[MethodSpec]:
+    from .. import methods  # noqa: F401
+
+    return [METHODS[k] for k in sorted(METHODS)]
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp, what: str) -> Any:
+    """Convert CLI strings to the field's type (bool, int, float, str, their Optionals and Literals)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], what)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{what} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if tp in (int, float, bool, str) and not isinstance(value, tp):
+            raise ConfigError(f"{what} must be {tp.__name__}, got {value!r}")
+        return value
+    try:
+        if tp is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp in (int, float):
+            return tp(value)
+        if tp is str:
+            return value
+    except ValueError:
+        raise ConfigError(f"{what} must be {tp.__name__}, got {value!r}") from None
+    raise ConfigError(f"{what} cannot be set from the command line")

@@ -1,0 +1,117 @@
+"""What to erase: target concepts, where each goes (its anchor), what must be preserved.
+
+An :class:`ErasureRequest` comes from Python, from CLI flags, or from a YAML file::
+
+    targets:
+      - concept: star
+        anchor: a shape          # optional; "" means the empty prompt (its BOS token)
+        synonyms: [pentagram]    # optional; erased together with the concept
+      - concept: zorbo
+    preserve: [circle, heart]
+    templates: ["a picture of {}", "an image of {}"]   # optional expansion templates
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError, MissingFileError
+
+
+@dataclass
+class Target:
+    """One concept to erase; ``anchor`` None lets the method choose its default guide."""
+
+    concept: str
+    anchor: str | None = None
+    synonyms: list[str] = field(default_factory=list)
+
+    def phrases(self) -> list[str]:
+        """The concept and its synonyms: every phrase whose meaning is erased."""
+        return [self.concept, *self.synonyms]
+
+
+@dataclass
+class ErasureRequest:
+    targets: list[Target]
+    preserve: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.targets = [t if isinstance(t, Target) else Target(**t) if isinstance(t, dict) else Target(str(t)) for t in self.targets]
+        self.validate()
+
+    def validate(self) -> None:
+        if not self.targets:
+            raise ConfigError("an erasure request needs at least one target concept (--concept NAME)")
+        seen: set[str] = set()
+        for t in self.targets:
+            if not isinstance(t.concept, str) or not t.concept.strip():
+                raise ConfigError("a target concept is empty; give each --concept a non-empty name")
+            if t.concept in seen:
+                raise ConfigError(f"target concept {t.concept!r} is listed twice")
+            seen.add(t.concept)
+            if t.anchor is not None and not isinstance(t.anchor, str):
+                raise ConfigError(f"the anchor of {t.concept!r} must be text, got {t.anchor!r}")
+        clash = seen & set(self.preserve)
+        if clash:
+            raise ConfigError(f"concepts cannot be both erased and preserved: {', '.join(sorted(clash))}")
+        for tpl in self.templates:
+            if tpl.count("{}") != 1:
+                raise ConfigError(f"template {tpl!r} must contain exactly one '{{}}' where the concept goes")
+
+    @property
+    def concepts(self) -> list[str]:
+        return [t.concept for t in self.targets]
+
+    def expand(self, phrase: str) -> list[str]:
+        """``phrase`` itself followed by its expansion templates."""
+        return [phrase, *(tpl.format(phrase) for tpl in self.templates)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict) -> "ErasureRequest":
+        if not isinstance(data, dict):
+            raise ConfigError("an erasure request must be a mapping with 'targets' (and optionally 'preserve', 'templates')")
+        unknown = set(data) - {"targets", "preserve", "templates"}
+        if unknown:
+            raise ConfigError(f"unknown request fields: {', '.join(sorted(unknown))} (allowed: targets, preserve, templates)")
+        targets = []
+        for t in data.get("targets") or []:
+            if isinstance(t, str):
+                targets.append(Target(t))
+            elif isinstance(t, dict):
+                bad = set(t) - {"concept", "anchor", "synonyms"}
+                if bad or "concept" not in t:
+                    raise ConfigError(f"each target needs 'concept' and may have 'anchor', 'synonyms'; got {sorted(t)}")
+                targets.append(Target(str(t["concept"]), t.get("anchor"), [str(s) for s in t.get("synonyms") or []]))
+            else:
+                raise ConfigError(f"a target must be a name or a mapping, got {t!r}")
+        return ErasureRequest(targets, [str(p) for p in data.get("preserve") or []], [str(x) for x in data.get("templates") or []])
+
+    @staticmethod
+    def from_yaml(path: str | os.PathLike) -> "ErasureRequest":
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"request file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        return ErasureRequest.from_dict(data or {})
+
+    @staticmethod
+    def from_cli(concepts: list[str], anchor: str | None = None, preserve: list[str] | None = None, request: str | None = None) -> "ErasureRequest":
+        """CLI flags (and optionally a YAML file they extend): ``--anchor`` applies to every flag target."""
+        base = ErasureRequest.from_yaml(request) if request else None
+        targets = list(base.targets) if base else []
+        targets += [Target(c, anchor) for c in concepts]
+        if base is None and not targets:
+            raise ConfigError("nothing to erase: pass --concept NAME (repeatable) or --request FILE.yaml")
+        return ErasureRequest(targets, [*(base.preserve if base else []), *(preserve or [])], base.templates if base else [])

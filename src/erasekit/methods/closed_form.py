@@ -1,0 +1,116 @@
+"""Shared math of the closed-form family: one ridge solve, reused by every projection matrix.
+
+For a projection ``W: [out, d]`` the common objective (UCE, TIME, RECE's re-erasure) is
+
+    min_W'  η_e Σ_i ‖W' c_i − W g_i‖² + η_p Σ_j ‖W' p_j − W p_j‖² + λ ‖W' − W‖²_F
+
+with target keys ``C_e = [c_i]: [n_e, d]``, their guides ``C_g = [g_i]: [n_e, d]`` (row-paired) and
+preserved keys ``C_p = [p_j]: [n_p, d]``. Its solution is ``W' = W B A⁻¹`` with
+
+    A = λI + η_e C_eᵀC_e + η_p C_pᵀC_p,      B = λI + η_e C_gᵀC_e + η_p C_pᵀC_p.
+
+Because the values are produced by the same ``W``, ``B − A = η_e (C_g − C_e)ᵀ C_e`` and
+
+    W' = W + (W Dᵀ) G,     D = C_g − C_e,     G = η_e C_e A⁻¹   ([n_e, d]),
+
+so ``G`` is solved **once** for all layers that read the same features, and each layer costs two thin
+matrix products (``out·d·n_e``) instead of a ``d³`` solve. When ``n_e + n_p < d`` (and λ > 0) the
+Woodbury identity gives ``A⁻¹C_eᵀ`` from an ``(n_e+n_p)``-sized system:
+
+    A⁻¹ = (1/λ) [I − Xᵀ (λ S⁻¹ + X Xᵀ)⁻¹ X],   X = [C_e; C_p],  S = diag(η_e…, η_p…).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.errors import SingularSystemError
+
+
+@dataclass
+class RidgeGain:
+    """``G = η_e C_e A⁻¹`` and ``D = C_g − C_e`` for one feature space; ``edit(W) = W + (W Dᵀ) G``."""
+
+    gain: torch.Tensor  # [n_e, d], float64
+    direction: torch.Tensor  # [n_e, d], float64
+    solver: str
+
+    def edit(self, weight: torch.Tensor) -> torch.Tensor:
+        w = weight.detach().to(torch.float64)
+        return (w + (w @ self.direction.T) @ self.gain).to(weight.dtype)
+
+
+def ridge_gain(
+    targets: torch.Tensor,
+    guides: torch.Tensor,
+    preserve: torch.Tensor,
+    lam: float,
+    eta_e: float = 1.0,
+    eta_p: float = 1.0,
+    solver: str = "auto",
+) -> RidgeGain:
+    """Solve the shared part of the ridge edit (see module docstring). Inputs are ``[n, d]`` row sets."""
+    ce, cg = targets.detach().to(torch.float64), guides.detach().to(torch.float64)
+    cp = preserve.detach().to(torch.float64).reshape(-1, ce.shape[1])
+    if ce.shape != cg.shape:
+        raise ValueError(f"targets {tuple(ce.shape)} and guides {tuple(cg.shape)} must be row-paired")
+    n_e, d = ce.shape
+    n = n_e + len(cp)
+    if solver == "auto":
+        solver = "woodbury" if (n < d and lam > 0 and eta_e > 0 and (eta_p > 0 or len(cp) == 0)) else "direct"
+    if solver == "woodbury":
+        if lam <= 0:
+            raise SingularSystemError("the Woodbury form needs λ > 0; raise 'lamb' or use solver=direct")
+        x = torch.cat([ce, cp])
+        s_inv = torch.cat([torch.full((n_e,), 1.0 / eta_e, dtype=torch.float64), torch.full((len(cp),), 1.0 / max(eta_p, 1e-300), dtype=torch.float64)])
+        small = lam * torch.diag(s_inv) + x @ x.T  # [n, n]
+        inner = _solve_spd(small, x @ ce.T, "the (targets + preserved)-sized system")
+        a_inv_ce_t = (ce.T - x.T @ inner) / lam  # [d, n_e]
+    elif solver == "direct":
+        a = lam * torch.eye(d, dtype=torch.float64) + eta_e * ce.T @ ce + eta_p * cp.T @ cp
+        a_inv_ce_t = _solve_spd(a, ce.T, "the d×d normal equations")
+    else:
+        raise ValueError(f"unknown solver {solver!r}")
+    return RidgeGain(gain=eta_e * a_inv_ce_t.T, direction=cg - ce, solver=solver)
+
+
+def _solve_spd(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:
+    """Solve ``a x = b`` for symmetric positive (semi)definite ``a``; Cholesky first, LU as a fallback."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) == 0:
+        return torch.cholesky_solve(b, chol)
+    cond = torch.linalg.cond(a)
+    if not torch.isfinite(cond) or cond > 1e12:
+        raise SingularSystemError(
+            f"{what} is singular (condition number {float(cond):.2e}); raise the ridge weight 'lamb', "
+            "or add preserved concepts so the keys span the space"
+        )
+    return torch.linalg.solve(a, b)
+
+
+def ridge_edit_reference(
+    weight: torch.Tensor, targets: torch.Tensor, guides: torch.Tensor, preserve: torch.Tensor, lam: float, eta_e: float = 1.0, eta_p: float = 1.0
+) -> torch.Tensor:
+    """The same edit computed the straightforward way, ``W' = (λW + η_e W C_gᵀC_e + η_p W C_pᵀC_p) A⁻¹``,
+    one full solve per matrix (the reference the tests and the benchmark compare against)."""
+    w = weight.detach().to(torch.float64)
+    ce, cg = targets.to(torch.float64), guides.to(torch.float64)
+    cp = preserve.to(torch.float64).reshape(-1, ce.shape[1])
+    d = w.shape[1]
+    a = lam * torch.eye(d, dtype=torch.float64) + eta_e * ce.T @ ce + eta_p * cp.T @ cp
+    rhs = lam * w + eta_e * (w @ cg.T) @ ce + eta_p * (w @ cp.T) @ cp
+    return torch.linalg.solve(a, rhs.T).T.to(weight.dtype)  # A symmetric: (rhs A⁻¹)ᵀ = A⁻¹ rhsᵀ
+
+
+def ridge_objective(
+    new: torch.Tensor, old: torch.Tensor, targets: torch.Tensor, guides: torch.Tensor, preserve: torch.Tensor, lam: float, eta_e: float = 1.0, eta_p: float = 1.0
+) -> torch.Tensor:
+    """The objective of the module docstring at ``W' = new`` (differentiable in ``new``)."""
+    cp = preserve.reshape(-1, targets.shape[1])
+    return (
+        eta_e * (new @ targets.T - old @ guides.T).pow(2).sum()
+        + eta_p * (new @ cp.T - old @ cp.T).pow(2).sum()
+        + lam * (new - old).pow(2).sum()
+    )

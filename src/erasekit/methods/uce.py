@@ -1,0 +1,143 @@
+"""UCE — Unified Concept Editing (Gandikota et al., WACV 2024; rohitgandikota/unified-concept-editing).
+
+Edits every projection that reads text features with one closed-form ridge regression
+(see ``closed_form.py``):
+
+    W' = argmin η_e Σ_i ‖W' c_i − W₀ g_i‖² + η_p Σ_j ‖W' p_j − W₀ p_j‖² + λ ‖W' − W₀‖²
+
+c_i: keys of the target prompts, g_i: keys of their guide (anchor) prompts, p_j: preserved keys.
+
+Defaults follow the current reference script (``trainscripts/uce_sd_erase.py``): one key per prompt,
+the last word token (index ``attention_mask.sum() − 2``); λ = 0.5, η_e = 1, η_p = 1; the guide ""
+(whose "last word" is the BOS token); both to_k and to_v. ``variant="2023"`` follows the paper's
+code instead: the keys are the tokens from the last word to the end (EOS and padding), aligned
+position by position with the guide prompt's, and η_p = max(0.1, 1/|P|).
+
+Deliberate choices: an empty anchor is never expanded with the templates (every expanded target
+prompt maps to the BOS key, as in the reference); a non-empty anchor is expanded with the same
+template as its target prompt. On SD3 and Flux, the edited maps are ``context_embedder`` (token keys)
+and the pooled-text projection (pooled keys of the same prompts), as the reference does for Flux.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..core.errors import ConfigError
+from ..core.registry import MethodResult, register_method
+from ..core.request import ErasureRequest
+from ..families import Encoded, FamilyAdapter
+from .closed_form import ridge_gain
+
+
+@dataclass
+class UCEConfig:
+    lamb: float = field(default=0.5, metadata={"help": "ridge weight λ keeping W close to the original"})
+    erase_scale: float = field(default=1.0, metadata={"help": "η_e, weight of the target→guide mapping"})
+    preserve_scale: float | None = field(default=None, metadata={"help": "η_p (default: 1, or max(0.1, 1/|P|) for variant 2023)"})
+    token: Literal["last", "end"] | None = field(default=None, metadata={"help": "keys per prompt: last word, or last word to end (default by variant)"})
+    variant: Literal["current", "2023"] = field(default="current", metadata={"help": "'current' reference script or the 2023 paper code"})
+    with_to_k: bool = field(default=True, metadata={"help": "edit to_k as well as to_v (UNet families)"})
+    default_anchor: str = field(default="", metadata={"help": "guide for targets without an anchor ('' = BOS)"})
+    solver: Literal["auto", "direct", "woodbury"] = field(default="auto", metadata={"help": "linear solver (auto: Woodbury when cheaper)"})
+
+    def validate(self) -> None:
+        if self.lamb < 0 or self.erase_scale <= 0 or (self.preserve_scale is not None and self.preserve_scale < 0):
+            raise ConfigError("uce needs lamb >= 0, erase_scale > 0 and preserve_scale >= 0")
+
+    def resolved_token(self) -> str:
+        return self.token or ("end" if self.variant == "2023" else "last")
+
+    def resolved_preserve_scale(self, n_preserve: int) -> float:
+        if self.preserve_scale is not None:
+            return self.preserve_scale
+        return max(0.1, 1.0 / max(1, n_preserve)) if self.variant == "2023" else 1.0
+
+
+@dataclass
+class PromptPlan:
+    """Every prompt the edit needs, deduplicated, and how they pair up."""
+
+    prompts: list[str]
+    pairs: list[tuple[int, int]]  # (target prompt index, guide prompt index)
+    preserve: list[int]
+
+    @staticmethod
+    def build(request: ErasureRequest, default_anchor: str) -> "PromptPlan":
+        index: dict[str, int] = {}
+
+        def at(p: str) -> int:
+            return index.setdefault(p, len(index))
+
+        pairs = []
+        for t in request.targets:
+            anchor = default_anchor if t.anchor is None else t.anchor
+            for phrase in t.phrases():
+                for tpl in ["{}", *request.templates]:
+                    guide = tpl.format(anchor) if anchor.strip() else anchor
+                    pairs.append((at(tpl.format(phrase)), at(guide)))
+        preserve = [at(p) for phrase in request.preserve for p in request.expand(phrase)]
+        return PromptPlan(list(index), pairs, preserve)
+
+
+def token_keys(enc: Encoded, plan: PromptPlan, token: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-paired target and guide keys and the preserved keys, ``[n, d]`` each, for the token stream."""
+    if token == "last":
+        pos = enc.last_word()  # [N, S]
+        n, s = pos.shape
+
+        def rows(idx: list[int]) -> torch.Tensor:
+            if not idx:
+                return enc.tokens.new_zeros(0, enc.tokens.shape[-1])
+            i = torch.tensor(idx)
+            return enc.tokens[i[:, None].expand(-1, s).reshape(-1), pos[i].reshape(-1)]
+
+        return rows([a for a, _ in plan.pairs]), rows([b for _, b in plan.pairs]), rows(plan.preserve)
+    # token == "end": positions from the last word to the segment end, aligned from the start.
+    ce, cg = [], []
+    for a, b in plan.pairs:
+        pa, pb = enc.end_positions(a), enc.end_positions(b)
+        for seg in enc.segments:
+            sa = pa[(pa >= seg.start) & (pa < seg.start + seg.length)]
+            sb = pb[(pb >= seg.start) & (pb < seg.start + seg.length)]
+            k = min(len(sa), len(sb))
+            ce.append(enc.tokens[a, sa[:k]])
+            cg.append(enc.tokens[b, sb[:k]])
+    cp = [enc.tokens[j, enc.end_positions(j)] for j in plan.preserve]
+    d = enc.tokens.shape[-1]
+    return torch.cat(ce), torch.cat(cg), torch.cat(cp) if cp else enc.tokens.new_zeros(0, d)
+
+
+@register_method("uce", UCEConfig, families=("sd", "sdxl", "sd3", "flux"), kind="closed-form")
+def uce(pipe, request: ErasureRequest, config: UCEConfig, adapter: FamilyAdapter, progress: bool = True) -> MethodResult:
+    """Unified Concept Editing: one closed-form ridge edit of the text projections (to_k/to_v)."""
+    token = config.resolved_token()
+    plan = PromptPlan.build(request, config.default_anchor)
+    enc = adapter.encode(pipe, plan.prompts, upto="real" if token == "last" else None)
+    eta_p = config.resolved_preserve_scale(len(request.preserve))
+    projections = [p for p in adapter.text_projections(pipe) if config.with_to_k or not p.path.endswith("to_k")]
+
+    keys: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    if any(p.reads == "tokens" for p in projections):
+        keys["tokens"] = token_keys(enc, plan, token)
+    if any(p.reads == "pooled" for p in projections):
+        pooled = enc.pooled
+        keys["pooled"] = (
+            pooled[[a for a, _ in plan.pairs]],
+            pooled[[b for _, b in plan.pairs]],
+            pooled[plan.preserve] if plan.preserve else pooled.new_zeros(0, pooled.shape[-1]),
+        )
+    gains = {kind: ridge_gain(*k, lam=config.lamb, eta_e=config.erase_scale, eta_p=eta_p, solver=config.solver) for kind, k in keys.items()}
+    weights = {p.weight_key: gains[p.reads].edit(p.module.weight) for p in projections}
+    info = {
+        "prompts": len(plan.prompts),
+        "target_keys": {k: int(v[0].shape[0]) for k, v in keys.items()},
+        "preserve_keys": {k: int(v[2].shape[0]) for k, v in keys.items()},
+        "solver": {k: g.solver for k, g in gains.items()},
+        "token": token,
+        "preserve_scale": eta_p,
+    }
+    return MethodResult(weights, info)

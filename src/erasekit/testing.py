@@ -1,0 +1,123 @@
+"""Tiny random pipelines of every supported family, built from configs (no downloads).
+
+The configs mirror diffusers' own fast tests (``get_dummy_components``); their hub tokenizers and
+T5 are replaced by tokenizers built here (the testbed's CLIP BPE, and a word-level T5). Used by the
+test-suite and the benchmarks; the numbers they produce mean nothing about real models.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .testbed.tokenizer import build_tokenizer
+from .testbed.world import vocabulary
+
+FAMILIES = ("sd", "sdxl", "sd3", "flux")
+EXTRA_WORDS = ("painting", "by", "art", "photo", "person", "cat", "dog", "car", "tree", "house", "van", "gogh", "monet")
+
+
+def tiny_clip_tokenizer():
+    return build_tokenizer()
+
+
+def tiny_t5_tokenizer():
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    words = dict.fromkeys((*vocabulary(), *EXTRA_WORDS))
+    pieces += [("\u2581" + w, -1.0 - i * 1e-3) for i, w in enumerate(words)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def _clip(tok, hidden: int = 32, projection: bool = False, seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        hidden_size=hidden,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        vocab_size=len(tok),
+        max_position_embeddings=tok.model_max_length,
+        projection_dim=hidden,
+        hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
+
+
+def _t5(tok, width: int, seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=len(tok), d_model=width, d_kv=8, d_ff=37, num_layers=2, num_heads=4, decoder_start_token_id=0)
+    return T5EncoderModel(cfg).eval()
+
+
+def _vae(**kw):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    base = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
+                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                latent_channels=4, norm_num_groups=2)  # fmt: skip
+    base.update(kw)
+    return AutoencoderKL(**base).eval()
+
+
+def tiny_pipeline(family: str, seed: int = 0):
+    """A random-weight pipeline of ``family`` (one of FAMILIES), small enough for unit tests on a CPU."""
+    from diffusers import (
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+    clip_tok = tiny_clip_tokenizer()
+    if family == "sd":
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                    cross_attention_dim=32, norm_num_groups=2)  # fmt: skip
+        return StableDiffusionPipeline(vae=_vae(), text_encoder=_clip(clip_tok, seed=seed), tokenizer=clip_tok, unet=unet.eval(),
+                                       scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    if family == "sdxl":
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(block_out_channels=(2, 4), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                    attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+                                    addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                                    projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=1)  # fmt: skip
+        return StableDiffusionXLPipeline(vae=_vae(), text_encoder=_clip(clip_tok, seed=seed), text_encoder_2=_clip(clip_tok, projection=True, seed=seed + 1),
+                                         tokenizer=clip_tok, tokenizer_2=clip_tok, unet=unet.eval(), scheduler=EulerDiscreteScheduler())  # fmt: skip
+    t5_tok = tiny_t5_tokenizer()
+    if family == "sd3":
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(sample_size=16, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+                                            caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=4)  # fmt: skip
+        vae = _vae(block_out_channels=(4,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), norm_num_groups=1,
+                   use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)  # fmt: skip
+        return StableDiffusion3Pipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                                        text_encoder=_clip(clip_tok, projection=True, seed=seed), tokenizer=clip_tok,
+                                        text_encoder_2=_clip(clip_tok, projection=True, seed=seed + 1), tokenizer_2=clip_tok,
+                                        text_encoder_3=_t5(t5_tok, 64, seed), tokenizer_3=t5_tok)  # fmt: skip
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])  # fmt: skip
+    vae = _vae(block_out_channels=(4,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), latent_channels=1,
+               norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)  # fmt: skip
+    return FluxPipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                        text_encoder=_clip(clip_tok, seed=seed), tokenizer=clip_tok, text_encoder_2=_t5(t5_tok, 32, seed), tokenizer_2=t5_tok)  # fmt: skip
