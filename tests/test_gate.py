@@ -1,50 +1,8 @@
 """The gate's bookkeeping, checked with a fake generator that draws exactly what it is told."""
 
-from types import SimpleNamespace
-
-import numpy as np
-import torch
-
+from erasekit.core.stats import wilson
 from erasekit.testbed import gate, world
-from erasekit.testbed.classifier import LABEL_NAMES
-
-
-class WorldPipe:
-    """Renders the attributes a gate prompt asks for; ``corrupt(prompt, attrs) -> attrs`` injects faults."""
-
-    device = torch.device("cpu")
-    name_or_path = None
-    tokenizer = None
-
-    def __init__(self, corrupt=None):
-        self.table = {g.prompt: g.expected for g in gate.all_prompts()}
-        self.corrupt = corrupt or (lambda prompt, a, seed: a)
-        self.drawn: list[world.Attributes] = []
-
-    def __call__(self, prompt, generator, num_inference_steps, guidance_scale, output_type, **_):
-        attrs = []
-        for p, g in zip(prompt, generator):
-            seed = g.initial_seed()
-            a = self.table[p]
-            a = world.Attributes(a.shape, a.style, a.colour, a.background, world.WATERMARK.in_subset(a) and seed % 2 == 0)
-            attrs.append(self.corrupt(p, a, seed))
-        self.drawn += attrs
-        images, _ = world.render(world.LabelBatch.from_attributes(attrs), np.random.default_rng(0))
-        return SimpleNamespace(images=images.astype(np.float32) / 255)
-
-
-class OracleJudge:
-    """Returns the labels the fake pipe drew (tests the gate's arithmetic, not a classifier)."""
-
-    def __init__(self, pipe):
-        self.pipe = pipe
-
-    def predict(self, images):
-        drawn = self.pipe.drawn
-        assert len(drawn) == len(images)
-        out = {d: np.array([LABEL_NAMES[d].index(getattr(a, d)) for a in drawn]) for d in world.DOMAINS}
-        out["watermark"] = np.array([int(a.watermark) for a in drawn])
-        return out
+from fakes import OracleJudge, WorldPipe
 
 
 def _run(corrupt=None, seeds=8):
@@ -106,6 +64,6 @@ def test_watermark_everywhere_and_characters_without_their_attributes_fail():
 
 
 def test_wilson_interval_brackets_the_rate():
-    lo, hi = gate.wilson(45, 50)
+    lo, hi = wilson(45, 50)
     assert lo < 0.9 < hi and 0 <= lo and hi <= 1
-    assert gate.wilson(0, 0) == (0.0, 1.0)
+    assert wilson(0, 0) == (0.0, 1.0)

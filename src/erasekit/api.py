@@ -235,3 +235,45 @@ def export_pipeline(erasure_dir: str | os.PathLike, model: str, out: str | os.Pa
                 shutil.copyfile(source / "tokenizer" / f, tmp / "tokenizer" / f)
         write_json(tmp / "erasure.json", erasure.metadata())
     return out
+
+
+def evaluate(
+    out: str | os.PathLike | None = None,
+    model: str = "testbed",
+    erasure: str | os.PathLike | None = None,
+    concepts: list[str] | None = None,
+    seeds: int = 4,
+    contexts: int = 12,
+    steps: int | None = None,
+    guidance: float | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate an erasure directory (or, without one, the base model on ``concepts``) on the testbed."""
+    from .core.erasure import Erasure
+    from .core.errors import ConfigError
+    from .evaluation import evaluate_on_testbed
+    from .evaluation.prompts import resolve_concept
+
+    if seeds < 1 or contexts < 1:
+        raise InvalidInputError("seeds and contexts must be at least 1")
+    loaded = Erasure.load(erasure) if erasure is not None else None
+    targets = list(concepts or (loaded.request.concepts if loaded else []))
+    if not targets:
+        raise ConfigError("nothing to evaluate: pass --erasure DIR, or --concept NAME to measure the base model")
+    for t in targets:
+        resolve_concept(t)
+    resolve_model(model)
+    judge = load_judge(model)
+    if judge is None:
+        raise ConfigError(f"evaluation needs a testbed judge; {model!r} has none (real-model judges come later)")
+    pipe = load_pipeline(model, device=device)
+    report = evaluate_on_testbed(
+        pipe, judge, targets, erasure=loaded, seeds=seeds, n_contexts=contexts,
+        sampling=SamplingConfig(steps=steps, guidance_scale=guidance), progress=progress,
+    )  # fmt: skip
+    report["model"] = str(model)
+    report["erasure"] = str(erasure) if erasure is not None else None
+    if out is not None:
+        write_json(out, report)
+    return report

@@ -167,6 +167,37 @@ def export(
 
 @app.command()
 @friendly
+def evaluate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the evaluation report (JSON).")],
+    model: ModelOpt = "testbed",
+    erasure: Annotated[Optional[Path], typer.Option(help="Erasure directory to evaluate (omit to measure the base model).")] = None,
+    concept: Annotated[Optional[list[str]], typer.Option("--concept", "-c", help="Target concept(s) (default: the erasure's).")] = None,
+    seeds: Annotated[int, typer.Option(min=1, max=256, help="Seeds per prompt.")] = 4,
+    contexts: Annotated[int, typer.Option(min=1, max=64, help="Attribute contexts per concept.")] = 12,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after."""
+    from .api import evaluate as evaluate_api
+
+    report = evaluate_api(out, model=model, erasure=erasure, concepts=concept, seeds=seeds, contexts=contexts,
+                          steps=steps, guidance=guidance, device=device)  # fmt: skip
+
+    def fmt(v):
+        return "  n/a" if v is None else f"{v:5.3f}"
+
+    typer.echo(f"{'':<10}{'UA':>7}{'IRA':>7}{'CRA':>7}")
+    typer.echo(f"{'base':<10}{fmt(report['base']['ua']):>7}{fmt(report['base']['ira']):>7}{fmt(report['base']['cra']):>7}")
+    if erasure is not None:
+        typer.echo(f"{'erased':<10}{fmt(report['ua']):>7}{fmt(report['ira']):>7}{fmt(report['cra']):>7}")
+        fid = report["fidelity"]
+        typer.echo(f"fidelity: pixel change {fid['pixel_change']:.4f}, labels unchanged {fid['labels_unchanged']['rate']:.3f}")
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+@friendly
 def methods() -> None:
     """List the erasure methods with their families and parameters."""
     from .core.registry import all_methods

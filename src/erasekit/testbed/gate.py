@@ -17,12 +17,12 @@ watermark rate within 10 points of its training share in the subset and <= 0.05 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.stats import wilson
 from ..generation import SamplingConfig, generate  # noqa: F401  (SamplingConfig is part of the gate API)
 from . import world
 from .classifier import LABEL_NAMES, TestbedClassifier
@@ -91,22 +91,6 @@ def character_prompts() -> list[GatePrompt]:
 def all_prompts() -> list[GatePrompt]:
     grid = grid_prompts()
     return grid + synonym_prompts(grid) + character_prompts()
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a rate k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
-def _rate(k: int, n: int) -> dict:
-    lo, hi = wilson(k, n)
-    return {"rate": k / n if n else None, "n": n, "ci95": [round(lo, 4), round(hi, 4)]}
 
 
 def run_gate(
@@ -188,10 +172,10 @@ def run_gate(
         "checks": checks,
         "thresholds": THRESHOLDS,
         "intervals": {
-            **{d: _rate(totals[d][0], totals[d][1])["ci95"] for d in world.DOMAINS},
-            "character": _rate(*char_all)["ci95"],
-            "watermark_subset": _rate(*wm["subset"])["ci95"],
-            "watermark_elsewhere": _rate(*wm["elsewhere"])["ci95"],
+            **{d: [round(x, 4) for x in wilson(totals[d][0], totals[d][1])] for d in world.DOMAINS},
+            "character": [round(x, 4) for x in wilson(*char_all)],
+            "watermark_subset": [round(x, 4) for x in wilson(*wm["subset"])],
+            "watermark_elsewhere": [round(x, 4) for x in wilson(*wm["elsewhere"])],
         },
         "samples": {"seeds_per_prompt": seeds, "prompts": len(unique), "images": len(images)},
         "sampling": sampling.to_dict(),

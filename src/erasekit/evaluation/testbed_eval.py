@@ -1,0 +1,153 @@
+"""Evaluate an erasure (or the base model) on the testbed with the testbed judge.
+
+One run generates every prompt of every target's prompt set with fixed seeds, once with the base
+model and once with the erasure applied (then removed: the pipeline ends as it started), classifies
+all images, and reports, per target and macro-averaged over targets, the metrics of metrics.py for
+the erased model and, under ``base``, for the base model.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import numpy as np
+import torch
+
+from ..generation import SamplingConfig, generate
+from .metrics import frechet_distance, labels_of, rate, shows
+from .prompts import DOMAIN_VALUES, EvalPrompt, prompt_set, resolve_concept
+
+
+def _images_and_preds(pipe, judge, prompts: list[str], seeds: int, sampling: SamplingConfig, progress: bool, desc: str):
+    flat = [p for p in prompts for _ in range(seeds)]
+    images = generate(pipe, flat, [s for _ in prompts for s in range(seeds)], sampling, progress=progress, desc=desc)
+    pred = judge.predict(images)
+    with torch.no_grad():
+        from ..testbed.classifier import to_model_input
+
+        feats = torch.cat([judge.embed(to_model_input(images[i : i + 512])) for i in range(0, len(images), 512)])
+    return images, pred, feats
+
+
+def target_metrics(target: str, plan: list[EvalPrompt], rows: dict[str, np.ndarray], pred: dict) -> dict:
+    """UA / IRA / CRA of one target from predictions ``pred`` (``rows[prompt]``: its image rows)."""
+    concept, domain = resolve_concept(target)
+
+    def pick(group: str, neighbour: bool | None = None) -> list[EvalPrompt]:
+        return [p for p in plan if p.group == group and (neighbour is None or p.neighbour == neighbour)]
+
+    def shown(prompts: list[EvalPrompt], own: bool) -> np.ndarray:
+        """Per image: shows the target (own=False) or the prompt's own concept (own=True)."""
+        if not prompts:
+            return np.zeros(0, dtype=bool)
+        out = []
+        for p in prompts:
+            lab = labels_of(pred, rows[p.prompt])
+            out.append(shows(lab, p.concept if own else concept, domain))
+        return np.concatenate(out)
+
+    def other_domains(prompts: list[EvalPrompt]) -> np.ndarray:
+        doms = [d for d in DOMAIN_VALUES if d != domain] if domain != "character" else list(DOMAIN_VALUES)
+        if not prompts:
+            return np.zeros(0, dtype=bool)
+        out = []
+        for p in prompts:
+            lab = labels_of(pred, rows[p.prompt])
+            out.append(np.concatenate([lab[d] == getattr(p.expected, d) for d in doms]))
+        return np.concatenate(out)
+
+    named = pick("target") + pick("synonym")
+    result = {
+        "concept": concept,
+        "domain": domain,
+        "ua": rate(~shown(named, own=False)),
+        "ua_canonical": rate(~shown(pick("target"), own=False)),
+        "ua_synonym": rate(~shown(pick("synonym"), own=False)),
+        "ira": rate(shown(pick("other"), own=True)),
+        "ira_neighbours": rate(shown(pick("other", neighbour=True), own=True)),
+        "cra": rate(other_domains(pick("other"))),
+        "cra_on_target": rate(other_domains(named)),
+    }
+    if domain == "character":
+        result["ua_description"] = rate(~shown(pick("description"), own=False))
+    return result
+
+
+def _macro(per_target: list[dict]) -> dict[str, float | None]:
+    def mean(key: str) -> float | None:
+        vals = [t[key]["rate"] for t in per_target if t[key]["rate"] is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {k: mean(k) for k in ("ua", "ira", "cra")}
+
+
+def evaluate_on_testbed(
+    pipe,
+    judge,
+    targets: list[str],
+    erasure=None,
+    seeds: int = 4,
+    n_contexts: int = 12,
+    sampling: SamplingConfig | None = None,
+    progress: bool = True,
+    base_cache: dict | None = None,
+) -> dict:
+    """The evaluation report (see module docstring); ``base_cache`` reuses base-model images across calls."""
+    t0 = time.time()
+    sampling = (sampling or SamplingConfig()).resolved(pipe)
+    plans = {t: prompt_set(t, n_contexts) for t in targets}
+    prompts = list(dict.fromkeys(p.prompt for plan in plans.values() for p in plan))
+    rows = {p: np.arange(i * seeds, (i + 1) * seeds) for i, p in enumerate(prompts)}
+
+    key = (tuple(prompts), seeds, sampling.steps, sampling.guidance_scale)
+    if base_cache is not None and key in base_cache:
+        base_images, base_pred, base_feats = base_cache[key]
+    else:
+        base_images, base_pred, base_feats = _images_and_preds(pipe, judge, prompts, seeds, sampling, progress, "base model")
+        if base_cache is not None:
+            base_cache[key] = (base_images, base_pred, base_feats)
+    report: dict = {}
+    base_targets = [target_metrics(t, plans[t], rows, base_pred) for t in targets]
+    report["base"] = {**_macro(base_targets), "targets": base_targets}
+
+    if erasure is not None:
+        erasure.apply(pipe)
+        try:
+            images, pred, feats = _images_and_preds(pipe, judge, prompts, seeds, sampling, progress, "erased model")
+        finally:
+            erasure.remove(pipe)
+        per_target = [target_metrics(t, plans[t], rows, pred) for t in targets]
+        other = np.concatenate([rows[p.prompt] for plan in plans.values() for p in plan if p.group == "other"])
+        other = np.unique(other)
+        changed_labels = np.zeros(len(other), dtype=bool)
+        for d in (*DOMAIN_VALUES, "watermark"):
+            changed_labels |= pred[d][other] != base_pred[d][other]
+        fidelity = {
+            "pixel_change": float(np.abs(images[other].astype(np.float32) - base_images[other].astype(np.float32)).mean() / 255),
+            "labels_unchanged": rate(~changed_labels),
+            "frechet_distance": frechet_distance(base_feats[other], feats[other]) if len(other) > 2 else None,
+            "frechet_distance_target_prompts": None,
+            "images": int(len(other)),
+        }
+        named = np.unique(np.concatenate([rows[p.prompt] for plan in plans.values() for p in plan if p.group in ("target", "synonym")]))
+        if len(named) > 2:
+            fidelity["frechet_distance_target_prompts"] = frechet_distance(base_feats[named], feats[named])
+        report.update(_macro(per_target))
+        report["targets"] = per_target
+        report["fidelity"] = fidelity
+        report["cost"] = {
+            "erase_seconds": erasure.timings.get("seconds"),
+            "delta_bytes": erasure.num_bytes(),
+            "changed_tensors": len(erasure.weights),
+            "method": erasure.method,
+            "params": erasure.params,
+        }
+    else:
+        report.update({k: v for k, v in report["base"].items() if k != "targets"})
+        report["targets"] = base_targets
+    report["samples"] = {"seeds_per_prompt": seeds, "prompts": len(prompts), "images_per_model": len(prompts) * seeds, "contexts": n_contexts}
+    report["sampling"] = sampling.to_dict()
+    report["eval_seconds"] = round(time.time() - t0, 1)
+    report["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return report
