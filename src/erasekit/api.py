@@ -167,11 +167,14 @@ def check_vocabulary(pipe, request) -> None:
         raise ConfigError(f"not in the testbed's vocabulary: {', '.join(unknown)} (see docs/testbed.md for its {len(vocab)} words)")
 
 
-def erase(pipe, method: str, request, model: str | None = None, progress: bool = True, **params):
+def erase(pipe, method: str, request, model: str | None = None, progress: bool = True, judge=None, **params):
     """Compute an erasure of ``request`` with ``method`` on ``pipe`` (left unchanged) -> :class:`Erasure`.
 
-    ``pipe`` is a loaded diffusers pipeline or a model name for :func:`load_pipeline`.
+    ``pipe`` is a loaded diffusers pipeline or a model name for :func:`load_pipeline`. Methods that
+    validate (RECE) get ``judge`` (default on a testbed model: the testbed classifier).
     """
+    import inspect
+
     from . import __version__
     from .core.erasure import Erasure, hash_tensors
     from .core.errors import ErasekitError, UnsupportedModelError
@@ -190,8 +193,17 @@ def erase(pipe, method: str, request, model: str | None = None, progress: bool =
     if adapter.name not in spec.families:
         raise UnsupportedModelError(f"method {method!r} does not support the {adapter.name} family (it supports: {', '.join(spec.families)})")
     check_vocabulary(pipe, request)
+    extra = {}
+    if "judge" in inspect.signature(spec.fn).parameters:
+        if judge is None:
+            from .evaluation.judges import TestbedJudge
+
+            root = getattr(pipe, "name_or_path", None)
+            classifier = load_judge(root) if root and Path(root).is_dir() else None
+            judge = TestbedJudge(classifier) if classifier is not None else None
+        extra["judge"] = judge
     t0 = time.perf_counter()
-    result = spec.fn(pipe, request, config, adapter=adapter, progress=progress)
+    result = spec.fn(pipe, request, config, adapter=adapter, progress=progress, **extra)
     seconds = time.perf_counter() - t0
     from .core.erasure import get_tensor
 

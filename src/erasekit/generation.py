@@ -99,7 +99,8 @@ def generate(
     sampling.validate()
     for p in set(prompts):
         check_prompt(pipe, p)
-    device = pipe.device
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)  # one bar (ours) per call, not one per batch
     out: list[np.ndarray] = []
     bs = sampling.batch_size
     for i in tqdm(range(0, len(prompts), bs), desc=desc, disable=not progress or len(prompts) <= bs, unit="batch"):

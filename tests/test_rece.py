@@ -1,0 +1,70 @@
+"""RECE: the adversarial embedding is the least-squares preimage, and re-erasing it neutralises it."""
+
+import numpy as np
+import torch
+
+from erasekit.api import erase
+from erasekit.core.request import ErasureRequest, Target
+from erasekit.families import get_adapter
+from erasekit.methods.rece import adversarial_embedding
+from erasekit.testing import tiny_pipeline
+
+
+def test_adversarial_embedding_is_the_regularised_preimage():
+    g = torch.Generator().manual_seed(0)
+    original = [torch.randn(12, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    edited = [w + 0.3 * torch.randn(12, 8, generator=g, dtype=torch.float64) for w in original]
+    c = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    adv = adversarial_embedding(edited, original, c, reg=1e-3).requires_grad_(True)
+    loss = sum((adv @ w1.T - c @ w0.T).pow(2).sum() for w1, w0 in zip(edited, original)) + 1e-3 * adv.pow(2).sum()
+    loss.backward()
+    assert adv.grad.norm() < 1e-8
+    # with no edit the concept is its own preimage
+    same = adversarial_embedding(original, original, c, reg=0.0)
+    assert torch.allclose(same, c, atol=1e-8)
+
+
+def test_rece_re_erases_what_uce_left_reachable():
+    pipe = tiny_pipeline("sd")
+    request = ErasureRequest([Target("star")], preserve=["circle"])
+    base = erase(pipe, "uce", request)
+    rece = erase(pipe, "rece", request, epochs=2)
+    assert rece.info["chosen_epoch"] == 2 and set(rece.weights) == set(base.weights)
+    assert any(not torch.equal(rece.weights[k], base.weights[k]) for k in base.weights)
+
+    adapter = get_adapter(pipe)
+    projections = [p for p in adapter.text_projections(pipe) if p.weight_key in base.weights]
+    originals = [p.module.weight.detach() for p in projections]
+    enc = adapter.encode(pipe, ["star", " "])
+    c, guide = enc.tokens[0].double(), enc.tokens[1].double()
+    uce_w = [base.weights[p.weight_key].double() for p in projections]
+    adv = adversarial_embedding(uce_w, originals, c, reg=1e-3)
+
+    def distance_to_guide(weights):
+        return sum((adv @ w.T - guide @ u.T).norm() for w, u in zip(weights, uce_w))
+
+    rece_w = [rece.weights[p.weight_key].double() for p in projections]
+    assert distance_to_guide(rece_w) < 0.8 * distance_to_guide(uce_w)
+
+
+class CountingJudge:
+    """Says the concept is shown in every image except during the second call (so epoch 2 wins)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def shows(self, images, concept):
+        self.calls += 1
+        return np.full(len(images), self.calls != 2)
+
+
+def test_judge_picks_the_epoch_that_shows_the_concept_least():
+    pipe = tiny_pipeline("sd")
+    judge = CountingJudge()
+    before = {p.weight_key: p.module.weight.detach().clone() for p in get_adapter(pipe).text_projections(pipe)}
+    result = erase(pipe, "rece", ErasureRequest([Target("star")]), judge=judge, epochs=3, validation_seeds=2)
+    assert judge.calls == 3 and result.info["chosen_epoch"] == 2
+    assert result.info["validation_shown_rate"] == [1.0, 0.0, 1.0]
+    # validation put weights in temporarily; the pipeline is back to its original weights
+    for p in get_adapter(pipe).text_projections(pipe):
+        assert torch.equal(p.module.weight, before[p.weight_key])
