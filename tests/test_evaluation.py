@@ -95,3 +95,17 @@ def test_frechet_distance_is_zero_for_equal_sets_and_grows_with_shift():
     a = torch.tensor(rng.normal(size=(200, 4)))
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
     assert frechet_distance(a, a + 1.0) == pytest.approx(4.0, rel=1e-6)
+
+
+def test_results_table_is_generated_from_run_json():
+    from erasekit.report.tables import results_markdown
+
+    pipe = WorldPipe()
+    run = evaluate_on_testbed(pipe, OracleJudge(pipe), ["star"], erasure=FakeErasure(pipe, "star", "circle"),
+                              seeds=1, n_contexts=4, sampling=FAST, progress=False)  # fmt: skip
+    run.update(method="fake", concept="star")
+    text = results_markdown([run], header="# Results")
+    assert text.startswith("# Results") and "### shape" in text
+    rows = [line for line in text.splitlines() if line.startswith("| star")]
+    assert len(rows) == 2 and "*base model*" in rows[0] and "| fake |" in rows[1]
+    assert "| 100 (" in rows[1]  # UA 100 % with its interval

@@ -86,5 +86,10 @@ def test_too_long_prompt_is_a_clear_error(tmp_path):
 def test_demo_runs_end_to_end(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--seeds", "1"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "grid.png").is_file() and (tmp_path / "gate.json").is_file()
-    assert "shape accuracy" in result.output
+    for name in ("grid.png", "gate.json", "eval.json", "before_after.png", "erasure/erasure.json"):
+        assert (tmp_path / name).is_file(), name
+    assert "shape accuracy" in result.output and "UCE erased star, zorbo" in result.output
+    import json
+
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert ev["ua"] > ev["base"]["ua"]  # the erasure measurably removes the concepts

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .core.errors import InvalidInputError, MissingFileError
@@ -119,7 +120,14 @@ DEMO_PROMPTS = (
 
 
 def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: str | None = None) -> list[str]:
-    """The main job on the testbed: a labelled grid of the demo prompts and a quality-gate summary."""
+    """The main job on the testbed: what the model draws, the quality gate, then erase, evaluate and compare.
+
+    1. a labelled grid of the demo prompts (``grid.png``) and a quick quality gate (``gate.json``);
+    2. UCE erases the shape ``star`` and the character ``zorbo`` (``erasure/``);
+    3. both are evaluated before and after (``eval.json``) and shown side by side (``before_after.png``).
+    """
+    from .core.request import ErasureRequest, Target
+    from .evaluation import evaluate_on_testbed
     from .testbed.gate import summary_lines
 
     out = Path(out)
@@ -138,8 +146,39 @@ def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: s
     lines += summary_lines(report)
     if seeds < 8:
         lines.append(f"(a quick gate with {seeds} seeds per prompt; the full gate is 'erasekit testbed check --out gate.json')")
-    lines.append(f"report: {out / 'gate.json'}  ({time.time() - t0:.0f}s)")
-    write_json(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "seconds": round(time.time() - t0, 1)})
+
+    request = ErasureRequest([Target("star"), Target("zorbo")])
+    erasure = erase(pipe, "uce", request, model="testbed")
+    erasure.save(out / "erasure")
+    ev = evaluate_on_testbed(pipe, judge, request.concepts, erasure=erasure, seeds=seeds, n_contexts=6, progress=True)
+    write_json(out / "eval.json", ev)
+    lines += ["", f"UCE erased {', '.join(request.concepts)} in {erasure.timings['seconds']:.2f}s "
+              f"({len(erasure.weights)} tensors, {erasure.num_bytes() / 2**20:.2f} MiB)", ""]
+    lines.append(f"{'target':<8}{'':<8}{'UA':>7}{'UA syn':>8}{'IRA':>7}{'IRA nb':>8}{'CRA':>7}")
+    for b, a in zip(ev["base"]["targets"], ev["targets"]):
+        for name, t in (("base", b), ("erased", a)):
+            cells = [t["ua"], t["ua_synonym"], t["ira"], t["ira_neighbours"], t["cra"]]
+            text = ["   n/a" if c["rate"] is None else f"{c['rate']:6.2f}" for c in cells]
+            lines.append(f"{t['concept'] if name == 'base' else '':<8}{name:<8}{text[0]:>7}{text[1]:>8}{text[2]:>7}{text[3]:>8}{text[4]:>7}")
+    fid = ev["fidelity"]
+    lines.append(f"fidelity on other prompts: mean pixel change {fid['pixel_change']:.4f}, labels unchanged {fid['labels_unchanged']['rate']:.2f}")
+
+    compare = ["a red filled star on a black background", "zorbo", "a blue striped circle on a gray background", "pipa"]
+    flat = [p for p in compare for _ in range(per)]
+    flat_seeds = [s for _ in compare for s in range(per)]
+    before = generate(pipe, flat, flat_seeds, progress=False)
+    erasure.apply(pipe)
+    try:
+        after = generate(pipe, flat, flat_seeds, progress=False)
+    finally:
+        erasure.remove(pipe)
+    both = np.concatenate([np.stack([before[i], after[i]]) for i in range(len(flat))])
+    pb, pa = judge.predict(before), judge.predict(after)
+    caps = [c for i, p in enumerate(flat) for c in (f"before: {p[:13]}\n" + describe_labels(pb, i), "after\n" + describe_labels(pa, i))]
+    save_image(make_grid(both, caps, cols=per * 2), out / "before_after.png")
+    lines.append(f"before/after grid: {out / 'before_after.png'}")
+    lines.append(f"reports: {out / 'gate.json'}, {out / 'eval.json'}  ({time.time() - t0:.0f}s)")
+    write_json(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "erased": request.concepts, "seconds": round(time.time() - t0, 1)})
     return lines
 
 
@@ -289,3 +328,67 @@ def evaluate(
     if out is not None:
         write_json(out, report)
     return report
+
+
+def bench(
+    methods: list[str],
+    concepts: list[str],
+    out_dir: str | os.PathLike = "benchmarks/results/testbed",
+    report: str | os.PathLike | None = "docs/results.md",
+    model: str = "testbed",
+    seeds: int = 4,
+    contexts: int = 12,
+    params: dict[str, dict] | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Erase every concept with every method (one concept at a time), evaluate each, write JSON and a report.
+
+    The base model's images are generated once per concept and shared by all methods.
+    """
+    import resource
+
+    from .core.request import ErasureRequest, Target
+    from .evaluation import evaluate_on_testbed
+    from .evaluation.prompts import resolve_concept
+    from .report.tables import results_markdown
+
+    if not methods or not concepts:
+        raise InvalidInputError("bench needs at least one --methods entry and one --concepts entry")
+    for c in concepts:
+        resolve_concept(c)
+    from .core.registry import get_method
+
+    for m in methods:
+        get_method(m)
+    judge = load_judge(model)
+    if judge is None:
+        raise MissingFileError(f"bench needs a testbed judge; {model!r} has none")
+    pipe = load_pipeline(model, device=device)
+    out_dir = Path(out_dir)
+    cache: dict = {}
+    runs = []
+    for concept in concepts:
+        for method in methods:
+            request = ErasureRequest([Target(concept)])
+            erasure = erase(pipe, method, request, model=model, progress=progress, **(params or {}).get(method, {}))
+            run = evaluate_on_testbed(pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=cache)
+            run.update(method=method, concept=concept, model=str(model), peak_memory_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+            write_json(out_dir / f"{method}-{concept}.json", run)
+            runs.append(run)
+    write_json(out_dir / "results.json", {"runs": runs})
+    if report is not None:
+        from .core.io import atomic_path
+
+        header = (
+            "# Results on the testbed\n\n"
+            f"Generated by `erasekit bench --methods {','.join(methods)} --concepts {','.join(concepts)}` "
+            f"({seeds} seeds x {contexts} contexts per concept; JSON in `{out_dir}`). Rates in % with 95 % Wilson intervals. "
+            "UA: target prompts whose images no longer show the target (higher = more erased); IRA: other concepts of the "
+            "domain still drawn (neighbours: the most similar ones); CRA: the other attributes still right; pixel change and "
+            "labels kept: same prompt and seed before vs after, on the other concepts' prompts; FD: Fréchet distance of the "
+            "judge's features on those prompts."
+        )
+        with atomic_path(report) as tmp:
+            tmp.write_text(results_markdown(runs, header))
+    return runs

@@ -107,7 +107,7 @@ def demo(
     seeds: Annotated[int, typer.Option(min=1, max=64, help="Seeds per prompt for the quality-gate summary.")] = 2,
     device: DeviceOpt = None,
 ) -> None:
-    """Run the main job on the testbed: a labelled image grid and the quality-gate summary."""
+    """The main job on the testbed: labelled grid, quality gate, UCE erasure of a shape and a character, before/after evaluation."""
     from .api import run_demo
 
     for line in run_demo(out, seeds=seeds, device=device):
@@ -194,6 +194,28 @@ def evaluate(
         fid = report["fidelity"]
         typer.echo(f"fidelity: pixel change {fid['pixel_change']:.4f}, labels unchanged {fid['labels_unchanged']['rate']:.3f}")
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+@friendly
+def bench(
+    methods_: Annotated[str, typer.Option("--methods", help="Comma-separated method names.")] = "uce,time,rece",
+    concepts: Annotated[str, typer.Option("--concepts", help="Comma-separated testbed concepts.")] = "star,striped,red,zorbo",
+    out: Annotated[Path, typer.Option("--out", help="Directory for the per-run JSON.")] = Path("benchmarks/results/testbed"),
+    report: Annotated[Path, typer.Option("--report", help="Markdown report to (re)write.")] = Path("docs/results.md"),
+    model: ModelOpt = "testbed",
+    seeds: Annotated[int, typer.Option(min=1, max=64, help="Seeds per prompt.")] = 4,
+    contexts: Annotated[int, typer.Option(min=1, max=64, help="Attribute contexts per concept.")] = 12,
+    device: DeviceOpt = None,
+) -> None:
+    """Erase each concept with each method, evaluate every run, and write JSON plus a results table."""
+    from .api import bench as bench_api
+
+    runs = bench_api([m.strip() for m in methods_.split(",") if m.strip()], [c.strip() for c in concepts.split(",") if c.strip()],
+                     out_dir=out, report=report, model=model, seeds=seeds, contexts=contexts, device=device)  # fmt: skip
+    for r in runs:
+        typer.echo(f"{r['concept']:<10} {r['method']:<6} UA {r['ua']:.2f} (base {r['base']['ua']:.2f})  IRA {r['ira']:.2f}  CRA {r['cra']:.2f}")
+    typer.echo(f"wrote {out}/results.json and {report}")
 
 
 @app.command()

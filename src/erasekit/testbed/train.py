@@ -10,7 +10,9 @@ periodic checkpoints (safetensors, never pickle) so ``resume=True`` continues wh
 5. ``unet``       - CLIPTextModel + UNet2DConditionModel trained jointly on noise prediction
                     (epsilon, SD's schedule), captions resampled every step, 10 % empty captions for
                     classifier-free guidance, min-SNR-5 loss weights, EMA of the weights;
-6. ``export``     - a diffusers StableDiffusionPipeline directory (EMA weights, DDIM scheduler).
+6. ``decoder``    - the VAE decoder refined alone (encoder frozen, so the latents the UNet learned
+                    stay valid): sharper dots and strokes;
+7. ``export``     - a diffusers StableDiffusionPipeline directory (EMA weights, DDIM scheduler).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .classifier import ClassifierTrainConfig, evaluate_classifier, save_classif
 from .model import build_text_encoder, build_train_scheduler, build_unet, build_vae
 from .tokenizer import build_tokenizer, save_tokenizer
 
-STAGES = ("classifier", "data", "vae", "latents", "unet", "export")
+STAGES = ("classifier", "data", "vae", "latents", "unet", "decoder", "export")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class TrainConfig:
     vae_batch: int = 48
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
+    decoder_steps: int = 1_200
     unet_steps: int = 4_500
     unet_batch: int = 128
     unet_lr: float = 1e-3
@@ -63,6 +66,7 @@ class TrainConfig:
             classifier=ClassifierTrainConfig(n_images=256, steps=3, batch_size=16),
             vae_steps=3,
             vae_batch=8,
+            decoder_steps=2,
             unet_steps=6,
             unet_batch=8,
             unet_warmup=2,
@@ -157,6 +161,45 @@ class Trainer:
             x = x_all[:512]
             rec = vae.decode(vae.encode(x).latent_dist.mean).sample
         return {"recon_mse": float(F.mse_loss(rec, x))}
+
+    def stage_decoder(self, resume: bool) -> dict:
+        """Refine the decoder on exact latents: z ~ q(z|x) from the frozen encoder, loss MSE + 0.5 L1."""
+        cfg = self.cfg
+        x_all = self._images()
+        vae = build_vae()
+        vae.load_state_dict(load_tensors(self.dir / "ckpt-vae.safetensors"))
+        lat = load_tensors(self.dir / "latents.safetensors")
+        params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+        for p in vae.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=cfg.vae_lr * 0.5, weight_decay=0.0)
+        gen = torch.Generator().manual_seed(cfg.seed + 4)
+        vae.train()
+
+        def recon_error() -> float:
+            with torch.no_grad():
+                return float(F.mse_loss(vae.decode(lat["mean"][:512]).sample, x_all[:512]))
+
+        before = recon_error()
+        bar = tqdm(range(cfg.decoder_steps), desc="decoder", disable=not self.progress, mininterval=2)
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = cfg.vae_lr * 0.5 * _cosine(step, cfg.decoder_steps, warmup=50)
+            idx = torch.randint(0, len(x_all), (cfg.vae_batch,), generator=gen)
+            z = lat["mean"][idx] + lat["std"][idx] * torch.randn(lat["mean"][idx].shape, generator=gen)
+            x = x_all[idx]
+            rec = vae.decode(z).sample
+            loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.5f}", refresh=False)
+        vae.eval()
+        after = recon_error()
+        save_tensors(self.dir / "ckpt-vae.safetensors", vae.state_dict())
+        return {"recon_mse_before": before, "recon_mse_after": after}
 
     def stage_latents(self, resume: bool) -> dict:
         vae = build_vae()

@@ -1,0 +1,1 @@
+"""Reports: tables (and later grids, plots, HTML) generated from result JSON, never from live objects."""
