@@ -23,6 +23,9 @@ TEXT_WIDTH = 128
 LATENT_CHANNELS = 16
 LATENT_SIZE = 8
 
+#: Sampling settings the testbed is evaluated with (written to testbed.json; chosen on the quality gate).
+RECOMMENDED_SAMPLING = {"steps": 20, "guidance_scale": 3.0}
+
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..core.io import atomic_path, load_tensors, optimizer_tensors, restore_optimizer, save_tensors, write_json
 from . import world
 from .classifier import ClassifierTrainConfig, evaluate_classifier, save_classifier, train_classifier
-from .model import build_text_encoder, build_train_scheduler, build_unet, build_vae
+from .model import RECOMMENDED_SAMPLING, build_text_encoder, build_train_scheduler, build_unet, build_vae
 from .tokenizer import build_tokenizer, save_tokenizer
 
 STAGES = ("classifier", "data", "vae", "latents", "unet", "decoder", "export")
@@ -297,7 +297,7 @@ class Trainer:
             pipe.save_pretrained(tmp, safe_serialization=True)
             save_tokenizer(pipe.tokenizer, tmp / "tokenizer")
             (tmp / "classifier.safetensors").write_bytes((self.dir / "classifier.safetensors").read_bytes())
-            write_json(tmp / "testbed.json", {"world": "erasekit-shapes-v1", "train_config": asdict(self.cfg)})
+            write_json(tmp / "testbed.json", {"world": "erasekit-shapes-v1", "sampling": RECOMMENDED_SAMPLING, "train_config": asdict(self.cfg)})
         return {"pipeline": str(out)}
 
     # -- checkpoints -------------------------------------------------------------------------------

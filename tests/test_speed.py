@@ -1,0 +1,52 @@
+"""SPEED: retained keys and invariants are untouched (null space), targets move towards their anchor."""
+
+import torch
+
+from erasekit.api import erase
+from erasekit.core.request import ErasureRequest, Target
+from erasekit.families import get_adapter
+from erasekit.methods.speed import kmeans, null_space_projector, speed_delta
+from erasekit.testing import tiny_pipeline
+
+
+def test_delta_vanishes_on_retained_keys_and_invariants():
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    w = torch.randn(10, d, generator=g, dtype=torch.float64)
+    c_t = torch.randn(3, d, generator=g, dtype=torch.float64)
+    c_a = torch.randn(3, d, generator=g, dtype=torch.float64)
+    retain = torch.randn(5, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
+    k2 = torch.randn(d, 2, generator=g, dtype=torch.float64)
+    p = null_space_projector(retain, tau=1e-6)
+    assert torch.allclose(p @ retain.T, torch.zeros_like(retain.T), atol=1e-8)
+    delta = speed_delta(w, c_t.T @ c_t / 3, c_a.T @ c_t / 3, p, k2, alpha=1.0, lam=0.0)
+    assert (delta @ retain.T).norm() < 1e-8 * delta.norm() * retain.norm()
+    assert (delta @ k2).norm() < 1e-8 * delta.norm() * k2.norm()
+    assert delta.norm() > 1e-3
+
+
+def test_kmeans_finds_separated_clusters():
+    x = torch.cat([torch.zeros(5, 2), torch.full((5, 2), 10.0), torch.tensor([[0.0, 10.0]] * 4)]).double()
+    c = kmeans(x, 3)
+    assert sorted(map(tuple, c.round().tolist())) == [(0.0, 0.0), (0.0, 10.0), (10.0, 10.0)]
+
+
+def test_speed_on_a_model_keeps_preserved_values_and_moves_the_target():
+    pipe = tiny_pipeline("sd")
+    request = ErasureRequest([Target("star", anchor="a shape")], preserve=["circle", "heart", "square"])
+    result = erase(pipe, "speed", request, tau=1e-3, augment=0, ipf=False)
+    assert result.weights and all(k.endswith("to_v.weight") for k in result.weights)
+    adapter = get_adapter(pipe)
+    enc = adapter.encode(pipe, ["star", "a shape", "circle", "heart", "square", ""])
+    keys = enc.last_word_vectors().double()
+    bos = enc.tokens[5, 0].double()
+    for proj in adapter.text_projections(pipe):
+        if proj.weight_key not in result.weights:
+            continue
+        w0, w1 = proj.module.weight.detach().double(), result.weights[proj.weight_key].double()
+        moved = (w1 - w0) @ keys[2:5].T
+        assert moved.norm() < 1e-3 * (w0 @ keys[2:5].T).norm(), proj.path  # preserved values kept
+        assert ((w1 - w0) @ bos).norm() < 1e-6 * (w0 @ bos).norm()  # the invariant BOS is untouched
+        before = (w0 @ keys[0] - w0 @ keys[1]).norm()
+        after = (w1 @ keys[0] - w0 @ keys[1]).norm()
+        assert after < before  # the target's value moved towards the anchor's
