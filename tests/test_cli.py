@@ -42,3 +42,54 @@ def test_invalid_numbers_are_rejected():
 def test_missing_classifier_file(tmp_path):
     result = runner.invoke(app, ["testbed", "check", "--out", str(tmp_path / "g.json"), "--classifier", str(tmp_path / "none.safetensors")])
     _one_line_error(result, "none.safetensors")
+
+
+def test_methods_lists_every_method_with_parameters():
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0
+    for name in ("uce", "time", "rece", "speed"):
+        assert name in result.output
+    assert "lamb" in result.output and "closed-form" in result.output
+
+
+def test_erase_export_evaluate_on_the_testbed(tmp_path):
+    import json
+
+    from diffusers import StableDiffusionPipeline
+
+    erasure = tmp_path / "erasure"
+    result = runner.invoke(app, ["erase", "--model", "testbed", "--method", "uce", "--concept", "star", "--preserve", "circle",
+                                 "--set", "lamb=0.5", "--out", str(erasure)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((erasure / "erasure.json").read_text())
+    assert meta["method"] == "uce" and meta["params"]["lamb"] == 0.5 and meta["request"]["preserve"] == ["circle"]
+    assert all(".attn2.to_" in k for k in meta["changed_tensors"])
+
+    exported = tmp_path / "pipeline"
+    result = runner.invoke(app, ["export", str(erasure), "--model", "testbed", "--out", str(exported)])
+    assert result.exit_code == 0, result.output
+    pipe = StableDiffusionPipeline.from_pretrained(exported, safety_checker=None)
+    key = meta["changed_tensors"][0]
+    from safetensors.torch import load_file
+
+    assert (pipe.unet.get_parameter(key[len("unet."):]) == load_file(erasure / "weights.safetensors")[key]).all()
+
+    report = tmp_path / "eval.json"
+    result = runner.invoke(app, ["evaluate", "--model", "testbed", "--erasure", str(erasure), "--seeds", "1", "--contexts", "3", "--out", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert 0 <= data["ua"] <= 1 and "base" in data and data["samples"]["seeds_per_prompt"] == 1
+
+
+def test_erase_errors_are_one_line(tmp_path):
+    out = str(tmp_path / "e")
+    r = runner.invoke(app, ["erase", "--model", "testbed", "--method", "nope", "--concept", "star", "--out", out])
+    assert r.exit_code == 2 and "unknown method 'nope'" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["erase", "--model", "testbed", "--concept", "zebra", "--out", out])
+    assert r.exit_code == 2 and "not in the testbed's vocabulary: zebra" in r.output
+    r = runner.invoke(app, ["erase", "--model", "testbed", "--concept", "star", "--set", "lamb", "--out", out])
+    assert r.exit_code == 2 and "key=value" in r.output
+    r = runner.invoke(app, ["erase", "--model", "testbed", "--request", str(tmp_path / "missing.yaml"), "--out", out])
+    assert r.exit_code == 2 and "missing.yaml" in r.output
+    r = runner.invoke(app, ["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "not an erasure directory" in r.output

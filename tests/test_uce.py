@@ -122,3 +122,18 @@ def test_unknown_family_is_a_clear_error():
 
     with pytest.raises(UnsupportedModelError, match="not a supported model family"):
         get_adapter(NotAPipeline())
+
+
+def test_request_from_yaml(tmp_path):
+    path = tmp_path / "req.yaml"
+    path.write_text("targets:\n  - concept: star\n    anchor: a shape\n    synonyms: [pentagram]\n  - zorbo\npreserve: [circle]\ntemplates: ['a picture of {}']\n")
+    req = ErasureRequest.from_cli(["heart"], anchor="", preserve=["square"], request=str(path))
+    assert req.concepts == ["star", "zorbo", "heart"]
+    assert req.targets[0].synonyms == ["pentagram"] and req.targets[2].anchor == ""
+    assert req.preserve == ["circle", "square"] and req.expand("x") == ["x", "a picture of x"]
+    path.write_text("targets: [star]\nbogus: 1\n")
+    with pytest.raises(ConfigError, match="unknown request fields: bogus"):
+        ErasureRequest.from_yaml(path)
+    path.write_text("targets: [star]\ntemplates: ['no slot']\n")
+    with pytest.raises(ConfigError, match="exactly one"):
+        ErasureRequest.from_yaml(path)
