@@ -91,4 +91,5 @@ def build_train_scheduler() -> DDPMScheduler:
 
 
 def build_sample_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(**SCHEDULER_CONFIG, set_alpha_to_one=False, steps_offset=1)
+    # "trailing" spacing starts sampling at t = 999, the noise level the first step really faces.
+    return DDIMScheduler(**SCHEDULER_CONFIG, set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing")

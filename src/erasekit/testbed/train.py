@@ -7,11 +7,11 @@ periodic checkpoints (safetensors, never pickle) so ``resume=True`` continues wh
 2. ``data``       - render the training images with exact labels;
 3. ``vae``        - AutoencoderKL, reconstruction + small KL;
 4. ``latents``    - encode the dataset once (posterior mean and std), fix the latent scaling factor;
-5. ``unet``       - CLIPTextModel + UNet2DConditionModel trained jointly on noise prediction
-                    (epsilon, SD's schedule), captions resampled every step, 10 % empty captions for
-                    classifier-free guidance, min-SNR-5 loss weights, EMA of the weights;
-6. ``decoder``    - the VAE decoder refined alone (encoder frozen, so the latents the UNet learned
-                    stay valid): sharper dots and strokes;
+5. ``decoder``    - the VAE decoder refined alone (encoder frozen, so the latents stay valid):
+                    sharper dots and strokes;
+6. ``unet``       - CLIPTextModel + UNet2DConditionModel trained jointly on noise prediction
+                    (epsilon, SD's schedule) with offset noise, captions resampled every step, 10 %
+                    empty captions for classifier-free guidance, min-SNR-5 loss weights, EMA;
 7. ``export``     - a diffusers StableDiffusionPipeline directory (EMA weights, DDIM scheduler).
 """
 
@@ -34,7 +34,7 @@ from .classifier import ClassifierTrainConfig, evaluate_classifier, save_classif
 from .model import RECOMMENDED_SAMPLING, build_text_encoder, build_train_scheduler, build_unet, build_vae
 from .tokenizer import build_tokenizer, save_tokenizer
 
-STAGES = ("classifier", "data", "vae", "latents", "unet", "decoder", "export")
+STAGES = ("classifier", "data", "vae", "latents", "decoder", "unet", "export")
 
 
 @dataclass
@@ -48,13 +48,14 @@ class TrainConfig:
     vae_batch: int = 48
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
-    decoder_steps: int = 1_200
-    unet_steps: int = 4_500
+    decoder_steps: int = 800
+    unet_steps: int = 4_000
     unet_batch: int = 128
     unet_lr: float = 1e-3
     unet_warmup: int = 200
     cfg_dropout: float = 0.1
     min_snr_gamma: float = 5.0
+    noise_offset: float = 0.1  # per-channel constant added to the noise, so the model can move the latent mean
     ema_decay: float = 0.999
     checkpoint_every: int = 250
 
@@ -266,6 +267,10 @@ class Trainer:
             ti = torch.as_tensor(idx)
             z0 = (lat["mean"][ti] + lat["std"][ti] * torch.randn(lat["mean"][ti].shape, generator=gen)) * scaling
             noise = torch.randn(z0.shape, generator=gen)
+            # Offset noise: SD's schedule never destroys the latent's mean (terminal SNR > 0), so a model
+            # trained on plain noise keeps the initial noise's mean and cannot draw black or white
+            # backgrounds; a random per-channel offset teaches it to set the mean from the prompt.
+            noise = noise + cfg.noise_offset * torch.randn(z0.shape[0], z0.shape[1], 1, 1, generator=gen)
             t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
             zt = sched.add_noise(z0, noise, t)
             cond = text_encoder(ids).last_hidden_state
