@@ -1,3 +1,4 @@
+import pytest
 from typer.testing import CliRunner
 
 from erasekit import __version__
@@ -52,6 +53,7 @@ def test_methods_lists_every_method_with_parameters():
     assert "lamb" in result.output and "closed-form" in result.output
 
 
+@pytest.mark.testbed
 def test_erase_export_evaluate_on_the_testbed(tmp_path):
     import json
 
@@ -81,6 +83,7 @@ def test_erase_export_evaluate_on_the_testbed(tmp_path):
     assert 0 <= data["ua"] <= 1 and "base" in data and data["samples"]["seeds_per_prompt"] == 1
 
 
+@pytest.mark.testbed
 def test_erase_errors_are_one_line(tmp_path):
     out = str(tmp_path / "e")
     r = runner.invoke(app, ["erase", "--model", "testbed", "--method", "nope", "--concept", "star", "--out", out])

@@ -17,6 +17,7 @@ from erasekit.testbed import gate
 from erasekit.testbed.classifier import evaluate_classifier
 
 runner = CliRunner()
+pytestmark = pytest.mark.testbed
 
 
 def test_testbed_path_command():

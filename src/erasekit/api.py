@@ -92,8 +92,9 @@ def check_testbed(
 
     if seeds < 1:
         raise InvalidInputError(f"seeds must be at least 1, got {seeds}")
+    judge = load_judge(model, classifier) if classifier is not None else None
     resolve_model(model)
-    judge = load_judge(model, classifier)
+    judge = judge or load_judge(model)
     if judge is None:
         raise MissingFileError(f"no testbed classifier found for {model!r}; pass --classifier PATH")
     pipe = load_pipeline(model, device=device)
