@@ -69,7 +69,7 @@ def main() -> None:
     if START in text:
         text = text[: text.index(START)] + new + text[text.index(END) + len(END) :]
     else:
-        text = text.replace("RESULTS_PLACEHOLDER", new)
+        text = text.rstrip("\n") + "\n\n" + new + "\n"
     doc.write_text(text)
     print(f"updated {doc}")
 
