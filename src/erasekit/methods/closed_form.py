@@ -36,9 +36,17 @@ class RidgeGain:
     gain: torch.Tensor  # [n_e, d], float64
     direction: torch.Tensor  # [n_e, d], float64
     solver: str
+    _dense: torch.Tensor | None = None  # I + DᵀG, built on first use when it is the cheaper form
 
     def edit(self, weight: torch.Tensor) -> torch.Tensor:
+        """``W + (W Dᵀ) G``; with more keys than half the width, ``W (I + Dᵀ G)`` with the d×d factor
+        built once and shared by every layer is cheaper than the two thin products."""
         w = weight.detach().to(torch.float64)
+        n, d = self.gain.shape
+        if 2 * n > d:
+            if self._dense is None:
+                self._dense = torch.eye(d, dtype=torch.float64) + self.direction.T @ self.gain
+            return (w @ self._dense).to(weight.dtype)
         return (w + (w @ self.direction.T) @ self.gain).to(weight.dtype)
 
 
