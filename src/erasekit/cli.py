@@ -199,7 +199,7 @@ def evaluate(
 @app.command()
 @friendly
 def bench(
-    methods_: Annotated[str, typer.Option("--methods", help="Comma-separated method names.")] = "uce,time,rece",
+    methods_: Annotated[str, typer.Option("--methods", help="Comma-separated method names.")] = "uce,time,rece,speed",
     concepts: Annotated[str, typer.Option("--concepts", help="Comma-separated testbed concepts.")] = "star,striped,red,zorbo",
     out: Annotated[Path, typer.Option("--out", help="Directory for the per-run JSON.")] = Path("benchmarks/results/testbed"),
     report: Annotated[Path, typer.Option("--report", help="Markdown report to (re)write.")] = Path("docs/results.md"),
@@ -271,7 +271,7 @@ def testbed_train(
     smoke: Annotated[bool, typer.Option("--smoke", help="A few steps of every stage (to check the set-up).")] = False,
     unet_steps: Annotated[Optional[int], typer.Option(min=1, help="Override the number of UNet training steps.")] = None,
 ) -> None:
-    """Train the testbed from scratch (judge, VAE, text encoder + UNet) on the CPU; about 75 minutes on 2 cores."""
+    """Train the testbed from scratch (judge, VAE, text encoder + UNet) on the CPU; over an hour on 2 cores."""
     from .testbed.train import TrainConfig, Trainer
 
     cfg = TrainConfig.smoke() if smoke else TrainConfig()
