@@ -41,8 +41,8 @@ def resolve_model(model: str | os.PathLike) -> str:
         path = testbed_dir()
         if not (path / "model_index.json").is_file():
             raise MissingFileError(
-                f"the shipped testbed is missing at {path}; reinstall erasekit or train one with "
-                "'erasekit testbed train --out <dir>' and pass --model <dir>"
+                f"no testbed weights at {path} (this version does not ship them yet, see the README); "
+                "train a testbed with 'erasekit testbed train --out <dir>' and pass --model <dir>"
             )
         return str(path)
     path = Path(text).expanduser()
