@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..generation import SamplingConfig, generate
+from ..testbed.classifier import to_model_input
 from .metrics import frechet_distance, labels_of, rate, shows
 from .prompts import DOMAIN_VALUES, EvalPrompt, prompt_set, resolve_concept
 
@@ -24,8 +25,6 @@ def _images_and_preds(pipe, judge, prompts: list[str], seeds: int, sampling: Sam
     images = generate(pipe, flat, [s for _ in prompts for s in range(seeds)], sampling, progress=progress, desc=desc)
     pred = judge.predict(images)
     with torch.no_grad():
-        from ..testbed.classifier import to_model_input
-
         feats = torch.cat([judge.embed(to_model_input(images[i : i + 512])) for i in range(0, len(images), 512)])
     return images, pred, feats
 

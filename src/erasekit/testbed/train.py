@@ -307,9 +307,10 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _save_ckpt(self, name: str, step: int, modules: dict, opt: torch.optim.Optimizer) -> None:
-        tensors = {f"{k}.{p}": v for k, m in modules.items() for p, v in m.state_dict().items()}
         if len(modules) == 1:
             tensors = dict(next(iter(modules.values())).state_dict())
+        else:
+            tensors = {f"{k}.{p}": v for k, m in modules.items() for p, v in m.state_dict().items()}
         save_tensors(self.dir / f"ckpt-{name}.safetensors", tensors)
         opt_t, extra = optimizer_tensors(opt)
         save_tensors(self.dir / f"ckpt-{name}-optim.safetensors", opt_t)
