@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from erasekit.cli import app
 from erasekit.generation import SamplingConfig, generate
-from erasekit.models import testbed_dir
+from erasekit.models import testbed_dir as shipped_dir
 from erasekit.testbed import gate
 from erasekit.testbed.classifier import evaluate_classifier
 
@@ -23,21 +23,21 @@ pytestmark = pytest.mark.testbed
 def test_testbed_path_command():
     result = runner.invoke(app, ["testbed", "path"])
     assert result.exit_code == 0
-    assert Path(result.output.strip()) == testbed_dir()
+    assert Path(result.output.strip()) == shipped_dir()
 
 
 def test_shipped_pipeline_loads_offline_with_diffusers():
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    pipe = StableDiffusionPipeline.from_pretrained(testbed_dir(), safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(shipped_dir(), safety_checker=None)
     assert isinstance(pipe.text_encoder, CLIPTextModel)
     assert isinstance(pipe.vae, AutoencoderKL)
     assert isinstance(pipe.unet, UNet2DConditionModel)
     assert isinstance(pipe.scheduler, DDIMScheduler)
     names = [n for n, _ in pipe.unet.named_modules()]
     assert sum(n.endswith("attn2.to_k") for n in names) >= 3 and sum(n.endswith("attn2.to_v") for n in names) >= 3
-    weights = sum(p.stat().st_size for p in testbed_dir().rglob("*.safetensors"))
+    weights = sum(p.stat().st_size for p in shipped_dir().rglob("*.safetensors"))
     assert weights <= 40 * 2**20
-    assert not list(testbed_dir().rglob("*.bin")) and not list(testbed_dir().rglob("*.pt"))
+    assert not list(shipped_dir().rglob("*.bin")) and not list(shipped_dir().rglob("*.pt"))
 
 
 def test_judge_is_at_least_99_percent_accurate_per_head(judge):
