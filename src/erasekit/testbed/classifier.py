@@ -128,7 +128,7 @@ def train_classifier(cfg: ClassifierTrainConfig = ClassifierTrainConfig(), progr
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     labels = classifier_labels(cfg.n_images, rng)
-    images = np.concatenate([world.render(_slice(labels, i, i + 1000), rng)[0] for i in range(0, cfg.n_images, 1000)])
+    images = world.render_chunked(labels, rng)
     x_all = to_model_input(images)
     y_all = label_targets(labels)
     model = TestbedClassifier()
@@ -149,15 +149,11 @@ def train_classifier(cfg: ClassifierTrainConfig = ClassifierTrainConfig(), progr
     return model
 
 
-def _slice(labels: world.LabelBatch, a: int, b: int) -> world.LabelBatch:
-    return world.LabelBatch(*(getattr(labels, f)[a:b] for f in labels.__dataclass_fields__))
-
-
 def evaluate_classifier(model: TestbedClassifier, n: int = 4000, seed: int = 12345) -> dict[str, float]:
     """Per-head accuracy on fresh rendered images (a seed never used in training)."""
     rng = np.random.default_rng(seed)
     labels = classifier_labels(n, rng)
-    images = np.concatenate([world.render(_slice(labels, i, i + 1000), rng)[0] for i in range(0, n, 1000)])
+    images = world.render_chunked(labels, rng)
     pred = model.predict(images)
     targets = label_targets(labels)
     return {k: float((pred[k] == targets[k].numpy()).mean()) for k in HEADS}

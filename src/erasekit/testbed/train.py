@@ -121,11 +121,7 @@ class Trainer:
     def stage_data(self, resume: bool) -> dict:
         rng = np.random.default_rng(self.cfg.seed + 1)
         labels = world.sample_labels(self.cfg.n_images, rng)
-        chunks = []
-        for i in tqdm(range(0, self.cfg.n_images, 1000), desc="render", disable=not self.progress):
-            sub = world.LabelBatch(*(getattr(labels, f)[i : i + 1000] for f in labels.__dataclass_fields__))
-            chunks.append(world.render(sub, rng)[0])
-        images = np.concatenate(chunks)
+        images = world.render_chunked(labels, rng, progress=self.progress)
         tensors = {f: torch.as_tensor(getattr(labels, f)) for f in labels.__dataclass_fields__}
         tensors["images"] = torch.from_numpy(images)
         save_tensors(self.dir / "data.safetensors", tensors)

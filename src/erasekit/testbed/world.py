@@ -193,6 +193,10 @@ class LabelBatch:
     def __len__(self) -> int:
         return len(self.shape)
 
+    def slice(self, a: int, b: int) -> "LabelBatch":
+        """Labels of images ``a..b-1``."""
+        return LabelBatch(*(getattr(self, f)[a:b] for f in self.__dataclass_fields__))
+
     def attributes(self, i: int) -> Attributes:
         return Attributes(
             SHAPES[self.shape[i]],
@@ -445,6 +449,15 @@ def render(labels: LabelBatch, rng: np.random.Generator, geometry: Geometry | No
     images = img.round().clamp(0, 255).to(torch.uint8).numpy()
     masks = down(inside).numpy().astype(np.float32)
     return images, masks
+
+
+def render_chunked(labels: LabelBatch, rng: np.random.Generator, chunk: int = 1000, progress: bool = False) -> np.ndarray:
+    """``render`` in chunks of ``chunk`` images (bounded memory); returns the images only."""
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(labels), chunk)
+    parts = [render(labels.slice(i, i + chunk), rng)[0] for i in tqdm(starts, desc="render", disable=not progress)]
+    return np.concatenate(parts) if parts else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
 
 
 def labels_to_dict(labels: LabelBatch, i: int) -> dict:
