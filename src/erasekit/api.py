@@ -207,11 +207,22 @@ def check_vocabulary(pipe, request) -> None:
         raise ConfigError(f"not in the testbed's vocabulary: {', '.join(unknown)} (see docs/testbed.md for its {len(vocab)} words)")
 
 
-def erase(pipe, method: str, request, model: str | None = None, progress: bool = True, judge=None, **params):
+def erase(
+    pipe,
+    method: str,
+    request,
+    model: str | None = None,
+    progress: bool = True,
+    judge=None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    **params,
+):
     """Compute an erasure of ``request`` with ``method`` on ``pipe`` (left unchanged) -> :class:`Erasure`.
 
     ``pipe`` is a loaded diffusers pipeline or a model name for :func:`load_pipeline`. Methods that
-    validate (RECE) get ``judge`` (default on a testbed model: the testbed classifier).
+    validate (RECE) get ``judge`` (default on a testbed model: the testbed classifier). Training
+    methods write periodic checkpoints to ``checkpoint_dir`` and continue from them when ``resume``.
     """
     import inspect
 
@@ -242,26 +253,36 @@ def erase(pipe, method: str, request, model: str | None = None, progress: bool =
             classifier = load_judge(root) if root and Path(root).is_dir() else None
             judge = TestbedJudge(classifier) if classifier is not None else None
         extra["judge"] = judge
+    if "checkpoint_dir" in inspect.signature(spec.fn).parameters:
+        extra.update(checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume)
+    elif resume or checkpoint_dir is not None:
+        raise ErasekitError(f"method {method!r} does not train, so it has no checkpoints to write or resume")
     t0 = time.perf_counter()
     result = spec.fn(pipe, request, config, adapter=adapter, progress=progress, **extra)
     seconds = time.perf_counter() - t0
     from .core.erasure import get_tensor
 
+    from .core.erasure import lora_deltas
+
     originals = {k: get_tensor(pipe, k).detach() for k in result.weights}
     changed = {k: v.detach().to("cpu").contiguous() for k, v in result.weights.items() if not torch.equal(v.to(originals[k].device), originals[k])}
-    if not changed:
+    deltas = lora_deltas(result.lora)
+    if not changed and not any(bool(d.any()) for d in deltas.values()) and result.attachment is None:
         raise ErasekitError(f"method {method!r} changed no weight for this request (a silent no-op); check the request and parameters")
+    originals.update({k: get_tensor(pipe, k).detach() for k in deltas})
     return Erasure(
         method=method,
         params=dataclasses.asdict(config),
         request=request,
         base_model=_model_name(pipe, model),
-        base_hash=hash_tensors({k: originals[k] for k in changed}),
+        base_hash=hash_tensors({k: originals[k] for k in sorted(set(changed) | set(deltas))}),
         weights=changed,
         family=adapter.name,
         timings={"seconds": round(seconds, 4)},
         info=result.info,
         version=__version__,
+        lora=result.lora,
+        attachment=result.attachment,
     )
 
 
@@ -272,7 +293,14 @@ def export_pipeline(erasure_dir: str | os.PathLike, model: str, out: str | os.Pa
     from .core.erasure import Erasure
     from .core.io import atomic_path
 
+    from .core.errors import IncompatibleErasureError
+
     erasure = Erasure.load(erasure_dir)
+    if erasure.attachment is not None:
+        raise IncompatibleErasureError(
+            f"{erasure_dir} adds {erasure.attachment.kind} modules to the model, which a plain diffusers pipeline cannot hold; "
+            "apply it with erasekit instead: Erasure.load(dir).apply(pipe)"
+        )
     source = Path(resolve_model(model))
     pipe = load_pipeline(model, device=device)
     erasure.apply(pipe, force=force)

@@ -125,9 +125,12 @@ def erase(
     preserve: Annotated[Optional[list[str]], typer.Option("--preserve", help="Concept to keep unchanged (repeatable).")] = None,
     request: Annotated[Optional[Path], typer.Option(help="YAML request file (targets, anchors, synonyms, preserve, templates).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method parameter as key=value (repeatable).")] = None,
+    lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", help="Training methods: output a LoRA of this rank (diffusers format).")] = None,
+    checkpoints: Annotated[Optional[Path], typer.Option(help="Training methods: checkpoint directory (default with --resume: OUT.checkpoints).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Training methods: continue from the last checkpoint.")] = False,
     device: DeviceOpt = None,
 ) -> None:
-    """Erase concepts from a model with a named method and save the result (only the changed tensors)."""
+    """Erase concepts from a model with a named method and save the result (only the changed tensors, or a LoRA)."""
     from .api import erase as erase_api
     from .core.errors import ConfigError
     from .core.request import ErasureRequest
@@ -138,14 +141,19 @@ def erase(
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
         params[key.strip()] = value.strip()
+    if lora_rank is not None:
+        params["lora_rank"] = lora_rank
     req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None)
     from .models import load_pipeline, resolve_model
 
+    if resume and checkpoints is None:
+        checkpoints = out.with_name(out.name + ".checkpoints")
     resolve_model(model)
     pipe = load_pipeline(model, device=device)
-    result = erase_api(pipe, method, req, model=model, **params)
+    result = erase_api(pipe, method, req, model=model, checkpoint_dir=checkpoints, resume=resume, **params)
     result.save(out)
-    typer.echo(f"erased {', '.join(req.concepts)} with {method}: {len(result.weights)} tensors changed "
+    what = f"a rank-{params['lora_rank']} LoRA on {len(result.touched())} tensors" if result.lora else f"{len(result.weights)} tensors changed"
+    typer.echo(f"erased {', '.join(req.concepts)} with {method}: {what} "
                f"({result.num_bytes() / 2**20:.2f} MiB) in {result.timings['seconds']:.2f}s -> {out}")
 
 

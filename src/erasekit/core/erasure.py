@@ -9,6 +9,12 @@ timings and the erasekit version.
 remembers the originals, so ``remove(pipe)`` restores them bit for bit. Applying to a model whose
 original tensors differ from the ones the erasure was computed on is an error unless ``force``.
 On disk: ``erasure.json`` + ``weights.safetensors`` in one directory, written atomically.
+
+A LoRA erasure (fine-tuning methods with ``lora_rank``) holds low-rank factors instead of full
+tensors (``lora``, diffusers format, scale 1): applying adds ``B A`` to each layer's weight, and the
+directory also holds ``pytorch_lora_weights.safetensors``, so ``pipe.load_lora_weights(dir)`` loads it.
+An erasure may also carry an :class:`~erasekit.core.attachments.Attachment` (modules added with
+forward hooks, e.g. Receler's erasers): ``apply`` installs it, ``remove`` takes it off.
 """
 
 from __future__ import annotations
@@ -20,9 +26,23 @@ from pathlib import Path
 
 import torch
 
+from .attachments import Attachment, restore_attachment
 from .errors import IncompatibleErasureError, MissingFileError
 from .io import atomic_path, load_tensors, read_json, save_tensors, write_json
 from .request import ErasureRequest
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the diffusers LoRA file name (load_lora_weights reads it)
+ATTACHMENT_FILE = "attachment.safetensors"
+
+
+def lora_deltas(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{weight key: B @ A}`` of a diffusers-format LoRA of scale 1 (``<module>.lora_A.weight`` ...)."""
+    out = {}
+    for key, a in lora.items():
+        if key.endswith(".lora_A.weight"):
+            module = key[: -len(".lora_A.weight")]
+            out[f"{module}.weight"] = lora[f"{module}.lora_B.weight"].float() @ a.float()
+    return out
 
 FORMAT = "erasekit-erasure-v1"
 
@@ -61,17 +81,25 @@ class Erasure:
     timings: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     version: str = ""
+    lora: dict[str, torch.Tensor] = field(default_factory=dict)
+    attachment: Attachment | None = None
     _originals: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _handles: list = field(default_factory=list, repr=False)
 
     # -- applying ------------------------------------------------------------------------------------
+    def touched(self) -> list[str]:
+        """Keys of every model tensor the erasure changes (full tensors and LoRA-updated weights)."""
+        return sorted(set(self.weights) | set(lora_deltas(self.lora)))
+
     def originals_of(self, pipe) -> dict[str, torch.Tensor]:
-        return {k: get_tensor(pipe, k).detach() for k in self.weights}
+        return {k: get_tensor(pipe, k).detach() for k in self.touched()}
 
     def check_compatible(self, pipe) -> None:
         current = self.originals_of(pipe)
+        shapes = {k: v.shape for k, v in {**lora_deltas(self.lora), **self.weights}.items()}
         for k, t in current.items():
-            if t.shape != self.weights[k].shape:
-                raise IncompatibleErasureError(f"{k} has shape {tuple(t.shape)} in the model but {tuple(self.weights[k].shape)} in the erasure")
+            if t.shape != shapes[k]:
+                raise IncompatibleErasureError(f"{k} has shape {tuple(t.shape)} in the model but {tuple(shapes[k])} in the erasure")
         if hash_tensors(current) != self.base_hash:
             raise IncompatibleErasureError(
                 f"the model's weights differ from those the erasure was computed on ({self.base_model}); "
@@ -87,24 +115,32 @@ class Erasure:
         for k, v in self.weights.items():
             p = get_tensor(pipe, k)
             p.copy_(v.to(device=p.device, dtype=p.dtype))
+        for k, delta in lora_deltas(self.lora).items():
+            p = get_tensor(pipe, k)
+            p.copy_((p.float() + delta.to(p.device)).to(p.dtype))
+        if self.attachment is not None:
+            self._handles = self.attachment.install(pipe)
         return pipe
 
     @torch.no_grad()
     def remove(self, pipe):
         """Restore the exact weights ``pipe`` had before :meth:`apply`."""
-        if not self._originals:
+        if not self._originals and not self._handles:
             raise IncompatibleErasureError("this erasure has not been applied to a model in this session; nothing to remove")
         for k, v in self._originals.items():
             get_tensor(pipe, k).copy_(v)
-        self._originals = {}
+        for h in self._handles:
+            h.remove()
+        self._originals, self._handles = {}, []
         return pipe
 
     # -- describing ----------------------------------------------------------------------------------
     def changed_tensors(self) -> list[str]:
-        return sorted(self.weights)
+        return self.touched()
 
     def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.weights.values())
+        extra = list(self.attachment.tensors().values()) if self.attachment is not None else []
+        return sum(t.numel() * t.element_size() for t in [*self.weights.values(), *self.lora.values(), *extra])
 
     def metadata(self) -> dict:
         return {
@@ -117,6 +153,8 @@ class Erasure:
             "family": self.family,
             "changed_tensors": self.changed_tensors(),
             "delta_bytes": self.num_bytes(),
+            "lora": bool(self.lora),
+            "attachment": {"kind": self.attachment.kind, "config": self.attachment.config()} if self.attachment is not None else None,
             "timings": self.timings,
             "info": self.info,
             "erasekit_version": self.version,
@@ -128,6 +166,10 @@ class Erasure:
         with atomic_path(directory) as tmp:
             tmp.mkdir(parents=True)
             save_tensors(tmp / "weights.safetensors", self.weights, metadata={"format": FORMAT, "method": self.method})
+            if self.lora:
+                save_tensors(tmp / LORA_FILE, self.lora)
+            if self.attachment is not None:
+                save_tensors(tmp / ATTACHMENT_FILE, self.attachment.tensors())
             write_json(tmp / "erasure.json", self.metadata())
         return directory
 
@@ -151,4 +193,12 @@ class Erasure:
             timings=meta.get("timings", {}),
             info=meta.get("info", {}),
             version=meta.get("erasekit_version", ""),
+            lora=load_tensors(directory / LORA_FILE) if meta.get("lora") else {},
+            attachment=_load_attachment(directory, meta.get("attachment")),
         )
+
+
+def _load_attachment(directory: Path, meta: dict | None) -> Attachment | None:
+    if not meta:
+        return None
+    return restore_attachment(meta["kind"], meta["config"], load_tensors(directory / ATTACHMENT_FILE))

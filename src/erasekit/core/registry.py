@@ -30,6 +30,8 @@ class MethodResult:
 
     weights: dict[str, torch.Tensor]
     info: dict = field(default_factory=dict)
+    lora: dict[str, torch.Tensor] = field(default_factory=dict)  # diffusers-format LoRA factors (scale 1), if any
+    attachment: Any = None  # an erasekit.core.attachments.Attachment, for methods that add modules
 
 
 @dataclass

@@ -13,11 +13,14 @@ tokens from there to the segment's end (EOS and padding).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+PARAMETER_SETS = ("xattn", "xattn-kv", "noxattn", "full", "text-encoder")
 
 
 @dataclass
@@ -74,11 +77,47 @@ class Encoded:
         return torch.cat(out)
 
 
+@dataclass
+class Conditioning:
+    """Everything the denoiser reads besides the latents, for a batch of prompts.
+
+    ``tokens: [N, T, d]`` (the ``encoder_hidden_states``) and ``extra``: further per-prompt keyword
+    arguments of the denoiser's forward, each a tensor with a leading batch dimension or a dict of
+    them (SDXL's ``added_cond_kwargs``, SD3/Flux's ``pooled_projections``).
+    """
+
+    tokens: torch.Tensor
+    extra: dict = field(default_factory=dict)
+
+    def select(self, index: torch.Tensor | slice) -> "Conditioning":
+        return Conditioning(self.tokens[index], {k: _index(v, index) for k, v in self.extra.items()})
+
+    @staticmethod
+    def cat(parts: list["Conditioning"]) -> "Conditioning":
+        extra = {k: _cat([p.extra[k] for p in parts]) for k in parts[0].extra}
+        return Conditioning(torch.cat([p.tokens for p in parts]), extra)
+
+
+def _index(v, index):
+    if isinstance(v, dict):
+        return {k: _index(x, index) for k, x in v.items()}
+    return v[index]
+
+
+def _cat(vs: list):
+    if isinstance(vs[0], dict):
+        return {k: _cat([v[k] for v in vs]) for k in vs[0]}
+    return torch.cat(vs)
+
+
 class FamilyAdapter(ABC):
     """One per model family; see the module docstring."""
 
     name: str = ""
     denoiser: str = "unet"  # the pipeline attribute holding the denoiser
+    objective: str = "ddpm"  # "ddpm" (noise / v targets on a discrete schedule) or "flow" (rectified flow velocity)
+    # Parameter sets by name: (include regex, exclude regex or None) over keys "component.dotted.name".
+    parameter_patterns: dict[str, tuple[str, str | None]] = {}
 
     @classmethod
     @abstractmethod
@@ -96,6 +135,58 @@ class FamilyAdapter(ABC):
 
     def text_encoders(self, pipe) -> list[nn.Module]:
         return [getattr(pipe, n) for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(pipe, n, None) is not None]
+
+    # -- training support ----------------------------------------------------------------------------
+    def parameter_set(self, pipe, spec: str | list[str] | tuple[str, ...]) -> dict[str, nn.Parameter]:
+        """Parameters named by ``spec``: a set name (see ``PARAMETER_SETS``) or a list of regexes over keys.
+
+        Keys are ``component.dotted.name`` (``unet.down_blocks.1....attn2.to_k.weight``), the same keys
+        an :class:`~erasekit.core.erasure.Erasure` stores. The result is never empty.
+        """
+        from ..core.errors import ConfigError
+
+        if isinstance(spec, str):
+            if spec not in self.parameter_patterns:
+                known = ", ".join(self.parameter_patterns)
+                raise ConfigError(f"parameter set {spec!r} is not defined for the {self.name} family (choose from: {known}, or give regex patterns)")
+            include, exclude = self.parameter_patterns[spec]
+            patterns, excl = [include], exclude
+        else:
+            patterns, excl = list(spec), None
+        compiled = [re.compile(p) for p in patterns]
+        out: dict[str, nn.Parameter] = {}
+        for component in self.trainable_components(pipe):
+            for name, p in getattr(pipe, component).named_parameters():
+                key = f"{component}.{name}"
+                if any(c.search(key) for c in compiled) and not (excl and re.search(excl, key)):
+                    out[key] = p
+        if not out:
+            raise ConfigError(f"parameter set {spec!r} selects no parameter of this {self.name} model")
+        return out
+
+    def trainable_components(self, pipe) -> list[str]:
+        names = [self.denoiser, "text_encoder", "text_encoder_2", "text_encoder_3"]
+        return [n for n in names if isinstance(getattr(pipe, n, None), nn.Module)]
+
+    @abstractmethod
+    def conditioning(self, pipe, prompts: list[str], modules: dict[str, nn.Module] | None = None, token_hook=None) -> Conditioning:
+        """Encode ``prompts`` for the denoiser, with gradients (call under ``torch.no_grad()`` if unwanted).
+
+        ``modules`` replaces pipeline components by name (a trained copy of a text encoder);
+        ``token_hook(embeddings) -> embeddings`` edits the token embeddings of the first text encoder
+        before its transformer layers (soft-prompt attacks insert vectors there).
+        """
+
+    @abstractmethod
+    def predict(self, denoiser: nn.Module, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The denoiser's raw output for ``latents`` at timesteps ``t`` (``[N]``, scheduler units)."""
+
+    def latent_shape(self, pipe, n: int) -> tuple[int, ...]:
+        """Shape of ``n`` initial latents at the pipeline's default resolution."""
+        den = getattr(pipe, self.denoiser)
+        size = den.config.sample_size
+        channels = den.config.in_channels
+        return (n, channels, size, size)
 
 
 def find_linear(root: nn.Module, prefix: str, suffixes: tuple[str, ...]) -> list[Projection]:

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import Encoded, FamilyAdapter, Projection, Segment, find_linear
+from torch import nn
+
+from .base import Conditioning, Encoded, FamilyAdapter, Projection, Segment, find_linear
+
+_TEXT_LAYERS = r"^text_encoder(_2)?\.(text_model\.)?(encoder\.layers|final_layer_norm)\."
 
 
 def _clip_features(text_encoder, ids: torch.Tensor, hidden_layer: int | None) -> torch.Tensor:
@@ -24,6 +28,15 @@ class UNetFamily(FamilyAdapter):
 
     denoiser = "unet"
     encoders: tuple[tuple[str, str, int | None], ...] = ()  # (tokenizer attr, encoder attr, hidden layer)
+    # ESD's parameter sets in diffusers names: ESD-x = attn2, ESD-x-strict = attn2 to_k/to_v, ESD-u =
+    # everything but attn2, the time (and SDXL's added) embeddings and the output layers.
+    parameter_patterns = {
+        "xattn": (r"^unet\..*\.attn2\.", None),
+        "xattn-kv": (r"^unet\..*\.attn2\.to_[kv]\.", None),
+        "noxattn": (r"^unet\.", r"\.attn2\.|^unet\.(time_embedding|add_embedding|conv_norm_out|conv_out)\."),
+        "full": (r"^unet\.", None),
+        "text-encoder": (_TEXT_LAYERS, None),
+    }
 
     def text_projections(self, pipe) -> list[Projection]:
         return find_linear(pipe.unet, "unet", ("attn2.to_k", "attn2.to_v"))
@@ -61,6 +74,39 @@ class UNetFamily(FamilyAdapter):
         )
 
     pooled_from: str | None = None
+
+    def conditioning(self, pipe, prompts: list[str], modules: dict[str, nn.Module] | None = None, token_hook=None) -> Conditioning:
+        modules = modules or {}
+        feats, pooled = [], None
+        for k, (tok_attr, enc_attr, layer) in enumerate(self.encoders):
+            tok = getattr(pipe, tok_attr)
+            enc = modules.get(enc_attr, getattr(pipe, enc_attr))
+            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids.to(enc.device)
+            handle = None
+            if token_hook is not None and k == 0:
+                emb = enc.get_input_embeddings()
+                handle = emb.register_forward_hook(lambda _m, _i, out: token_hook(out))
+            try:
+                out = enc(ids, output_hidden_states=layer is not None)
+            finally:
+                if handle is not None:
+                    handle.remove()
+            feats.append(out.last_hidden_state if layer is None else out.hidden_states[layer])
+            if self.pooled_from == enc_attr:
+                pooled = out[0]  # CLIPTextModelWithProjection: text_embeds, as the SDXL pipeline uses
+        tokens = torch.cat(feats, dim=-1)
+        extra = {}
+        if pooled is not None:
+            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self._time_ids(pipe, len(prompts)).to(tokens)}
+        return Conditioning(tokens, extra)
+
+    def _time_ids(self, pipe, n: int) -> torch.Tensor:
+        """SDXL micro-conditioning at the default size: (original size, crop (0, 0), target size)."""
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        return torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).expand(n, 6)
+
+    def predict(self, denoiser: nn.Module, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return denoiser(latents, t, encoder_hidden_states=cond.tokens, **cond.extra).sample
 
 
 class StableDiffusionFamily(UNetFamily):

@@ -100,12 +100,17 @@ def run_gate(
     sampling: SamplingConfig | None = None,
     progress: bool = True,
 ) -> dict:
-    """Generate every gate prompt with seeds ``0..seeds-1``, classify, and return the gate report."""
+    """Generate every gate prompt with ``seeds`` seeds, classify, and return the gate report.
+
+    Prompt ``i`` (in order of first appearance) uses seeds ``i*seeds .. i*seeds + seeds-1``: the same
+    few seeds for every prompt would correlate the samples across prompts (the initial noise in the
+    watermark's corner decides the mark, so two shared seeds made the subset rate 0 or 1).
+    """
     t0 = time.time()
     prompts = all_prompts()
     unique = list(dict.fromkeys(p.prompt for p in prompts))
     flat_prompts = [p for p in unique for _ in range(seeds)]
-    flat_seeds = [s for _ in unique for s in range(seeds)]
+    flat_seeds = [i * seeds + s for i in range(len(unique)) for s in range(seeds)]
     sampling = (sampling or SamplingConfig()).resolved(pipe)
     images = generate(pipe, flat_prompts, flat_seeds, sampling, progress=progress, desc="gate")
     pred = classifier.predict(images)
@@ -177,7 +182,7 @@ def run_gate(
             "watermark_subset": [round(x, 4) for x in wilson(*wm["subset"])],
             "watermark_elsewhere": [round(x, 4) for x in wilson(*wm["elsewhere"])],
         },
-        "samples": {"seeds_per_prompt": seeds, "prompts": len(unique), "images": len(images)},
+        "samples": {"seeds_per_prompt": seeds, "seeds": "prompt i uses i*seeds .. i*seeds+seeds-1", "prompts": len(unique), "images": len(images)},
         "sampling": sampling.to_dict(),
         "seconds": round(time.time() - t0, 1),
         "synonyms": synonyms,

@@ -55,7 +55,7 @@ class TrainConfig:
     unet_warmup: int = 200
     cfg_dropout: float = 0.1
     min_snr_gamma: float = 5.0
-    noise_offset: float = 0.1  # per-channel constant added to the noise, so the model can move the latent mean
+    noise_offset: float = 0.0  # per-channel constant added to the noise (not needed with a zero-terminal-SNR schedule)
     ema_decay: float = 0.999
     checkpoint_every: int = 250
 
@@ -234,9 +234,7 @@ class Trainer:
         labels = world.LabelBatch(*(data[f].numpy() for f in world.LabelBatch.__dataclass_fields__))
         n = len(labels)
         sched = build_train_scheduler()
-        alphas = sched.alphas_cumprod
-        snr = alphas / (1 - alphas)
-        weights = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR-gamma weights for epsilon targets
+        weights = min_snr_weights(sched, cfg.min_snr_gamma)
 
         rng = np.random.default_rng(cfg.seed + 3 + start)
         gen = torch.Generator().manual_seed(cfg.seed + 3 + start)
@@ -263,15 +261,16 @@ class Trainer:
             ti = torch.as_tensor(idx)
             z0 = (lat["mean"][ti] + lat["std"][ti] * torch.randn(lat["mean"][ti].shape, generator=gen)) * scaling
             noise = torch.randn(z0.shape, generator=gen)
-            # Offset noise: SD's schedule never destroys the latent's mean (terminal SNR > 0), so a model
-            # trained on plain noise keeps the initial noise's mean and cannot draw black or white
-            # backgrounds; a random per-channel offset teaches it to set the mean from the prompt.
-            noise = noise + cfg.noise_offset * torch.randn(z0.shape[0], z0.shape[1], 1, 1, generator=gen)
+            if cfg.noise_offset:
+                # Offset noise: on a schedule whose terminal SNR is > 0 the model never sees the latent's
+                # mean destroyed; a random per-channel offset teaches it to set the mean from the prompt.
+                noise = noise + cfg.noise_offset * torch.randn(z0.shape[0], z0.shape[1], 1, 1, generator=gen)
             t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
             zt = sched.add_noise(z0, noise, t)
             cond = text_encoder(ids).last_hidden_state
             pred = unet(zt, t, cond).sample
-            per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+            target = sched.get_velocity(z0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+            per = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
             loss = (per * weights[t]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -326,6 +325,22 @@ class Trainer:
         restore_optimizer(opt, load_tensors(self.dir / f"ckpt-{name}-optim.safetensors"), info)
         self.log(f"[{name}] resuming from step {info['step']}")
         return int(info["step"])
+
+
+def min_snr_weights(sched, gamma: float) -> torch.Tensor:
+    """Per-timestep loss weights of Min-SNR-gamma (Hang et al., 2023), ``[num_train_timesteps]``.
+
+    In x0 terms every step is weighted ``min(SNR(t), gamma)``. The epsilon loss equals ``SNR * ||x0
+    error||^2``, hence weight ``min(SNR, gamma) / SNR``. For v targets we follow diffusers' training
+    scripts and use ``min(SNR + 1, gamma) / (SNR + 1)`` (the v loss equals ``(SNR + 1) * ||x0 error||^2``),
+    which keeps a weight of 1 in x0 terms at the pure-noise end of a zero-terminal-SNR schedule, where
+    the layout is decided, instead of ~0.
+    """
+    alphas = sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    if sched.config.prediction_type == "v_prediction":
+        snr = snr + 1
+    return torch.clamp(snr, max=gamma) / snr
 
 
 def _cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:

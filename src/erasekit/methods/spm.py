@@ -1,0 +1,211 @@
+"""SPM — One-dimensional adapters to rule them all (Lyu et al., CVPR 2024; Con6924/SPM).
+
+A rank-1 adapter on every Linear (and 1×1 Conv) layer of the UNet's transformer blocks
+(``...attentions.N...``): ``y = W x + s · u (vᵀ x)``, ``u`` zero-initialised. The UNet stays frozen;
+the adapters train with
+
+    L = ‖ f_A(x_t, c) − [f*(x_t, c) − η (f*(x_t, c) − f*(x_t, ∅))] ‖²  +  β Σ_a ‖ f_A(x_t, c_a) − f*(x_t, c_a) ‖²
+
+(ESD with η 1, plus *latent anchoring* on anchor prompts ``c_a`` dissimilar to the target, β 1000).
+
+At inference each SPM is scaled per image by its concept's similarity to the prompt ("facilitated
+transport"): ``s = clamp(max_i cos(h_i, h_c), 0, 1)`` where ``h_i`` are the prompt's token features
+reaching the UNet and ``h_c`` the concept's last-word feature. A forward pre-hook on the UNet computes
+``s`` for every row of the batch (classifier-free guidance's empty rows get a small ``s``), so several
+SPMs compose: each scales itself. Loaded as a plain LoRA the adapter would lose this; here it is an
+attachment (``Erasure.apply`` installs it, ``remove`` takes it off, ``export`` refuses it). The
+reference also uses token overlap; the maximum cosine is already ≈1 where the concept's token occurs.
+
+Anchors: the request's preserved concepts plus ``n_anchors`` words of the tokenizer's vocabulary whose
+feature similarity to every target is below ``anchor_max_similarity``. Defaults: η 1, β 1000, Adam
+lr 1e-4, 3000 iterations (reference); the transport runs in every forward, training uses ``s = 1``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.attachments import Attachment, get_module, register_attachment
+from ..core.errors import ConfigError, UnsupportedModelError
+from ..core.registry import MethodResult, register_method
+from ..training import TrainingConfig, Workbench, fit, target_prompts
+from ..training.diffusion import PipeView
+
+
+def _adapted_layers(unet: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{module name: (in, out)}`` of every Linear / 1x1 Conv inside the UNet's transformer blocks."""
+    out = {}
+    for name, m in unet.named_modules():
+        if ".attentions." not in f".{name}" and not name.startswith("attentions"):
+            continue
+        if isinstance(m, nn.Linear):
+            out[name] = (m.in_features, m.out_features)
+        elif isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1):
+            out[name] = (m.in_channels, m.out_channels)
+    return out
+
+
+@register_attachment
+class SPMAdapters(Attachment):
+    kind = "spm"
+
+    def __init__(self, component: str, down: dict[str, torch.Tensor], up: dict[str, torch.Tensor], concept_features: torch.Tensor):
+        self.component = component
+        self.down = {k: nn.Parameter(v) for k, v in down.items()}  # [1, in]
+        self.up = {k: nn.Parameter(v) for k, v in up.items()}  # [out, 1]
+        self.concept_features = concept_features  # [n_concepts, d]
+        self.fixed_scale: float | None = None  # training: 1.0; inference: facilitated transport
+        self._scale: torch.Tensor | None = None
+
+    @staticmethod
+    def build(unet: nn.Module, component: str, concept_features: torch.Tensor) -> "SPMAdapters":
+        gen = torch.Generator().manual_seed(0)
+        layers = _adapted_layers(unet)
+        if not layers:
+            raise UnsupportedModelError("spm needs transformer blocks (attentions.*) in the UNet")
+        down = {k: torch.randn(1, i, generator=gen) / i**0.5 for k, (i, o) in layers.items()}
+        up = {k: torch.zeros(o, 1) for k, (i, o) in layers.items()}
+        return SPMAdapters(component, down, up, concept_features)
+
+    def parameters(self) -> dict[str, nn.Parameter]:
+        return {**{f"spm.{k}.down": p for k, p in self.down.items()}, **{f"spm.{k}.up": p for k, p in self.up.items()}}
+
+    def transport(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-row scale ``[B]``: max over tokens and concepts of the cosine similarity, clamped to [0, 1]."""
+        h = F.normalize(tokens.float(), dim=-1)
+        c = F.normalize(self.concept_features.to(h), dim=-1)
+        return torch.einsum("btd,cd->btc", h, c).amax(dim=(1, 2)).clamp(0, 1)
+
+    def install(self, pipe) -> list:
+        unet = getattr(pipe, self.component)
+        device = next(unet.parameters()).device
+        for d in (self.down, self.up):
+            for k in d:
+                d[k].data = d[k].data.to(device)
+
+        def pre(_m, args, kwargs):
+            tokens = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+            self._scale = None if self.fixed_scale is not None else self.transport(tokens)
+
+        handles = [unet.register_forward_pre_hook(pre, with_kwargs=True)]
+        for name in self.down:
+            module = get_module(pipe, f"{self.component}.{name}")
+
+            def hook(m, args, out, name=name):
+                x = args[0]
+                down, up = self.down[name], self.up[name]
+                if isinstance(m, nn.Conv2d):
+                    delta = torch.einsum("bihw,ri,or->bohw", x.float(), down, up)
+                else:
+                    delta = (x.float() @ down.t()) @ up.t()
+                s = self.fixed_scale if self.fixed_scale is not None else self._scale
+                if isinstance(s, torch.Tensor):
+                    rows = s.shape[0]
+                    s = s.view(rows, *[1] * (delta.dim() - 1)) if delta.shape[0] == rows else s.repeat_interleave(delta.shape[0] // rows).view(-1, *[1] * (delta.dim() - 1))
+                return out + (s * delta).to(out.dtype)
+
+            handles.append(module.register_forward_hook(hook))
+        return handles
+
+    def config(self) -> dict:
+        return {"component": self.component, "layers": sorted(self.down)}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"concept_features": self.concept_features.detach().cpu().contiguous()}
+        out.update({f"{k}.down": p.detach().cpu().contiguous() for k, p in self.down.items()})
+        out.update({f"{k}.up": p.detach().cpu().contiguous() for k, p in self.up.items()})
+        return out
+
+    @classmethod
+    def restore(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "SPMAdapters":
+        layers = config["layers"]
+        return cls(config["component"], {k: tensors[f"{k}.down"] for k in layers}, {k: tensors[f"{k}.up"] for k in layers}, tensors["concept_features"])
+
+
+@dataclass
+class SPMConfig(TrainingConfig):
+    negative_guidance: float = field(default=1.0, metadata={"help": "η of the ESD target"})
+    anchor_weight: float = field(default=1000.0, metadata={"help": "β of latent anchoring"})
+    n_anchors: int = field(default=32, metadata={"help": "vocabulary words drawn as anchor prompts"})
+    anchor_max_similarity: float = field(default=0.5, metadata={"help": "anchors must be less similar than this to every target"})
+    start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen model's partial denoising"})
+    ddim_steps: int = field(default=50, metadata={"help": "sampler steps of the partial denoising"})
+    size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)"})
+    iterations: int = field(default=3000, metadata={"help": "optimisation steps"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
+
+    def validate(self) -> None:
+        if min(self.iterations, self.ddim_steps) < 1 or self.lr <= 0 or self.anchor_weight < 0 or self.n_anchors < 0:
+            raise ConfigError("spm needs iterations, ddim_steps >= 1, lr > 0, anchor_weight >= 0, n_anchors >= 0")
+        if self.lora_rank:
+            raise ConfigError("spm trains its own rank-1 adapters; set lora_rank=0")
+
+
+def last_word_features(bench: Workbench, prompts: list[str]) -> torch.Tensor:
+    enc = bench.adapter.encode(bench.pipe, prompts, upto="real")
+    return enc.last_word_vectors()
+
+
+def anchor_prompts(bench: Workbench, request, config: SPMConfig, target_features: torch.Tensor, seed: int) -> list[str]:
+    """Preserved concepts plus vocabulary words dissimilar to every target (see the module docstring)."""
+    anchors = [p for phrase in request.preserve for p in request.expand(phrase)]
+    words = sorted({w[:-4] for w in bench.pipe.tokenizer.get_vocab() if w.endswith("</w>") and w[:-4].isalpha() and len(w) > 6})
+    random.Random(seed).shuffle(words)
+    candidates = words[: 4 * config.n_anchors]
+    if candidates and config.n_anchors:
+        feats = F.normalize(last_word_features(bench, candidates).float(), dim=-1)
+        sims = feats @ F.normalize(target_features.float(), dim=-1).t()
+        keep = [w for w, s in zip(candidates, sims.amax(dim=1)) if float(s) < config.anchor_max_similarity]
+        anchors += keep[: config.n_anchors]
+    return anchors or [""]
+
+
+class SPMObjective:
+    def __init__(self, bench: Workbench, prompts: list[str], anchors: list[str], config: SPMConfig):
+        self.bench, self.prompts, self.anchors, self.config = bench, prompts, anchors, config
+        self.cond, self.uncond, self.anchor_cond = bench.cond(prompts), bench.cond([""]), bench.cond(anchors)
+
+    def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        cfg, bench = self.config, self.bench
+        i = int(torch.randint(0, len(self.prompts), (1,), generator=gen))
+        cond = self.cond.select([i])
+        stop = int(torch.randint(0, cfg.ddim_steps, (1,), generator=gen))
+        xt, t = bench.partial_denoise(cond, self.uncond, cfg.ddim_steps, stop, cfg.start_guidance, gen, size=cfg.size)
+        a = int(torch.randint(0, len(self.anchors), (1,), generator=gen))
+        anchor = self.anchor_cond.select([a])
+        with torch.no_grad():
+            f_c = bench.teacher_predict(xt, t, cond)
+            target = f_c - cfg.negative_guidance * (f_c - bench.teacher_predict(xt, t, self.uncond))
+            f_a = bench.teacher_predict(xt, t, anchor)
+        return {
+            "esd": F.mse_loss(bench.predict(xt, t, cond).float(), target.float()),
+            "anchor": cfg.anchor_weight * F.mse_loss(bench.predict(xt, t, anchor).float(), f_a.float()),
+        }
+
+
+@register_method("spm", SPMConfig, families=("sd", "sdxl"), kind="adapter")
+def spm(pipe, request, config: SPMConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> MethodResult:
+    """SPM: rank-1 adapters with latent anchoring, scaled at inference by prompt-concept similarity."""
+    if adapter.objective != "ddpm":
+        raise UnsupportedModelError(f"spm adapts UNet transformer blocks; {adapter.name} is not supported")
+    prompts = target_prompts(request)
+    with Workbench(pipe, adapter, [adapter.denoiser]) as bench:
+        concept_features = last_word_features(bench, [ph for t in request.targets for ph in t.phrases()])
+        spm_adapters = SPMAdapters.build(bench.student[adapter.denoiser], adapter.denoiser, concept_features)
+        spm_adapters.fixed_scale = 1.0
+        handles = spm_adapters.install(PipeView(pipe, bench.student))
+        try:
+            anchors = anchor_prompts(bench, request, config, concept_features, config.seed)
+            params = spm_adapters.parameters()
+            objective = SPMObjective(bench, prompts, anchors, config)
+            info = {"layers": len(spm_adapters.down), "numel": int(sum(p.numel() for p in params.values())), "anchors": len(anchors)}
+            result = fit(bench, params, objective, config.settings(checkpoint_dir, resume), progress, desc="spm", info=info)
+        finally:
+            for h in handles:
+                h.remove()
+        return MethodResult(weights={}, info=result.info, attachment=SPMAdapters.restore(spm_adapters.config(), spm_adapters.tensors()))

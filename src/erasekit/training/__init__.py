@@ -1,0 +1,114 @@
+"""Fine-tuning support shared by every training method: one loop (engine.py), the diffusion arithmetic
+and the frozen teacher (diffusion.py), LoRA outputs (lora.py), and :func:`fit`, which ties them to the
+method API.
+
+A method builds a :class:`~erasekit.training.diffusion.Workbench`, writes its loss as an
+:class:`~erasekit.training.engine.Objective` over the workbench's student, and calls :func:`fit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.errors import ConfigError
+from ..core.registry import MethodResult
+from .diffusion import ImageBank, NoisedBatch, Workbench
+from .engine import Objective, TrainingSettings, TrainLog, step_generator, train
+from .lora import add_lora, lora_state_dict
+
+
+@dataclass
+class TrainingConfig:
+    """Options every training method has (a method's config dataclass inherits them)."""
+
+    iterations: int = field(default=200, metadata={"help": "optimisation steps"})
+    lr: float = field(default=1e-5, metadata={"help": "learning rate"})
+    seed: int = field(default=0, metadata={"help": "seed of every random draw of the run"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per step (gradient accumulation)"})
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA), no, bf16 or fp16"})
+    checkpoint_every: int = field(default=0, metadata={"help": "with a checkpoint directory: save every N steps (0: every tenth of the run)"})
+    lora_rank: int = field(default=0, metadata={"help": "train a LoRA of this rank on the parameter set instead of the weights (0: off)"})
+
+    def settings(self, checkpoint_dir: str | None, resume: bool, **overrides) -> TrainingSettings:
+        every = (self.checkpoint_every or max(1, self.iterations // 10)) if checkpoint_dir else 0
+        s = TrainingSettings(
+            steps=self.iterations, lr=self.lr, seed=self.seed, grad_accum=self.grad_accum, mixed_precision=self.mixed_precision,
+            checkpoint_every=every, checkpoint_dir=checkpoint_dir, resume=resume, **overrides,
+        )  # fmt: skip
+        s.validate()
+        return s
+
+
+def trainable_parameters(bench: Workbench, spec, lora_rank: int) -> tuple[dict[str, torch.nn.Parameter], dict]:
+    """The parameters a run optimises: the set ``spec`` itself, or a LoRA on it when ``lora_rank``."""
+    params = bench.trainable(spec)
+    if not lora_rank:
+        return params, {"parameters": len(params), "numel": int(sum(p.numel() for p in params.values()))}
+    lora_params, skipped = {}, []
+    for component, module in bench.student.items():
+        keys = [k for k in params if k.startswith(component + ".")]
+        if keys:
+            got, left = add_lora(module, component, keys, lora_rank)
+            lora_params.update(got)
+            skipped += left
+    info = {"lora_rank": lora_rank, "parameters": len(lora_params), "numel": int(sum(p.numel() for p in lora_params.values()))}
+    if skipped:
+        info["lora_skipped_non_linear"] = len(skipped)
+    return lora_params, info
+
+
+def fit(
+    bench: Workbench,
+    params: dict[str, torch.nn.Parameter],
+    objective: Objective,
+    settings: TrainingSettings,
+    progress: bool,
+    desc: str,
+    info: dict | None = None,
+    lora: bool = False,
+    **train_kwargs,
+) -> MethodResult:
+    """Train, then package the student's new weights (or its LoRA) as a :class:`MethodResult`."""
+    log: TrainLog = train(params, objective, settings, progress=progress, desc=desc, **train_kwargs)
+    info = dict(info or {}, training=log.summary())
+    if lora:
+        return MethodResult(weights={}, info=info, lora=lora_state_dict(bench.student))
+    weights = {k: p.detach().to("cpu").clone() for k, p in params.items()}
+    return MethodResult(weights=weights, info=info)
+
+
+def top_share_mask(scores: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
+    """0/1 masks keeping the global top ``share`` of ``scores`` (one threshold across all tensors)."""
+    if not 0 < share <= 1:
+        raise ConfigError(f"mask share must be in (0, 1], got {share}")
+    flat = torch.cat([g.flatten().float() for g in scores.values()])
+    keep = max(1, int(round(share * flat.numel())))
+    threshold = torch.topk(flat, keep, sorted=False).values.min()
+    return {k: (g >= threshold).to(g.dtype) for k, g in scores.items()}
+
+
+def target_prompts(request) -> list[str]:
+    """Every prompt that names a target: each concept and synonym, expanded with the request's templates."""
+    prompts = [p for t in request.targets for phrase in t.phrases() for p in request.expand(phrase)]
+    if not prompts:
+        raise ConfigError("the request has no target prompt")
+    return prompts
+
+
+__all__ = [
+    "ImageBank",
+    "NoisedBatch",
+    "Objective",
+    "TrainLog",
+    "TrainingConfig",
+    "TrainingSettings",
+    "Workbench",
+    "fit",
+    "step_generator",
+    "target_prompts",
+    "top_share_mask",
+    "train",
+    "trainable_parameters",
+]

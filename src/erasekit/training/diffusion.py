@@ -1,0 +1,264 @@
+"""The diffusion arithmetic every fine-tuning method shares: noising, targets, and sampling with the
+frozen model.
+
+Two objectives, chosen by the family adapter:
+
+- ``ddpm`` (SD 1.x/2.x, SDXL, the testbed): ``x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε`` on the pipeline's discrete
+  schedule; the denoiser predicts ``ε`` or ``v = √ᾱ_t ε − √(1−ᾱ_t) x₀`` (``prediction_type``).
+- ``flow`` (SD3, Flux): ``x_σ = (1−σ) x₀ + σ ε`` with ``σ = t / 1000``; the denoiser predicts the
+  velocity ``ε − x₀``.
+
+ESD-style losses combine denoiser outputs at the same ``(x_t, t)`` with weights that sum to one
+(``(1−η) f(c) + η f(∅)``); such affine combinations mean the same thing in every parametrisation, so
+they need no conversion. Denoising losses use :meth:`Workbench.target`.
+
+A :class:`Workbench` keeps the user's pipeline as the frozen *teacher* (its weights are never
+modified) and deep copies of the components a method trains as the *student*. Use it as a context
+manager: inside, the teacher's parameters have ``requires_grad`` off (so gradients that flow
+*through* a frozen denoiser into a trained text encoder never accumulate in the user's model), and
+the flags are restored on exit.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..core.errors import ConfigError
+from ..families import FamilyAdapter
+from ..families.base import Conditioning
+
+
+@dataclass
+class NoisedBatch:
+    x0: torch.Tensor
+    noise: torch.Tensor
+    xt: torch.Tensor
+    t: torch.Tensor
+
+
+class Workbench:
+    """Teacher (the pipeline, frozen) and student (trainable copies of ``components``) of one method run."""
+
+    def __init__(self, pipe, adapter: FamilyAdapter, components: list[str] | tuple[str, ...]):
+        self.pipe = pipe
+        self.adapter = adapter
+        self.device = pipe.device if hasattr(pipe, "device") else torch.device("cpu")
+        unknown = [c for c in components if not isinstance(getattr(pipe, c, None), nn.Module)]
+        if unknown:
+            raise ConfigError(f"the {adapter.name} pipeline has no component {', '.join(unknown)} to train")
+        self.student: dict[str, nn.Module] = {}
+        for name in components:
+            module = copy.deepcopy(getattr(pipe, name))
+            module.train(False)  # dropout-free, as at inference; the optimiser is what trains it
+            for p in module.parameters():
+                p.requires_grad_(False)
+            self.student[name] = module
+        self.denoiser_name = adapter.denoiser
+        sched_config = dict(pipe.scheduler.config)
+        if adapter.objective == "ddpm":
+            from diffusers import DDIMScheduler, DDPMScheduler
+
+            self.train_scheduler = DDPMScheduler.from_config(sched_config)
+            self.sample_scheduler = DDIMScheduler.from_config({**sched_config, "clip_sample": sched_config.get("clip_sample", False)})
+            self.prediction_type = self.train_scheduler.config.prediction_type
+            if self.prediction_type not in ("epsilon", "v_prediction"):
+                raise ConfigError(f"prediction type {self.prediction_type!r} is not supported for training (epsilon or v_prediction)")
+        else:
+            self.sample_scheduler = copy.deepcopy(pipe.scheduler)
+            self.prediction_type = "flow"
+        self.num_train_timesteps = int(sched_config.get("num_train_timesteps", 1000))
+        self._flags: list[tuple[nn.Parameter, bool]] = []
+
+    def __enter__(self) -> "Workbench":
+        for name in self.adapter.trainable_components(self.pipe):
+            for p in getattr(self.pipe, name).parameters():
+                self._flags.append((p, p.requires_grad))
+                p.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p, flag in self._flags:
+            p.requires_grad_(flag)
+        self._flags = []
+
+    @staticmethod
+    def for_parameters(pipe, adapter: FamilyAdapter, spec) -> "Workbench":
+        """A workbench whose student holds exactly the components the parameter set ``spec`` touches."""
+        keys = adapter.parameter_set(pipe, spec)
+        return Workbench(pipe, adapter, sorted({k.split(".", 1)[0] for k in keys}))
+
+    @property
+    def trains_text(self) -> bool:
+        return bool(self.student.keys() - {self.denoiser_name})
+
+    def student_cond(self, prompts: list[str], frozen: Conditioning | None = None) -> Conditioning:
+        """Conditioning the student sees: through its trained text encoders, else ``frozen`` (precomputed)."""
+        if self.trains_text:
+            return self.cond(prompts, student=True)
+        return frozen if frozen is not None else self.cond(prompts)
+
+    # -- parameters ------------------------------------------------------------------------------------
+    def trainable(self, spec) -> dict[str, nn.Parameter]:
+        """The student's parameters named by ``spec`` (see ``FamilyAdapter.parameter_set``), made trainable."""
+        view = PipeView(self.pipe, self.student)
+        params = self.adapter.parameter_set(view, spec)
+        outside = sorted({k.split(".", 1)[0] for k in params} - set(self.student))
+        if outside:
+            raise ConfigError(f"parameter set {spec!r} touches {', '.join(outside)}, which this method does not train")
+        for p in params.values():
+            p.requires_grad_(True)
+        return params
+
+    # -- conditioning and prediction ---------------------------------------------------------------------
+    def cond(self, prompts: list[str], student: bool = False, token_hook=None) -> Conditioning:
+        """Conditioning of ``prompts``; through the student's text encoders when ``student`` (with grad)."""
+        modules = {k: v for k, v in self.student.items() if k != self.denoiser_name} if student else None
+        if student or token_hook is not None:
+            return self.adapter.conditioning(self.pipe, prompts, modules=modules or None, token_hook=token_hook)
+        with torch.no_grad():
+            return self.adapter.conditioning(self.pipe, prompts)
+
+    def predict(self, xt: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Denoiser output with gradients: the student's denoiser if it is trained, else the frozen
+        teacher's (gradients then reach only the inputs, e.g. a trained text encoder's ``cond``)."""
+        denoiser = self.student.get(self.denoiser_name, getattr(self.pipe, self.denoiser_name))
+        return self.adapter.predict(denoiser, xt, t, cond)
+
+    @torch.no_grad()
+    def teacher_predict(self, xt: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return self.adapter.predict(getattr(self.pipe, self.denoiser_name), xt, t, cond)
+
+    # -- noising and targets ---------------------------------------------------------------------------
+    def sample_t(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Uniform training timesteps (scheduler units: integers for ddpm, σ·1000 for flow)."""
+        if self.prediction_type == "flow":
+            return torch.rand(n, generator=gen) * self.num_train_timesteps
+        return torch.randint(0, self.num_train_timesteps, (n,), generator=gen)
+
+    def noised(self, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator) -> NoisedBatch:
+        noise = torch.randn(x0.shape, generator=gen).to(x0)
+        t = t.to(self.device)
+        if self.prediction_type == "flow":
+            s = (t.float() / self.num_train_timesteps).view(-1, *[1] * (x0.dim() - 1)).to(x0)
+            xt = (1 - s) * x0 + s * noise
+        else:
+            xt = self.train_scheduler.add_noise(x0, noise, t.cpu()).to(x0)
+        return NoisedBatch(x0, noise, xt, t)
+
+    def target(self, b: NoisedBatch) -> torch.Tensor:
+        """The denoising target of ``b``: ε, v = √ᾱ ε − √(1−ᾱ) x₀, or the flow velocity ε − x₀."""
+        if self.prediction_type == "flow":
+            return b.noise - b.x0
+        if self.prediction_type == "v_prediction":
+            return self.train_scheduler.get_velocity(b.x0, b.noise, b.t.cpu()).to(b.x0)
+        return b.noise
+
+    def latents_shape(self, n: int, size: int | None = None) -> tuple[int, ...]:
+        shape = self.adapter.latent_shape(self.pipe, n)
+        return shape if size is None else (*shape[:2], size, size)
+
+    # -- sampling with the frozen model -------------------------------------------------------------------
+    @torch.no_grad()
+    def partial_denoise(
+        self,
+        cond: Conditioning,
+        uncond: Conditioning | None,
+        steps: int,
+        stop: int,
+        guidance: float,
+        gen: torch.Generator,
+        size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the *teacher* ``stop`` of ``steps`` sampling steps from pure noise with guidance.
+
+        Returns ``(x, t)``: the latents reached and the timestep they are at, ``timesteps[stop]`` of the
+        sampler's schedule. That is the timestep a loss on ``x`` must use (ESD's pitfall: the CompVis
+        code counts steps from the other end). ``0 <= stop <= steps``; ``stop == steps`` runs the
+        whole sampler and returns the clean latents with ``t = 0``.
+        """
+        if not 0 <= stop <= steps:
+            raise ConfigError(f"partial denoising stop {stop} must lie in [0, {steps}]")
+        n = cond.tokens.shape[0]
+        sched = copy.deepcopy(self.sample_scheduler)
+        x = torch.randn(self.latents_shape(n, size), generator=gen).to(self.device, cond.tokens.dtype)
+        if self.prediction_type == "flow":
+            sched.set_timesteps(steps, device=self.device)
+            sigmas = sched.sigmas
+            for i in range(stop):
+                v = self._guided(x, sched.timesteps[i].expand(n), cond, uncond, guidance)
+                x = x + (sigmas[i + 1] - sigmas[i]) * v
+            t_end = sched.timesteps[stop] if stop < steps else torch.zeros((), device=self.device)
+            return x, t_end.expand(n).clone()
+        sched.set_timesteps(steps)
+        x = x * sched.init_noise_sigma
+        for i in range(stop):
+            t = sched.timesteps[i]
+            out = self._guided(sched.scale_model_input(x, t), t.expand(n).to(self.device), cond, uncond, guidance)
+            x = sched.step(out, t, x).prev_sample
+        t_end = sched.timesteps[stop] if stop < steps else torch.zeros((), dtype=torch.long)
+        return x, t_end.expand(n).to(self.device).clone()
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: list[str], steps: int, guidance: float, gen: torch.Generator, size: int | None = None, batch_size: int = 16) -> torch.Tensor:
+        """Clean latents ``x₀`` the *teacher* draws for ``prompts`` (one each), in batches."""
+        uncond_one = self.cond([""])
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i : i + batch_size]
+            cond = self.cond(chunk)
+            uncond = uncond_one.select(torch.zeros(len(chunk), dtype=torch.long))
+            out.append(self.partial_denoise(cond, uncond, steps, steps, guidance, gen, size=size)[0])
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Latents ``x₀`` of ``images`` (``uint8 [N, H, W, 3]``) through the pipeline's VAE (posterior mean)."""
+        vae = self.pipe.vae
+        x = images.permute(0, 3, 1, 2).float().div(127.5).sub(1).to(self.device, vae.dtype)
+        z = vae.encode(x).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (z - shift) * vae.config.scaling_factor
+
+    def _guided(self, x, t, cond, uncond, guidance):
+        if uncond is None or guidance == 1.0:
+            return self.teacher_predict(x, t, cond)
+        both = self.teacher_predict(torch.cat([x, x]), torch.cat([t, t]), Conditioning.cat([uncond, cond]))
+        u, c = both.chunk(2)
+        return u + guidance * (c - u)
+
+
+@dataclass
+class ImageBank:
+    """Latents the frozen model drew (``n`` per prompt), with each one's prompt index and the prompts' conditioning."""
+
+    latents: torch.Tensor
+    prompt_of: torch.Tensor
+    cond: Conditioning
+
+    @staticmethod
+    def draw(bench: Workbench, prompts: list[str], n: int, steps: int, guidance: float, gen: torch.Generator, size: int | None) -> "ImageBank":
+        order = [i for i in range(len(prompts)) for _ in range(n)]
+        latents = bench.sample_latents([prompts[i] for i in order], steps, guidance, gen, size=size)
+        return ImageBank(latents, torch.tensor(order), bench.cond(prompts))
+
+    def batch(self, bench: Workbench, size: int, gen: torch.Generator):
+        idx = torch.randint(0, len(self.latents), (size,), generator=gen)
+        b = bench.noised(self.latents[idx], bench.sample_t(size, gen), gen)
+        return b, self.prompt_of[idx]
+
+
+
+class PipeView:
+    """The pipeline with some components replaced (for selecting the student's parameters by name)."""
+
+    def __init__(self, pipe, overrides: dict[str, nn.Module]):
+        self._pipe, self._overrides = pipe, overrides
+
+    def __getattr__(self, name):
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._pipe, name)

@@ -1,0 +1,207 @@
+"""The one training loop every fine-tuning method uses.
+
+A method supplies an :class:`Objective`: which parameters train (a dict from
+``FamilyAdapter.parameter_set`` keys to parameters), how a step's loss is computed (named terms whose
+sum is minimised), and optionally a gradient mask (SalUn, ANT) and extra state to checkpoint
+(AdvUnlearn's adversarial prompt). The loop owns everything else: the optimiser, steps, gradient
+accumulation, mixed precision on accelerators, seeding, the progress bar with the loss, periodic
+checkpoints with ``resume``, and early stopping on a metric.
+
+Determinism: step ``k`` draws its randomness from a generator seeded with ``(seed, k)``, so a run
+resumed from a checkpoint at step ``k`` continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core.errors import ConfigError
+from ..core.io import load_tensors, optimizer_tensors, read_json, restore_optimizer, save_tensors, write_json
+
+
+class Objective(Protocol):
+    def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """The named loss terms of step ``step``; the loop minimises their sum."""
+        ...
+
+
+@dataclass
+class TrainingSettings:
+    """How the loop runs (methods fill these from their configs)."""
+
+    steps: int
+    lr: float
+    optimizer: str = "adam"  # "adam" or "adamw"
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    seed: int = 0
+    mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, off elsewhere), "no", "bf16", "fp16"
+    checkpoint_every: int = 0
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    eval_every: int = 0
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.lr <= 0 or self.grad_accum < 1:
+            raise ConfigError(f"training needs steps >= 1, lr > 0 and grad_accum >= 1 (got {self.steps}, {self.lr}, {self.grad_accum})")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; use adam or adamw")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ConfigError(f"mixed_precision must be auto, no, bf16 or fp16 (got {self.mixed_precision!r})")
+        if (self.checkpoint_every or self.resume) and not self.checkpoint_dir:
+            raise ConfigError("checkpoints and resume need a checkpoint directory")
+
+
+@dataclass
+class TrainLog:
+    """What happened: per-step loss terms, evaluations, time, and whether it stopped early."""
+
+    losses: list[dict[str, float]] = field(default_factory=list)
+    evaluations: list[dict] = field(default_factory=list)
+    steps_run: int = 0
+    start_step: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        last = self.losses[-min(20, len(self.losses)) :] if self.losses else []
+        mean = {k: sum(d[k] for d in last) / len(last) for k in last[0]} if last else {}
+        return {"steps_run": self.steps_run, "start_step": self.start_step, "final_loss": mean, "stopped_early": self.stopped_early,
+                "seconds": round(self.seconds, 3), "evaluations": self.evaluations}  # fmt: skip
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of step ``step``: independent of how many steps ran before (exact resume)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def _autocast(device: torch.device, mode: str):
+    if mode == "no" or (mode == "auto" and device.type != "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    if mode == "auto":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def train(
+    params: dict[str, nn.Parameter],
+    objective: Objective,
+    settings: TrainingSettings,
+    progress: bool = True,
+    desc: str = "train",
+    grad_mask: dict[str, torch.Tensor] | None = None,
+    evaluate: Callable[[int], tuple[dict, bool]] | None = None,
+    extra_state: dict[str, torch.Tensor] | None = None,
+) -> TrainLog:
+    """Minimise ``objective`` over ``params`` for ``settings.steps`` steps.
+
+    ``grad_mask[key]`` multiplies that parameter's gradient before every update (saliency masks).
+    ``evaluate(step) -> (metrics, stop)`` runs every ``settings.eval_every`` steps and after the last;
+    ``stop=True`` ends training early. ``extra_state``: tensors the objective updates in place that a
+    checkpoint must carry (restored in place on resume).
+    """
+    settings.validate()
+    if not params:
+        raise ConfigError("nothing to train: the parameter set is empty")
+    names = sorted(params)
+    plist = [params[k] for k in names]
+    device = plist[0].device
+    opt_cls = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(plist, lr=settings.lr, weight_decay=settings.weight_decay)
+    scaler = torch.amp.GradScaler(device.type) if settings.mixed_precision == "fp16" and device.type == "cuda" else None
+    log = TrainLog()
+    ckpt = Path(settings.checkpoint_dir) if settings.checkpoint_dir else None
+    start = 0
+    if settings.resume and ckpt is not None and (ckpt / "train-state.json").is_file():
+        start = _load_checkpoint(ckpt, params, opt, extra_state, log, settings)
+    log.start_step = start
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, settings.steps), desc=desc, disable=not progress, initial=start, total=settings.steps, mininterval=1)
+    for step in bar:
+        opt.zero_grad(set_to_none=True)
+        terms_sum: dict[str, float] = {}
+        for micro in range(settings.grad_accum):
+            gen = step_generator(settings.seed, step * settings.grad_accum + micro)
+            with _autocast(device, settings.mixed_precision):
+                terms = objective.loss(step, gen)
+            total = sum(terms.values()) / settings.grad_accum
+            if not total.requires_grad:
+                raise ConfigError(f"{desc}: the loss does not depend on the trained parameters (a silent no-op)")
+            (scaler.scale(total) if scaler else total).backward()
+            for k, v in terms.items():
+                terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / settings.grad_accum
+        if scaler:
+            scaler.unscale_(opt)
+        if grad_mask is not None:
+            for k, m in grad_mask.items():
+                if params[k].grad is not None:
+                    params[k].grad.mul_(m)
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(plist, settings.grad_clip)
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        log.losses.append(terms_sum)
+        log.steps_run += 1
+        bar.set_postfix({k: f"{v:.4g}" for k, v in terms_sum.items()}, refresh=False)
+        done = step + 1 == settings.steps
+        if ckpt is not None and settings.checkpoint_every and ((step + 1) % settings.checkpoint_every == 0 or done):
+            _save_checkpoint(ckpt, step + 1, params, opt, extra_state, log, settings)
+        if evaluate is not None and ((settings.eval_every and (step + 1) % settings.eval_every == 0) or done):
+            metrics, stop = evaluate(step + 1)
+            log.evaluations.append({"step": step + 1, "seconds": round(time.perf_counter() - t0, 3), **metrics})
+            if stop and not done:
+                log.stopped_early = True
+                break
+    log.seconds = time.perf_counter() - t0
+    return log
+
+
+def _fingerprint(settings: TrainingSettings) -> dict:
+    d = asdict(settings)
+    for k in ("checkpoint_dir", "resume", "checkpoint_every", "eval_every"):
+        d.pop(k)
+    return d
+
+
+def _save_checkpoint(ckpt: Path, step: int, params, opt, extra_state, log: TrainLog, settings: TrainingSettings) -> None:
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tensors = {f"param.{k}": v for k, v in params.items()}
+    tensors.update({f"extra.{k}": v for k, v in (extra_state or {}).items()})
+    save_tensors(ckpt / "train-params.safetensors", tensors)
+    opt_t, opt_extra = optimizer_tensors(opt)
+    save_tensors(ckpt / "train-optim.safetensors", opt_t)
+    write_json(ckpt / "train-state.json", {"step": step, "settings": _fingerprint(settings), "optimizer": opt_extra,
+                                           "losses": log.losses, "evaluations": log.evaluations})  # fmt: skip
+
+
+@torch.no_grad()
+def _load_checkpoint(ckpt: Path, params, opt, extra_state, log: TrainLog, settings: TrainingSettings) -> int:
+    state = read_json(ckpt / "train-state.json")
+    if state["settings"] != json.loads(json.dumps(_fingerprint(settings))):
+        raise ConfigError(f"the checkpoint in {ckpt} was made with other training settings; delete it or match them to resume")
+    tensors = load_tensors(ckpt / "train-params.safetensors")
+    for k, p in params.items():
+        if f"param.{k}" not in tensors:
+            raise ConfigError(f"the checkpoint in {ckpt} lacks {k}; it belongs to another method or parameter set")
+        p.copy_(tensors[f"param.{k}"].to(p))
+    for k, v in (extra_state or {}).items():
+        v.copy_(tensors[f"extra.{k}"].to(v))
+    restore_optimizer(opt, load_tensors(ckpt / "train-optim.safetensors"), state["optimizer"])
+    log.losses = list(state.get("losses", []))
+    log.evaluations = list(state.get("evaluations", []))
+    return int(state["step"])
