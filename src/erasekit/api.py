@@ -216,13 +216,15 @@ def erase(
     judge=None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    monitor=None,
     **params,
 ):
     """Compute an erasure of ``request`` with ``method`` on ``pipe`` (left unchanged) -> :class:`Erasure`.
 
     ``pipe`` is a loaded diffusers pipeline or a model name for :func:`load_pipeline`. Methods that
     validate (RECE) get ``judge`` (default on a testbed model: the testbed classifier). Training
-    methods write periodic checkpoints to ``checkpoint_dir`` and continue from them when ``resume``.
+    methods write periodic checkpoints to ``checkpoint_dir`` and continue from them when ``resume``;
+    those that accept a ``monitor(step, weights) -> (metrics, stop)`` get it (benchmarks, early stop).
     """
     import inspect
 
@@ -253,10 +255,15 @@ def erase(
             classifier = load_judge(root) if root and Path(root).is_dir() else None
             judge = TestbedJudge(classifier) if classifier is not None else None
         extra["judge"] = judge
-    if "checkpoint_dir" in inspect.signature(spec.fn).parameters:
+    accepted = inspect.signature(spec.fn).parameters
+    if "checkpoint_dir" in accepted:
         extra.update(checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume)
     elif resume or checkpoint_dir is not None:
         raise ErasekitError(f"method {method!r} does not train, so it has no checkpoints to write or resume")
+    if monitor is not None:
+        if "monitor" not in accepted:
+            raise ErasekitError(f"method {method!r} does not accept a training monitor")
+        extra["monitor"] = monitor
     t0 = time.perf_counter()
     result = spec.fn(pipe, request, config, adapter=adapter, progress=progress, **extra)
     seconds = time.perf_counter() - t0

@@ -22,7 +22,8 @@ from .prompts import DOMAIN_VALUES, EvalPrompt, prompt_set, resolve_concept
 
 def _images_and_preds(pipe, judge, prompts: list[str], seeds: int, sampling: SamplingConfig, progress: bool, desc: str):
     flat = [p for p in prompts for _ in range(seeds)]
-    images = generate(pipe, flat, [s for _ in prompts for s in range(seeds)], sampling, progress=progress, desc=desc)
+    # distinct seeds per prompt (i*seeds + s): shared seeds would correlate images across prompts
+    images = generate(pipe, flat, [i * seeds + s for i in range(len(prompts)) for s in range(seeds)], sampling, progress=progress, desc=desc)
     pred = judge.predict(images)
     with torch.no_grad():
         feats = torch.cat([judge.embed(to_model_input(images[i : i + 512])) for i in range(0, len(images), 512)])

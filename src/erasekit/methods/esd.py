@@ -87,7 +87,7 @@ class ESDObjective:
 
 
 @register_method("esd", ESDConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning")
-def esd(pipe, request, config: ESDConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> MethodResult:
+def esd(pipe, request, config: ESDConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
     """ESD: fine-tune so the concept's prediction points away from it (ESD-x / ESD-u / ESD-x-strict)."""
     spec = parameter_spec(config.train_method)
     with Workbench.for_parameters(pipe, adapter, spec) as bench:
@@ -95,4 +95,4 @@ def esd(pipe, request, config: ESDConfig, adapter, progress: bool = True, checkp
         objective = ESDObjective(bench, target_prompts(request), config)
         settings = config.settings(checkpoint_dir, resume)
         info["train_method"] = config.train_method
-        return fit(bench, params, objective, settings, progress, desc="esd", info=info, lora=bool(config.lora_rank))
+        return fit(bench, params, objective, settings, progress, desc="esd", info=info, lora=bool(config.lora_rank), monitor=monitor)

@@ -31,11 +31,13 @@ class TrainingConfig:
     checkpoint_every: int = field(default=0, metadata={"help": "with a checkpoint directory: save every N steps (0: every tenth of the run)"})
     lora_rank: int = field(default=0, metadata={"help": "train a LoRA of this rank on the parameter set instead of the weights (0: off)"})
 
+    eval_every: int = field(default=0, metadata={"help": "with a monitor (benchmarks): evaluate every N steps"})
+
     def settings(self, checkpoint_dir: str | None, resume: bool, **overrides) -> TrainingSettings:
         every = (self.checkpoint_every or max(1, self.iterations // 10)) if checkpoint_dir else 0
         s = TrainingSettings(
             steps=self.iterations, lr=self.lr, seed=self.seed, grad_accum=self.grad_accum, mixed_precision=self.mixed_precision,
-            checkpoint_every=every, checkpoint_dir=checkpoint_dir, resume=resume, **overrides,
+            checkpoint_every=every, checkpoint_dir=checkpoint_dir, resume=resume, eval_every=self.eval_every, **overrides,
         )  # fmt: skip
         s.validate()
         return s
@@ -68,9 +70,16 @@ def fit(
     desc: str,
     info: dict | None = None,
     lora: bool = False,
+    monitor=None,
     **train_kwargs,
 ) -> MethodResult:
-    """Train, then package the student's new weights (or its LoRA) as a :class:`MethodResult`."""
+    """Train, then package the student's new weights (or its LoRA) as a :class:`MethodResult`.
+
+    ``monitor(step, weights) -> (metrics, stop)`` is called every ``settings.eval_every`` steps and at
+    the end with the current trained tensors (detached); ``stop=True`` ends training early.
+    """
+    if monitor is not None:
+        train_kwargs["evaluate"] = lambda step: monitor(step, {k: p.detach() for k, p in params.items()})
     log: TrainLog = train(params, objective, settings, progress=progress, desc=desc, **train_kwargs)
     info = dict(info or {}, training=log.summary())
     if lora:

@@ -74,9 +74,12 @@ class TrainLog:
     seconds: float = 0.0
 
     def summary(self) -> dict:
-        last = self.losses[-min(20, len(self.losses)) :] if self.losses else []
-        mean = {k: sum(d[k] for d in last) / len(last) for k in last[0]} if last else {}
-        return {"steps_run": self.steps_run, "start_step": self.start_step, "final_loss": mean, "stopped_early": self.stopped_early,
+        def mean(part: list[dict[str, float]]) -> dict[str, float]:
+            return {k: sum(d.get(k, 0.0) for d in part) / len(part) for k in part[0]} if part else {}
+
+        n = max(1, min(20, len(self.losses) // 4))
+        return {"steps_run": self.steps_run, "start_step": self.start_step, "initial_loss": mean(self.losses[:n]),
+                "final_loss": mean(self.losses[-n:]), "stopped_early": self.stopped_early,
                 "seconds": round(self.seconds, 3), "evaluations": self.evaluations}  # fmt: skip
 
 
