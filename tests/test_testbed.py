@@ -87,10 +87,11 @@ def test_too_long_prompt_is_a_clear_error(tmp_path):
 def test_demo_runs_end_to_end(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--seeds", "1"])
     assert result.exit_code == 0, result.output
-    for name in ("grid.png", "gate.json", "eval.json", "before_after.png", "erasure/erasure.json"):
+    for name in ("grid.png", "gate.json", "eval-uce.json", "eval-esd.json", "before_after.png", "erasure-uce/erasure.json", "erasure-esd/erasure.json"):
         assert (tmp_path / name).is_file(), name
-    assert "shape accuracy" in result.output and "UCE erased star, zorbo" in result.output
+    assert "shape accuracy" in result.output and "uce erased star, zorbo" in result.output and "esd erased star" in result.output
     import json
 
-    ev = json.loads((tmp_path / "eval.json").read_text())
-    assert ev["ua"] > ev["base"]["ua"]  # the erasure measurably removes the concepts
+    for method in ("uce", "esd"):
+        ev = json.loads((tmp_path / f"eval-{method}.json").read_text())
+        assert ev["ua"] > ev["base"]["ua"], method  # each erasure measurably removes its concepts

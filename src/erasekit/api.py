@@ -119,13 +119,22 @@ DEMO_PROMPTS = (
     "a shape",
 )
 
+#: (method, parameters, concepts) the demo erases. ESD runs with the testbed settings measured in
+#: benchmarks/results/esd_time_to_ua.json (its 20-step sampler, a higher learning rate than SD's).
+DEMO_ERASURES: tuple[tuple[str, dict, list[str]], ...] = (
+    ("uce", {}, ["star", "zorbo"]),
+    ("esd", {"train_method": "esd-x", "ddim_steps": 20, "iterations": 150, "lr": 1e-4}, ["star"]),
+)
+
 
 def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: str | None = None) -> list[str]:
     """The main job on the testbed: what the model draws, the quality gate, then erase, evaluate and compare.
 
     1. a labelled grid of the demo prompts (``grid.png``) and a quick quality gate (``gate.json``);
-    2. UCE erases the shape ``star`` and the character ``zorbo`` (``erasure/``);
-    3. both are evaluated before and after (``eval.json``) and shown side by side (``before_after.png``).
+    2. the erasures of ``DEMO_ERASURES``: UCE erases the shape ``star`` and the character ``zorbo``,
+       ESD-x (fine-tuning) the shape ``star`` (``erasure-<method>/``);
+    3. each is evaluated before and after (``eval-<method>.json``) and all are shown side by side
+       (``before_after.png``).
     """
     from .core.request import ErasureRequest, Target
     from .evaluation import evaluate_on_testbed
@@ -148,14 +157,43 @@ def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: s
     if seeds < 8:
         lines.append(f"(a quick gate with {seeds} seeds per prompt; the full gate is 'erasekit testbed check --out gate.json')")
 
-    request = ErasureRequest([Target("star"), Target("zorbo")])
-    erasure = erase(pipe, "uce", request, model="testbed")
-    erasure.save(out / "erasure")
-    ev = evaluate_on_testbed(pipe, judge, request.concepts, erasure=erasure, seeds=seeds, n_contexts=6, progress=True)
-    write_json(out / "eval.json", ev)
-    lines += ["", f"UCE erased {', '.join(request.concepts)} in {erasure.timings['seconds']:.2f}s "
-              f"({len(erasure.weights)} tensors, {erasure.num_bytes() / 2**20:.2f} MiB)", ""]
-    lines.append(f"{'target':<8}{'':<8}{'UA':>7}{'UA syn':>8}{'IRA':>7}{'IRA nb':>8}{'CRA':>7}")
+    erasures = []
+    for method, params, concepts in DEMO_ERASURES:
+        request = ErasureRequest([Target(c) for c in concepts])
+        erasure = erase(pipe, method, request, model="testbed", **params)
+        erasure.save(out / f"erasure-{method}")
+        ev = evaluate_on_testbed(pipe, judge, request.concepts, erasure=erasure, seeds=seeds, n_contexts=6, progress=True)
+        write_json(out / f"eval-{method}.json", ev)
+        erasures.append((method, erasure))
+        lines += ["", f"{method} erased {', '.join(request.concepts)} in {erasure.timings['seconds']:.2f}s "
+                  f"({len(erasure.changed_tensors())} tensors, {erasure.num_bytes() / 2**20:.2f} MiB)", ""]
+        lines += _eval_table(ev)
+
+    compare = ["a red filled star on a black background", "zorbo", "a blue striped circle on a gray background", "pipa"]
+    flat = [p for p in compare for _ in range(per)]
+    flat_seeds = [s for _ in compare for s in range(per)]
+    columns = [("before", generate(pipe, flat, flat_seeds, progress=False))]
+    for method, erasure in erasures:
+        erasure.apply(pipe)
+        try:
+            columns.append((method, generate(pipe, flat, flat_seeds, progress=False)))
+        finally:
+            erasure.remove(pipe)
+    preds = [judge.predict(imgs) for _, imgs in columns]
+    both = np.stack([imgs[i] for i in range(len(flat)) for _, imgs in columns])
+    caps = [f"{name}: {flat[i][:12] if name == 'before' else ''}\n" + describe_labels(pred, i)
+            for i in range(len(flat)) for (name, _), pred in zip(columns, preds)]
+    save_image(make_grid(both, caps, cols=len(columns) * 2), out / "before_after.png")
+    lines.append(f"before/after grid: {out / 'before_after.png'}")
+    lines.append(f"reports: {out / 'gate.json'}, {out / 'eval.json'}  ({time.time() - t0:.0f}s)")
+    write_json(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "erasures": [{"method": m, "params": p, "concepts": c} for m, p, c in DEMO_ERASURES],
+                                    "seconds": round(time.time() - t0, 1)})  # fmt: skip
+    return lines
+
+
+def _eval_table(ev: dict) -> list[str]:
+    """Before/after rows (UA, UA on synonyms, IRA, IRA on neighbours, CRA) of an evaluation report."""
+    lines = [f"{'target':<8}{'':<8}{'UA':>7}{'UA syn':>8}{'IRA':>7}{'IRA nb':>8}{'CRA':>7}"]
     for b, a in zip(ev["base"]["targets"], ev["targets"]):
         for name, t in (("base", b), ("erased", a)):
             cells = [t["ua"], t["ua_synonym"], t["ira"], t["ira_neighbours"], t["cra"]]
@@ -163,23 +201,6 @@ def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: s
             lines.append(f"{t['concept'] if name == 'base' else '':<8}{name:<8}{text[0]:>7}{text[1]:>8}{text[2]:>7}{text[3]:>8}{text[4]:>7}")
     fid = ev["fidelity"]
     lines.append(f"fidelity on other prompts: mean pixel change {fid['pixel_change']:.4f}, labels unchanged {fid['labels_unchanged']['rate']:.2f}")
-
-    compare = ["a red filled star on a black background", "zorbo", "a blue striped circle on a gray background", "pipa"]
-    flat = [p for p in compare for _ in range(per)]
-    flat_seeds = [s for _ in compare for s in range(per)]
-    before = generate(pipe, flat, flat_seeds, progress=False)
-    erasure.apply(pipe)
-    try:
-        after = generate(pipe, flat, flat_seeds, progress=False)
-    finally:
-        erasure.remove(pipe)
-    both = np.concatenate([np.stack([before[i], after[i]]) for i in range(len(flat))])
-    pb, pa = judge.predict(before), judge.predict(after)
-    caps = [c for i, p in enumerate(flat) for c in (f"before: {p[:13]}\n" + describe_labels(pb, i), "after\n" + describe_labels(pa, i))]
-    save_image(make_grid(both, caps, cols=per * 2), out / "before_after.png")
-    lines.append(f"before/after grid: {out / 'before_after.png'}")
-    lines.append(f"reports: {out / 'gate.json'}, {out / 'eval.json'}  ({time.time() - t0:.0f}s)")
-    write_json(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "erased": request.concepts, "seconds": round(time.time() - t0, 1)})
     return lines
 
 
@@ -418,7 +439,9 @@ def bench(
 
         header = (
             "# Results on the testbed\n\n"
-            f"Generated by `erasekit bench --methods {','.join(methods)} --concepts {','.join(concepts)}` "
+            f"Generated by `erasekit bench --methods {','.join(methods)} --concepts {','.join(concepts)}"
+            + "".join(f" --set {m}.{k}={v}" for m, kv in (params or {}).items() for k, v in kv.items())
+            + "` "
             f"({seeds} seeds x {contexts} contexts per concept; JSON in `{out_dir}`). Rates in % with 95 % Wilson intervals. "
             "UA: target prompts whose images no longer show the target (higher = more erased); IRA: other concepts of the "
             "domain still drawn (neighbours: the most similar ones); CRA: the other attributes still right; pixel change and "

@@ -214,13 +214,22 @@ def bench(
     model: ModelOpt = "testbed",
     seeds: Annotated[int, typer.Option(min=1, max=64, help="Seeds per prompt.")] = 4,
     contexts: Annotated[int, typer.Option(min=1, max=64, help="Attribute contexts per concept.")] = 12,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method parameter as method.key=value (repeatable).")] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Erase each concept with each method, evaluate every run, and write JSON plus a results table."""
     from .api import bench as bench_api
+    from .core.errors import ConfigError
 
+    params: dict[str, dict[str, str]] = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method.strip() or not name.strip():
+            raise ConfigError(f"--set expects method.key=value (e.g. esd.iterations=100), got {item!r}")
+        params.setdefault(method.strip(), {})[name.strip()] = value.strip()
     runs = bench_api([m.strip() for m in methods_.split(",") if m.strip()], [c.strip() for c in concepts.split(",") if c.strip()],
-                     out_dir=out, report=report, model=model, seeds=seeds, contexts=contexts, device=device)  # fmt: skip
+                     out_dir=out, report=report, model=model, seeds=seeds, contexts=contexts, params=params, device=device)  # fmt: skip
     for r in runs:
         typer.echo(f"{r['concept']:<10} {r['method']:<6} UA {r['ua']:.2f} (base {r['base']['ua']:.2f})  IRA {r['ira']:.2f}  CRA {r['cra']:.2f}")
     typer.echo(f"wrote {out}/results.json and {report}")
