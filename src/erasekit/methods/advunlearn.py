@@ -27,12 +27,11 @@ import torch.nn.functional as F
 from ..attacks.soft_prompt import SoftPrompt, SoftPromptConfig, optimise_soft_prompt
 from ..core.errors import ConfigError, UnsupportedModelError
 from ..core.registry import MethodResult, register_method
-from ..training import TrainingConfig, Workbench, fit, target_prompts, trainable_parameters
+from ..training import TrajectoryConfig, Workbench, esd_point, fit, target_prompts, trainable_parameters
 
 
 @dataclass
-class AdvUnlearnConfig(TrainingConfig):
-    negative_guidance: float = field(default=1.0, metadata={"help": "η of the ESD target"})
+class AdvUnlearnConfig(TrajectoryConfig):
     retain_weight: float = field(default=0.3, metadata={"help": "λ of the retain term"})
     warmup: int = field(default=200, metadata={"help": "iterations before the inner attack starts"})
     attack_every: int = field(default=1, metadata={"help": "run the inner attack every N iterations after warm-up"})
@@ -40,15 +39,13 @@ class AdvUnlearnConfig(TrainingConfig):
     attack_lr: float = field(default=1e-3, metadata={"help": "learning rate of the inner attack"})
     attack_tokens: int = field(default=1, metadata={"help": "adversarial token vectors inserted after BOS"})
     filler: str = field(default="a", metadata={"help": "placeholder word whose embedding slots the vectors take"})
-    start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen model's partial denoising"})
-    ddim_steps: int = field(default=50, metadata={"help": "sampler steps of the partial denoising"})
-    size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)"})
     iterations: int = field(default=1000, metadata={"help": "optimisation steps"})
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate of the text encoder"})
 
     def validate(self) -> None:
-        if min(self.iterations, self.ddim_steps, self.attack_every, self.attack_tokens) < 1 or self.lr <= 0 or self.warmup < 0:
-            raise ConfigError("advunlearn needs iterations, ddim_steps, attack_every, attack_tokens >= 1, lr > 0, warmup >= 0")
+        self.check_trajectory("advunlearn")
+        if min(self.attack_every, self.attack_tokens) < 1 or self.warmup < 0:
+            raise ConfigError("advunlearn needs attack_every, attack_tokens >= 1 and warmup >= 0")
 
 
 class AdvUnlearnObjective:
@@ -67,18 +64,14 @@ class AdvUnlearnObjective:
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg, bench = self.config, self.bench
         i = int(torch.randint(0, len(self.prompts), (1,), generator=gen))
-        cond, uncond = self.cond.select([i]), self.uncond
-        stop = int(torch.randint(0, cfg.ddim_steps, (1,), generator=gen))
-        xt, t = bench.partial_denoise(cond, uncond, cfg.ddim_steps, stop, cfg.start_guidance, gen, size=cfg.size)
-        with torch.no_grad():
-            f_c = bench.teacher_predict(xt, t, cond)
-            target = f_c - cfg.negative_guidance * (f_c - bench.teacher_predict(xt, t, uncond))
+        pt = esd_point(bench, self.cond.select([i]), self.uncond, cfg, gen)
+        xt, t = pt.xt, pt.t
         if self.attacking(step):
-            self.last_attack_loss = optimise_soft_prompt(bench, self.soft, xt, t, [self.prompts[i]], f_c)
+            self.last_attack_loss = optimise_soft_prompt(bench, self.soft, xt, t, [self.prompts[i]], pt.f_c)
             adv = self.soft.cond(bench, [self.prompts[i]], student=True)
         else:
             adv = bench.student_cond([self.prompts[i]])
-        terms = {"esd": F.mse_loss(bench.predict(xt, t, adv).float(), target.float())}
+        terms = {"esd": F.mse_loss(bench.predict(xt, t, adv).float(), pt.target.float())}
         j = int(torch.randint(0, len(self.retain), (1,), generator=gen))
         r_cond = self.retain_cond.select([j])
         with torch.no_grad():

@@ -31,22 +31,18 @@ import torch.nn.functional as F
 
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
-from ..training import TrainingConfig, Workbench, fit, step_generator, target_prompts, top_share_mask, trainable_parameters
+from ..training import TrajectoryConfig, Workbench, fit, step_generator, target_prompts, top_share_mask, trainable_parameters
 from .esd import parameter_spec
 
 
 @dataclass
-class ANTConfig(TrainingConfig):
+class ANTConfig(TrajectoryConfig):
     train_method: str = field(default="full", metadata={"help": "parameter set the saliency mask is taken over"})
     before_step: int = field(default=7, metadata={"help": "sampler steps counted as early (direction kept)"})
     alpha_1: float = field(default=1.0, metadata={"help": "α₁, weight of the early terms"})
     alpha_2: float = field(default=0.5, metadata={"help": "α₂, weight of the unconditional-preservation terms"})
-    negative_guidance: float = field(default=1.0, metadata={"help": "η"})
     mask_ratio: float = field(default=0.5, metadata={"help": "share of parameters kept trainable (1: no mask)"})
     mask_batches: int = field(default=4, metadata={"help": "steps the mask's gradient is accumulated over"})
-    start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen model's sampling"})
-    ddim_steps: int = field(default=50, metadata={"help": "sampler steps"})
-    size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)"})
     iterations: int = field(default=250, metadata={"help": "optimisation steps"})
     lr: float = field(default=5e-4, metadata={"help": "Adam learning rate"})
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
-from ..training import TrainingConfig, Workbench, fit, target_prompts, trainable_parameters
+from ..training import TrajectoryConfig, Workbench, esd_point, fit, target_prompts, trainable_parameters
 
 ESD_SETS = {"esd-x": "xattn", "esd-u": "noxattn", "esd-x-strict": "xattn-kv"}
 
@@ -47,19 +47,17 @@ def parameter_spec(name: str):
 
 
 @dataclass
-class ESDConfig(TrainingConfig):
+class ESDConfig(TrajectoryConfig):
     train_method: str = field(default="esd-x", metadata={"help": "esd-x, esd-u, esd-x-strict, a parameter set, or re:<regex>,..."})
     negative_guidance: float = field(default=2.0, metadata={"help": "η, how far past the unconditional prediction to push"})
-    start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen model's partial denoising"})
-    ddim_steps: int = field(default=50, metadata={"help": "sampler steps of the partial denoising"})
     batch_size: int = field(default=1, metadata={"help": "trajectories per step"})
-    size: int | None = field(default=None, metadata={"help": "latent size for training (default: the model's)"})
     iterations: int = field(default=200, metadata={"help": "optimisation steps"})
     lr: float = field(default=5e-5, metadata={"help": "Adam learning rate"})
 
     def validate(self) -> None:
-        if self.ddim_steps < 1 or self.batch_size < 1 or self.iterations < 1 or self.lr <= 0:
-            raise ConfigError("esd needs ddim_steps, batch_size and iterations >= 1 and lr > 0")
+        self.check_trajectory("esd")
+        if self.batch_size < 1:
+            raise ConfigError("esd needs batch_size >= 1")
 
 
 class ESDObjective:
@@ -75,15 +73,9 @@ class ESDObjective:
         cfg, bench = self.config, self.bench
         idx = torch.randint(0, len(self.prompts), (cfg.batch_size,), generator=gen)
         cond = self.cond.select(idx)
-        uncond = self.uncond.select(torch.zeros(cfg.batch_size, dtype=torch.long))
-        stop = int(torch.randint(0, cfg.ddim_steps, (1,), generator=gen))
-        xt, t = bench.partial_denoise(cond, uncond, cfg.ddim_steps, stop, cfg.start_guidance, gen, size=cfg.size)
-        with torch.no_grad():
-            f_c = bench.teacher_predict(xt, t, cond)
-            f_u = bench.teacher_predict(xt, t, uncond)
-            target = f_c - cfg.negative_guidance * (f_c - f_u)
-        pred = bench.predict(xt, t, bench.student_cond([self.prompts[i] for i in idx], frozen=cond))
-        return {"esd": F.mse_loss(pred.float(), target.float())}
+        pt = esd_point(bench, cond, self.uncond, cfg, gen)
+        pred = bench.predict(pt.xt, pt.t, bench.student_cond([self.prompts[i] for i in idx], frozen=cond))
+        return {"esd": F.mse_loss(pred.float(), pt.target.float())}
 
 
 @register_method("esd", ESDConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning")

@@ -35,7 +35,7 @@ from ..attacks.soft_prompt import SoftPrompt, SoftPromptConfig, optimise_soft_pr
 from ..core.attachments import Attachment, get_module, register_attachment
 from ..core.errors import ConfigError, UnsupportedModelError
 from ..core.registry import MethodResult, register_method
-from ..training import TrainingConfig, Workbench, fit
+from ..training import TrajectoryConfig, Workbench, esd_point, fit
 from ..training.diffusion import PipeView
 
 
@@ -137,25 +137,22 @@ def concept_positions(tokenizer, prompt: str, phrase: str, offset: int = 0) -> l
 
 
 @dataclass
-class ReceleConfig(TrainingConfig):
+class ReceleConfig(TrajectoryConfig):
     rank: int = field(default=128, metadata={"help": "hidden width of each eraser"})
     reg_weight: float = field(default=0.1, metadata={"help": "λ of the concept-localised regularisation"})
-    negative_guidance: float = field(default=1.0, metadata={"help": "η of the ESD target"})
     adv_warmup: int = field(default=100, metadata={"help": "iterations before the adversarial prompts start"})
     adv_every: int = field(default=10, metadata={"help": "run the inner attack every N iterations (0: never)"})
     adv_steps: int = field(default=10, metadata={"help": "Adam steps of each inner attack"})
     adv_lr: float = field(default=1e-3, metadata={"help": "learning rate of the inner attack"})
     adv_tokens: int = field(default=1, metadata={"help": "adversarial token vectors"})
     filler: str = field(default="a", metadata={"help": "placeholder word whose embedding slots the vectors take"})
-    start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen model's partial denoising"})
-    ddim_steps: int = field(default=50, metadata={"help": "sampler steps of the partial denoising"})
-    size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)"})
     iterations: int = field(default=500, metadata={"help": "optimisation steps"})
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the erasers"})
 
     def validate(self) -> None:
-        if min(self.rank, self.iterations, self.ddim_steps) < 1 or self.lr <= 0 or self.reg_weight < 0 or self.adv_every < 0:
-            raise ConfigError("receler needs rank, iterations, ddim_steps >= 1, lr > 0, reg_weight >= 0, adv_every >= 0")
+        self.check_trajectory("receler")
+        if self.rank < 1 or self.reg_weight < 0 or self.adv_every < 0:
+            raise ConfigError("receler needs rank >= 1, reg_weight >= 0 and adv_every >= 0")
         if self.lora_rank:
             raise ConfigError("receler trains its own erasers; it has no LoRA form (set lora_rank=0)")
 
@@ -185,12 +182,9 @@ class ReceleObjective:
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg, bench = self.config, self.bench
         i = int(torch.randint(0, len(self.prompts), (1,), generator=gen))
-        cond, uncond = self.cond.select([i]), self.uncond
-        stop = int(torch.randint(0, cfg.ddim_steps, (1,), generator=gen))
-        xt, t = bench.partial_denoise(cond, uncond, cfg.ddim_steps, stop, cfg.start_guidance, gen, size=cfg.size)
-        with torch.no_grad():
-            f_c = bench.teacher_predict(xt, t, cond)
-            target = f_c - cfg.negative_guidance * (f_c - bench.teacher_predict(xt, t, uncond))
+        cond = self.cond.select([i])
+        pt = esd_point(bench, cond, self.uncond, cfg, gen)
+        xt, t, f_c, target = pt.xt, pt.t, pt.f_c, pt.target
         esd, reg = self._erase_terms(xt, t, cond, self.positions[i], target)
         terms = {"esd": esd, "reg": cfg.reg_weight * reg}
         if self.attacking(step):

@@ -33,7 +33,7 @@ from torch import nn
 from ..core.attachments import Attachment, get_module, register_attachment
 from ..core.errors import ConfigError, UnsupportedModelError
 from ..core.registry import MethodResult, register_method
-from ..training import TrainingConfig, Workbench, fit, target_prompts
+from ..training import TrajectoryConfig, Workbench, esd_point, fit, target_prompts
 from ..training.diffusion import PipeView
 
 
@@ -128,20 +128,17 @@ class SPMAdapters(Attachment):
 
 
 @dataclass
-class SPMConfig(TrainingConfig):
-    negative_guidance: float = field(default=1.0, metadata={"help": "η of the ESD target"})
+class SPMConfig(TrajectoryConfig):
     anchor_weight: float = field(default=1000.0, metadata={"help": "β of latent anchoring"})
     n_anchors: int = field(default=32, metadata={"help": "vocabulary words drawn as anchor prompts"})
     anchor_max_similarity: float = field(default=0.5, metadata={"help": "anchors must be less similar than this to every target"})
-    start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen model's partial denoising"})
-    ddim_steps: int = field(default=50, metadata={"help": "sampler steps of the partial denoising"})
-    size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)"})
     iterations: int = field(default=3000, metadata={"help": "optimisation steps"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
 
     def validate(self) -> None:
-        if min(self.iterations, self.ddim_steps) < 1 or self.lr <= 0 or self.anchor_weight < 0 or self.n_anchors < 0:
-            raise ConfigError("spm needs iterations, ddim_steps >= 1, lr > 0, anchor_weight >= 0, n_anchors >= 0")
+        self.check_trajectory("spm")
+        if self.anchor_weight < 0 or self.n_anchors < 0:
+            raise ConfigError("spm needs anchor_weight >= 0 and n_anchors >= 0")
         if self.lora_rank:
             raise ConfigError("spm trains its own rank-1 adapters; set lora_rank=0")
 
@@ -174,16 +171,13 @@ class SPMObjective:
         cfg, bench = self.config, self.bench
         i = int(torch.randint(0, len(self.prompts), (1,), generator=gen))
         cond = self.cond.select([i])
-        stop = int(torch.randint(0, cfg.ddim_steps, (1,), generator=gen))
-        xt, t = bench.partial_denoise(cond, self.uncond, cfg.ddim_steps, stop, cfg.start_guidance, gen, size=cfg.size)
+        pt = esd_point(bench, cond, self.uncond, cfg, gen)
+        xt, t = pt.xt, pt.t
         a = int(torch.randint(0, len(self.anchors), (1,), generator=gen))
         anchor = self.anchor_cond.select([a])
-        with torch.no_grad():
-            f_c = bench.teacher_predict(xt, t, cond)
-            target = f_c - cfg.negative_guidance * (f_c - bench.teacher_predict(xt, t, self.uncond))
-            f_a = bench.teacher_predict(xt, t, anchor)
+        f_a = bench.teacher_predict(xt, t, anchor)
         return {
-            "esd": F.mse_loss(bench.predict(xt, t, cond).float(), target.float()),
+            "esd": F.mse_loss(bench.predict(xt, t, cond).float(), pt.target.float()),
             "anchor": cfg.anchor_weight * F.mse_loss(bench.predict(xt, t, anchor).float(), f_a.float()),
         }
 

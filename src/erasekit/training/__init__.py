@@ -43,6 +43,44 @@ class TrainingConfig:
         return s
 
 
+@dataclass
+class TrajectoryConfig(TrainingConfig):
+    """Options of methods that train on the frozen model's own sampling trajectories (ESD and kin)."""
+
+    negative_guidance: float = field(default=1.0, metadata={"help": "η, how far past the unconditional prediction the target goes"})
+    start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen model's partial denoising"})
+    ddim_steps: int = field(default=50, metadata={"help": "sampler steps of the partial denoising"})
+    size: int | None = field(default=None, metadata={"help": "latent size for training (default: the model's)"})
+
+    def check_trajectory(self, name: str) -> None:
+        if self.ddim_steps < 1 or self.iterations < 1 or self.lr <= 0:
+            raise ConfigError(f"{name} needs ddim_steps and iterations >= 1 and lr > 0")
+
+
+@dataclass
+class EsdPoint:
+    """A point of the frozen model's trajectory and the ESD target there."""
+
+    xt: torch.Tensor
+    t: torch.Tensor
+    f_c: torch.Tensor  # f*(x_t, c, t)
+    target: torch.Tensor  # f*(x_t, c) − η (f*(x_t, c) − f*(x_t, ∅))
+
+
+def esd_point(bench: Workbench, cond, uncond, config: TrajectoryConfig, gen: torch.Generator, stop: int | None = None) -> EsdPoint:
+    """Partially denoise with the frozen model (a random stop in ``[0, ddim_steps)`` unless given) and
+    build the ESD target at the timestep reached."""
+    if stop is None:
+        stop = int(torch.randint(0, config.ddim_steps, (1,), generator=gen))
+    if uncond.tokens.shape[0] != cond.tokens.shape[0]:
+        uncond = uncond.select(torch.zeros(cond.tokens.shape[0], dtype=torch.long))
+    xt, t = bench.partial_denoise(cond, uncond, config.ddim_steps, stop, config.start_guidance, gen, size=config.size)
+    with torch.no_grad():
+        f_c = bench.teacher_predict(xt, t, cond)
+        target = f_c - config.negative_guidance * (f_c - bench.teacher_predict(xt, t, uncond))
+    return EsdPoint(xt, t, f_c, target)
+
+
 def trainable_parameters(bench: Workbench, spec, lora_rank: int) -> tuple[dict[str, torch.nn.Parameter], dict]:
     """The parameters a run optimises: the set ``spec`` itself, or a LoRA on it when ``lora_rank``."""
     params = bench.trainable(spec)
@@ -107,6 +145,9 @@ def target_prompts(request) -> list[str]:
 
 
 __all__ = [
+    "EsdPoint",
+    "TrajectoryConfig",
+    "esd_point",
     "ImageBank",
     "NoisedBatch",
     "Objective",
