@@ -47,6 +47,33 @@ def closed_form_section() -> list[str]:
     return lines + [""]
 
 
+def esd_section() -> list[str]:
+    path = RESULTS / "esd_time_to_ua.json"
+    if not path.is_file():
+        return ["_ESD benchmark not run yet_", ""]
+    data = json.loads(path.read_text())
+    p = data["params"]
+    reached = data["reached"]
+    verdict = (
+        f"**Target met**: UA {reached['ua']:.2f}, IRA {reached['ira']:.2f} after {reached['train_seconds']:.0f} s of training (step {reached['step']})."
+        if data["met"]
+        else (f"**Target not met**: UA >= 0.95 with IRA >= 0.85 was first reached after {reached['train_seconds']:.0f} s (step {reached['step']})."
+              if reached else "**Target not met**: no checkpoint reached UA >= 0.95 with IRA >= 0.85 (curve below).")
+    )  # fmt: skip
+    lines = [
+        f"ESD-x erasing `{data['concept']}` on the testbed: {p['iterations']} iterations, lr {p['lr']}, η {p['negative_guidance']}, "
+        f"{p['ddim_steps']} DDIM steps of partial denoising, guidance {p['start_guidance']}; {data['machine']['threads']} torch threads on "
+        f"{data['machine']['cpus']} cores. UA / IRA on the evaluation prompt set after each checkpoint; training seconds exclude evaluation.",
+        "",
+        verdict,
+        "",
+        "| step | training s | UA | IRA | IRA (neighbours) | CRA |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {c['step']} | {c['train_seconds']:.1f} | {c['ua']:.2f} | {c['ira']:.2f} | {c['ira_neighbours']:.2f} | {c['cra']:.2f} |" for c in data["curve"]]
+    return lines + ["", "![ESD time to UA](esd-time-to-ua.svg)", ""]
+
+
 def main() -> None:
     text = [
         "# Performance",
@@ -63,6 +90,11 @@ def main() -> None:
         "straightforward per-layer formula within 1e-5 relative.",
         "",
         *closed_form_section(),
+        "## Fine-tuning: ESD-x time to erasure on the testbed (`benchmarks/esd_time_to_ua.py`)",
+        "",
+        "Target: UA >= 95 % on a testbed shape with IRA >= 85 % within 2 minutes on the 2-core CPU.",
+        "",
+        *esd_section(),
     ]
     out = ROOT / "docs" / "performance.md"
     out.write_text("\n".join(text))

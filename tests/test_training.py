@@ -246,3 +246,11 @@ def test_te_unlearn_trains_only_text_encoder_mlps_and_last_attention(tmp_path):
     assert erasure.info["images"] == 2
     with pytest.raises(Exception, match="no .png"):
         api.erase(pipe, "te-unlearn", REQUEST, progress=False, image_dir=str(tmp_path / "nothing"), iterations=1)
+
+
+def test_half_precision_models_train_a_float32_student():
+    pipe = tiny_pipeline("sd").to(torch.bfloat16)
+    before = state_hash(pipe.unet)
+    erasure = api.erase(pipe, "esd", REQUEST, progress=False, iterations=2, ddim_steps=3, lr=1e-2)
+    assert erasure.weights and all(v.dtype == torch.bfloat16 for v in erasure.weights.values())
+    assert state_hash(pipe.unet) == before

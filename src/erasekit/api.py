@@ -293,7 +293,9 @@ def erase(
     from .core.erasure import lora_deltas
 
     originals = {k: get_tensor(pipe, k).detach() for k in result.weights}
-    changed = {k: v.detach().to("cpu").contiguous() for k, v in result.weights.items() if not torch.equal(v.to(originals[k].device), originals[k])}
+    # new values in the model's own dtype (a float32 student of a half-precision model is cast back)
+    cast = {k: v.detach().to(originals[k].device, originals[k].dtype) for k, v in result.weights.items()}
+    changed = {k: v.to("cpu").contiguous() for k, v in cast.items() if not torch.equal(v, originals[k])}
     deltas = lora_deltas(result.lora)
     if not changed and not any(bool(d.any()) for d in deltas.values()) and result.attachment is None:
         raise ErasekitError(f"method {method!r} changed no weight for this request (a silent no-op); check the request and parameters")

@@ -92,6 +92,12 @@ class Conditioning:
     def select(self, index: torch.Tensor | slice) -> "Conditioning":
         return Conditioning(self.tokens[index], {k: _index(v, index) for k, v in self.extra.items()})
 
+    def to(self, dtype: torch.dtype) -> "Conditioning":
+        def cast(v):
+            return {k: cast(x) for k, x in v.items()} if isinstance(v, dict) else (v.to(dtype) if v.is_floating_point() else v)
+
+        return Conditioning(self.tokens.to(dtype), cast(self.extra))
+
     @staticmethod
     def cat(parts: list["Conditioning"]) -> "Conditioning":
         extra = {k: _cat([p.extra[k] for p in parts]) for k in parts[0].extra}

@@ -54,6 +54,8 @@ class Workbench:
         for name in components:
             module = copy.deepcopy(getattr(pipe, name))
             module.train(False)  # dropout-free, as at inference; the optimiser is what trains it
+            if next(module.parameters()).dtype in (torch.float16, torch.bfloat16):
+                module.float()  # train float32 master weights (mixed precision autocasts the compute)
             for p in module.parameters():
                 p.requires_grad_(False)
             self.student[name] = module
@@ -126,11 +128,14 @@ class Workbench:
         """Denoiser output with gradients: the student's denoiser if it is trained, else the frozen
         teacher's (gradients then reach only the inputs, e.g. a trained text encoder's ``cond``)."""
         denoiser = self.student.get(self.denoiser_name, getattr(self.pipe, self.denoiser_name))
-        return self.adapter.predict(denoiser, xt, t, cond)
+        dtype = next(denoiser.parameters()).dtype
+        return self.adapter.predict(denoiser, xt.to(dtype), t, cond.to(dtype))
 
     @torch.no_grad()
     def teacher_predict(self, xt: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        return self.adapter.predict(getattr(self.pipe, self.denoiser_name), xt, t, cond)
+        denoiser = getattr(self.pipe, self.denoiser_name)
+        dtype = next(denoiser.parameters()).dtype
+        return self.adapter.predict(denoiser, xt.to(dtype), t, cond.to(dtype)).float()
 
     # -- noising and targets ---------------------------------------------------------------------------
     def sample_t(self, n: int, gen: torch.Generator) -> torch.Tensor:
