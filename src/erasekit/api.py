@@ -316,6 +316,30 @@ def erase(
     )
 
 
+def _reset_peak_rss() -> str:
+    """Reset the process's peak-RSS counter (Linux: ``/proc/self/clear_refs``); returns the scope the
+    next :func:`_peak_rss_mib` covers: ``"run"`` after a reset, else ``"process"`` (since start)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "run"
+    except OSError:
+        return "process"
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident memory in MiB: VmHWM (since the last reset) where available, else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def export_pipeline(erasure_dir: str | os.PathLike, model: str, out: str | os.PathLike, force: bool = False, device: str | None = None) -> Path:
     """Apply a saved erasure to ``model`` and write a complete diffusers pipeline directory at ``out``."""
     import shutil
@@ -405,8 +429,6 @@ def bench(
 
     The base model's images are generated once per concept and shared by all methods.
     """
-    import resource
-
     from .core.request import ErasureRequest, Target
     from .evaluation import evaluate_on_testbed
     from .evaluation.prompts import resolve_concept
@@ -430,9 +452,10 @@ def bench(
     for concept in concepts:
         for method in methods:
             request = ErasureRequest([Target(concept)])
+            scope = _reset_peak_rss()
             erasure = erase(pipe, method, request, model=model, progress=progress, **(params or {}).get(method, {}))
             run = evaluate_on_testbed(pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=cache)
-            run.update(method=method, concept=concept, model=str(model), peak_memory_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+            run.update(method=method, concept=concept, model=str(model), peak_memory_mib=_peak_rss_mib(), peak_memory_scope=scope)
             write_json(out_dir / f"{method}-{concept}.json", run)
             runs.append(run)
     # The report covers every run recorded in out_dir (earlier bench calls included), newest wins.
