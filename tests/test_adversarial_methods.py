@@ -89,7 +89,8 @@ def test_ant_all_four_terms_carry_gradient(sd):
 
 
 def test_receler_erasers_start_as_identity_train_and_attach_exactly(sd, tmp_path):
-    from erasekit.methods.receler import AttentionMaps, ReceleErasers, ReceleObjective
+    from erasekit.methods.receler import ReceleErasers, ReceleObjective
+    from erasekit.training.attention import CrossAttentionProbe
 
     adapter = get_adapter(sd)
     config = get_method("receler").make_config({"iterations": 2, "adv_warmup": 0, "adv_every": 1, "adv_steps": 2, "ddim_steps": 3, "rank": 4})
@@ -99,7 +100,7 @@ def test_receler_erasers_start_as_identity_train_and_attach_exactly(sd, tmp_path
         from erasekit.training.diffusion import PipeView
 
         handles = erasers.install(PipeView(sd, bench.student))
-        maps = AttentionMaps(student)
+        maps = CrossAttentionProbe(student)
         handles += maps.install()
         assert torch.equal(unet_output(PipeView(sd, bench.student)), unet_output(sd))  # zero-initialised: identity
         params = erasers.parameters()

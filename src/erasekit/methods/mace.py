@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..families.base import Conditioning
 from ..training import TrainingConfig, Workbench, fit, trainable_parameters
+from ..training.attention import CrossAttentionProbe, concept_positions, mean_map
 from .closed_form import _solve_spd
 from .uce import UCEConfig, uce
 
@@ -67,54 +67,6 @@ class MACEConfig(TrainingConfig):
             raise ConfigError("mace needs rank, n_images, iterations, batch_size, sample_steps >= 1 and lr > 0")
         if min(self.lamb, self.preserve_scale, self.fuse_preserve_scale) < 0 or self.fuse_ridge <= 0:
             raise ConfigError("mace needs lamb, preserve_scale, fuse_preserve_scale >= 0 and fuse_ridge > 0")
-
-
-def concept_token_positions(tokenizer, prompts: list[str], phrase: str) -> list[list[int]]:
-    """Positions of ``phrase``'s tokens in each prompt (incl. BOS); the last word when not found."""
-    sub = tokenizer(phrase, add_special_tokens=False).input_ids
-    out = []
-    for p in prompts:
-        ids = tokenizer(p).input_ids
-        hit = next((i for i in range(len(ids) - len(sub) + 1) if sub and ids[i : i + len(sub)] == sub), None)
-        out.append(list(range(hit, hit + len(sub))) if hit is not None else [len(ids) - 2])
-    return out
-
-
-class AttentionLoss:
-    """Forward hooks on every ``attn2`` that add ``Σ_j ‖A[:, j] ⊙ M‖²`` for the selected tokens (with grad)."""
-
-    def __init__(self, unet: nn.Module):
-        self.modules = [m for n, m in unet.named_modules() if n.endswith("attn2")]
-        self.positions: list[list[int]] | None = None
-        self.masks: torch.Tensor | None = None  # [B, H, W] in latent pixels
-        self.total: torch.Tensor | None = None
-        self.maps: list[torch.Tensor] = []  # (no-grad) normalised maps, when collecting masks
-
-    def install(self) -> list:
-        return [m.register_forward_hook(self._hook, with_kwargs=True) for m in self.modules]
-
-    def _hook(self, attn, args, kwargs, _out):
-        if self.positions is None:
-            return
-        h = args[0] if args else kwargs["hidden_states"]
-        enc = kwargs["encoder_hidden_states"]
-        q = attn.head_to_batch_dim(attn.to_q(h))
-        k = attn.head_to_batch_dim(attn.to_k(enc))
-        probs = attn.get_attention_scores(q, k).view(h.shape[0], attn.heads, h.shape[1], -1).mean(1)  # [B, HW, T]
-        sel = torch.zeros(probs.shape[0], probs.shape[-1], device=probs.device)
-        for b, pos in enumerate(self.positions):
-            sel[b, pos] = 1.0
-        a = probs * sel[:, None, :]  # [B, HW, T]: only the concept's tokens
-        side = int(round(h.shape[1] ** 0.5))
-        if self.masks is None:  # collecting maps to derive masks from
-            m = a.sum(-1).detach()
-            self.maps.append(torch.nn.functional.interpolate((m / m.amax(1, keepdim=True).clamp_min(1e-8)).view(-1, 1, side, side), size=self._size, mode="bilinear").squeeze(1))
-            return
-        mask = torch.nn.functional.adaptive_avg_pool2d(self.masks[:, None].to(a), side).flatten(1)  # [B, HW]
-        term = (a * mask[..., None]).pow(2).sum(dim=(1, 2)).mean()
-        self.total = term if self.total is None else self.total + term
-
-    _size: tuple[int, int] = (8, 8)
 
 
 def is_testbed(pipe) -> bool:
@@ -157,16 +109,16 @@ def _index_of(domain: str, value: str) -> int:
 
 
 class MACEObjective:
-    def __init__(self, bench: Workbench, loss: AttentionLoss, latents: torch.Tensor, masks: torch.Tensor, cond: Conditioning, positions: list[list[int]], config: MACEConfig):
+    def __init__(self, bench: Workbench, loss: CrossAttentionProbe, latents: torch.Tensor, masks: torch.Tensor, cond: Conditioning, positions: list[list[int]], config: MACEConfig):
         self.bench, self.attn, self.latents, self.masks, self.cond, self.positions, self.config = bench, loss, latents, masks, cond, positions, config
 
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(self.latents), (self.config.batch_size,), generator=gen)
         b = self.bench.noised(self.latents[idx], self.bench.sample_t(len(idx), gen), gen)
-        self.attn.positions = [self.positions[int(i) % len(self.positions)] for i in idx]
-        self.attn.masks, self.attn.total = self.masks[idx], None
+        self.attn.reset([self.positions[int(i) % len(self.positions)] for i in idx], self.masks[idx])
         self.bench.predict(b.xt, b.t, self.cond.select(idx % self.cond.tokens.shape[0]))
-        total, self.attn.positions, self.attn.total = self.attn.total, None, None
+        total = self.attn.loss
+        self.attn.reset(None)
         return {"attention": total}
 
 
@@ -187,7 +139,7 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
                 for k, v in refined.items():
                     student.get_parameter(k.split(".", 1)[1]).copy_(v)
             params, _ = trainable_parameters(bench, "xattn-kv", config.rank)
-            attn = AttentionLoss(student)
+            attn = CrossAttentionProbe(student)
             handles = attn.install()
             try:
                 gen = torch.Generator().manual_seed(config.seed + 11 + ci)
@@ -199,7 +151,7 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
                 else:
                     latents, masks = _drawn_with_attention_masks(bench, attn, prompts, tokenizer, target.concept, config, gen)
                     source = "drawn by the frozen model, masks from its cross-attention"
-                positions = concept_token_positions(tokenizer, prompts, target.concept)
+                positions = [concept_positions(tokenizer, p, target.concept) for p in prompts]
                 cond = bench.cond(prompts)
                 objective = MACEObjective(bench, attn, latents, masks, cond, positions, config)
                 result = fit(bench, params, objective, config.settings(None, False), progress, desc=f"mace lora {target.concept}", lora=True)
@@ -237,17 +189,15 @@ def fuse(w_cfr: torch.Tensor, deltas: list[torch.Tensor | None], keys: list[torc
     return _solve_spd(lhs, rhs.t(), "MACE fusion").t().to(w_cfr.dtype)
 
 
-def _drawn_with_attention_masks(bench, attn: AttentionLoss, prompts, tokenizer, phrase, config: MACEConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:
+def _drawn_with_attention_masks(bench, attn: CrossAttentionProbe, prompts, tokenizer, phrase, config: MACEConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:
     """Images of the concept drawn by the frozen model, masked by the concept tokens' cross-attention."""
     n = config.n_images
     chosen = [prompts[i % len(prompts)] for i in range(n)]
     latents = bench.sample_latents(chosen, config.sample_steps, config.sample_guidance, gen)
-    positions = concept_token_positions(tokenizer, chosen, phrase)
     b = bench.noised(latents, torch.full((n,), bench.num_train_timesteps // 2), gen)
-    attn._size = tuple(latents.shape[-2:])
-    attn.positions, attn.masks, attn.maps = positions, None, []
+    attn.reset([concept_positions(tokenizer, p, phrase) for p in chosen])
     with torch.no_grad():
         bench.predict(b.xt, b.t, bench.cond(chosen))  # the refined model, LoRA still zero
-    maps = torch.stack(attn.maps).mean(0)
-    attn.positions, attn.maps = None, []
+    maps = mean_map(attn.maps, tuple(latents.shape[-2:]))
+    attn.reset(None)
     return latents, (maps > 0.5).float()

@@ -36,6 +36,7 @@ from ..core.attachments import Attachment, get_module, register_attachment
 from ..core.errors import ConfigError, UnsupportedModelError
 from ..core.registry import MethodResult, register_method
 from ..training import TrajectoryConfig, Workbench, esd_point, fit
+from ..training.attention import CrossAttentionProbe, concept_positions
 from ..training.diffusion import PipeView
 
 
@@ -98,44 +99,6 @@ class ReceleErasers(Attachment):
         return cls(erasers, config["rank"])
 
 
-class AttentionMaps:
-    """Cross-attention maps of chosen token positions, one ``[B, HW]`` map per attn2 call (no grad)."""
-
-    def __init__(self, unet: nn.Module):
-        self.modules = [m for n, m in unet.named_modules() if n.endswith("attn2")]
-        self.positions: list[list[int]] | None = None
-        self.maps: list[torch.Tensor] = []
-
-    def install(self) -> list:
-        return [m.register_forward_hook(self._hook, with_kwargs=True) for m in self.modules]
-
-    @torch.no_grad()
-    def _hook(self, attn, args, kwargs, _out):
-        if self.positions is None:
-            return
-        h = args[0] if args else kwargs["hidden_states"]
-        enc = kwargs.get("encoder_hidden_states")
-        q = attn.head_to_batch_dim(attn.to_q(h))
-        k = attn.head_to_batch_dim(attn.to_k(enc))
-        probs = attn.get_attention_scores(q, k).view(h.shape[0], attn.heads, h.shape[1], -1).mean(1)  # [B, HW, T]
-        sel = torch.zeros(probs.shape[0], probs.shape[-1], device=probs.device)
-        for b, pos in enumerate(self.positions):
-            sel[b, pos] = 1.0
-        a = (probs * sel[:, None, :]).sum(-1)
-        self.maps.append(a / a.amax(dim=1, keepdim=True).clamp_min(1e-8))
-
-
-def concept_positions(tokenizer, prompt: str, phrase: str, offset: int = 0) -> list[int]:
-    """Token positions of ``phrase`` inside ``prompt`` (CLIP ids incl. BOS), shifted by ``offset``; the
-    last word token when the phrase is not found verbatim."""
-    ids = tokenizer(prompt).input_ids
-    sub = tokenizer(phrase, add_special_tokens=False).input_ids
-    for i in range(len(ids) - len(sub) + 1):
-        if sub and ids[i : i + len(sub)] == sub:
-            return [offset + i + j for j in range(len(sub))]
-    return [offset + len(ids) - 2]
-
-
 @dataclass
 class ReceleConfig(TrajectoryConfig):
     rank: int = field(default=128, metadata={"help": "hidden width of each eraser"})
@@ -158,7 +121,7 @@ class ReceleConfig(TrajectoryConfig):
 
 
 class ReceleObjective:
-    def __init__(self, bench: Workbench, erasers: ReceleErasers, maps: AttentionMaps, prompts: list[str], phrases: list[str], config: ReceleConfig):
+    def __init__(self, bench: Workbench, erasers: ReceleErasers, maps: CrossAttentionProbe, prompts: list[str], phrases: list[str], config: ReceleConfig):
         self.bench, self.erasers, self.maps, self.prompts, self.config = bench, erasers, maps, prompts, config
         tok = bench.pipe.tokenizer
         self.positions = [concept_positions(tok, p, ph) for p, ph in zip(prompts, phrases)]
@@ -172,10 +135,12 @@ class ReceleObjective:
         return bool(cfg.adv_every) and step >= cfg.adv_warmup and (step - cfg.adv_warmup) % cfg.adv_every == 0
 
     def _erase_terms(self, xt, t, cond, positions, target) -> tuple[torch.Tensor, torch.Tensor]:
-        self.erasers.capture, self.maps.maps, self.maps.positions = [], [], [positions]
+        self.erasers.capture = []
+        self.maps.reset([positions])
         pred = self.bench.predict(xt, t, cond)
         outs, masks = self.erasers.capture, self.maps.maps
-        self.erasers.capture, self.maps.positions = None, None
+        self.erasers.capture = None
+        self.maps.reset(None)
         reg = sum((o * (1 - m[..., None])).pow(2).mean() for o, m in zip(outs, masks)) / max(1, len(outs))
         return F.mse_loss(pred.float(), target.float()), reg
 
@@ -212,7 +177,7 @@ def receler(pipe, request, config: ReceleConfig, adapter, progress: bool = True,
         student = bench.student[adapter.denoiser]
         erasers = ReceleErasers.build(student, adapter.denoiser, config.rank)
         handles = erasers.install(PipeView(pipe, bench.student))
-        maps = AttentionMaps(student)
+        maps = CrossAttentionProbe(student)
         handles += maps.install()
         try:
             params = erasers.parameters()
