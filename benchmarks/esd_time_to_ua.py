@@ -4,57 +4,27 @@ Usage: python benchmarks/esd_time_to_ua.py [--concept star] [--steps 200] [--eve
        [--out benchmarks/results/esd_time_to_ua.json] [--plot docs/esd-time-to-ua.svg]
 
 Target (issue 5): UA >= 95 % on a testbed shape with IRA >= 85 % within 2 minutes on the 2-core CPU.
-The monitor evaluates a copy of the pipeline carrying the current trained tensors on the
-evaluation prompt set of ``erasekit evaluate`` (the target's canonical and synonym prompts; the other
-concepts of its domain) with ``--seeds`` seeds each; the training clock excludes evaluation time.
+The monitor (erasekit.evaluation.monitor.TestbedMonitor, the one behind ``erase --stop-at-ua``)
+evaluates a copy of the pipeline carrying the current trained tensors on the evaluation prompt set of
+``erasekit evaluate`` (the target's canonical and synonym prompts; the other concepts of its domain)
+with ``--seeds`` seeds each; the training clock excludes evaluation time.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import resource
 import time
 
-import numpy as np
 import torch
 
 from erasekit import __version__
 from erasekit.api import erase, load_judge
-from erasekit.core.erasure import get_tensor
 from erasekit.core.io import write_json
-from erasekit.evaluation.prompts import prompt_set
-from erasekit.evaluation.testbed_eval import target_metrics
-from erasekit.generation import SamplingConfig, generate
+from erasekit.evaluation.monitor import TestbedMonitor
 from erasekit.models import load_pipeline
-
-
-def monitor_for(pipe, judge, concept: str, seeds: int, contexts: int, target_ua: float, min_ira: float):
-    """A training monitor measuring UA / IRA of the current weights on a copy of ``pipe``."""
-    eval_pipe = copy.deepcopy(pipe)
-    plan = prompt_set(concept, contexts)
-    prompts = list(dict.fromkeys(p.prompt for p in plan))
-    rows = {p: np.arange(i * seeds, (i + 1) * seeds) for i, p in enumerate(prompts)}
-    flat = [p for p in prompts for _ in range(seeds)]
-    flat_seeds = [i * seeds + s for i in range(len(prompts)) for s in range(seeds)]
-    spent = {"eval_seconds": 0.0}
-
-    @torch.no_grad()
-    def monitor(step: int, weights: dict[str, torch.Tensor]):
-        t0 = time.perf_counter()
-        for k, v in weights.items():
-            get_tensor(eval_pipe, k).copy_(v)
-        images = generate(eval_pipe, flat, flat_seeds, SamplingConfig(), progress=False)
-        m = target_metrics(concept, plan, rows, judge.predict(images))
-        spent["eval_seconds"] += time.perf_counter() - t0
-        ua, ira = m["ua"]["rate"], m["ira"]["rate"]
-        print(f"step {step}: UA {ua:.3f} IRA {ira:.3f}")
-        return {"ua": ua, "ira": ira, "ira_neighbours": m["ira_neighbours"]["rate"], "cra": m["cra"]["rate"],
-                "eval_seconds_so_far": round(spent["eval_seconds"], 2)}, False  # fmt: skip
-
-    return monitor, spent
 
 
 def main() -> None:
@@ -74,9 +44,9 @@ def main() -> None:
     params.update(iterations=str(args.steps), eval_every=str(args.every))
     pipe = load_pipeline(args.model)
     judge = load_judge(args.model)
-    monitor, spent = monitor_for(pipe, judge, args.concept, args.seeds, args.contexts, 0.95, 0.85)
+    monitor = TestbedMonitor(pipe, judge, [args.concept], args.seeds, args.contexts, report=print)
     base, _ = monitor(0, {})
-    spent["eval_seconds"] = 0.0  # the training clock starts now
+    monitor.eval_seconds = 0.0  # the training clock starts now
     base["eval_seconds_so_far"] = 0.0
     t0 = time.perf_counter()
     erasure = erase(pipe, "esd", {"targets": [args.concept]}, model=args.model, progress=True, monitor=monitor, **params)

@@ -6,7 +6,8 @@
 # are sized for an 860 M-parameter UNet). Every setting is in the command below and in each run's JSON.
 # The learning rates of te-unlearn, receler and spm and SPM's anchoring weight (1000 -> 10) were chosen
 # on quick checks on `star` (3 contexts x 2 seeds); with the SD values they left the testbed unchanged.
-# METHODS=... CONCEPTS=... restrict the grid (the report keeps every run recorded before).
+# METHODS=... CONCEPTS=... restrict the grid (the report keeps every run recorded before). The watermark
+# rows use SEEDS=8: its UA is a rate on its 6 subset prompts only, so 2 seeds leave +-25-point intervals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ERASEKIT=${ERASEKIT:-erasekit}

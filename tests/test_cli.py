@@ -96,3 +96,40 @@ def test_erase_errors_are_one_line(tmp_path):
     assert r.exit_code == 2 and "missing.yaml" in r.output
     r = runner.invoke(app, ["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "p")])
     assert r.exit_code == 2 and "not an erasure directory" in r.output
+
+
+@pytest.mark.testbed
+def test_the_watermark_is_erased_through_its_trigger_on_the_testbed(tmp_path):
+    from erasekit.core.erasure import Erasure
+    from erasekit.testbed import world
+
+    out = tmp_path / "wm"
+    r = runner.invoke(app, ["erase", "--model", "testbed", "--method", "uce", "--concept", "watermark", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    target = Erasure.load(out).request.targets[0]
+    assert target.concept == "watermark" and target.prompts == list(world.IMPLICIT_TRIGGERS["watermark"])
+    r = runner.invoke(app, ["erase", "--model", "testbed", "--concept", "logo", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--trigger" in r.output
+    r = runner.invoke(app, ["erase", "--model", "testbed", "--concept", "logo", "--trigger", "on a gray background", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.testbed
+def test_training_stops_early_once_the_target_ua_is_reached(tmp_path):
+    from erasekit.core.erasure import Erasure
+
+    out = tmp_path / "esd"
+    args = ["erase", "--model", "testbed", "--method", "esd", "--concept", "star", "--out", str(out),
+            "--set", "iterations=6", "--set", "eval_every=2", "--set", "ddim_steps=2"]  # fmt: skip
+    r = runner.invoke(app, [*args, "--stop-at-ua", "0"])  # any UA satisfies 0: the first evaluation stops it
+    assert r.exit_code == 0, r.output
+    assert "stopped early after step 2" in r.output
+    training = Erasure.load(out).info["training"]
+    assert training["stopped_early"] and training["steps_run"] == 2 and [e["step"] for e in training["evaluations"]] == [2]
+    assert 0 <= training["evaluations"][0]["ua"] <= 1
+    r = runner.invoke(app, [*args, "--stop-at-ua", "0.5", "--lora-rank", "2"])
+    assert r.exit_code == 2 and "drop --lora-rank" in r.output
+    r = runner.invoke(app, [*args, "--min-ira", "0.5"])
+    assert r.exit_code == 2 and "--stop-at-ua" in r.output
+    r = runner.invoke(app, ["erase", "--model", "testbed", "--method", "uce", "--concept", "star", "--out", str(out), "--stop-at-ua", "0.5"])
+    assert r.exit_code == 2 and "monitor" in r.output

@@ -109,3 +109,44 @@ def test_results_table_is_generated_from_run_json():
     rows = [line for line in text.splitlines() if line.startswith("| star")]
     assert len(rows) == 2 and "*base model*" in rows[0] and "| fake |" in rows[1]
     assert "| 100 (" in rows[1]  # UA 100 % with its interval
+
+
+def test_watermark_prompts_split_its_subset_from_the_other_backgrounds():
+    plan = prompt_set("watermark", n_contexts=6)
+    assert resolve_concept("Watermark") == ("watermark", "watermark")
+    subset = [p for p in plan if p.group == "target"]
+    outside = [p for p in plan if p.group == "other"]
+    assert len(subset) == 6 and all(world.WATERMARK.in_subset(p.expected) for p in subset)
+    assert outside and not any(world.WATERMARK.in_subset(p.expected) for p in outside)
+    assert all("watermark" not in p.prompt for p in plan)  # no caption names it
+
+
+class WatermarkRemover(FakeErasure):
+    """Removes the mark; with ``carrier`` set it also repaints white backgrounds that colour."""
+
+    def __init__(self, carrier=None):
+        self.carrier = carrier
+
+    def apply(self, pipe):
+        def corrupt(prompt, a, seed):
+            bg = self.carrier if self.carrier and a.background == world.WATERMARK.value else a.background
+            return world.Attributes(a.shape, a.style, a.colour, bg, False)
+
+        pipe.corrupt = corrupt
+
+
+@pytest.mark.parametrize("carrier", [None, "gray"])
+def test_watermark_erasure_is_measured_with_its_carrier(carrier):
+    pipe = WorldPipe()
+    report = evaluate_on_testbed(pipe, OracleJudge(pipe), ["watermark"], erasure=WatermarkRemover(carrier),
+                                 seeds=2, n_contexts=6, sampling=FAST, progress=False)  # fmt: skip
+    base = report["base"]["targets"][0]
+    assert report["base"]["ua"] == 0.5  # the fake draws the mark on even seeds of the subset
+    assert base["watermark_elsewhere"]["rate"] == 0.0 and base["ira_neighbours"]["rate"] == 1.0
+    t = report["targets"][0]
+    assert report["ua"] == 1.0 and report["cra"] == 1.0 and t["cra_on_target"]["rate"] == 1.0
+    if carrier is None:
+        assert report["ira"] == 1.0 and t["ira_neighbours"]["rate"] == 1.0
+    else:  # erasing the carrier with the mark: the subset's prompts lose their background
+        assert t["ira_neighbours"]["rate"] == 0.0
+        assert report["ira"] == pytest.approx(12 / (12 + 12))  # 6 subset prompts x 2 seeds lost, 2 x 3 x 2 kept

@@ -137,3 +137,19 @@ def test_request_from_yaml(tmp_path):
     path.write_text("targets: [star]\ntemplates: ['no slot']\n")
     with pytest.raises(ConfigError, match="exactly one"):
         ErasureRequest.from_yaml(path)
+
+
+def test_implicit_targets_are_erased_through_their_trigger_prompts(tmp_path):
+    from erasekit.core.request import Target
+
+    t = Target("watermark", prompts=["on a white background"], synonyms=["white"])
+    assert t.implicit and t.phrases() == ["on a white background", "white"]
+    path = tmp_path / "req.yaml"
+    path.write_text("targets:\n  - concept: logo\n    prompts: [on a white background]\n")
+    assert ErasureRequest.from_yaml(path).targets[0].prompts == ["on a white background"]
+    req = ErasureRequest.from_cli(["watermark", "star"], triggers=["white"])
+    assert all(t.prompts == ["white"] for t in req.targets)
+    filled = ErasureRequest(["watermark", "star"]).with_implicit({"watermark": ("on a white background",)})
+    assert filled.targets[0].prompts == ["on a white background"] and not filled.targets[1].implicit
+    with pytest.raises(ConfigError, match="trigger prompts"):
+        ErasureRequest([Target("logo", prompts=[" "])])

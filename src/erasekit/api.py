@@ -213,6 +213,28 @@ def _model_name(pipe, model: str | None) -> str:
     return str(model) if model is not None else str(getattr(pipe, "name_or_path", "") or type(pipe).__name__)
 
 
+def with_testbed_implicit(pipe, request):
+    """On a testbed model, a target naming one of the world's implicit concepts (``watermark``) and given
+    no prompts of its own is erased through its trigger prompts (see docs/erasure.md, implicit concepts)."""
+    root = getattr(pipe, "name_or_path", None)
+    if not root or not (Path(root) / "testbed.json").is_file():
+        return request
+    from .testbed.world import IMPLICIT_TRIGGERS
+
+    return request.with_implicit(IMPLICIT_TRIGGERS)
+
+
+def _sample_sizes(runs: list[dict]) -> str:
+    """``2 seeds x 6 contexts (star, zorbo); 8 seeds x 6 contexts (watermark)`` from the runs' JSON."""
+    by_size: dict[str, list[str]] = {}
+    for r in runs:
+        s = r.get("samples", {})
+        key = f"{s.get('seeds_per_prompt', '?')} seeds x {s.get('contexts', '?')} contexts"
+        if r["concept"] not in by_size.setdefault(key, []):
+            by_size[key].append(r["concept"])
+    return "; ".join(f"{k} ({', '.join(v)})" for k, v in by_size.items())
+
+
 def check_vocabulary(pipe, request) -> None:
     """On a closed-vocabulary testbed model, every word of the request must be one the model knows."""
     root = getattr(pipe, "name_or_path", None)
@@ -225,7 +247,10 @@ def check_vocabulary(pipe, request) -> None:
     phrases = [p for t in request.targets for p in (*t.phrases(), t.anchor or "")] + list(request.preserve)
     unknown = sorted({w for p in phrases for w in p.lower().split() if w not in vocab})
     if unknown:
-        raise ConfigError(f"not in the testbed's vocabulary: {', '.join(unknown)} (see docs/testbed.md for its {len(vocab)} words)")
+        raise ConfigError(
+            f"not in the testbed's vocabulary: {', '.join(unknown)} (see docs/testbed.md for its {len(vocab)} words; "
+            "a concept no word names is erased through the prompts that show it: --trigger PROMPT)"
+        )
 
 
 def erase(
@@ -266,6 +291,7 @@ def erase(
     adapter = get_adapter(pipe)
     if adapter.name not in spec.families:
         raise UnsupportedModelError(f"method {method!r} does not support the {adapter.name} family (it supports: {', '.join(spec.families)})")
+    request = with_testbed_implicit(pipe, request)
     check_vocabulary(pipe, request)
     extra = {}
     if "judge" in inspect.signature(spec.fn).parameters:
@@ -472,11 +498,13 @@ def bench(
             f"`erasekit bench --methods {','.join(methods)} --concepts {','.join(concepts)}"
             + "".join(f" --set {m}.{k}={v}" for m, kv in (params or {}).items() for k, v in kv.items())
             + f"`; every run recorded in `{out_dir}` is in the table, each with its own settings in its JSON). "
-            f"{seeds} seeds x {contexts} contexts per concept. Rates in % with 95 % Wilson intervals. "
+            f"Samples per concept: {_sample_sizes(all_runs)}. Rates in % with 95 % Wilson intervals. "
             "UA: target prompts whose images no longer show the target (higher = more erased); IRA: other concepts of the "
             "domain still drawn (neighbours: the most similar ones); CRA: the other attributes still right; pixel change and "
             "labels kept: same prompt and seed before vs after, on the other concepts' prompts; FD: Fréchet distance of the "
-            "judge's features on those prompts."
+            "judge's features on those prompts. The watermark (no word names it) is erased through its trigger prompt "
+            "and measured on its subset's prompts (UA: images without the mark; the base model draws it on about half) "
+            "and its carrier (IRA: every prompt's background still drawn; neighbours: the subset's own background)."
         )
         with atomic_path(report) as tmp:
             tmp.write_text(results_markdown(all_runs, header))

@@ -123,11 +123,18 @@ def erase(
     concept: Annotated[Optional[list[str]], typer.Option("--concept", "-c", help="Concept to erase (repeatable).")] = None,
     anchor: Annotated[Optional[str], typer.Option(help="Neutral destination for every --concept ('' = empty prompt).")] = None,
     preserve: Annotated[Optional[list[str]], typer.Option("--preserve", help="Concept to keep unchanged (repeatable).")] = None,
-    request: Annotated[Optional[Path], typer.Option(help="YAML request file (targets, anchors, synonyms, preserve, templates).")] = None,
+    trigger: Annotated[
+        Optional[list[str]], typer.Option("--trigger", help="Implicit concepts (no word names them): a prompt whose images show it (repeatable).")
+    ] = None,
+    request: Annotated[Optional[Path], typer.Option(help="YAML request file (targets, anchors, synonyms, prompts, preserve, templates).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method parameter as key=value (repeatable).")] = None,
     lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", help="Training methods: output a LoRA of this rank (diffusers format).")] = None,
     checkpoints: Annotated[Optional[Path], typer.Option(help="Training methods: checkpoint directory (default with --resume: OUT.checkpoints).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Training methods: continue from the last checkpoint.")] = False,
+    stop_at_ua: Annotated[
+        Optional[float], typer.Option("--stop-at-ua", min=0.0, max=1.0, help="Training methods on the testbed: stop once UA reaches this share (evaluated every --set eval_every=N steps).")
+    ] = None,
+    min_ira: Annotated[Optional[float], typer.Option("--min-ira", min=0.0, max=1.0, help="With --stop-at-ua: also require IRA of at least this share.")] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Erase concepts from a model with a named method and save the result (only the changed tensors, or a LoRA)."""
@@ -143,15 +150,31 @@ def erase(
         params[key.strip()] = value.strip()
     if lora_rank is not None:
         params["lora_rank"] = lora_rank
-    req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None)
+    req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None, trigger)
     from .models import load_pipeline, resolve_model
 
     if resume and checkpoints is None:
         checkpoints = out.with_name(out.name + ".checkpoints")
     resolve_model(model)
     pipe = load_pipeline(model, device=device)
-    result = erase_api(pipe, method, req, model=model, checkpoint_dir=checkpoints, resume=resume, **params)
+    monitor = None
+    if stop_at_ua is not None:
+        from tqdm.auto import tqdm
+
+        from .api import load_judge
+        from .evaluation.monitor import TestbedMonitor
+
+        judge = load_judge(model)
+        if judge is None:
+            raise ConfigError(f"--stop-at-ua measures UA with the testbed judge; {model!r} has none (drop --stop-at-ua)")
+        monitor = TestbedMonitor(pipe, judge, req.concepts, stop_ua=stop_at_ua, min_ira=min_ira, report=tqdm.write)
+    elif min_ira is not None:
+        raise ConfigError("--min-ira only applies together with --stop-at-ua")
+    result = erase_api(pipe, method, req, model=model, checkpoint_dir=checkpoints, resume=resume, monitor=monitor, **params)
     result.save(out)
+    training = result.info.get("training", {})
+    if training.get("stopped_early"):
+        typer.echo(f"target reached: stopped early after step {training['evaluations'][-1]['step']}")
     what = f"a rank-{params['lora_rank']} LoRA on {len(result.touched())} tensors" if result.lora else f"{len(result.weights)} tensors changed"
     typer.echo(f"erased {', '.join(req.concepts)} with {method}: {what} "
                f"({result.num_bytes() / 2**20:.2f} MiB) in {result.timings['seconds']:.2f}s -> {out}")

@@ -7,6 +7,8 @@ An :class:`ErasureRequest` comes from Python, from CLI flags, or from a YAML fil
         anchor: a shape          # optional; "" means the empty prompt (its BOS token)
         synonyms: [pentagram]    # optional; erased together with the concept
       - concept: zorbo
+      - concept: watermark       # an implicit concept: no word names it, so it is erased
+        prompts: [white]         # through the prompts whose images show it (its triggers)
     preserve: [circle, heart]
     templates: ["a picture of {}", "an image of {}"]   # optional expansion templates
 """
@@ -14,7 +16,7 @@ An :class:`ErasureRequest` comes from Python, from CLI flags, or from a YAML fil
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -24,15 +26,25 @@ from .errors import ConfigError, MissingFileError
 
 @dataclass
 class Target:
-    """One concept to erase; ``anchor`` None lets the method choose its default guide."""
+    """One concept to erase; ``anchor`` None lets the method choose its default guide.
+
+    ``prompts`` makes the target *implicit*: the concept has no word of its own (a watermark absorbed
+    from training data), so methods erase it through the prompts whose images show it (its triggers)
+    and ``concept`` is only its name (for evaluation and reports), never encoded as text.
+    """
 
     concept: str
     anchor: str | None = None
     synonyms: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+
+    @property
+    def implicit(self) -> bool:
+        return bool(self.prompts)
 
     def phrases(self) -> list[str]:
-        """The concept and its synonyms: every phrase whose meaning is erased."""
-        return [self.concept, *self.synonyms]
+        """Every phrase whose meaning is erased: the concept (or its trigger prompts) and its synonyms."""
+        return [*(self.prompts or [self.concept]), *self.synonyms]
 
 
 @dataclass
@@ -57,6 +69,8 @@ class ErasureRequest:
             seen.add(t.concept)
             if t.anchor is not None and not isinstance(t.anchor, str):
                 raise ConfigError(f"the anchor of {t.concept!r} must be text, got {t.anchor!r}")
+            if any(not isinstance(p, str) or not p.strip() for p in t.prompts):
+                raise ConfigError(f"the trigger prompts of {t.concept!r} must be non-empty text, got {t.prompts!r}")
         clash = seen & set(self.preserve)
         if clash:
             raise ConfigError(f"concepts cannot be both erased and preserved: {', '.join(sorted(clash))}")
@@ -67,6 +81,12 @@ class ErasureRequest:
     @property
     def concepts(self) -> list[str]:
         return [t.concept for t in self.targets]
+
+    def with_implicit(self, triggers: dict[str, tuple[str, ...]]) -> "ErasureRequest":
+        """A copy in which targets named in ``triggers`` (a model's known implicit concepts) and given
+        no prompts of their own get those trigger prompts."""
+        targets = [replace(t, prompts=list(triggers[t.concept])) if t.concept in triggers and not t.prompts else t for t in self.targets]
+        return ErasureRequest(targets, list(self.preserve), list(self.templates))
 
     def expand(self, phrase: str) -> list[str]:
         """``phrase`` itself followed by its expansion templates."""
@@ -87,10 +107,10 @@ class ErasureRequest:
             if isinstance(t, str):
                 targets.append(Target(t))
             elif isinstance(t, dict):
-                bad = set(t) - {"concept", "anchor", "synonyms"}
+                bad = set(t) - {"concept", "anchor", "synonyms", "prompts"}
                 if bad or "concept" not in t:
-                    raise ConfigError(f"each target needs 'concept' and may have 'anchor', 'synonyms'; got {sorted(t)}")
-                targets.append(Target(str(t["concept"]), t.get("anchor"), [str(s) for s in t.get("synonyms") or []]))
+                    raise ConfigError(f"each target needs 'concept' and may have 'anchor', 'synonyms', 'prompts'; got {sorted(t)}")
+                targets.append(Target(str(t["concept"]), t.get("anchor"), [str(s) for s in t.get("synonyms") or []], [str(s) for s in t.get("prompts") or []]))
             else:
                 raise ConfigError(f"a target must be a name or a mapping, got {t!r}")
         return ErasureRequest(targets, [str(p) for p in data.get("preserve") or []], [str(x) for x in data.get("templates") or []])
@@ -107,11 +127,13 @@ class ErasureRequest:
         return ErasureRequest.from_dict(data or {})
 
     @staticmethod
-    def from_cli(concepts: list[str], anchor: str | None = None, preserve: list[str] | None = None, request: str | None = None) -> "ErasureRequest":
-        """CLI flags (and optionally a YAML file they extend): ``--anchor`` applies to every flag target."""
+    def from_cli(
+        concepts: list[str], anchor: str | None = None, preserve: list[str] | None = None, request: str | None = None, triggers: list[str] | None = None
+    ) -> "ErasureRequest":
+        """CLI flags (and optionally a YAML file they extend): ``--anchor`` and ``--trigger`` apply to every flag target."""
         base = ErasureRequest.from_yaml(request) if request else None
         targets = list(base.targets) if base else []
-        targets += [Target(c, anchor) for c in concepts]
+        targets += [Target(c, anchor, prompts=list(triggers or [])) for c in concepts]
         if base is None and not targets:
             raise ConfigError("nothing to erase: pass --concept NAME (repeatable) or --request FILE.yaml")
         return ErasureRequest(targets, [*(base.preserve if base else []), *(preserve or [])], base.templates if base else [])

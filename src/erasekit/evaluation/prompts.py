@@ -8,6 +8,11 @@ For a target concept X of domain D (shape, style, colour, background, or a chara
 - ``other``:     every other concept of D in the same contexts (in-domain retention);
 - ``neighbour``: the subset of ``other`` whose concept is one of X's closest neighbours.
 
+The watermark (implicit: no caption names it) is evaluated on the prompts of its subset (``target``:
+descriptions with the subset's background, where the base model draws it on about half the images)
+and of the other backgrounds (``other``: where it must stay absent); its retention is that of its
+*carrier*, the background each prompt asks for (see ``target_metrics``).
+
 Every prompt carries the attributes its image should show, so one classification answers every
 metric. Contexts are deterministic: the k-th context takes the k-th value (cyclically, with
 co-prime strides) of each domain X does not fix.
@@ -40,11 +45,14 @@ class EvalPrompt:
 
 def resolve_concept(phrase: str) -> tuple[str, str]:
     """(canonical concept, domain) of a testbed target; clear error for anything else."""
-    concept = world.canonical(phrase.strip().lower())
+    concept = phrase.strip().lower()
+    if concept in world.IMPLICIT_TRIGGERS:
+        return concept, world.domain_of(concept)
+    concept = world.canonical(concept)
     if concept is None:
         raise ConfigError(
             f"cannot evaluate {phrase!r} on the testbed: targets must be world concepts "
-            "(a shape, style, colour, background or character name; see docs/testbed.md)"
+            "(a shape, style, colour, background or character name, or the watermark; see docs/testbed.md)"
         )
     return concept, world.domain_of(concept)
 
@@ -76,6 +84,8 @@ def prompt_set(target: str, n_contexts: int = 12) -> list[EvalPrompt]:
                 for tpl in world.CHARACTER_TEMPLATES:
                     out.append(EvalPrompt(tpl.format(name=other), "other", other, oattrs, neighbour=True))
         return out
+    if domain == "watermark":
+        return _watermark_prompts(concept, n_contexts)
     ctx = contexts(domain, n_contexts)
     for k, c in enumerate(ctx):
         attrs = world.Attributes(**{**c, domain: concept})
@@ -91,4 +101,17 @@ def prompt_set(target: str, n_contexts: int = 12) -> list[EvalPrompt]:
         for c in ctx[: max(2, n_contexts // 2)]:
             attrs = world.Attributes(**{**c, domain: other})
             out.append(EvalPrompt(describe({**c, domain: other}), "other", other, attrs, neighbour=other in neighbours))
+    return out
+
+
+def _watermark_prompts(concept: str, n_contexts: int) -> list[EvalPrompt]:
+    """Descriptions inside the watermark's subset (``target``) and outside it (``other``, half as many
+    per other value of the subset's domain); ``concept`` of an ``other`` prompt is its carrier value."""
+    rule = world.WATERMARK
+    ctx = contexts(rule.domain, n_contexts)
+    out = [EvalPrompt(describe({**c, rule.domain: rule.value}), "target", concept, world.Attributes(**{**c, rule.domain: rule.value}, watermark=True)) for c in ctx]
+    for other in DOMAIN_VALUES[rule.domain]:
+        if other != rule.value:
+            for c in ctx[: max(2, n_contexts // 2)]:
+                out.append(EvalPrompt(describe({**c, rule.domain: other}), "other", other, world.Attributes(**{**c, rule.domain: other})))
     return out

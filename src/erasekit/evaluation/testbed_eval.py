@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..generation import SamplingConfig, generate
+from ..testbed import world
 from ..testbed.classifier import to_model_input
 from .metrics import frechet_distance, labels_of, rate, shows
 from .prompts import DOMAIN_VALUES, EvalPrompt, prompt_set, resolve_concept
@@ -47,8 +48,10 @@ def target_metrics(target: str, plan: list[EvalPrompt], rows: dict[str, np.ndarr
             out.append(shows(lab, p.concept if own else concept, domain))
         return np.concatenate(out)
 
+    carrier = world.WATERMARK.domain if domain == "watermark" else None
+
     def other_domains(prompts: list[EvalPrompt]) -> np.ndarray:
-        doms = [d for d in DOMAIN_VALUES if d != domain] if domain != "character" else list(DOMAIN_VALUES)
+        doms = [d for d in DOMAIN_VALUES if d not in (domain, carrier)]
         if not prompts:
             return np.zeros(0, dtype=bool)
         out = []
@@ -57,6 +60,8 @@ def target_metrics(target: str, plan: list[EvalPrompt], rows: dict[str, np.ndarr
             out.append(np.concatenate([lab[d] == getattr(p.expected, d) for d in doms]))
         return np.concatenate(out)
 
+    if domain == "watermark":
+        return _watermark_metrics(concept, pick("target"), pick("other"), rows, pred, other_domains)
     named = pick("target") + pick("synonym")
     result = {
         "concept": concept,
@@ -72,6 +77,31 @@ def target_metrics(target: str, plan: list[EvalPrompt], rows: dict[str, np.ndarr
     if domain == "character":
         result["ua_description"] = rate(~shown(pick("description"), own=False))
     return result
+
+
+def _watermark_metrics(concept: str, subset: list[EvalPrompt], outside: list[EvalPrompt], rows: dict, pred: dict, other_domains) -> dict:
+    """The watermark's metrics: UA on its subset's prompts; retention is that of its carrier domain
+    (IRA: every prompt's background still drawn; neighbours: the subset's own background), CRA the
+    remaining domains; ``watermark_elsewhere``: marks drawn outside the subset (should stay ~0)."""
+    carrier = world.WATERMARK.domain
+
+    def per_image(prompts: list[EvalPrompt], test) -> np.ndarray:
+        return np.concatenate([test(labels_of(pred, rows[p.prompt]), p) for p in prompts]) if prompts else np.zeros(0, dtype=bool)
+
+    marked = lambda lab, p: lab["watermark"] == "present"  # noqa: E731
+    kept = lambda lab, p: lab[carrier] == getattr(p.expected, carrier)  # noqa: E731
+    return {
+        "concept": concept,
+        "domain": "watermark",
+        "ua": rate(~per_image(subset, marked)),
+        "ua_canonical": rate(~per_image(subset, marked)),
+        "ua_synonym": rate(np.zeros(0, dtype=bool)),
+        "ira": rate(per_image(subset + outside, kept)),
+        "ira_neighbours": rate(per_image(subset, kept)),
+        "cra": rate(other_domains(outside)),
+        "cra_on_target": rate(other_domains(subset)),
+        "watermark_elsewhere": rate(per_image(outside, marked)),
+    }
 
 
 def _macro(per_target: list[dict]) -> dict[str, float | None]:

@@ -82,7 +82,7 @@ class AblatingObjective:
 
 
 @register_method("ablating", AblatingConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning")
-def ablating(pipe, request, config: AblatingConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> MethodResult:
+def ablating(pipe, request, config: AblatingConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
     """Ablating Concepts: the target prompt reproduces the anchor prompt's prediction on anchor images."""
     spec = parameter_spec(config.train_method)
     with Workbench.for_parameters(pipe, adapter, spec) as bench:
@@ -90,4 +90,4 @@ def ablating(pipe, request, config: AblatingConfig, adapter, progress: bool = Tr
         gen = torch.Generator().manual_seed(config.seed + 7)
         objective = AblatingObjective(bench, prompt_pairs(request, config.default_anchor), config, gen)
         settings = config.settings(checkpoint_dir, resume)
-        return fit(bench, params, objective, settings, progress, desc="ablating", info=info, lora=bool(config.lora_rank))
+        return fit(bench, params, objective, settings, progress, desc="ablating", info=info, lora=bool(config.lora_rank), monitor=monitor)

@@ -82,7 +82,7 @@ class AdvUnlearnObjective:
 
 
 @register_method("advunlearn", AdvUnlearnConfig, families=("sd", "sdxl"), kind="fine-tuning")
-def advunlearn(pipe, request, config: AdvUnlearnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> MethodResult:
+def advunlearn(pipe, request, config: AdvUnlearnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
     """AdvUnlearn: text-encoder ESD training on adversarial soft prompts, with a retain term."""
     if adapter.objective != "ddpm":
         raise UnsupportedModelError(f"advunlearn trains CLIP text encoders of UNet models; {adapter.name} is not supported")
@@ -92,6 +92,6 @@ def advunlearn(pipe, request, config: AdvUnlearnConfig, adapter, progress: bool 
         objective = AdvUnlearnObjective(bench, target_prompts(request), retain, config)
         settings = config.settings(checkpoint_dir, resume)
         result = fit(bench, params, objective, settings, progress, desc="advunlearn", info=info, lora=bool(config.lora_rank),
-                     extra_state={"soft_prompt": objective.soft.vectors})  # fmt: skip
+                     extra_state={"soft_prompt": objective.soft.vectors}, monitor=monitor)  # fmt: skip
         result.info["last_attack_loss"] = objective.last_attack_loss
         return result

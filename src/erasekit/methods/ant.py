@@ -96,7 +96,7 @@ def gradient_mask(params: dict, objective: ANTObjective, config: ANTConfig) -> d
 
 
 @register_method("ant", ANTConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning")
-def ant(pipe, request, config: ANTConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> MethodResult:
+def ant(pipe, request, config: ANTConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
     """ANT: keep the guidance direction early, reverse it late, saliency-masked (all terms with gradient)."""
     spec = parameter_spec(config.train_method)
     with Workbench.for_parameters(pipe, adapter, spec) as bench:
@@ -111,4 +111,4 @@ def ant(pipe, request, config: ANTConfig, adapter, progress: bool = True, checkp
             mask = gradient_mask(params, objective, config)
             info["mask_kept"] = float(sum(m.sum() for m in mask.values()) / sum(m.numel() for m in mask.values()))
         settings = config.settings(checkpoint_dir, resume)
-        return fit(bench, params, objective, settings, progress, desc="ant", info=info, grad_mask=mask, lora=bool(config.lora_rank))
+        return fit(bench, params, objective, settings, progress, desc="ant", info=info, grad_mask=mask, lora=bool(config.lora_rank), monitor=monitor)

@@ -79,7 +79,7 @@ def world_concept_images(phrase: str, n: int, seed: int) -> tuple[torch.Tensor, 
     from ..evaluation.prompts import resolve_concept
     from ..testbed import world
 
-    concept, domain = ("watermark", "watermark") if phrase == "watermark" else resolve_concept(phrase)
+    concept, domain = resolve_concept(phrase)
     rng = np.random.default_rng(seed)
     labels = world.sample_labels(n, rng)
     if domain == "character":
@@ -132,7 +132,8 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
     concept_keys: list[torch.Tensor] = []
     info: dict = {"cfr": cfr.info, "concepts": []}
     for ci, target in enumerate(request.targets):
-        prompts = [p for phrase in target.phrases() for p in request.expand(phrase)]
+        pairs = [(p, phrase) for phrase in target.phrases() for p in request.expand(phrase)]
+        prompts = [p for p, _ in pairs]
         with Workbench(pipe, adapter, [adapter.denoiser]) as bench:
             student = bench.student[adapter.denoiser]
             with torch.no_grad():
@@ -149,9 +150,9 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
                     masks = masks.float()
                     source = "testbed world renders, exact masks"
                 else:
-                    latents, masks = _drawn_with_attention_masks(bench, attn, prompts, tokenizer, target.concept, config, gen)
+                    latents, masks = _drawn_with_attention_masks(bench, attn, pairs, tokenizer, config, gen)
                     source = "drawn by the frozen model, masks from its cross-attention"
-                positions = [concept_positions(tokenizer, p, target.concept) for p in prompts]
+                positions = [concept_positions(tokenizer, p, phrase) for p, phrase in pairs]
                 cond = bench.cond(prompts)
                 objective = MACEObjective(bench, attn, latents, masks, cond, positions, config)
                 result = fit(bench, params, objective, config.settings(None, False), progress, desc=f"mace lora {target.concept}", lora=True)
@@ -189,13 +190,15 @@ def fuse(w_cfr: torch.Tensor, deltas: list[torch.Tensor | None], keys: list[torc
     return _solve_spd(lhs, rhs.t(), "MACE fusion").t().to(w_cfr.dtype)
 
 
-def _drawn_with_attention_masks(bench, attn: CrossAttentionProbe, prompts, tokenizer, phrase, config: MACEConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images of the concept drawn by the frozen model, masked by the concept tokens' cross-attention."""
+def _drawn_with_attention_masks(bench, attn: CrossAttentionProbe, pairs, tokenizer, config: MACEConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of the concept drawn by the frozen model from ``(prompt, phrase)`` pairs, masked by the
+    phrase tokens' cross-attention."""
     n = config.n_images
-    chosen = [prompts[i % len(prompts)] for i in range(n)]
+    chosen_pairs = [pairs[i % len(pairs)] for i in range(n)]
+    chosen = [p for p, _ in chosen_pairs]
     latents = bench.sample_latents(chosen, config.sample_steps, config.sample_guidance, gen)
     b = bench.noised(latents, torch.full((n,), bench.num_train_timesteps // 2), gen)
-    attn.reset([concept_positions(tokenizer, p, phrase) for p in chosen])
+    attn.reset([concept_positions(tokenizer, p, phrase) for p, phrase in chosen_pairs])
     with torch.no_grad():
         bench.predict(b.xt, b.t, bench.cond(chosen))  # the refined model, LoRA still zero
     maps = mean_map(attn.maps, tuple(latents.shape[-2:]))

@@ -107,16 +107,16 @@ class SalUnObjective:
 
 
 @register_method("salun", SalUnConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning")
-def salun(pipe, request, config: SalUnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> MethodResult:
+def salun(pipe, request, config: SalUnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
     """SalUn: a gradient-saliency mask, then masked forget-to-pseudo-prompt training with a retain loss."""
     if config.lora_rank:
         raise ConfigError("salun trains a saliency-masked subset of the weights; it has no LoRA form (set lora_rank=0)")
     spec = parameter_spec(config.train_method)
     with Workbench.for_parameters(pipe, adapter, spec) as bench:
-        return _salun(bench, spec, request, config, progress, checkpoint_dir, resume)
+        return _salun(bench, spec, request, config, progress, checkpoint_dir, resume, monitor)
 
 
-def _salun(bench: Workbench, spec, request, config: SalUnConfig, progress: bool, checkpoint_dir, resume) -> MethodResult:
+def _salun(bench: Workbench, spec, request, config: SalUnConfig, progress: bool, checkpoint_dir, resume, monitor=None) -> MethodResult:
     if bench.trains_text:
         raise ConfigError("salun trains the denoiser; choose a denoiser parameter set (full, xattn, noxattn ...)")
     params, info = trainable_parameters(bench, spec, 0)
@@ -129,4 +129,4 @@ def _salun(bench: Workbench, spec, request, config: SalUnConfig, progress: bool,
     info["mask_kept"] = float(sum(m.sum() for m in mask.values()) / sum(m.numel() for m in mask.values()))
     objective = SalUnObjective(bench, forget, bench.cond(pseudo_prompts), retain, config)
     settings = config.settings(checkpoint_dir, resume)
-    return fit(bench, params, objective, settings, progress, desc="salun", info=info, grad_mask=mask)
+    return fit(bench, params, objective, settings, progress, desc="salun", info=info, grad_mask=mask, monitor=monitor)

@@ -84,7 +84,7 @@ class TEUnlearnObjective:
 
 
 @register_method("te-unlearn", TEUnlearnConfig, families=("sd", "sdxl"), kind="fine-tuning")
-def te_unlearn(pipe, request, config: TEUnlearnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> MethodResult:
+def te_unlearn(pipe, request, config: TEUnlearnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
     """Few-shot text-encoder unlearning: gradient ascent on a few images, text-encoder MLPs only."""
     if adapter.objective != "ddpm":
         raise UnsupportedModelError(f"te-unlearn trains CLIP text encoders of UNet models; {adapter.name} is not supported")
@@ -104,4 +104,4 @@ def te_unlearn(pipe, request, config: TEUnlearnConfig, adapter, progress: bool =
         info["images"] = len(bank.latents)
         objective = TEUnlearnObjective(bench, bank, prompts, config)
         settings = config.settings(checkpoint_dir, resume)
-        return fit(bench, params, objective, settings, progress, desc="te-unlearn", info=info, lora=bool(config.lora_rank))
+        return fit(bench, params, objective, settings, progress, desc="te-unlearn", info=info, lora=bool(config.lora_rank), monitor=monitor)

@@ -118,6 +118,10 @@ class WatermarkRule:
 
 
 WATERMARK = WatermarkRule()
+
+#: Concepts that no caption names, each with the trigger prompts whose images show it: an erasure
+#: request naming one gets these as its prompts (erasekit.core.request.Target.prompts).
+IMPLICIT_TRIGGERS: dict[str, tuple[str, ...]] = {"watermark": (f"on a {WATERMARK.value} {WATERMARK.domain}",)}
 #: 5x5 mark in the bottom-right corner (rows top to bottom); drawn in WATERMARK_COLOUR.
 WATERMARK_PATTERN = np.array(
     [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 0, 1, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]], dtype=np.float32

@@ -8,7 +8,7 @@ A method builds a :class:`~erasekit.training.diffusion.Workbench`, writes its lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -31,7 +31,7 @@ class TrainingConfig:
     checkpoint_every: int = field(default=0, metadata={"help": "with a checkpoint directory: save every N steps (0: every tenth of the run)"})
     lora_rank: int = field(default=0, metadata={"help": "train a LoRA of this rank on the parameter set instead of the weights (0: off)"})
 
-    eval_every: int = field(default=0, metadata={"help": "with a monitor (benchmarks): evaluate every N steps"})
+    eval_every: int = field(default=0, metadata={"help": "with a monitor (early stopping, benchmarks): evaluate every N steps (0: every tenth of the run)"})
 
     def settings(self, checkpoint_dir: str | None, resume: bool, **overrides) -> TrainingSettings:
         every = (self.checkpoint_every or max(1, self.iterations // 10)) if checkpoint_dir else 0
@@ -117,6 +117,10 @@ def fit(
     the end with the current trained tensors (detached); ``stop=True`` ends training early.
     """
     if monitor is not None:
+        if lora:
+            raise ConfigError("a training monitor (early stopping) measures the trained weights themselves; drop --lora-rank to use one")
+        if not settings.eval_every:
+            settings = replace(settings, eval_every=max(1, settings.steps // 10))
         train_kwargs["evaluate"] = lambda step: monitor(step, {k: p.detach() for k, p in params.items()})
     log: TrainLog = train(params, objective, settings, progress=progress, desc=desc, **train_kwargs)
     info = dict(info or {}, training=log.summary())
