@@ -162,3 +162,35 @@ def test_spm_transport_scales_by_similarity_and_spms_compose(sd, tmp_path):
     assert torch.equal(unet_output(pipe), only_a)
     a.remove(pipe)
     assert torch.equal(unet_output(pipe), base)
+
+
+@pytest.mark.testbed
+def test_receler_regularises_with_exact_masks_on_the_testbed(testbed_pipe):
+    from erasekit.core.request import ErasureRequest
+    from erasekit.methods.receler import ReceleErasers, ReceleObjective, _exact_masks, _masked_energy, _to_layer
+    from erasekit.training.diffusion import PipeView
+
+    adapter = get_adapter(testbed_pipe)
+    config = get_method("receler").make_config({"iterations": 2, "adv_every": 0, "ddim_steps": 3, "rank": 4, "n_images": 3})
+    request = ErasureRequest(["star"])
+    with Workbench(testbed_pipe, adapter, ["unet"]) as bench:
+        student = bench.student["unet"]
+        erasers = ReceleErasers.build(student, "unet", 4)
+        handles = erasers.install(PipeView(testbed_pipe, bench.student))
+        exact = _exact_masks(bench, request, ["star"], config)
+        assert exact.latents.shape[0] == 3 and exact.masks.shape[1:] == (32, 32) and 0 < float(exact.masks.mean()) < 0.5
+        objective = ReceleObjective(bench, erasers, None, ["star"], ["star"], config, exact)
+        assert {"esd", "reg"} == set(objective.loss(0, step_generator(0, 0)))
+        assert_terms_have_gradient(objective, erasers.parameters())
+        for h in handles:
+            h.remove()
+    # the penalty counts eraser output outside the concept's region only
+    mask = torch.zeros(1, 32, 32)
+    mask[:, :16] = 1.0
+    m = _to_layer(mask, 64)
+    assert m.shape == (1, 64) and float(m.mean()) == 0.5
+    inside, outside = torch.zeros(1, 64, 8), torch.zeros(1, 64, 8)
+    inside[:, :32], outside[:, 32:] = 1.0, 1.0
+    assert float(_masked_energy([inside], [m])) == 0.0 and float(_masked_energy([outside], [m])) == 0.5
+    erasure = api.erase(testbed_pipe, "receler", request, progress=False, iterations=2, adv_every=0, ddim_steps=3, rank=4, n_images=2)
+    assert erasure.info["masks"] == "exact (testbed world renders)"

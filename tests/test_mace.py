@@ -7,7 +7,8 @@ import torch
 
 from erasekit import api
 from erasekit.families import get_adapter
-from erasekit.methods.mace import fuse, world_concept_images
+from erasekit.methods.mace import fuse
+from erasekit.testbed.exact import concept_renders
 from erasekit.testing import tiny_pipeline
 
 
@@ -31,12 +32,12 @@ def test_fusion_is_the_minimiser_and_reproduces_each_lora_on_its_keys():
 
 
 def test_world_concept_images_have_exact_masks():
-    images, masks = world_concept_images("star", 6, seed=0)
+    images, masks = concept_renders("star", 6, seed=0)
     assert images.shape == (6, 32, 32, 3) and masks.shape == (6, 32, 32)
     assert ((masks > 0) & (masks < 1)).any() and masks.max() == 1.0  # anti-aliased silhouettes
-    _, bg = world_concept_images("white", 4, seed=0)
+    _, bg = concept_renders("white", 4, seed=0)
     assert bg.mean() > 0.5  # the background is most of the image
-    _, wm = world_concept_images("watermark", 2, seed=0)
+    _, wm = concept_renders("watermark", 2, seed=0)
     assert int(wm[0].sum()) == 25
 
 

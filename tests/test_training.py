@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from erasekit.core.request import ErasureRequest
 from erasekit.families import get_adapter
 from erasekit.methods.esd import ESDObjective, parameter_spec
 from erasekit.testing import tiny_pipeline
-from erasekit.training import Workbench, trainable_parameters
+from erasekit.training import Workbench, step_generator, trainable_parameters
 
 from checks import assert_terms_have_gradient, state_hash
 
@@ -185,6 +186,46 @@ def test_ablating_terms_carry_gradient_and_only_kv_moves():
     assert changed_keys(erasure) and changed_keys(erasure) <= set(adapter.parameter_set(pipe, "xattn-kv"))
     with pytest.raises(ConfigError, match="non-empty anchor"):
         api.erase(pipe, "ablating", {"targets": [{"concept": "cat", "anchor": ""}]}, progress=False, **SMALL)
+
+
+class BrightJudge:
+    """A fake judge: an image 'shows' the concept when its mean brightness is above the median of its batch."""
+
+    def knows(self, concept):
+        return concept == "logo"
+
+    def shows(self, images, concept):
+        m = images.reshape(len(images), -1).mean(1)
+        return m > np.median(m)
+
+
+def test_ablating_an_implicit_concept_filters_its_own_prompt_and_denoises_on_clean_images():
+    from erasekit.methods.ablating import AblatingObjective, prompt_pairs
+
+    pipe = tiny_pipeline("sd")
+    adapter = get_adapter(pipe)
+    request = ErasureRequest.from_dict({"targets": [{"concept": "logo", "prompts": ["a photo of a cat"]}]})
+    pairs = prompt_pairs(request, "a dog")
+    assert pairs == [("a photo of a cat", "a photo of a cat", "logo")]  # anchored on its own trigger
+    config = get_method("ablating").make_config(dict(SMALL, n_images=4))
+    with Workbench.for_parameters(pipe, adapter, "xattn-kv") as bench:
+        params, _ = trainable_parameters(bench, "xattn-kv", 0)
+        objective = AblatingObjective(bench, pairs, config, torch.Generator().manual_seed(0), BrightJudge())
+        kept = bench.decode_images(objective.anchors.latents)
+        assert objective.anchors.rejected > 0 and objective.noise_based == [True]
+        assert 1 <= len(kept) <= 4
+        assert_terms_have_gradient(objective, params)
+        # the noise-based target is the denoising target, so the loss is not identically zero
+        assert float(objective.loss(0, step_generator(0, 0))["ablate"].detach()) > 0
+        with pytest.raises(ConfigError, match="needs a judge"):
+            AblatingObjective(bench, pairs, config, torch.Generator().manual_seed(0), None)
+        model = get_method("ablating").make_config(dict(SMALL, loss="model"))
+        with pytest.raises(ConfigError, match="loss=noise"):
+            AblatingObjective(bench, pairs, model, torch.Generator().manual_seed(0), BrightJudge())
+    with pytest.raises(ConfigError, match="needs a judge"):
+        api.erase(pipe, "ablating", request, progress=False, **SMALL)
+    erasure = api.erase(pipe, "ablating", request, progress=False, judge=BrightJudge(), **SMALL)
+    assert erasure.info["noise_based_pairs"] == 1 and erasure.info["anchor_images_rejected"] > 0
 
 
 def test_salun_mask_keeps_its_share_and_masked_weights_do_not_move():

@@ -216,10 +216,11 @@ def _model_name(pipe, model: str | None) -> str:
 def with_testbed_implicit(pipe, request):
     """On a testbed model, a target naming one of the world's implicit concepts (``watermark``) and given
     no prompts of its own is erased through its trigger prompts (see docs/erasure.md, implicit concepts)."""
-    root = getattr(pipe, "name_or_path", None)
-    if not root or not (Path(root) / "testbed.json").is_file():
-        return request
+    from .testbed.exact import pipe_is_testbed
     from .testbed.world import IMPLICIT_TRIGGERS
+
+    if not pipe_is_testbed(pipe):
+        return request
 
     return request.with_implicit(IMPLICIT_TRIGGERS)
 
@@ -237,11 +238,12 @@ def _sample_sizes(runs: list[dict]) -> str:
 
 def check_vocabulary(pipe, request) -> None:
     """On a closed-vocabulary testbed model, every word of the request must be one the model knows."""
-    root = getattr(pipe, "name_or_path", None)
-    if not root or not (Path(root) / "testbed.json").is_file():
-        return
     from .core.errors import ConfigError
+    from .testbed.exact import pipe_is_testbed
     from .testbed.world import vocabulary
+
+    if not pipe_is_testbed(pipe):
+        return
 
     vocab = set(vocabulary())
     phrases = [p for t in request.targets for p in (*t.phrases(), t.anchor or "")] + list(request.preserve)

@@ -10,11 +10,14 @@ from typing import Protocol
 
 import numpy as np
 
+from ..core.errors import ConfigError
 from .metrics import labels_of, shows
 from .prompts import resolve_concept
 
 
 class ConceptJudge(Protocol):
+    def knows(self, concept: str) -> bool: ...
+
     def shows(self, images: np.ndarray, concept: str) -> np.ndarray: ...
 
 
@@ -23,6 +26,14 @@ class TestbedJudge:
 
     def __init__(self, classifier) -> None:
         self.classifier = classifier
+
+    def knows(self, concept: str) -> bool:
+        """Can this judge tell whether an image shows ``concept`` (a world concept or the watermark)?"""
+        try:
+            resolve_concept(concept)
+        except ConfigError:
+            return False
+        return True
 
     def shows(self, images: np.ndarray, concept: str) -> np.ndarray:
         canonical, domain = resolve_concept(concept)

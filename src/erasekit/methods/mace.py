@@ -33,14 +33,13 @@ are drawn uniformly (the reference's concept-focal importance sampling is not im
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..families.base import Conditioning
+from ..testbed.exact import concept_renders, pipe_is_testbed
 from ..training import TrainingConfig, Workbench, fit, trainable_parameters
 from ..training.attention import CrossAttentionProbe, concept_positions, mean_map
 from .closed_form import _solve_spd
@@ -67,45 +66,6 @@ class MACEConfig(TrainingConfig):
             raise ConfigError("mace needs rank, n_images, iterations, batch_size, sample_steps >= 1 and lr > 0")
         if min(self.lamb, self.preserve_scale, self.fuse_preserve_scale) < 0 or self.fuse_ridge <= 0:
             raise ConfigError("mace needs lamb, preserve_scale, fuse_preserve_scale >= 0 and fuse_ridge > 0")
-
-
-def is_testbed(pipe) -> bool:
-    root = getattr(pipe, "name_or_path", None)
-    return bool(root) and (Path(root) / "testbed.json").is_file()
-
-
-def world_concept_images(phrase: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` world renders showing ``phrase`` and their exact masks (``uint8 [n,32,32,3]``, ``[n,32,32]``)."""
-    from ..evaluation.prompts import resolve_concept
-    from ..testbed import world
-
-    concept, domain = resolve_concept(phrase)
-    rng = np.random.default_rng(seed)
-    labels = world.sample_labels(n, rng)
-    if domain == "character":
-        attrs = world.CHARACTERS[concept]
-        for d in world.DOMAINS:
-            getattr(labels, d)[:] = _index_of(d, getattr(attrs, d))
-    elif domain == "watermark":
-        labels.background[:] = _index_of("background", world.WATERMARK.value)
-        labels.watermark[:] = True
-    else:
-        getattr(labels, domain)[:] = _index_of(domain, concept)
-    images, masks = world.render(labels, rng)
-    if domain == "background":
-        masks = 1.0 - masks
-    if domain == "watermark":
-        masks = np.zeros_like(masks)
-        r0, c0 = world.WATERMARK_ORIGIN
-        masks[:, r0 : r0 + 5, c0 : c0 + 5] = 1.0
-    return torch.from_numpy(images), torch.from_numpy(masks)
-
-
-def _index_of(domain: str, value: str) -> int:
-    from ..testbed import world
-
-    table = {"shape": world.SHAPES, "style": world.STYLES, "colour": list(world.COLOURS), "background": list(world.BACKGROUNDS)}[domain]
-    return list(table).index(value)
 
 
 class MACEObjective:
@@ -144,10 +104,9 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
             handles = attn.install()
             try:
                 gen = torch.Generator().manual_seed(config.seed + 11 + ci)
-                if is_testbed(pipe):
-                    images, masks = world_concept_images(target.concept, config.n_images, config.seed + ci)
+                if pipe_is_testbed(pipe):
+                    images, masks = concept_renders(target.concept, config.n_images, config.seed + ci)
                     latents = bench.encode_images(images)
-                    masks = masks.float()
                     source = "testbed world renders, exact masks"
                 else:
                     latents, masks = _drawn_with_attention_masks(bench, attn, pairs, tokenizer, config, gen)

@@ -18,9 +18,13 @@ advanced indexing, a silent no-op).
 Defaults: rank 128 and λ 0.1 as in the reference notes; η 1, 500 iterations, Adam lr 3e-4, attack of
 1 token / 10 steps every 10 iterations after 100 are our choices (the notes are silent). The eraser
 is an attachment, not a weight change: ``Erasure.apply`` hooks it in, ``remove`` takes it off, and
-``erasekit export`` refuses it (a plain diffusers pipeline cannot hold it). Masks come from
-cross-attention on every model, the testbed included (its generator's exact masks describe rendered
-images, not the model's own trajectories).
+``erasekit export`` refuses it (a plain diffusers pipeline cannot hold it).
+
+Masks: on real models ``M_l`` is the cross-attention map above, on the ESD trajectory point. On the
+testbed (``mask_source=auto``) the regulariser uses exact masks instead: each step it also noises one
+of ``n_images`` world renders of the concept (at the step's timestep), runs it with the concept's
+prompt, and penalises eraser output outside the render's exact region (area-downsampled to each
+layer's resolution); ``mask_source=attention`` keeps cross-attention masks on the testbed too.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ..attacks.soft_prompt import SoftPrompt, SoftPromptConfig, optimise_soft_pr
 from ..core.attachments import Attachment, get_module, register_attachment
 from ..core.errors import ConfigError, UnsupportedModelError
 from ..core.registry import MethodResult, register_method
+from ..testbed.exact import concept_renders, pipe_is_testbed
 from ..training import TrajectoryConfig, Workbench, esd_point, fit
 from ..training.attention import CrossAttentionProbe, concept_positions
 from ..training.diffusion import PipeView
@@ -109,20 +114,45 @@ class ReceleConfig(TrajectoryConfig):
     adv_lr: float = field(default=1e-3, metadata={"help": "learning rate of the inner attack"})
     adv_tokens: int = field(default=1, metadata={"help": "adversarial token vectors"})
     filler: str = field(default="a", metadata={"help": "placeholder word whose embedding slots the vectors take"})
+    mask_source: str = field(default="auto", metadata={"help": "auto (exact world masks on the testbed, cross-attention elsewhere) or attention"})
+    n_images: int = field(default=16, metadata={"help": "testbed renders per concept for the exact-mask regulariser"})
     iterations: int = field(default=500, metadata={"help": "optimisation steps"})
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the erasers"})
 
     def validate(self) -> None:
         self.check_trajectory("receler")
-        if self.rank < 1 or self.reg_weight < 0 or self.adv_every < 0:
-            raise ConfigError("receler needs rank >= 1, reg_weight >= 0 and adv_every >= 0")
+        if self.rank < 1 or self.reg_weight < 0 or self.adv_every < 0 or self.n_images < 1:
+            raise ConfigError("receler needs rank >= 1, reg_weight >= 0, adv_every >= 0 and n_images >= 1")
+        if self.mask_source not in ("auto", "attention"):
+            raise ConfigError(f"receler's mask_source must be auto or attention, got {self.mask_source!r}")
         if self.lora_rank:
             raise ConfigError("receler trains its own erasers; it has no LoRA form (set lora_rank=0)")
 
 
+@dataclass
+class ExactMasks:
+    """World renders of the targets (latents), their exact masks ``[N, H, W]`` and each one's prompt index."""
+
+    latents: torch.Tensor
+    masks: torch.Tensor
+    prompt_of: list[int]
+
+
+def _masked_energy(outs: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+    """``mean_l mean ‖E_l(h_l) ⊙ (1 − M_l)‖²`` over the layers' eraser outputs ``[B, HW, C]`` and masks ``[B, HW]``."""
+    return sum((o * (1 - m[..., None])).pow(2).mean() for o, m in zip(outs, masks)) / max(1, len(outs))
+
+
+def _to_layer(mask: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Area-downsample masks ``[B, H, W]`` to a square layer of ``tokens`` positions -> ``[B, tokens]``."""
+    side = int(round(tokens**0.5))
+    return F.interpolate(mask[:, None], size=(side, side), mode="area").flatten(1)
+
+
 class ReceleObjective:
-    def __init__(self, bench: Workbench, erasers: ReceleErasers, maps: CrossAttentionProbe, prompts: list[str], phrases: list[str], config: ReceleConfig):
-        self.bench, self.erasers, self.maps, self.prompts, self.config = bench, erasers, maps, prompts, config
+    def __init__(self, bench: Workbench, erasers: ReceleErasers, maps: CrossAttentionProbe | None, prompts: list[str], phrases: list[str],
+                 config: ReceleConfig, exact: ExactMasks | None = None):  # fmt: skip
+        self.bench, self.erasers, self.maps, self.prompts, self.config, self.exact = bench, erasers, maps, prompts, config, exact
         tok = bench.pipe.tokenizer
         self.positions = [concept_positions(tok, p, ph) for p, ph in zip(prompts, phrases)]
         self.adv_positions = [concept_positions(tok, p, ph, offset=config.adv_tokens) for p, ph in zip(prompts, phrases)]
@@ -135,14 +165,26 @@ class ReceleObjective:
         return bool(cfg.adv_every) and step >= cfg.adv_warmup and (step - cfg.adv_warmup) % cfg.adv_every == 0
 
     def _erase_terms(self, xt, t, cond, positions, target) -> tuple[torch.Tensor, torch.Tensor]:
+        """ESD term and, with attention masks, the regulariser on the same forward pass (else 0)."""
+        if self.maps is None:
+            return F.mse_loss(self.bench.predict(xt, t, cond).float(), target.float()), torch.zeros(())
         self.erasers.capture = []
         self.maps.reset([positions])
         pred = self.bench.predict(xt, t, cond)
         outs, masks = self.erasers.capture, self.maps.maps
         self.erasers.capture = None
         self.maps.reset(None)
-        reg = sum((o * (1 - m[..., None])).pow(2).mean() for o, m in zip(outs, masks)) / max(1, len(outs))
-        return F.mse_loss(pred.float(), target.float()), reg
+        return F.mse_loss(pred.float(), target.float()), _masked_energy(outs, masks)
+
+    def _exact_reg(self, t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The regulariser on one noised world render with its exact mask (testbed)."""
+        j = int(torch.randint(0, len(self.exact.latents), (1,), generator=gen))
+        b = self.bench.noised(self.exact.latents[j : j + 1], t, gen)
+        self.erasers.capture = []
+        self.bench.predict(b.xt, b.t, self.cond.select([self.exact.prompt_of[j]]))
+        outs, self.erasers.capture = self.erasers.capture, None
+        mask = self.exact.masks[j : j + 1].to(outs[0].dtype) if outs else None
+        return _masked_energy(outs, [_to_layer(mask, o.shape[1]) for o in outs])
 
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg, bench = self.config, self.bench
@@ -151,6 +193,8 @@ class ReceleObjective:
         pt = esd_point(bench, cond, self.uncond, cfg, gen)
         xt, t, f_c, target = pt.xt, pt.t, pt.f_c, pt.target
         esd, reg = self._erase_terms(xt, t, cond, self.positions[i], target)
+        if self.exact is not None:
+            reg = self._exact_reg(t, gen)
         terms = {"esd": esd, "reg": cfg.reg_weight * reg}
         if self.attacking(step):
             optimise_soft_prompt(bench, self.soft, xt, t, [self.prompts[i]], f_c, student=False)
@@ -177,14 +221,29 @@ def receler(pipe, request, config: ReceleConfig, adapter, progress: bool = True,
         student = bench.student[adapter.denoiser]
         erasers = ReceleErasers.build(student, adapter.denoiser, config.rank)
         handles = erasers.install(PipeView(pipe, bench.student))
-        maps = CrossAttentionProbe(student)
-        handles += maps.install()
+        exact = _exact_masks(bench, request, prompts, config) if config.mask_source == "auto" and pipe_is_testbed(pipe) else None
+        maps = None
+        if exact is None:
+            maps = CrossAttentionProbe(student)
+            handles += maps.install()
         try:
             params = erasers.parameters()
-            objective = ReceleObjective(bench, erasers, maps, prompts, phrases, config)
-            info = {"erasers": len(erasers.erasers), "numel": int(sum(p.numel() for p in params.values()))}
+            objective = ReceleObjective(bench, erasers, maps, prompts, phrases, config, exact)
+            info = {"erasers": len(erasers.erasers), "numel": int(sum(p.numel() for p in params.values())),
+                    "masks": "exact (testbed world renders)" if exact is not None else "cross-attention"}  # fmt: skip
             result = fit(bench, params, objective, config.settings(checkpoint_dir, resume), progress, desc="receler", info=info)
         finally:
             for h in handles:
                 h.remove()
         return MethodResult(weights={}, info=result.info, attachment=ReceleErasers.restore(erasers.config(), erasers.tensors()))
+
+
+def _exact_masks(bench: Workbench, request, prompts: list[str], config: ReceleConfig) -> ExactMasks:
+    """``n_images`` world renders per target with exact masks; each is run with its target's first prompt."""
+    latents, masks, prompt_of = [], [], []
+    for ti, t in enumerate(request.targets):
+        images, m = concept_renders(t.concept, config.n_images, config.seed + 31 + ti)
+        latents.append(bench.encode_images(images))
+        masks.append(m)
+        prompt_of += [prompts.index(request.expand(t.phrases()[0])[0])] * len(m)
+    return ExactMasks(torch.cat(latents), torch.cat(masks), prompt_of)

@@ -22,12 +22,14 @@ the flags are restored on exit.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, UnsupportedModelError
 from ..families import FamilyAdapter
 from ..families.base import Conditioning
 
@@ -228,6 +230,16 @@ class Workbench:
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (z - shift) * vae.config.scaling_factor
 
+    @torch.no_grad()
+    def decode_images(self, latents: torch.Tensor) -> np.ndarray:
+        """``uint8 [N, H, W, 3]`` images of latents ``x₀`` (the inverse of :meth:`encode_images`)."""
+        if latents.dim() != 4:
+            raise UnsupportedModelError(f"decoding needs image-shaped latents [N, C, H, W], got shape {tuple(latents.shape)}")
+        vae = self.pipe.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        x = vae.decode((latents / vae.config.scaling_factor + shift).to(self.device, vae.dtype)).sample
+        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
     def _guided(self, x, t, cond, uncond, guidance):
         if uncond is None or guidance == 1.0:
             return self.teacher_predict(x, t, cond)
@@ -243,12 +255,39 @@ class ImageBank:
     latents: torch.Tensor
     prompt_of: torch.Tensor
     cond: Conditioning
+    rejected: int = 0  # draws dropped by ``reject``
 
     @staticmethod
-    def draw(bench: Workbench, prompts: list[str], n: int, steps: int, guidance: float, gen: torch.Generator, size: int | None) -> "ImageBank":
+    def draw(bench: Workbench, prompts: list[str], n: int, steps: int, guidance: float, gen: torch.Generator, size: int | None,
+             reject: Callable[[np.ndarray, int], np.ndarray] | None = None, max_rounds: int = 4) -> "ImageBank":  # fmt: skip
+        """``n`` teacher draws per prompt. With ``reject(images, prompt_index) -> bool [N]`` (a judge), rejected
+        draws are redrawn up to ``max_rounds`` times; a prompt keeps what it has then, and one left with no
+        image at all is an error."""
         order = [i for i in range(len(prompts)) for _ in range(n)]
         latents = bench.sample_latents([prompts[i] for i in order], steps, guidance, gen, size=size)
-        return ImageBank(latents, torch.tensor(order), bench.cond(prompts))
+        if reject is None:
+            return ImageBank(latents, torch.tensor(order), bench.cond(prompts))
+        kept: list[torch.Tensor] = []
+        kept_order: list[int] = []
+        rejected = 0
+        for _ in range(max_rounds):
+            images = bench.decode_images(latents)
+            bad = np.zeros(len(order), dtype=bool)
+            for i in set(order):
+                rows = [r for r, o in enumerate(order) if o == i]
+                bad[rows] = np.asarray(reject(images[rows], i), dtype=bool)
+            rejected += int(bad.sum())
+            kept += [latents[r] for r in np.flatnonzero(~bad)]
+            kept_order += [order[r] for r in np.flatnonzero(~bad)]
+            order = [order[r] for r in np.flatnonzero(bad)]
+            if not order:
+                break
+            latents = bench.sample_latents([prompts[i] for i in order], steps, guidance, gen, size=size)
+        missing = sorted(set(range(len(prompts))) - set(kept_order))
+        if missing:
+            raise ConfigError(f"every image the model drew for {prompts[missing[0]]!r} was rejected ({max_rounds} rounds); "
+                              "choose another anchor or draw more images")  # fmt: skip
+        return ImageBank(torch.stack(kept), torch.tensor(kept_order), bench.cond(prompts), rejected)
 
     def batch(self, bench: Workbench, size: int, gen: torch.Generator):
         idx = torch.randint(0, len(self.latents), (size,), generator=gen)
