@@ -90,6 +90,9 @@ def test_demo_runs_end_to_end(tmp_path):
     for name in ("grid.png", "gate.json", "eval-uce.json", "eval-esd.json", "before_after.png", "erasure-uce/erasure.json", "erasure-esd/erasure.json"):
         assert (tmp_path / name).is_file(), name
     assert "shape accuracy" in result.output and "uce erased star, zorbo" in result.output and "esd erased star" in result.output
+    reports = next(line for line in result.output.splitlines() if line.startswith("reports: "))
+    named = reports[len("reports: ") :].rsplit("  (", 1)[0].split(", ")
+    assert len(named) == 3 and all(os.path.isfile(p) for p in named), named  # the printed paths exist
     import json
 
     for method in ("uce", "esd"):

@@ -185,7 +185,8 @@ def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: s
             for i in range(len(flat)) for (name, _), pred in zip(columns, preds)]
     save_image(make_grid(both, caps, cols=len(columns) * 2), out / "before_after.png")
     lines.append(f"before/after grid: {out / 'before_after.png'}")
-    lines.append(f"reports: {out / 'gate.json'}, {out / 'eval.json'}  ({time.time() - t0:.0f}s)")
+    reports = [out / "gate.json", *(out / f"eval-{m}.json" for m, _ in erasures)]
+    lines.append(f"reports: {', '.join(map(str, reports))}  ({time.time() - t0:.0f}s)")
     write_json(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "erasures": [{"method": m, "params": p, "concepts": c} for m, p, c in DEMO_ERASURES],
                                     "seconds": round(time.time() - t0, 1)})  # fmt: skip
     return lines
