@@ -41,7 +41,7 @@ def section(gate: dict, training: dict | None) -> str:
     lines += [f"| {c['name']} | {c['prompts']} | {c['all_attributes']:.2f} | {c['shape']:.2f} | {c['style']:.2f} | {c['colour']:.2f} | {c['background']:.2f} |" for c in chars]
     lines.append("")
     if training:
-        lines += ["## Measured training run", "", f"From `docs/testbed-training.json` (the `*.done` records of the run that produced the shipped weights):", ""]
+        lines += ["## Measured training run", "", "From `docs/testbed-training.json` (the `*.done` records of the run that produced the shipped weights):", ""]
         lines += ["| stage | seconds | result |", "|---|---|---|"]
         total = 0.0
         for stage, info in training["stages"].items():

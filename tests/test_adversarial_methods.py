@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from checks import assert_terms_have_gradient, state_hash
 
 from erasekit import api
 from erasekit.attacks.soft_prompt import SoftPrompt, SoftPromptConfig, optimise_soft_prompt
@@ -16,8 +17,6 @@ from erasekit.core.registry import get_method
 from erasekit.families import get_adapter
 from erasekit.testing import tiny_pipeline
 from erasekit.training import Workbench, step_generator, trainable_parameters
-
-from checks import assert_terms_have_gradient, state_hash
 
 REQUEST = {"targets": [{"concept": "cat"}], "preserve": ["dog"]}
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from fakes import OracleJudge, WorldPipe
 
 from erasekit.core.errors import ConfigError
 from erasekit.evaluation import evaluate_on_testbed
@@ -9,7 +10,6 @@ from erasekit.evaluation.metrics import frechet_distance
 from erasekit.evaluation.prompts import prompt_set, resolve_concept
 from erasekit.generation import SamplingConfig
 from erasekit.testbed import world
-from fakes import OracleJudge, WorldPipe
 
 FAST = SamplingConfig(steps=1, guidance_scale=1.0)
 

@@ -1,8 +1,9 @@
 """The gate's bookkeeping, checked with a fake generator that draws exactly what it is told."""
 
+from fakes import OracleJudge, WorldPipe
+
 from erasekit.core.stats import wilson
 from erasekit.testbed import gate, world
-from fakes import OracleJudge, WorldPipe
 
 
 def _run(corrupt=None, seeds=8):

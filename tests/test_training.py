@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from checks import assert_terms_have_gradient, state_hash
 
 from erasekit import api
 from erasekit.core.erasure import Erasure
@@ -17,8 +18,6 @@ from erasekit.families import get_adapter
 from erasekit.methods.esd import ESDObjective, parameter_spec
 from erasekit.testing import tiny_pipeline
 from erasekit.training import Workbench, step_generator, trainable_parameters
-
-from checks import assert_terms_have_gradient, state_hash
 
 REQUEST = {"targets": [{"concept": "cat"}], "preserve": ["dog"]}
 FAST = {"iterations": 3, "ddim_steps": 4, "lr": 1e-3}

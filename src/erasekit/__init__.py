@@ -2,13 +2,13 @@
 
 __version__ = "0.1.0"
 
-from .api import check_testbed, generate_grid, load_judge, run_demo  # noqa: E402
-from .generation import SamplingConfig, generate  # noqa: E402
-from .models import load_pipeline, resolve_model, testbed_dir  # noqa: E402
+from .api import check_testbed, generate_grid, load_judge, run_demo
+from .generation import SamplingConfig, generate
+from .models import load_pipeline, resolve_model, testbed_dir
 
 __all__ = [
-    "__version__",
     "SamplingConfig",
+    "__version__",
     "check_testbed",
     "generate",
     "generate_grid",

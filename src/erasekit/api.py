@@ -317,9 +317,7 @@ def erase(
     t0 = time.perf_counter()
     result = spec.fn(pipe, request, config, adapter=adapter, progress=progress, **extra)
     seconds = time.perf_counter() - t0
-    from .core.erasure import get_tensor
-
-    from .core.erasure import lora_deltas
+    from .core.erasure import get_tensor, lora_deltas
 
     originals = {k: get_tensor(pipe, k).detach() for k in result.weights}
     # new values in the model's own dtype (a float32 student of a half-precision model is cast back)
@@ -374,9 +372,8 @@ def export_pipeline(erasure_dir: str | os.PathLike, model: str, out: str | os.Pa
     import shutil
 
     from .core.erasure import Erasure
-    from .core.io import atomic_path
-
     from .core.errors import IncompatibleErasureError
+    from .core.io import atomic_path
 
     erasure = Erasure.load(erasure_dir)
     if erasure.attachment is not None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.stats import rate
 from ..testbed import world
 from ..testbed.classifier import LABEL_NAMES
 

@@ -14,10 +14,11 @@ import time
 import numpy as np
 import torch
 
+from ..core.stats import rate
 from ..generation import SamplingConfig, generate
 from ..testbed import world
 from ..testbed.classifier import to_model_input
-from .metrics import frechet_distance, labels_of, rate, shows
+from .metrics import frechet_distance, labels_of, shows
 from .prompts import DOMAIN_VALUES, EvalPrompt, prompt_set, resolve_concept
 
 
@@ -88,8 +89,12 @@ def _watermark_metrics(concept: str, subset: list[EvalPrompt], outside: list[Eva
     def per_image(prompts: list[EvalPrompt], test) -> np.ndarray:
         return np.concatenate([test(labels_of(pred, rows[p.prompt]), p) for p in prompts]) if prompts else np.zeros(0, dtype=bool)
 
-    marked = lambda lab, p: lab["watermark"] == "present"  # noqa: E731
-    kept = lambda lab, p: lab[carrier] == getattr(p.expected, carrier)  # noqa: E731
+    def marked(lab: dict, p: EvalPrompt) -> np.ndarray:
+        return lab["watermark"] == "present"
+
+    def kept(lab: dict, p: EvalPrompt) -> np.ndarray:
+        return lab[carrier] == getattr(p.expected, carrier)
+
     return {
         "concept": concept,
         "domain": "watermark",

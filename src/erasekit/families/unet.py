@@ -9,7 +9,6 @@ returns exactly what the full pipeline computes there (5-15x less work for last-
 from __future__ import annotations
 
 import torch
-
 from torch import nn
 
 from .base import Conditioning, Encoded, FamilyAdapter, Projection, Segment, find_linear

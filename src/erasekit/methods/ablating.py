@@ -89,9 +89,11 @@ class AblatingObjective:
         if any(own) and config.loss == "model":
             raise ConfigError("the model-based loss compares a prompt with itself when the anchor is the target's own prompt; use loss=noise or auto")
         self.noise_based = [config.loss == "noise" or (config.loss == "auto" and o) for o in own]
-        reject = None
-        if config.filter_anchors and any(judged):
-            reject = lambda images, i: judge.shows(images, concepts[i]) if judged[i] else np.zeros(len(images), dtype=bool)  # noqa: E731
+
+        def shows_target(images: np.ndarray, i: int) -> np.ndarray:
+            return judge.shows(images, concepts[i]) if judged[i] else np.zeros(len(images), dtype=bool)
+
+        reject = shows_target if config.filter_anchors and any(judged) else None
         # n_images anchor latents per pair, drawn once by the frozen model (prompt index = pair index).
         self.anchors = ImageBank.draw(bench, list(anchors), config.n_images, config.sample_steps, config.sample_guidance, gen, config.size, reject=reject)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.stats import wilson
-from ..generation import SamplingConfig, generate  # noqa: F401  (SamplingConfig is part of the gate API)
+from ..generation import SamplingConfig, generate
 from . import world
 from .classifier import LABEL_NAMES, TestbedClassifier
 

@@ -150,15 +150,15 @@ def target_prompts(request) -> list[str]:
 
 __all__ = [
     "EsdPoint",
-    "TrajectoryConfig",
-    "esd_point",
     "ImageBank",
     "NoisedBatch",
     "Objective",
     "TrainLog",
     "TrainingConfig",
     "TrainingSettings",
+    "TrajectoryConfig",
     "Workbench",
+    "esd_point",
     "fit",
     "step_generator",
     "target_prompts",
