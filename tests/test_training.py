@@ -216,15 +216,28 @@ def test_ablating_an_implicit_concept_filters_its_own_prompt_and_denoises_on_cle
         assert_terms_have_gradient(objective, params)
         # the noise-based target is the denoising target, so the loss is not identically zero
         assert float(objective.loss(0, step_generator(0, 0))["ablate"].detach()) > 0
-        with pytest.raises(ConfigError, match="needs a judge"):
+        with pytest.raises(ConfigError, match="needs images without it"):
             AblatingObjective(bench, pairs, config, torch.Generator().manual_seed(0), None)
         model = get_method("ablating").make_config(dict(SMALL, loss="model"))
         with pytest.raises(ConfigError, match="loss=noise"):
             AblatingObjective(bench, pairs, model, torch.Generator().manual_seed(0), BrightJudge())
-    with pytest.raises(ConfigError, match="needs a judge"):
+    with pytest.raises(ConfigError, match="needs images without it"):
         api.erase(pipe, "ablating", request, progress=False, **SMALL)
     erasure = api.erase(pipe, "ablating", request, progress=False, judge=BrightJudge(), **SMALL)
     assert erasure.info["noise_based_pairs"] == 1 and erasure.info["anchor_images_rejected"] > 0
+
+
+def test_ablating_takes_your_own_clean_images_for_an_implicit_concept(tmp_path):
+    from PIL import Image
+
+    pipe = tiny_pipeline("sd")
+    for i in range(3):
+        Image.fromarray((torch.rand(40, 48, 3) * 255).byte().numpy()).save(tmp_path / f"{i}.png")
+    request = {"targets": [{"concept": "logo", "prompts": ["a photo of a cat"]}]}
+    erasure = api.erase(pipe, "ablating", request, progress=False, anchor_image_dir=str(tmp_path), **SMALL)
+    assert erasure.info["anchor_images"] == 3 and erasure.info["noise_based_pairs"] == 1 and erasure.weights
+    with pytest.raises(Exception, match="anchor_image_dir .* holds no"):
+        api.erase(pipe, "ablating", request, progress=False, anchor_image_dir=str(tmp_path / "none"), **SMALL)
 
 
 def test_salun_mask_keeps_its_share_and_masked_weights_do_not_move():

@@ -84,3 +84,25 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     opt.load_state_dict({"state": state, "param_groups": extra["param_groups"]})
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def load_image_folder(folder: str | Path, size: int, what: str = "image folder") -> torch.Tensor:
+    """``uint8 [N, size, size, 3]`` from the PNG/JPEG/WebP files of ``folder`` (sorted by name,
+    centre-cropped to a square, resized bicubically); ``what`` names the option in the error."""
+    import numpy as np
+    from PIL import Image
+
+    path = Path(folder)
+    files = sorted(p for p in path.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
+    if not files:
+        raise MissingFileError(f"{what} {folder} holds no {'/'.join(IMAGE_SUFFIXES)} image")
+    out = []
+    for f in files:
+        im = Image.open(f).convert("RGB")
+        side = min(im.size)
+        left, top = (im.width - side) // 2, (im.height - side) // 2
+        out.append(np.asarray(im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
+    return torch.from_numpy(np.stack(out))

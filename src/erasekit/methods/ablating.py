@@ -21,8 +21,9 @@ that show it are redrawn, as the paper filters its anchor images for memorised c
 what erases an *implicit* concept (a watermark, which no word names): its anchor is its own trigger
 prompt, so the anchor images are that prompt's images *without* the concept, and ``loss=auto`` uses
 the noise-based loss for such pairs (the model-based one compares a prompt with itself and is
-identically zero) — fine-tuning the trigger on clean images of itself. Without a judge such a
-request is refused (nothing would separate the concept from its trigger); name an ``--anchor``.
+identically zero) — fine-tuning the trigger on clean images of itself. Without a judge, give the
+clean images yourself (``anchor_image_dir``: every image is used with every anchor prompt in turn);
+with neither, such a request is refused (nothing would separate the concept from its trigger).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class AblatingConfig(TrainingConfig):
     prior_weight: float = field(default=0.0, metadata={"help": "weight of prior preservation on the anchor images (0: off)"})
     loss: str = field(default="auto", metadata={"help": "model (anchor prompt's prediction), noise (denoising loss), auto (model; noise where the anchor is the target's own prompt)"})
     filter_anchors: bool = field(default=True, metadata={"help": "with a judge: redraw anchor images that show the target"})
+    anchor_image_dir: str | None = field(default=None, metadata={"help": "folder of your own anchor images (e.g. clean images of an implicit concept's trigger) instead of drawn ones"})
     size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)"})
     iterations: int = field(default=200, metadata={"help": "optimisation steps"})
     lr: float = field(default=2e-6, metadata={"help": "Adam learning rate"})
@@ -83,9 +85,9 @@ class AblatingObjective:
         self.target_cond = bench.cond(self.targets)
         own = [t == a for t, a in zip(targets, anchors)]
         judged = [judge is not None and judge.knows(c) for c in concepts]
-        if any(o and not j for o, j in zip(own, judged)):
-            raise ConfigError("ablating a concept onto its own prompt needs a judge to keep only anchor images without it "
-                              "(available on the testbed); name an --anchor instead")  # fmt: skip
+        if any(o and not j for o, j in zip(own, judged)) and not config.anchor_image_dir:
+            raise ConfigError("ablating a concept onto its own prompt needs images without it: a judge that filters drawn ones "
+                              "(the testbed's) or your own (--set anchor_image_dir=DIR); or name an --anchor")  # fmt: skip
         if any(own) and config.loss == "model":
             raise ConfigError("the model-based loss compares a prompt with itself when the anchor is the target's own prompt; use loss=noise or auto")
         self.noise_based = [config.loss == "noise" or (config.loss == "auto" and o) for o in own]
@@ -94,8 +96,10 @@ class AblatingObjective:
             return judge.shows(images, concepts[i]) if judged[i] else np.zeros(len(images), dtype=bool)
 
         reject = shows_target if config.filter_anchors and any(judged) else None
-        # n_images anchor latents per pair, drawn once by the frozen model (prompt index = pair index).
-        self.anchors = ImageBank.draw(bench, list(anchors), config.n_images, config.sample_steps, config.sample_guidance, gen, config.size, reject=reject)
+        if config.anchor_image_dir:
+            self.anchors = ImageBank.from_folder(bench, config.anchor_image_dir, list(anchors), what="anchor_image_dir")
+        else:  # n_images anchor latents per pair, drawn once by the frozen model (prompt index = pair index)
+            self.anchors = ImageBank.draw(bench, list(anchors), config.n_images, config.sample_steps, config.sample_guidance, gen, config.size, reject=reject)
 
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg, bench = self.config, self.bench

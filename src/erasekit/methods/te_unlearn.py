@@ -16,15 +16,12 @@ encoders on SDXL). Gradient ascent is unbounded; the reference stops after a few
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import ConfigError, MissingFileError, UnsupportedModelError
+from ..core.errors import ConfigError, UnsupportedModelError
 from ..core.registry import MethodResult, register_method
-from ..families.base import Conditioning
 from ..training import ImageBank, TrainingConfig, Workbench, fit, target_prompts, trainable_parameters
 
 
@@ -56,23 +53,6 @@ def text_parameter_patterns(pipe) -> list[str]:
     return patterns
 
 
-def load_images(folder: str, size: int) -> torch.Tensor:
-    """``uint8 [N, size, size, 3]`` from the PNG/JPEG/WebP files of ``folder`` (centre-cropped, resized)."""
-    from PIL import Image
-
-    path = Path(folder)
-    files = sorted(p for p in path.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")) if path.is_dir() else []
-    if not files:
-        raise MissingFileError(f"image_dir {folder} holds no .png/.jpg/.jpeg/.webp image")
-    out = []
-    for f in files:
-        im = Image.open(f).convert("RGB")
-        side = min(im.size)
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        out.append(np.asarray(im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
-    return torch.from_numpy(np.stack(out))
-
-
 class TEUnlearnObjective:
     def __init__(self, bench: Workbench, bank: ImageBank, prompts: list[str], config: TEUnlearnConfig):
         self.bench, self.bank, self.prompts, self.config = bench, bank, prompts, config
@@ -94,11 +74,7 @@ def te_unlearn(pipe, request, config: TEUnlearnConfig, adapter, progress: bool =
         params, info = trainable_parameters(bench, spec, config.lora_rank)
         gen = torch.Generator().manual_seed(config.seed + 7)
         if config.image_dir:
-            size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-            latents = bench.encode_images(load_images(config.image_dir, size))
-            # every image is captioned with every target prompt in turn
-            order = [i % len(prompts) for i in range(len(latents))]
-            bank = ImageBank(latents, torch.tensor(order), Conditioning(torch.zeros(len(prompts), 1)))
+            bank = ImageBank.from_folder(bench, config.image_dir, prompts, what="image_dir")
         else:
             bank = ImageBank.draw(bench, prompts, config.n_images, config.sample_steps, config.sample_guidance, gen, config.size)
         info["images"] = len(bank.latents)
