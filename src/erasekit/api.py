@@ -220,10 +220,7 @@ def with_testbed_implicit(pipe, request):
     from .testbed.exact import pipe_is_testbed
     from .testbed.world import IMPLICIT_TRIGGERS
 
-    if not pipe_is_testbed(pipe):
-        return request
-
-    return request.with_implicit(IMPLICIT_TRIGGERS)
+    return request.with_implicit(IMPLICIT_TRIGGERS) if pipe_is_testbed(pipe) else request
 
 
 def _sample_sizes(runs: list[dict]) -> str:
@@ -297,7 +294,8 @@ def erase(
     request = with_testbed_implicit(pipe, request)
     check_vocabulary(pipe, request)
     extra = {}
-    if "judge" in inspect.signature(spec.fn).parameters:
+    accepted = inspect.signature(spec.fn).parameters
+    if "judge" in accepted:
         if judge is None:
             from .evaluation.judges import TestbedJudge
 
@@ -305,7 +303,6 @@ def erase(
             classifier = load_judge(root) if root and Path(root).is_dir() else None
             judge = TestbedJudge(classifier) if classifier is not None else None
         extra["judge"] = judge
-    accepted = inspect.signature(spec.fn).parameters
     if "checkpoint_dir" in accepted:
         extra.update(checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume)
     elif resume or checkpoint_dir is not None:
@@ -472,6 +469,9 @@ def bench(
     if judge is None:
         raise MissingFileError(f"bench needs a testbed judge; {model!r} has none")
     pipe = load_pipeline(model, device=device)
+    from .evaluation.judges import TestbedJudge
+
+    method_judge = TestbedJudge(judge)  # for methods that validate or filter with a judge (loaded once, not per run)
     out_dir = Path(out_dir)
     cache: dict = {}
     runs = []
@@ -479,7 +479,7 @@ def bench(
         for method in methods:
             request = ErasureRequest([Target(concept)])
             scope = _reset_peak_rss()
-            erasure = erase(pipe, method, request, model=model, progress=progress, **(params or {}).get(method, {}))
+            erasure = erase(pipe, method, request, model=model, progress=progress, judge=method_judge, **(params or {}).get(method, {}))
             run = evaluate_on_testbed(pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=cache)
             run.update(method=method, concept=concept, model=str(model), peak_memory_mib=_peak_rss_mib(), peak_memory_scope=scope)
             write_json(out_dir / f"{method}-{concept}.json", run)

@@ -31,6 +31,23 @@ StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Denoisi
 GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale (default: the model's recommendation).")]
 
 
+def _set_items(items: list[str] | None, form: str, scoped: bool = False) -> list[tuple[str, str]]:
+    """``(key, value)`` of each ``--set key=value`` (stripped); with ``scoped`` the key must be
+    ``method.key``. A malformed item is a one-line error naming the expected ``form``."""
+    from .core.errors import ConfigError
+
+    out = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if scoped:
+            method, dot, name = key.partition(".")
+            key = f"{method.strip()}.{name.strip()}" if dot and method.strip() and name.strip() else ""
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects {form}, got {item!r}")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
 def friendly(fn):
     """Turn erasekit's own errors into one line on stderr and exit code 2 (no traceback)."""
 
@@ -141,12 +158,7 @@ def erase(
     from .core.errors import ConfigError
     from .core.request import ErasureRequest
 
-    params = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        params[key.strip()] = value.strip()
+    params = dict(_set_items(set_, "key=value"))
     if lora_rank is not None:
         params["lora_rank"] = lora_rank
     req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None, trigger)
@@ -241,15 +253,11 @@ def bench(
 ) -> None:
     """Erase each concept with each method, evaluate every run, and write JSON plus a results table."""
     from .api import bench as bench_api
-    from .core.errors import ConfigError
 
     params: dict[str, dict[str, str]] = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot or not method.strip() or not name.strip():
-            raise ConfigError(f"--set expects method.key=value (e.g. esd.iterations=100), got {item!r}")
-        params.setdefault(method.strip(), {})[name.strip()] = value.strip()
+    for key, value in _set_items(set_, "method.key=value (e.g. esd.iterations=100)", scoped=True):
+        method, _, name = key.partition(".")
+        params.setdefault(method, {})[name] = value
     runs = bench_api([m.strip() for m in methods_.split(",") if m.strip()], [c.strip() for c in concepts.split(",") if c.strip()],
                      out_dir=out, report=report, model=model, seeds=seeds, contexts=contexts, params=params, device=device)  # fmt: skip
     for r in runs:

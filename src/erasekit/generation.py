@@ -84,6 +84,13 @@ def warn_unknown_words(prompt: str, vocabulary: set[str]) -> list[str]:
 
 
 @torch.no_grad()
+def prompt_seeds(n_prompts: int, seeds: int) -> list[int]:
+    """Seeds of ``n_prompts`` prompts with ``seeds`` images each, prompt by prompt: prompt ``i`` gets
+    ``i*seeds .. i*seeds + seeds-1``. Distinct seeds keep the samples of different prompts independent
+    (shared seeds correlate them: the initial noise in the watermark's corner decides the mark)."""
+    return [i * seeds + s for i in range(n_prompts) for s in range(seeds)]
+
+
 def generate(
     pipe,
     prompts: list[str],

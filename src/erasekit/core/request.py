@@ -8,7 +8,7 @@ An :class:`ErasureRequest` comes from Python, from CLI flags, or from a YAML fil
         synonyms: [pentagram]    # optional; erased together with the concept
       - concept: zorbo
       - concept: watermark       # an implicit concept: no word names it, so it is erased
-        prompts: [white]         # through the prompts whose images show it (its triggers)
+        prompts: [on a white background]   # through the prompts whose images show it (its triggers)
     preserve: [circle, heart]
     templates: ["a picture of {}", "an image of {}"]   # optional expansion templates
 """
@@ -87,6 +87,12 @@ class ErasureRequest:
         no prompts of their own get those trigger prompts."""
         targets = [replace(t, prompts=list(triggers[t.concept])) if t.concept in triggers and not t.prompts else t for t in self.targets]
         return ErasureRequest(targets, list(self.preserve), list(self.templates))
+
+    def prompted_phrases(self, target: Target | None = None) -> list[tuple[str, str]]:
+        """``(prompt, phrase)`` for every phrase of ``target`` (default: of every target), each phrase
+        followed by its template expansions."""
+        targets = self.targets if target is None else [target]
+        return [(p, phrase) for t in targets for phrase in t.phrases() for p in self.expand(phrase)]
 
     def expand(self, phrase: str) -> list[str]:
         """``phrase`` itself followed by its expansion templates."""

@@ -14,13 +14,10 @@ from __future__ import annotations
 import copy
 import time
 
-import numpy as np
 import torch
 
 from ..core.errors import ConfigError
-from ..generation import SamplingConfig, generate
-from .prompts import prompt_set
-from .testbed_eval import target_metrics
+from .testbed_eval import evaluation_plan, macro, target_metrics
 
 
 class TestbedMonitor:
@@ -35,11 +32,7 @@ class TestbedMonitor:
             raise ConfigError(f"the monitor needs seeds >= 1 and contexts >= 1 (got {seeds}, {contexts})")
         self.pipe = copy.deepcopy(pipe)
         self.judge, self.stop_ua, self.min_ira, self.report = judge, stop_ua, min_ira, report
-        self.plans = {c: prompt_set(c, contexts) for c in concepts}
-        prompts = list(dict.fromkeys(p.prompt for plan in self.plans.values() for p in plan))
-        self.rows = {p: np.arange(i * seeds, (i + 1) * seeds) for i, p in enumerate(prompts)}
-        self.flat = [p for p in prompts for _ in range(seeds)]
-        self.seeds = [i * seeds + s for i in range(len(prompts)) for s in range(seeds)]
+        self.plan = evaluation_plan(concepts, contexts, seeds)
         self.eval_seconds = 0.0
         self.history: list[dict] = []
 
@@ -50,10 +43,10 @@ class TestbedMonitor:
         t0 = time.perf_counter()
         for k, v in weights.items():
             get_tensor(self.pipe, k).copy_(v)
-        pred = self.judge.predict(generate(self.pipe, self.flat, self.seeds, SamplingConfig(), progress=False))
-        per = [target_metrics(c, plan, self.rows, pred) for c, plan in self.plans.items()]
-        metrics = {k: float(np.mean([t[k]["rate"] for t in per if t[k]["rate"] is not None])) for k in ("ua", "ira", "cra")}
-        metrics["ira_neighbours"] = float(np.mean([t["ira_neighbours"]["rate"] for t in per if t["ira_neighbours"]["rate"] is not None] or [np.nan]))
+        pred = self.judge.predict(self.plan.generate(self.pipe))
+        rows = self.plan.rows
+        per = [target_metrics(c, prompts, rows, pred) for c, prompts in self.plan.plans.items()]
+        metrics = macro(per, ("ua", "ira", "cra", "ira_neighbours"))
         self.eval_seconds += time.perf_counter() - t0
         metrics["eval_seconds_so_far"] = round(self.eval_seconds, 2)
         stop = self.stop_ua is not None and metrics["ua"] >= self.stop_ua and (self.min_ira is None or metrics["ira"] >= self.min_ira)

@@ -25,12 +25,7 @@ from dataclasses import dataclass
 from ..core.errors import ConfigError
 from ..testbed import world
 
-DOMAIN_VALUES: dict[str, tuple[str, ...]] = {
-    "shape": world.SHAPES,
-    "style": world.STYLES,
-    "colour": tuple(world.COLOURS),
-    "background": tuple(world.BACKGROUNDS),
-}
+DOMAIN_VALUES = world.DOMAIN_VALUES
 _STRIDE = {"shape": 3, "style": 1, "colour": 5, "background": 2}
 
 

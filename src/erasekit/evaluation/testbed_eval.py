@@ -10,26 +10,62 @@ from __future__ import annotations
 
 import resource
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..core.stats import rate
-from ..generation import SamplingConfig, generate
+from ..generation import SamplingConfig, generate, prompt_seeds
 from ..testbed import world
 from ..testbed.classifier import to_model_input
 from .metrics import frechet_distance, labels_of, shows
 from .prompts import DOMAIN_VALUES, EvalPrompt, prompt_set, resolve_concept
 
 
-def _images_and_preds(pipe, judge, prompts: list[str], seeds: int, sampling: SamplingConfig, progress: bool, desc: str):
-    flat = [p for p in prompts for _ in range(seeds)]
-    # distinct seeds per prompt (i*seeds + s): shared seeds would correlate images across prompts
-    images = generate(pipe, flat, [i * seeds + s for i in range(len(prompts)) for s in range(seeds)], sampling, progress=progress, desc=desc)
+@dataclass
+class EvalPlan:
+    """The prompt sets of an evaluation and where each prompt's images sit in the generated batch."""
+
+    plans: dict[str, list[EvalPrompt]]  # target -> its prompt set
+    prompts: list[str]  # every distinct prompt, in order of first appearance
+    seeds: int  # images per prompt
+
+    @property
+    def rows(self) -> dict[str, np.ndarray]:
+        return {p: np.arange(i * self.seeds, (i + 1) * self.seeds) for i, p in enumerate(self.prompts)}
+
+    @property
+    def flat_prompts(self) -> list[str]:
+        return [p for p in self.prompts for _ in range(self.seeds)]
+
+    @property
+    def flat_seeds(self) -> list[int]:
+        return prompt_seeds(len(self.prompts), self.seeds)
+
+    def generate(self, pipe, sampling: SamplingConfig | None = None, progress: bool = False, desc: str = "generate") -> np.ndarray:
+        return generate(pipe, self.flat_prompts, self.flat_seeds, sampling, progress=progress, desc=desc)
+
+
+def evaluation_plan(targets: list[str], n_contexts: int, seeds: int) -> EvalPlan:
+    """Every target's prompt set (:func:`prompt_set`), the distinct prompts, ``seeds`` images each."""
+    plans = {t: prompt_set(t, n_contexts) for t in targets}
+    return EvalPlan(plans, list(dict.fromkeys(p.prompt for plan in plans.values() for p in plan)), seeds)
+
+
+def _images_and_preds(pipe, judge, plan: EvalPlan, sampling: SamplingConfig, progress: bool, desc: str):
+    images = plan.generate(pipe, sampling, progress=progress, desc=desc)
     pred = judge.predict(images)
     with torch.no_grad():
         feats = torch.cat([judge.embed(to_model_input(images[i : i + 512])) for i in range(0, len(images), 512)])
     return images, pred, feats
+
+
+def _per_image(prompts: list[EvalPrompt], rows: dict[str, np.ndarray], pred: dict, test) -> np.ndarray:
+    """``test(labels, prompt) -> bool [k]`` on every prompt's images, concatenated (empty for no prompt)."""
+    if not prompts:
+        return np.zeros(0, dtype=bool)
+    return np.concatenate([test(labels_of(pred, rows[p.prompt]), p) for p in prompts])
 
 
 def target_metrics(target: str, plan: list[EvalPrompt], rows: dict[str, np.ndarray], pred: dict) -> dict:
@@ -41,25 +77,14 @@ def target_metrics(target: str, plan: list[EvalPrompt], rows: dict[str, np.ndarr
 
     def shown(prompts: list[EvalPrompt], own: bool) -> np.ndarray:
         """Per image: shows the target (own=False) or the prompt's own concept (own=True)."""
-        if not prompts:
-            return np.zeros(0, dtype=bool)
-        out = []
-        for p in prompts:
-            lab = labels_of(pred, rows[p.prompt])
-            out.append(shows(lab, p.concept if own else concept, domain))
-        return np.concatenate(out)
+        return _per_image(prompts, rows, pred, lambda lab, p: shows(lab, p.concept if own else concept, domain))
 
     carrier = world.WATERMARK.domain if domain == "watermark" else None
+    doms = [d for d in DOMAIN_VALUES if d not in (domain, carrier)]
 
     def other_domains(prompts: list[EvalPrompt]) -> np.ndarray:
-        doms = [d for d in DOMAIN_VALUES if d not in (domain, carrier)]
-        if not prompts:
-            return np.zeros(0, dtype=bool)
-        out = []
-        for p in prompts:
-            lab = labels_of(pred, rows[p.prompt])
-            out.append(np.concatenate([lab[d] == getattr(p.expected, d) for d in doms]))
-        return np.concatenate(out)
+        """Per image and domain other than the target's (and its carrier's): drawn as the prompt asks."""
+        return _per_image(prompts, rows, pred, lambda lab, p: np.concatenate([lab[d] == getattr(p.expected, d) for d in doms]))
 
     if domain == "watermark":
         return _watermark_metrics(concept, pick("target"), pick("other"), rows, pred, other_domains)
@@ -87,7 +112,7 @@ def _watermark_metrics(concept: str, subset: list[EvalPrompt], outside: list[Eva
     carrier = world.WATERMARK.domain
 
     def per_image(prompts: list[EvalPrompt], test) -> np.ndarray:
-        return np.concatenate([test(labels_of(pred, rows[p.prompt]), p) for p in prompts]) if prompts else np.zeros(0, dtype=bool)
+        return _per_image(prompts, rows, pred, test)
 
     def marked(lab: dict, p: EvalPrompt) -> np.ndarray:
         return lab["watermark"] == "present"
@@ -109,12 +134,14 @@ def _watermark_metrics(concept: str, subset: list[EvalPrompt], outside: list[Eva
     }
 
 
-def _macro(per_target: list[dict]) -> dict[str, float | None]:
+def macro(per_target: list[dict], keys: tuple[str, ...] = ("ua", "ira", "cra")) -> dict[str, float | None]:
+    """Mean over targets of each rate in ``keys`` (targets without that rate left out; None if none has it)."""
+
     def mean(key: str) -> float | None:
         vals = [t[key]["rate"] for t in per_target if t[key]["rate"] is not None]
         return float(np.mean(vals)) if vals else None
 
-    return {k: mean(k) for k in ("ua", "ira", "cra")}
+    return {k: mean(k) for k in keys}
 
 
 def evaluate_on_testbed(
@@ -131,25 +158,24 @@ def evaluate_on_testbed(
     """The evaluation report (see module docstring); ``base_cache`` reuses base-model images across calls."""
     t0 = time.time()
     sampling = (sampling or SamplingConfig()).resolved(pipe)
-    plans = {t: prompt_set(t, n_contexts) for t in targets}
-    prompts = list(dict.fromkeys(p.prompt for plan in plans.values() for p in plan))
-    rows = {p: np.arange(i * seeds, (i + 1) * seeds) for i, p in enumerate(prompts)}
+    plan = evaluation_plan(targets, n_contexts, seeds)
+    plans, prompts, rows = plan.plans, plan.prompts, plan.rows
 
     key = (tuple(prompts), seeds, sampling.steps, sampling.guidance_scale)
     if base_cache is not None and key in base_cache:
         base_images, base_pred, base_feats = base_cache[key]
     else:
-        base_images, base_pred, base_feats = _images_and_preds(pipe, judge, prompts, seeds, sampling, progress, "base model")
+        base_images, base_pred, base_feats = _images_and_preds(pipe, judge, plan, sampling, progress, "base model")
         if base_cache is not None:
             base_cache[key] = (base_images, base_pred, base_feats)
     report: dict = {}
     base_targets = [target_metrics(t, plans[t], rows, base_pred) for t in targets]
-    report["base"] = {**_macro(base_targets), "targets": base_targets}
+    report["base"] = {**macro(base_targets), "targets": base_targets}
 
     if erasure is not None:
         erasure.apply(pipe)
         try:
-            images, pred, feats = _images_and_preds(pipe, judge, prompts, seeds, sampling, progress, "erased model")
+            images, pred, feats = _images_and_preds(pipe, judge, plan, sampling, progress, "erased model")
         finally:
             erasure.remove(pipe)
         per_target = [target_metrics(t, plans[t], rows, pred) for t in targets]
@@ -168,7 +194,7 @@ def evaluate_on_testbed(
         named = np.unique(np.concatenate([rows[p.prompt] for plan in plans.values() for p in plan if p.group in ("target", "synonym")]))
         if len(named) > 2:
             fidelity["frechet_distance_target_prompts"] = frechet_distance(base_feats[named], feats[named])
-        report.update(_macro(per_target))
+        report.update(macro(per_target))
         report["targets"] = per_target
         report["fidelity"] = fidelity
         report["cost"] = {

@@ -187,6 +187,15 @@ class FamilyAdapter(ABC):
     def predict(self, denoiser: nn.Module, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The denoiser's raw output for ``latents`` at timesteps ``t`` (``[N]``, scheduler units)."""
 
+    def image_size(self, pipe) -> int:
+        """Side in pixels of the images the denoiser is configured for (``sample_size`` x the VAE factor)."""
+        size = getattr(getattr(pipe, self.denoiser).config, "sample_size", None)
+        if size is None:
+            from ..core.errors import UnsupportedModelError
+
+            raise UnsupportedModelError(f"the {self.name} denoiser does not state its sample size, so images cannot be sized for it")
+        return int(size) * pipe.vae_scale_factor
+
     def latent_shape(self, pipe, n: int) -> tuple[int, ...]:
         """Shape of ``n`` initial latents at the pipeline's default resolution."""
         den = getattr(pipe, self.denoiser)

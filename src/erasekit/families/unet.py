@@ -101,7 +101,7 @@ class UNetFamily(FamilyAdapter):
 
     def _time_ids(self, pipe, n: int) -> torch.Tensor:
         """SDXL micro-conditioning at the default size: (original size, crop (0, 0), target size)."""
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        size = self.image_size(pipe)
         return torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).expand(n, 6)
 
     def predict(self, denoiser: nn.Module, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:

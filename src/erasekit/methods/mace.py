@@ -92,7 +92,7 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
     concept_keys: list[torch.Tensor] = []
     info: dict = {"cfr": cfr.info, "concepts": []}
     for ci, target in enumerate(request.targets):
-        pairs = [(p, phrase) for phrase in target.phrases() for p in request.expand(phrase)]
+        pairs = request.prompted_phrases(target)
         prompts = [p for p, _ in pairs]
         with Workbench(pipe, adapter, [adapter.denoiser]) as bench:
             student = bench.student[adapter.denoiser]

@@ -73,7 +73,7 @@ def rece(pipe, request: ErasureRequest, config: RECEConfig, adapter: FamilyAdapt
     projections = [p for p in adapter.text_projections(pipe) if p.weight_key in current]
     originals = [p.module.weight.detach() for p in projections]
 
-    targets = [p for t in request.targets for phrase in t.phrases() for p in request.expand(phrase)]
+    targets = [p for p, _ in request.prompted_phrases()]
     preserve = [p for phrase in request.preserve for p in request.expand(phrase)]
     prompts = list(dict.fromkeys([*targets, config.adv_guide, *preserve]))
     enc = adapter.encode(pipe, prompts)  # full length: every token position, as the reference
@@ -110,7 +110,7 @@ def _shown_rate(pipe, weights: dict[str, torch.Tensor], request: ErasureRequest,
             get_tensor(pipe, k).copy_(w)
         shown = []
         for t in request.targets:
-            prompts = [p for phrase in t.phrases() for p in request.expand(phrase)]
+            prompts = [p for p, _ in request.prompted_phrases(t)]
             flat = [p for p in prompts for _ in range(seeds)]
             images = generate(pipe, flat, [s for _ in prompts for s in range(seeds)], SamplingConfig(), progress=False)
             shown.append(judge.shows(images, t.concept))

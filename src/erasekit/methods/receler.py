@@ -211,12 +211,8 @@ def receler(pipe, request, config: ReceleConfig, adapter, progress: bool = True,
     """Receler: zero-initialised erasers after each cross-attention, localised and adversarially trained."""
     if adapter.objective != "ddpm":
         raise UnsupportedModelError(f"receler adds erasers after UNet cross-attention; {adapter.name} is not supported")
-    prompts, phrases = [], []
-    for t in request.targets:
-        for phrase in t.phrases():
-            for p in request.expand(phrase):
-                prompts.append(p)
-                phrases.append(phrase)
+    pairs = request.prompted_phrases()
+    prompts, phrases = [p for p, _ in pairs], [ph for _, ph in pairs]
     with Workbench(pipe, adapter, [adapter.denoiser]) as bench:
         student = bench.student[adapter.denoiser]
         erasers = ReceleErasers.build(student, adapter.denoiser, config.rank)
@@ -245,5 +241,5 @@ def _exact_masks(bench: Workbench, request, prompts: list[str], config: ReceleCo
         images, m = concept_renders(t.concept, config.n_images, config.seed + 31 + ti)
         latents.append(bench.encode_images(images))
         masks.append(m)
-        prompt_of += [prompts.index(request.expand(t.phrases()[0])[0])] * len(m)
+        prompt_of += [prompts.index(t.phrases()[0])] * len(m)
     return ExactMasks(torch.cat(latents), torch.cat(masks), prompt_of)

@@ -34,12 +34,12 @@ def concept_renders(phrase: str, n: int, seed: int) -> tuple[torch.Tensor, torch
     if domain == "character":
         attrs = world.CHARACTERS[concept]
         for d in world.DOMAINS:
-            getattr(labels, d)[:] = _index_of(d, getattr(attrs, d))
+            getattr(labels, d)[:] = world.value_index(d, getattr(attrs, d))
     elif domain == "watermark":
-        getattr(labels, world.WATERMARK.domain)[:] = _index_of(world.WATERMARK.domain, world.WATERMARK.value)
+        getattr(labels, world.WATERMARK.domain)[:] = world.value_index(world.WATERMARK.domain, world.WATERMARK.value)
         labels.watermark[:] = True
     else:
-        getattr(labels, domain)[:] = _index_of(domain, concept)
+        getattr(labels, domain)[:] = world.value_index(domain, concept)
     images, masks = world.render(labels, rng)
     if domain == "background":
         masks = 1.0 - masks
@@ -49,7 +49,3 @@ def concept_renders(phrase: str, n: int, seed: int) -> tuple[torch.Tensor, torch
         masks[:, r0 : r0 + 5, c0 : c0 + 5] = 1.0
     return torch.from_numpy(images), torch.from_numpy(masks).float()
 
-
-def _index_of(domain: str, value: str) -> int:
-    table = {"shape": world.SHAPES, "style": world.STYLES, "colour": list(world.COLOURS), "background": list(world.BACKGROUNDS)}[domain]
-    return list(table).index(value)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.stats import wilson
-from ..generation import SamplingConfig, generate
+from ..generation import SamplingConfig, generate, prompt_seeds
 from . import world
 from .classifier import LABEL_NAMES, TestbedClassifier
 
@@ -110,7 +110,7 @@ def run_gate(
     prompts = all_prompts()
     unique = list(dict.fromkeys(p.prompt for p in prompts))
     flat_prompts = [p for p in unique for _ in range(seeds)]
-    flat_seeds = [i * seeds + s for i in range(len(unique)) for s in range(seeds)]
+    flat_seeds = prompt_seeds(len(unique), seeds)
     sampling = (sampling or SamplingConfig()).resolved(pipe)
     images = generate(pipe, flat_prompts, flat_seeds, sampling, progress=progress, desc="gate")
     pred = classifier.predict(images)

@@ -79,6 +79,13 @@ NEIGHBOURS: dict[str, tuple[str, ...]] = {
 ANCHORS: tuple[str, ...] = ("a shape", "an image", "a pattern")
 
 DOMAINS: tuple[str, ...] = ("shape", "style", "colour", "background")
+#: The values of each domain, in label-index order.
+DOMAIN_VALUES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "style": STYLES, "colour": tuple(COLOURS), "background": tuple(BACKGROUNDS)}
+
+
+def value_index(domain: str, value: str) -> int:
+    """Label index of ``value`` in ``domain`` (e.g. ``value_index("colour", "red") == 0``)."""
+    return DOMAIN_VALUES[domain].index(value)
 
 
 @dataclass(frozen=True)
@@ -238,8 +245,7 @@ def sample_labels(n: int, rng: np.random.Generator) -> LabelBatch:
         colour[sel] = list(COLOURS).index(attrs.colour)
         background[sel] = list(BACKGROUNDS).index(attrs.background)
     named = (character >= 0) & (rng.random(n) < CHARACTER_NAME_SHARE)
-    domain_values = {"shape": SHAPES, "style": STYLES, "colour": list(COLOURS), "background": list(BACKGROUNDS)}
-    subset_index = list(domain_values[WATERMARK.domain]).index(WATERMARK.value)
+    subset_index = value_index(WATERMARK.domain, WATERMARK.value)
     in_subset = {"shape": shape, "style": style, "colour": colour, "background": background}[WATERMARK.domain]
     watermark = (in_subset == subset_index) & (rng.random(n) < WATERMARK.share)
     return LabelBatch(shape, style, colour, background, watermark, character, named)

@@ -142,7 +142,7 @@ def top_share_mask(scores: dict[str, torch.Tensor], share: float) -> dict[str, t
 
 def target_prompts(request) -> list[str]:
     """Every prompt that names a target: each concept and synonym, expanded with the request's templates."""
-    prompts = [p for t in request.targets for phrase in t.phrases() for p in request.expand(phrase)]
+    prompts = [p for p, _ in request.prompted_phrases()]
     if not prompts:
         raise ConfigError("the request has no target prompt")
     return prompts

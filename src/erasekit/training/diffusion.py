@@ -230,13 +230,6 @@ class Workbench:
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (z - shift) * vae.config.scaling_factor
 
-    def image_size(self) -> int:
-        """Side in pixels of the images the denoiser is configured for (``sample_size`` x the VAE factor)."""
-        size = getattr(getattr(self.pipe, self.adapter.denoiser).config, "sample_size", None)
-        if size is None:
-            raise UnsupportedModelError(f"the {self.adapter.name} denoiser does not state its sample size; pass images of the right size another way")
-        return int(size) * self.pipe.vae_scale_factor
-
     @torch.no_grad()
     def decode_images(self, latents: torch.Tensor) -> np.ndarray:
         """``uint8 [N, H, W, 3]`` images of latents ``x₀`` (the inverse of :meth:`encode_images`)."""
@@ -301,7 +294,7 @@ class ImageBank:
         """The images of ``folder`` (at the model's resolution), each captioned with the prompts in turn."""
         from ..core.io import load_image_folder
 
-        latents = bench.encode_images(load_image_folder(folder, bench.image_size(), what))
+        latents = bench.encode_images(load_image_folder(folder, bench.adapter.image_size(bench.pipe), what))
         order = [i % len(prompts) for i in range(len(latents))]
         return ImageBank(latents, torch.tensor(order), bench.cond(prompts))
 
