@@ -166,7 +166,8 @@ def test_spm_transport_scales_by_similarity_and_spms_compose(sd, tmp_path):
 @pytest.mark.testbed
 def test_receler_regularises_with_exact_masks_on_the_testbed(testbed_pipe):
     from erasekit.core.request import ErasureRequest
-    from erasekit.methods.receler import ReceleErasers, ReceleObjective, _exact_masks, _masked_energy, _to_layer
+    from erasekit.methods.receler import ReceleErasers, ReceleObjective, _exact_masks, _masked_energy
+    from erasekit.training.attention import layer_mask
     from erasekit.training.diffusion import PipeView
 
     adapter = get_adapter(testbed_pipe)
@@ -186,7 +187,7 @@ def test_receler_regularises_with_exact_masks_on_the_testbed(testbed_pipe):
     # the penalty counts eraser output outside the concept's region only
     mask = torch.zeros(1, 32, 32)
     mask[:, :16] = 1.0
-    m = _to_layer(mask, 64)
+    m = layer_mask(mask, 64)
     assert m.shape == (1, 64) and float(m.mean()) == 0.5
     inside, outside = torch.zeros(1, 64, 8), torch.zeros(1, 64, 8)
     inside[:, :32], outside[:, 32:] = 1.0, 1.0

@@ -60,9 +60,7 @@ class SoftPrompt:
 
     def cond(self, bench, prompts: list[str], student: bool = False) -> Conditioning:
         """Conditioning of ``prompts`` with the vectors inserted, through the student's text encoder if asked."""
-        texts = [self.text(p) for p in prompts]
-        modules = {k: v for k, v in bench.student.items() if k != bench.denoiser_name} if student else None
-        return bench.adapter.conditioning(bench.pipe, texts, modules=modules or None, token_hook=self.hook)
+        return bench.cond([self.text(p) for p in prompts], student=student, token_hook=self.hook)
 
 
 def optimise_soft_prompt(bench, soft: SoftPrompt, xt: torch.Tensor, t: torch.Tensor, prompts: list[str], target: torch.Tensor, student: bool = True) -> float:

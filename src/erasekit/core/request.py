@@ -94,6 +94,10 @@ class ErasureRequest:
         targets = self.targets if target is None else [target]
         return [(p, phrase) for t in targets for phrase in t.phrases() for p in self.expand(phrase)]
 
+    def preserve_prompts(self) -> list[str]:
+        """Every preserved concept followed by its template expansions."""
+        return [p for phrase in self.preserve for p in self.expand(phrase)]
+
     def expand(self, phrase: str) -> list[str]:
         """``phrase`` itself followed by its expansion templates."""
         return [phrase, *(tpl.format(phrase) for tpl in self.templates)]

@@ -86,7 +86,7 @@ def advunlearn(pipe, request, config: AdvUnlearnConfig, adapter, progress: bool 
     """AdvUnlearn: text-encoder ESD training on adversarial soft prompts, with a retain term."""
     if adapter.objective != "ddpm":
         raise UnsupportedModelError(f"advunlearn trains CLIP text encoders of UNet models; {adapter.name} is not supported")
-    retain = [p for phrase in request.preserve for p in request.expand(phrase)] or [""]
+    retain = request.preserve_prompts() or [""]
     with Workbench.for_parameters(pipe, adapter, "text-encoder") as bench:
         params, info = trainable_parameters(bench, "text-encoder", config.lora_rank)
         objective = AdvUnlearnObjective(bench, target_prompts(request), retain, config)

@@ -124,7 +124,7 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
             info["concepts"].append({"concept": target.concept, "images": source, "training": result.info["training"]})
         enc = adapter.encode(pipe, prompts)
         concept_keys.append(torch.cat([enc.tokens[i, : int(enc.n_real[i, 0])] for i in range(len(prompts))]))
-    preserve = [p for phrase in request.preserve for p in request.expand(phrase)]
+    preserve = request.preserve_prompts()
     if preserve:
         enc = adapter.encode(pipe, preserve)
         preserve_keys = torch.cat([enc.tokens[i, : int(enc.n_real[i, 0])] for i in range(len(preserve))])

@@ -74,7 +74,7 @@ def rece(pipe, request: ErasureRequest, config: RECEConfig, adapter: FamilyAdapt
     originals = [p.module.weight.detach() for p in projections]
 
     targets = [p for p, _ in request.prompted_phrases()]
-    preserve = [p for phrase in request.preserve for p in request.expand(phrase)]
+    preserve = request.preserve_prompts()
     prompts = list(dict.fromkeys([*targets, config.adv_guide, *preserve]))
     enc = adapter.encode(pipe, prompts)  # full length: every token position, as the reference
     row = {p: i for i, p in enumerate(prompts)}

@@ -41,7 +41,7 @@ from ..core.errors import ConfigError, UnsupportedModelError
 from ..core.registry import MethodResult, register_method
 from ..testbed.exact import concept_renders, pipe_is_testbed
 from ..training import TrajectoryConfig, Workbench, esd_point, fit
-from ..training.attention import CrossAttentionProbe, concept_positions
+from ..training.attention import CrossAttentionProbe, concept_positions, layer_mask
 from ..training.diffusion import PipeView
 
 
@@ -64,8 +64,9 @@ class ReceleErasers(Attachment):
 
     @staticmethod
     def build(unet: nn.Module, component: str, rank: int) -> "ReceleErasers":
-        torch.manual_seed(0)
-        erasers = {f"{component}.{name}": _eraser(m.to_out[0].out_features, rank) for name, m in unet.named_modules() if name.endswith("attn2")}
+        with torch.random.fork_rng(devices=[]):  # deterministic initialisation without touching the caller's RNG
+            torch.manual_seed(0)
+            erasers = {f"{component}.{name}": _eraser(m.to_out[0].out_features, rank) for name, m in unet.named_modules() if name.endswith("attn2")}
         if not erasers:
             raise UnsupportedModelError("receler needs cross-attention modules named attn2 (UNet models)")
         return ReceleErasers(erasers, rank)
@@ -143,12 +144,6 @@ def _masked_energy(outs: list[torch.Tensor], masks: list[torch.Tensor]) -> torch
     return sum((o * (1 - m[..., None])).pow(2).mean() for o, m in zip(outs, masks)) / max(1, len(outs))
 
 
-def _to_layer(mask: torch.Tensor, tokens: int) -> torch.Tensor:
-    """Area-downsample masks ``[B, H, W]`` to a square layer of ``tokens`` positions -> ``[B, tokens]``."""
-    side = int(round(tokens**0.5))
-    return F.interpolate(mask[:, None], size=(side, side), mode="area").flatten(1)
-
-
 class ReceleObjective:
     def __init__(self, bench: Workbench, erasers: ReceleErasers, maps: CrossAttentionProbe | None, prompts: list[str], phrases: list[str],
                  config: ReceleConfig, exact: ExactMasks | None = None):  # fmt: skip
@@ -184,7 +179,7 @@ class ReceleObjective:
         self.bench.predict(b.xt, b.t, self.cond.select([self.exact.prompt_of[j]]))
         outs, self.erasers.capture = self.erasers.capture, None
         mask = self.exact.masks[j : j + 1].to(outs[0].dtype) if outs else None
-        return _masked_energy(outs, [_to_layer(mask, o.shape[1]) for o in outs])
+        return _masked_energy(outs, [layer_mask(mask, o.shape[1]) for o in outs])
 
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg, bench = self.config, self.bench

@@ -68,7 +68,7 @@ def forget_retain_prompts(request, default_anchor: str) -> tuple[list[str], list
             for prompt, anchor_prompt in zip(prompts, request.expand(anchor) if anchor else [""] * len(prompts)):
                 forget.append(prompt)
                 pseudo.append(anchor_prompt)
-    retain = [p for phrase in request.preserve for p in request.expand(phrase)] or sorted({p for p in pseudo if p}) or ["a picture"]
+    retain = request.preserve_prompts() or sorted({p for p in pseudo if p}) or ["a picture"]
     return forget, pseudo, retain
 
 

@@ -159,7 +159,7 @@ def last_word_features(bench: Workbench, prompts: list[str]) -> torch.Tensor:
 
 def anchor_prompts(bench: Workbench, request, config: SPMConfig, target_features: torch.Tensor, seed: int) -> list[str]:
     """Preserved concepts plus vocabulary words dissimilar to every target (see the module docstring)."""
-    anchors = [p for phrase in request.preserve for p in request.expand(phrase)]
+    anchors = request.preserve_prompts()
     words = sorted({w[:-4] for w in bench.pipe.tokenizer.get_vocab() if w.endswith("</w>") and w[:-4].isalpha() and len(w) > 6})
     random.Random(seed).shuffle(words)
     candidates = words[: 4 * config.n_anchors]

@@ -93,7 +93,7 @@ def time_edit(pipe, request: ErasureRequest, config: TIMEConfig, adapter: Family
     for t in request.targets:
         anchor = config.default_anchor if t.anchor is None else t.anchor
         pairs += [(tpl.format(phrase), tpl.format(anchor).strip()) for phrase in t.phrases() for tpl in templates]
-    preserve = [p for phrase in request.preserve for p in request.expand(phrase)] if config.preserve_scale > 0 else []
+    preserve = request.preserve_prompts() if config.preserve_scale > 0 else []
     prompts = list(dict.fromkeys([*(a for a, _ in pairs), *(b for _, b in pairs), *preserve]))
     row = {p: i for i, p in enumerate(prompts)}
     enc = adapter.encode(pipe, prompts)

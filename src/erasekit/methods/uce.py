@@ -79,7 +79,7 @@ class PromptPlan:
                 for tpl in ["{}", *request.templates]:
                     guide = tpl.format(anchor) if anchor.strip() else anchor
                     pairs.append((at(tpl.format(phrase)), at(guide)))
-        preserve = [at(p) for phrase in request.preserve for p in request.expand(phrase)]
+        preserve = [at(p) for p in request.preserve_prompts()]
         return PromptPlan(list(index), pairs, preserve)
 
 

@@ -60,10 +60,15 @@ class CrossAttentionProbe:
                 m = a.sum(-1).detach()
                 self.maps.append(m / m.amax(dim=1, keepdim=True).clamp_min(1e-8))
                 return
-            side = int(round(h.shape[1] ** 0.5))
-            mask = F.adaptive_avg_pool2d(self.masks[:, None].to(a), side).flatten(1)  # [B, HW]
+            mask = layer_mask(self.masks.to(a), h.shape[1])  # [B, HW]
             term = (a * mask[..., None]).pow(2).sum(dim=(1, 2)).mean()
             self.loss = term if self.loss is None else self.loss + term
+
+
+def layer_mask(masks: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Masks ``[B, H, W]`` area-averaged onto a square layer of ``tokens`` positions: ``[B, tokens]``."""
+    side = int(round(tokens**0.5))
+    return F.adaptive_avg_pool2d(masks[:, None], side).flatten(1)
 
 
 def mean_map(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
