@@ -11,6 +11,8 @@
 # 0.01), so the testbed runs use 0.01. Ablating: 200 steps at 1e-4 (star: UA 100 %, IRA 98 %; at 2e-4
 # IRA fell to 81 %; the watermark reaches UA 94 % at 2e-4 and 100 % at 3e-4 with its carrier intact).
 # ANT keeps the reference's share of "early" steps (7 of 50 -> 3 of 20); star: UA 12 % at 3, 96 % at 1.
+# The single runs quoted here (other than the table's) are in benchmarks/results/testbed_checks.json
+# (python benchmarks/testbed_checks.py).
 # METHODS=... CONCEPTS=... restrict the grid (the report keeps every run recorded before). The watermark
 # rows use SEEDS=8: its UA is a rate on its 6 subset prompts only, so 2 seeds leave +-25-point intervals.
 set -euo pipefail

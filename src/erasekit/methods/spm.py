@@ -20,7 +20,7 @@ prompt as max(cosine of the flattened padded embeddings, share of the concept's 
 prompt) and applies it to the whole pipeline call, unconditional branch included: the hook sees only
 the embeddings reaching the UNet (no token ids, so no token overlap) and scales each row by its own
 similarity, which works for any caller of the pipeline without pairing CFG rows. Measured on the
-testbed for ``star``: 1.00 for ``star``, 0.96 for a full description naming it, 0.60 for the empty
+testbed for ``star`` (check ``star-spm-multiplier`` of benchmarks/results/testbed_checks.json): 1.00 for ``star``, 0.96 for a full description naming it, 0.60 for the empty
 prompt, 0.37 for an unrelated description. Evaluating the same testbed SPM with the reference-like
 fixed multiplier 1 everywhere instead raised UA only from 50 % to 62 % and cost 17 points of IRA, so
 the transport is not what limits SPM's UA there.
