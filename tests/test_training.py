@@ -120,7 +120,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeyp
     assert set(resumed.weights) == set(full.weights)
     for k in full.weights:
         assert torch.equal(resumed.weights[k], full.weights[k]), k
-    with pytest.raises(ConfigError, match="other training settings"):
+    with pytest.raises(ConfigError, match="another run.*params.lr"):
         api.erase(pipe, "esd", REQUEST, progress=False, checkpoint_dir=tmp_path, resume=True, **dict(args, lr=5e-4))
 
 
@@ -152,7 +152,7 @@ def test_lora_output_loads_with_diffusers_and_matches_the_merged_model(tmp_path,
 
 def test_training_errors_are_clear():
     pipe = tiny_pipeline("sd")
-    with pytest.raises(ConfigError, match="esd needs"):
+    with pytest.raises(ConfigError, match="iterations must be >= 1"):
         api.erase(pipe, "esd", REQUEST, progress=False, iterations=0)
     with pytest.raises(ConfigError, match="not defined"):
         api.erase(pipe, "esd", REQUEST, progress=False, train_method="esd-q", iterations=1)

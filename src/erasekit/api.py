@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from .core.errors import InvalidInputError, MissingFileError
-from .core.io import read_json, write_json
+from .core.io import read_json
+from .core.outputs import IMAGE_SUFFIXES, check_dir_output, check_file_output, claim_collection, write_report
 from .generation import SamplingConfig, generate, make_grid, save_image, warn_unknown_words
-from .models import is_testbed, load_pipeline, resolve_model, testbed_classifier_path
+from .models import is_testbed, load_pipeline, pick_device, resolve_model, testbed_classifier_path
 
 
 def load_judge(model: str | os.PathLike = "testbed", classifier: str | os.PathLike | None = None):
@@ -32,6 +33,18 @@ def load_judge(model: str | os.PathLike = "testbed", classifier: str | os.PathLi
         return load_classifier(testbed_classifier_path())
     candidate = Path(str(model)) / "classifier.safetensors"
     return load_classifier(candidate) if candidate.is_file() else None
+
+
+def model_inputs(model: str | os.PathLike) -> list[str]:
+    """The local directory behind ``model`` (to protect from outputs), or nothing for a hub id (or a
+    name that resolves to nothing: loading it reports that)."""
+    from .core.errors import ErasekitError
+
+    try:
+        source = resolve_model(model)
+    except ErasekitError:
+        return []
+    return [source] if Path(source).exists() else []
 
 
 def describe_labels(pred: dict, i: int) -> str:
@@ -60,7 +73,8 @@ def generate_grid(
         raise InvalidInputError(f"-n must be at least 1, got {n}")
     sampling = SamplingConfig(steps=steps, guidance_scale=guidance, negative_prompt=negative_prompt)
     sampling.validate()
-    resolve_model(model)  # fail fast on a bad model before anything heavy
+    out = check_file_output(out, "image", IMAGE_SUFFIXES, model_inputs(model), what="image grid")  # fail fast, before anything heavy
+    pick_device(device)
     pipe = load_pipeline(model, device=device)
     judge = load_judge(model) if labels else None
     if judge is not None:
@@ -72,9 +86,7 @@ def generate_grid(
     if judge is not None:
         pred = judge.predict(images)
         captions = [describe_labels(pred, i) for i in range(n)]
-    out = Path(out)
-    save_image(make_grid(images, captions), out)
-    return out
+    return save_image(make_grid(images, captions), out)
 
 
 def check_testbed(
@@ -92,15 +104,16 @@ def check_testbed(
 
     if seeds < 1:
         raise InvalidInputError(f"seeds must be at least 1, got {seeds}")
+    out = check_file_output(out, "gate", (".json",), model_inputs(model), what="gate report")
+    pick_device(device)
     judge = load_judge(model, classifier) if classifier is not None else None
-    resolve_model(model)
     judge = judge or load_judge(model)
     if judge is None:
         raise MissingFileError(f"no testbed classifier found for {model!r}; pass --classifier PATH")
     pipe = load_pipeline(model, device=device)
     report = run_gate(pipe, judge, seeds=seeds, sampling=SamplingConfig(steps=steps, guidance_scale=guidance), progress=progress)
     report["model"] = str(model)
-    write_json(out, report)
+    write_report(out, report, "gate")
     return report
 
 
@@ -140,8 +153,15 @@ def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: s
     from .evaluation import evaluate_on_testbed
     from .testbed.gate import summary_lines
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_dir_output(out, "demo", what="demo directory")
+    pick_device(device)
+    for name in ("grid.png", "before_after.png"):
+        check_file_output(out / name, "image", IMAGE_SUFFIXES)
+    for name in ("gate.json", "demo.json", *(f"eval-{m}.json" for m, _, _ in DEMO_ERASURES)):
+        check_file_output(out / name, {"gate.json": "gate", "demo.json": "demo"}.get(name, "evaluation"), (".json",))
+    for m, _, _ in DEMO_ERASURES:
+        check_dir_output(out / f"erasure-{m}", "erasure")
+    claim_collection(out, "demo", what="demo directory")
     t0 = time.time()
     pipe = load_pipeline("testbed", device=device)
     judge = load_judge("testbed")
@@ -163,7 +183,7 @@ def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: s
         erasure = erase(pipe, method, request, model="testbed", **params)
         erasure.save(out / f"erasure-{method}")
         ev = evaluate_on_testbed(pipe, judge, request.concepts, erasure=erasure, seeds=seeds, n_contexts=6, progress=True)
-        write_json(out / f"eval-{method}.json", ev)
+        write_report(out / f"eval-{method}.json", ev, "evaluation")
         erasures.append((method, erasure))
         lines += ["", f"{method} erased {', '.join(request.concepts)} in {erasure.timings['seconds']:.2f}s "
                   f"({len(erasure.changed_tensors())} tensors, {erasure.num_bytes() / 2**20:.2f} MiB)", ""]
@@ -187,8 +207,8 @@ def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: s
     lines.append(f"before/after grid: {out / 'before_after.png'}")
     reports = [out / "gate.json", *(out / f"eval-{m}.json" for m, _ in erasures)]
     lines.append(f"reports: {', '.join(map(str, reports))}  ({time.time() - t0:.0f}s)")
-    write_json(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "erasures": [{"method": m, "params": p, "concepts": c} for m, p, c in DEMO_ERASURES],
-                                    "seconds": round(time.time() - t0, 1)})  # fmt: skip
+    write_report(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "erasures": [{"method": m, "params": p, "concepts": c} for m, p, c in DEMO_ERASURES],
+                                    "seconds": round(time.time() - t0, 1)}, "demo")  # fmt: skip
     return lines
 
 
@@ -253,6 +273,21 @@ def check_vocabulary(pipe, request) -> None:
         )
 
 
+def check_request_text(pipe, request) -> None:
+    """Every text the request encodes (targets, synonyms, triggers, anchors, preserved concepts, each
+    with its template expansions) must fit the text encoder's context: longer text would be cut off."""
+    from .generation import check_prompt
+
+    for prompt, _ in request.prompted_phrases():
+        check_prompt(pipe, prompt, "concept")
+    for t in request.targets:
+        if t.anchor:
+            for prompt in request.expand(t.anchor):
+                check_prompt(pipe, prompt, "anchor")
+    for prompt in request.preserve_prompts():
+        check_prompt(pipe, prompt, "preserved concept")
+
+
 def erase(
     pipe,
     method: str,
@@ -269,14 +304,14 @@ def erase(
 
     ``pipe`` is a loaded diffusers pipeline or a model name for :func:`load_pipeline`. Methods that
     validate (RECE) get ``judge`` (default on a testbed model: the testbed classifier). Training
-    methods write periodic checkpoints to ``checkpoint_dir`` and continue from them when ``resume``;
-    those that accept a ``monitor(step, weights) -> (metrics, stop)`` get it (benchmarks, early stop).
+    methods write periodic checkpoints to ``checkpoint_dir`` and continue from them when ``resume``
+    (only a checkpoint of the same run: method, config, request and base model); those that accept a
+    ``monitor(step, weights) -> (metrics, stop)`` get it (benchmarks, early stop). A result holding NaN
+    or infinity is an error, never an erasure.
     """
-    import inspect
-
     from . import __version__
-    from .core.erasure import Erasure, hash_tensors
-    from .core.errors import ErasekitError, UnsupportedModelError
+    from .core.erasure import Erasure, check_finite, hash_tensors, model_fingerprint
+    from .core.errors import ConfigError, ErasekitError, UnsupportedModelError
     from .core.registry import get_method
     from .core.request import ErasureRequest
     from .families import get_adapter
@@ -293,9 +328,9 @@ def erase(
         raise UnsupportedModelError(f"method {method!r} does not support the {adapter.name} family (it supports: {', '.join(spec.families)})")
     request = with_testbed_implicit(pipe, request)
     check_vocabulary(pipe, request)
+    check_request_text(pipe, request)
     extra = {}
-    accepted = inspect.signature(spec.fn).parameters
-    if "judge" in accepted:
+    if "judge" in spec.accepts:
         if judge is None:
             from .evaluation.judges import TestbedJudge
 
@@ -303,12 +338,19 @@ def erase(
             classifier = load_judge(root) if root and Path(root).is_dir() else None
             judge = TestbedJudge(classifier) if classifier is not None else None
         extra["judge"] = judge
-    if "checkpoint_dir" in accepted:
+    if spec.trains:
+        if checkpoint_dir is not None:
+            from .training import checkpoints
+
+            identity = checkpoints.run_identity(method, config, request, model_fingerprint(pipe))
+            checkpoint_dir = checkpoints.prepare(checkpoint_dir, identity, resume)
+        elif resume:
+            raise ConfigError("resume needs a checkpoint directory (--checkpoints DIR) to continue from")
         extra.update(checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume)
     elif resume or checkpoint_dir is not None:
         raise ErasekitError(f"method {method!r} does not train, so it has no checkpoints to write or resume")
     if monitor is not None:
-        if "monitor" not in accepted:
+        if "monitor" not in spec.accepts:
             raise ErasekitError(f"method {method!r} does not accept a training monitor")
         extra["monitor"] = monitor
     t0 = time.perf_counter()
@@ -316,9 +358,14 @@ def erase(
     seconds = time.perf_counter() - t0
     from .core.erasure import get_tensor, lora_deltas
 
+    check_finite(result.weights, f"{method} produced a broken erasure")
+    check_finite(result.lora, f"{method} produced a broken LoRA")
+    if result.attachment is not None:
+        check_finite(result.attachment.tensors(), f"{method} produced a broken attachment")
     originals = {k: get_tensor(pipe, k).detach() for k in result.weights}
     # new values in the model's own dtype (a float32 student of a half-precision model is cast back)
     cast = {k: v.detach().to(originals[k].device, originals[k].dtype) for k, v in result.weights.items()}
+    check_finite(cast, f"{method}'s erasure overflows the model's {next(iter(originals.values())).dtype if originals else 'dtype'}")
     changed = {k: v.to("cpu").contiguous() for k, v in cast.items() if not torch.equal(v, originals[k])}
     deltas = lora_deltas(result.lora)
     if not changed and not any(bool(d.any()) for d in deltas.values()) and result.attachment is None:
@@ -370,8 +417,11 @@ def export_pipeline(erasure_dir: str | os.PathLike, model: str, out: str | os.Pa
 
     from .core.erasure import Erasure
     from .core.errors import IncompatibleErasureError
-    from .core.io import atomic_path
+    from .core.io import atomic_path, write_json
+    from .core.outputs import write_manifest
 
+    out = check_dir_output(out, "pipeline", [*model_inputs(model), erasure_dir], what="pipeline directory")
+    pick_device(device)
     erasure = Erasure.load(erasure_dir)
     if erasure.attachment is not None:
         raise IncompatibleErasureError(
@@ -381,7 +431,6 @@ def export_pipeline(erasure_dir: str | os.PathLike, model: str, out: str | os.Pa
     source = Path(resolve_model(model))
     pipe = load_pipeline(model, device=device)
     erasure.apply(pipe, force=force)
-    out = Path(out)
     with atomic_path(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         for extra in ("classifier.safetensors", "testbed.json"):  # keep a testbed's judge and sampling defaults
@@ -391,6 +440,7 @@ def export_pipeline(erasure_dir: str | os.PathLike, model: str, out: str | os.Pa
             for f in ("vocab.json", "merges.txt"):
                 shutil.copyfile(source / "tokenizer" / f, tmp / "tokenizer" / f)
         write_json(tmp / "erasure.json", erasure.metadata())
+        write_manifest(tmp, "pipeline", files=True)
     return out
 
 
@@ -414,6 +464,9 @@ def evaluate(
 
     if seeds < 1 or contexts < 1:
         raise InvalidInputError("seeds and contexts must be at least 1")
+    if out is not None:
+        out = check_file_output(out, "evaluation", (".json",), model_inputs(model), what="evaluation report")
+    pick_device(device)
     loaded = Erasure.load(erasure) if erasure is not None else None
     targets = list(concepts or (loaded.request.concepts if loaded else []))
     if not targets:
@@ -425,6 +478,8 @@ def evaluate(
     if judge is None:
         raise ConfigError(f"evaluation needs a testbed judge; {model!r} has none (real-model judges come later)")
     pipe = load_pipeline(model, device=device)
+    if loaded is not None:  # before any image is generated
+        loaded.check_compatible(pipe, hint="evaluate it on the model it was made from")
     report = evaluate_on_testbed(
         pipe, judge, targets, erasure=loaded, seeds=seeds, n_contexts=contexts,
         sampling=SamplingConfig(steps=steps, guidance_scale=guidance), progress=progress,
@@ -432,7 +487,7 @@ def evaluate(
     report["model"] = str(model)
     report["erasure"] = str(erasure) if erasure is not None else None
     if out is not None:
-        write_json(out, report)
+        write_report(out, report, "evaluation")
     return report
 
 
@@ -465,6 +520,19 @@ def bench(
 
     for m in methods:
         get_method(m)
+    for m, kv in (params or {}).items():  # a typo in --set method.key=value must not be ignored
+        if m not in methods:
+            raise InvalidInputError(f"--set names method {m!r}, which is not among --methods ({', '.join(methods)})")
+        get_method(m).make_config(kv)
+    out_dir = check_dir_output(out_dir, "bench", model_inputs(model), what="bench results directory")
+    pick_device(device)
+    if report is not None:
+        report = check_file_output(report, "results", (".md",), model_inputs(model), what="results table")
+    for concept in concepts:
+        for method in methods:
+            check_file_output(out_dir / f"{method}-{concept}.json", "bench-run", (".json",))
+    check_file_output(out_dir / "results.json", "bench-results", (".json",))
+    claim_collection(out_dir, "bench", what="bench results directory")
     judge = load_judge(model)
     if judge is None:
         raise MissingFileError(f"bench needs a testbed judge; {model!r} has none")
@@ -472,7 +540,6 @@ def bench(
     from .evaluation.judges import TestbedJudge
 
     method_judge = TestbedJudge(judge)  # for methods that validate or filter with a judge (loaded once, not per run)
-    out_dir = Path(out_dir)
     cache: dict = {}
     runs = []
     for concept in concepts:
@@ -482,15 +549,17 @@ def bench(
             erasure = erase(pipe, method, request, model=model, progress=progress, judge=method_judge, **(params or {}).get(method, {}))
             run = evaluate_on_testbed(pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=cache)
             run.update(method=method, concept=concept, model=str(model), peak_memory_mib=_peak_rss_mib(), peak_memory_scope=scope)
-            write_json(out_dir / f"{method}-{concept}.json", run)
+            write_report(out_dir / f"{method}-{concept}.json", run, "bench-run")
             runs.append(run)
     # The report covers every run recorded in out_dir (earlier bench calls included), newest wins.
-    recorded = {(r["method"], r["concept"]): r for r in (read_json(f) for f in sorted(out_dir.glob("*.json")) if f.name != "results.json")}
+    from .core.outputs import stamp_of
+
+    recorded = {(r["method"], r["concept"]): r for r in (_unstamped(read_json(f)) for f in sorted(out_dir.glob("*.json")) if stamp_of(f) == "bench-run")}
     recorded.update({(r["method"], r["concept"]): r for r in runs})
     all_runs = [recorded[k] for k in sorted(recorded, key=lambda k: (k[1], k[0]))]
-    write_json(out_dir / "results.json", {"runs": all_runs})
+    write_report(out_dir / "results.json", {"runs": all_runs}, "bench-results")
     if report is not None:
-        from .core.io import atomic_path
+        from .core.outputs import write_markdown
 
         header = (
             "# Results on the testbed\n\n"
@@ -506,6 +575,12 @@ def bench(
             "and measured on its subset's prompts (UA: images without the mark; the base model draws it on about half) "
             "and its carrier (IRA: every prompt's background still drawn; neighbours: the subset's own background)."
         )
-        with atomic_path(report) as tmp:
-            tmp.write_text(results_markdown(all_runs, header))
+        write_markdown(report, results_markdown(all_runs, header), "results")
     return runs
+
+
+def _unstamped(report: dict) -> dict:
+    """A report read back without its output stamp (it is stamped again when written)."""
+    from .core.outputs import STAMP_KEY
+
+    return {k: v for k, v in report.items() if k != STAMP_KEY}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import warnings
@@ -10,11 +11,45 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .core.errors import ErasekitError
 
+
+class OneLineErrors(TyperGroup):
+    """The command group, with every usage error (bad option value, unknown option, missing option)
+    printed as one line on stderr with exit code 2, instead of click's usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            from typer._click import exceptions as click  # typer >= 0.2x carries its own click
+        except ImportError:  # pragma: no cover - older typer uses click itself
+            from click import exceptions as click
+
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+            code = code if isinstance(code, int) else 0
+        except click.NoArgsIsHelpError as e:
+            typer.echo(e.ctx.get_help() if e.ctx else str(e))
+            code = 2
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            typer.echo(f"error: {_one_line(e.format_message())}{where}", err=True)
+            code = 2
+        except click.ClickException as e:
+            typer.echo(f"error: {_one_line(e.format_message())}", err=True)
+            code = e.exit_code
+        except click.Abort:
+            typer.echo("aborted", err=True)
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="erasekit",
     help="Erase concepts from text-to-image models, measure what was lost and kept, and attack the result.",
     no_args_is_help=True,
@@ -28,7 +63,16 @@ app.add_typer(testbed_app, name="testbed")
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'testbed', a local diffusers pipeline directory, or a hub id.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else mps, else cpu).")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Denoising steps (default: the model's recommendation).")]
-GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale (default: the model's recommendation).")]
+def _finite(value: float | None) -> float | None:
+    """Option callback: NaN and infinity pass typer's min/max checks, so they are refused here."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+GuidanceOpt = Annotated[
+    Optional[float], typer.Option("--guidance", min=0.0, callback=_finite, help="Classifier-free guidance scale (default: the model's recommendation).")
+]
 
 
 def _set_items(items: list[str] | None, form: str, scoped: bool = False) -> list[tuple[str, str]]:
@@ -56,13 +100,22 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except ErasekitError as e:
-            typer.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {_one_line(str(e))}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as e:  # the disk or the system said no: read-only, full, permission denied...
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            typer.echo(f"error: {e.strerror or _one_line(str(e)) or type(e).__name__}{where}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            typer.echo("interrupted (a training run continues from its checkpoints with --resume)", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _one_line(text: str) -> str:
+    """Error text on a single line (a library's multi-line message is joined)."""
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
 
 
 def _quiet_libraries() -> None:
@@ -145,28 +198,43 @@ def erase(
     request: Annotated[Optional[Path], typer.Option(help="YAML request file (targets, anchors, synonyms, prompts, preserve, templates).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method parameter as key=value (repeatable).")] = None,
     lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", help="Training methods: output a LoRA of this rank (diffusers format).")] = None,
-    checkpoints: Annotated[Optional[Path], typer.Option(help="Training methods: checkpoint directory (default with --resume: OUT.checkpoints).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Training methods: continue from the last checkpoint.")] = False,
-    stop_at_ua: Annotated[
-        Optional[float], typer.Option("--stop-at-ua", min=0.0, max=1.0, help="Training methods on the testbed: stop once UA reaches this share (evaluated every --set eval_every=N steps).")
+    checkpoints: Annotated[
+        Optional[Path], typer.Option(help="Training methods: checkpoint directory (default: OUT.checkpoints, removed once the erasure is saved).")
     ] = None,
-    min_ira: Annotated[Optional[float], typer.Option("--min-ira", min=0.0, max=1.0, help="With --stop-at-ua: also require IRA of at least this share.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Training methods: continue from the last checkpoint of the same run.")] = False,
+    stop_at_ua: Annotated[
+        Optional[float], typer.Option("--stop-at-ua", min=0.0, max=1.0, callback=_finite, help="Training methods on the testbed: stop once UA reaches this share (evaluated every --set eval_every=N steps).")
+    ] = None,
+    min_ira: Annotated[Optional[float], typer.Option("--min-ira", min=0.0, max=1.0, callback=_finite, help="With --stop-at-ua: also require IRA of at least this share.")] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Erase concepts from a model with a named method and save the result (only the changed tensors, or a LoRA)."""
     from .api import erase as erase_api
-    from .core.errors import ConfigError
+    from .api import model_inputs
+    from .core.errors import ConfigError, OutputPathError
+    from .core.outputs import check_dir_output
+    from .core.registry import get_method
     from .core.request import ErasureRequest
+    from .models import load_pipeline, pick_device
 
     params = dict(_set_items(set_, "key=value"))
     if lora_rank is not None:
         params["lora_rank"] = lora_rank
+    spec = get_method(method)
+    spec.make_config(params)  # bad numbers fail here, before the model loads
     req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None, trigger)
-    from .models import load_pipeline, resolve_model
-
-    if resume and checkpoints is None:
+    inputs = model_inputs(model)
+    out = check_dir_output(out, "erasure", inputs, what="erasure directory")
+    default_checkpoints = spec.trains and checkpoints is None
+    if default_checkpoints:
         checkpoints = out.with_name(out.name + ".checkpoints")
-    resolve_model(model)
+    if checkpoints is not None:
+        if not spec.trains:
+            raise ConfigError(f"method {method!r} does not train, so it has no checkpoints (drop --checkpoints)")
+        checkpoints = check_dir_output(checkpoints, "checkpoints", inputs, what="checkpoint directory")
+        if checkpoints == out or out in checkpoints.parents or checkpoints in out.parents:
+            raise OutputPathError(f"the checkpoint directory {checkpoints} and the output {out} must not contain each other")
+    pick_device(device)
     pipe = load_pipeline(model, device=device)
     monitor = None
     if stop_at_ua is not None:
@@ -182,7 +250,11 @@ def erase(
     elif min_ira is not None:
         raise ConfigError("--min-ira only applies together with --stop-at-ua")
     result = erase_api(pipe, method, req, model=model, checkpoint_dir=checkpoints, resume=resume, monitor=monitor, **params)
-    result.save(out)
+    result.save(out, protect=tuple(inputs))
+    if default_checkpoints:  # the run is saved: its default checkpoints are no longer needed
+        from .training.checkpoints import discard
+
+        discard(checkpoints)
     training = result.info.get("training", {})
     if training.get("stopped_early"):
         typer.echo(f"target reached: stopped early after step {training['evaluations'][-1]['step']}")
@@ -319,8 +391,11 @@ def testbed_train(
     unet_steps: Annotated[Optional[int], typer.Option(min=1, help="Override the number of UNet training steps.")] = None,
 ) -> None:
     """Train the testbed from scratch (judge, VAE, text encoder + UNet) on the CPU; over an hour on 2 cores."""
+    from .core.outputs import check_dir_output
     from .testbed.train import TrainConfig, Trainer
 
+    check_dir_output(workdir, "testbed-train", what="testbed training directory")  # both checked before anything is written
+    check_dir_output(out or workdir / "pipeline", "pipeline", what="testbed pipeline directory")
     cfg = TrainConfig.smoke() if smoke else TrainConfig()
     if unet_steps is not None:
         cfg.unet_steps = unet_steps

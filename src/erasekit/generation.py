@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from .core.errors import InvalidInputError
-from .core.io import atomic_path
+from .core.outputs import write_image
 
 
 @dataclass
@@ -62,17 +62,20 @@ def recommended_sampling(pipe) -> dict:
     return {}
 
 
-def check_prompt(pipe, prompt: str) -> None:
-    """Reject prompts the model cannot read: non-strings and prompts longer than the text encoder's context."""
+def check_prompt(pipe, prompt: str, what: str = "prompt") -> None:
+    """Reject text the model cannot read: non-strings and text longer than a CLIP text encoder's
+    context (it would be truncated silently). ``what`` names it in the error (prompt, concept...)."""
     if not isinstance(prompt, str):
-        raise InvalidInputError(f"a prompt must be text, got {type(prompt).__name__}")
-    tokenizer = getattr(pipe, "tokenizer", None)
-    if tokenizer is None:
-        return
-    n = len(tokenizer(prompt).input_ids)
-    limit = tokenizer.model_max_length
-    if n > limit:
-        raise InvalidInputError(f"prompt {prompt[:40]!r}... has {n} tokens; this model reads at most {limit}, shorten it")
+        raise InvalidInputError(f"a {what} must be text, got {type(prompt).__name__}")
+    for name in ("tokenizer", "tokenizer_2"):  # CLIP tokenizers (T5's longer context is the pipeline's own setting)
+        tokenizer = getattr(pipe, name, None)
+        if tokenizer is None or not callable(tokenizer):
+            continue
+        n = len(tokenizer(prompt).input_ids)
+        limit = tokenizer.model_max_length
+        if n > limit:
+            shown = prompt if len(prompt) <= 40 else prompt[:40] + "..."
+            raise InvalidInputError(f"{what} {shown!r} has {n} tokens; this model reads at most {limit} (the rest would be cut off), shorten it")
 
 
 def warn_unknown_words(prompt: str, vocabulary: set[str]) -> list[str]:
@@ -106,6 +109,8 @@ def generate(
     sampling.validate()
     for p in set(prompts):
         check_prompt(pipe, p)
+    if sampling.negative_prompt is not None:
+        check_prompt(pipe, sampling.negative_prompt, "negative prompt")
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # one bar (ours) per call, not one per batch
     out: list[np.ndarray] = []
@@ -151,9 +156,7 @@ def make_grid(images: np.ndarray, captions: list[str] | None = None, cols: int |
     return grid
 
 
-def save_image(image: Image.Image, path: str | Path) -> None:
-    """Save a PIL image atomically; the format follows the suffix (png by default)."""
-    path = Path(path)
-    fmt = (path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG")
-    with atomic_path(path) as tmp:
-        image.save(tmp, format=fmt)
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Save a PIL image atomically as an erasekit output (PNG, JPEG or WebP, from the suffix); an
+    existing file there must be an image erasekit wrote (see :mod:`erasekit.core.outputs`)."""
+    return write_image(image, path, "image")

@@ -61,9 +61,19 @@ def pick_device(device: str | None = None) -> torch.device:
     """``None``/``"auto"``: CUDA if available, else Apple MPS, else CPU."""
     if device not in (None, "auto"):
         try:
-            return torch.device(device)
+            dev = torch.device(device)
         except RuntimeError as e:
-            raise ModelLoadError(f"invalid device {device!r}: {e}") from None
+            raise ModelLoadError(f"invalid device {device!r}: {str(e).splitlines()[0]}") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ModelLoadError(f"--device {device}: this torch build or machine has no CUDA device (use --device cpu, or install a CUDA build of torch)")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ModelLoadError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise ModelLoadError(f"--device {device}: Apple MPS is not available here (use --device cpu)")
+        elif dev.type not in ("cpu", "cuda", "mps"):
+            raise ModelLoadError(f"--device {device}: erasekit runs on cpu, cuda or mps")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -75,6 +85,7 @@ def load_pipeline(model: str | os.PathLike = TESTBED, device: str | None = None,
     """Load a diffusers pipeline (a fresh copy each call: callers may change its weights freely)."""
     from diffusers import DiffusionPipeline
 
+    target = pick_device(device)  # a device that is not there fails before the weights are read
     source = resolve_model(model)
     kwargs = {}
     if dtype is not None:
@@ -87,4 +98,4 @@ def load_pipeline(model: str | os.PathLike = TESTBED, device: str | None = None,
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"could not load {source!r} as a diffusers pipeline: {first}") from None
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(pick_device(device))
+    return pipe.to(target)

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from .attachments import Attachment, restore_attachment
-from .errors import IncompatibleErasureError, MissingFileError
+from .errors import CorruptFileError, IncompatibleErasureError, MissingFileError, NonFiniteError
 from .io import atomic_path, load_tensors, read_json, save_tensors, write_json
+from .outputs import check_dir_output, write_manifest
 from .request import ErasureRequest
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the diffusers LoRA file name (load_lora_weights reads it)
@@ -69,6 +70,34 @@ def hash_tensors(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def model_fingerprint(pipe, sample: int = 1024) -> str:
+    """A cheap identity of a pipeline's weights: sha256 over the name, shape and dtype of every
+    parameter of every component and ``sample`` evenly spaced values of each. Not a full hash (it
+    reads a few MB of a multi-GB model), but two different checkpoints practically never collide."""
+    h = hashlib.sha256()
+    components = getattr(pipe, "components", {}) or {}
+    for name in sorted(components):
+        module = components[name]
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for key, p in module.named_parameters():
+            flat = p.detach().reshape(-1)
+            picked = flat[:: max(1, flat.numel() // sample)][:sample].to("cpu").contiguous()
+            h.update(f"{name}.{key}|{tuple(p.shape)}|{p.dtype}|".encode())
+            h.update(picked.view(torch.uint8).numpy().tobytes() if picked.numel() else b"")
+    return h.hexdigest()
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`NonFiniteError` naming the first tensor of ``tensors`` that holds NaN or infinity."""
+    for key in sorted(tensors):
+        t = tensors[key]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise NonFiniteError(f"{what}: {key} holds {bad} NaN or infinite value(s); nothing is saved or applied "
+                                 "(lower the learning rate or scale parameters)")
+
+
 @dataclass
 class Erasure:
     method: str
@@ -94,23 +123,37 @@ class Erasure:
     def originals_of(self, pipe) -> dict[str, torch.Tensor]:
         return {k: get_tensor(pipe, k).detach() for k in self.touched()}
 
-    def check_compatible(self, pipe) -> None:
+    def own_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the erasure stores, by file: ``weights/…``, ``lora/…``, ``attachment/…``."""
+        out = {f"weights/{k}": v for k, v in self.weights.items()}
+        out.update({f"lora/{k}": v for k, v in self.lora.items()})
+        if self.attachment is not None:
+            out.update({f"attachment/{k}": v for k, v in self.attachment.tensors().items()})
+        return out
+
+    def checksum(self) -> str:
+        """sha256 of the erasure's own tensors (stored in ``erasure.json``, verified by :meth:`load`)."""
+        return hash_tensors(self.own_tensors())
+
+    def check_compatible(self, pipe, force: bool = False, hint: str = "pass force=True (--force) to apply anyway") -> None:
+        """Shapes must match the model's always; the original values must match ``base_hash`` unless ``force``."""
         current = self.originals_of(pipe)
         shapes = {k: v.shape for k, v in {**lora_deltas(self.lora), **self.weights}.items()}
         for k, t in current.items():
             if t.shape != shapes[k]:
-                raise IncompatibleErasureError(f"{k} has shape {tuple(t.shape)} in the model but {tuple(shapes[k])} in the erasure")
-        if hash_tensors(current) != self.base_hash:
+                raise IncompatibleErasureError(f"{k} has shape {tuple(t.shape)} in the model but {tuple(shapes[k])} in the erasure; "
+                                               "it was made for another model")
+        if not force and hash_tensors(current) != self.base_hash:
             raise IncompatibleErasureError(
                 f"the model's weights differ from those the erasure was computed on ({self.base_model}); "
-                "is it another model, or is an erasure already applied? Pass force=True (--force) to apply anyway"
+                f"is it another model, or is an erasure already applied? ({hint})"
             )
 
     @torch.no_grad()
     def apply(self, pipe, force: bool = False):
         """Write the erased weights into ``pipe`` (in place) and return it; see :meth:`remove`."""
-        if not force:
-            self.check_compatible(pipe)
+        check_finite(self.own_tensors(), f"erasure {self.method}")
+        self.check_compatible(pipe, force=force)
         self._originals = {k: t.clone() for k, t in self.originals_of(pipe).items()}
         for k, v in self.weights.items():
             p = get_tensor(pipe, k)
@@ -153,6 +196,7 @@ class Erasure:
             "family": self.family,
             "changed_tensors": self.changed_tensors(),
             "delta_bytes": self.num_bytes(),
+            "tensors_sha256": self.checksum(),
             "lora": bool(self.lora),
             "attachment": {"kind": self.attachment.kind, "config": self.attachment.config()} if self.attachment is not None else None,
             "timings": self.timings,
@@ -161,8 +205,11 @@ class Erasure:
         }
 
     # -- files ---------------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        directory = Path(directory)
+    def save(self, directory: str | os.PathLike, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+        """Write ``erasure.json`` and the tensors to ``directory`` atomically. Refused: a non-finite
+        tensor, and a directory that is not new, empty, or an earlier erasure holding only erasekit's files."""
+        check_finite(self.own_tensors(), f"erasure {self.method}")
+        directory = check_dir_output(directory, "erasure", protect, what="erasure directory")
         with atomic_path(directory) as tmp:
             tmp.mkdir(parents=True)
             save_tensors(tmp / "weights.safetensors", self.weights, metadata={"format": FORMAT, "method": self.method})
@@ -171,18 +218,30 @@ class Erasure:
             if self.attachment is not None:
                 save_tensors(tmp / ATTACHMENT_FILE, self.attachment.tensors())
             write_json(tmp / "erasure.json", self.metadata())
+            write_manifest(tmp, "erasure", files=True)
         return directory
 
     @staticmethod
     def load(directory: str | os.PathLike) -> "Erasure":
+        """Read an erasure directory; a damaged one (unreadable files, missing fields, tensors that do not
+        match the stored checksum, NaN or infinity) is refused with a one-line error."""
         directory = Path(directory)
         meta_path, weights_path = directory / "erasure.json", directory / "weights.safetensors"
         if not meta_path.is_file() or not weights_path.is_file():
             raise MissingFileError(f"{directory} is not an erasure directory (expected erasure.json and weights.safetensors)")
         meta = read_json(meta_path)
+        if not isinstance(meta, dict):
+            raise CorruptFileError(f"{meta_path} is not an erasure description (expected a JSON object)")
         if meta.get("format") != FORMAT:
             raise IncompatibleErasureError(f"{meta_path} has format {meta.get('format')!r}; this erasekit reads {FORMAT!r}")
-        return Erasure(
+        for key, tp in (("method", str), ("params", dict), ("request", dict), ("base_model", str), ("base_hash", str)):
+            if not isinstance(meta.get(key), tp):
+                raise CorruptFileError(f"{meta_path} lacks a valid {key!r} field; the erasure is damaged")
+        try:
+            attachment = _load_attachment(directory, meta.get("attachment"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptFileError(f"{directory}: the attachment does not match its description ({e}); the erasure is damaged") from None
+        erasure = Erasure(
             method=meta["method"],
             params=meta["params"],
             request=ErasureRequest.from_dict(meta["request"]),
@@ -194,11 +253,18 @@ class Erasure:
             info=meta.get("info", {}),
             version=meta.get("erasekit_version", ""),
             lora=load_tensors(directory / LORA_FILE) if meta.get("lora") else {},
-            attachment=_load_attachment(directory, meta.get("attachment")),
+            attachment=attachment,
         )
+        stored = meta.get("tensors_sha256")
+        if stored is not None and stored != erasure.checksum():
+            raise CorruptFileError(f"{directory}: the tensors do not match the checksum in erasure.json; the erasure is damaged or was edited")
+        check_finite(erasure.own_tensors(), f"{directory}")
+        return erasure
 
 
 def _load_attachment(directory: Path, meta: dict | None) -> Attachment | None:
     if not meta:
         return None
+    if not isinstance(meta, dict) or "kind" not in meta or "config" not in meta:
+        raise KeyError("kind and config")
     return restore_attachment(meta["kind"], meta["config"], load_tensors(directory / ATTACHMENT_FILE))

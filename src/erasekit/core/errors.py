@@ -33,3 +33,15 @@ class IncompatibleErasureError(ErasekitError):
 
 class SingularSystemError(ErasekitError):
     """A closed-form solve met a singular or ill-conditioned system."""
+
+
+class OutputPathError(ErasekitError):
+    """An output path would replace or delete something erasekit did not write (or is a protected place)."""
+
+
+class CorruptFileError(ErasekitError):
+    """A file erasekit reads (erasure, checkpoint, report) is truncated, garbled or inconsistent."""
+
+
+class NonFiniteError(ErasekitError):
+    """A computed or loaded tensor holds NaN or infinity; nothing is saved or applied."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -14,7 +15,45 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import MissingFileError
+from .errors import CorruptFileError, MissingFileError
+
+TMP_TAG = ".erasekit-tmp-"
+OLD_TAG = ".erasekit-old-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def _sweep_stale(path: Path) -> None:
+    """Finish what a killed writer of ``path`` left: a backup whose swap was interrupted goes back to
+    ``path``; temporaries and backups of dead processes are removed (only erasekit's own names)."""
+    prefix = f".{path.name}"
+    for sib in path.parent.glob(f"{glob_escape(prefix)}.erasekit-*"):
+        name = sib.name[len(prefix) :]
+        tag = TMP_TAG if name.startswith(TMP_TAG) else OLD_TAG if name.startswith(OLD_TAG) else None
+        if tag is None:
+            continue
+        pid_text = name[len(tag) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        if tag == OLD_TAG and not path.exists() and not path.is_symlink():
+            os.replace(sib, path)  # the swap was killed between its two renames: the old output is restored
+        elif sib.is_dir() and not sib.is_symlink():
+            shutil.rmtree(sib, ignore_errors=True)
+        else:
+            sib.unlink(missing_ok=True)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob metacharacters escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 @contextlib.contextmanager
@@ -22,35 +61,83 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
     Works for files and directories: whatever the body writes at the yielded path becomes ``path``.
-    On an exception nothing at ``path`` changes and the temporary is removed.
+    On an exception nothing at ``path`` changes and the temporary is removed; a temporary left by a
+    killed process is removed by the next write of the same path. Never call it on a path erasekit
+    does not own (see :mod:`erasekit.core.outputs`): an existing directory there is replaced whole.
+    Files get the usual permissions (``0o666`` less the umask), not the private mode of temporaries.
     """
-    path = Path(path)
+    from .outputs import refuse_protected
+
+    path = refuse_protected(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    _sweep_stale(path)
+    holder = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_TAG}{os.getpid()}-", dir=path.parent))
+    tmp = holder / path.name
     try:
         yield tmp
+        _usual_modes(tmp)
         if path.is_dir() and not path.is_symlink():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            old = path.parent / f".{path.name}{OLD_TAG}{os.getpid()}-{holder.name[-8:]}"
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def _usual_modes(path: Path) -> None:
+    """Give ``path`` (and, for a directory, everything in it) the modes of a plain ``open``/``mkdir``:
+    libraries write some files private (safetensors: 0600) and temporaries are 0700."""
+    mask = _umask()
+    if path.is_symlink() or not path.exists():
+        return
+    if path.is_file():
+        os.chmod(path, 0o666 & ~mask)
+        return
+    os.chmod(path, 0o777 & ~mask)
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            if not os.path.islink(os.path.join(root, f)):
+                os.chmod(os.path.join(root, f), 0o666 & ~mask)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by ``None`` (JSON has no such numbers)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
+    """Write ``data`` as indented JSON, atomically; NaN and infinity become ``null`` (valid JSON)."""
+    text = json.dumps(finite_json(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; a missing one is a :class:`MissingFileError`, a garbled one a :class:`CorruptFileError`."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path} does not exist")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{path} is not valid JSON ({str(e).splitlines()[0]}); it is damaged or not erasekit's") from None
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -61,10 +148,26 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file (never pickle); a truncated or garbled one is a :class:`CorruptFileError`."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path} does not exist")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError, or OSError / ValueError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CorruptFileError(f"{path} is not a readable safetensors file ({first}); it is truncated or damaged") from None
+
+
+def tensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file's header (empty when it has none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise CorruptFileError(f"{path} is not a readable safetensors file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

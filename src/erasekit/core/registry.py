@@ -43,6 +43,18 @@ class MethodSpec:
     kind: str
     summary: str
 
+    @property
+    def accepts(self) -> frozenset[str]:
+        """The optional services the method takes: ``judge``, ``checkpoint_dir`` (it trains), ``monitor``."""
+        import inspect
+
+        return frozenset(inspect.signature(self.fn).parameters) & {"judge", "checkpoint_dir", "monitor"}
+
+    @property
+    def trains(self) -> bool:
+        """Whether the method runs the training loop (and so writes checkpoints and can resume)."""
+        return "checkpoint_dir" in self.accepts
+
     def make_config(self, params: dict[str, Any] | None = None):
         """Build the config from ``params`` (values may be strings from the CLI); unknown keys are errors."""
         params = dict(params or {})
@@ -52,10 +64,10 @@ class MethodSpec:
             raise ConfigError(f"method {self.name!r} has no parameter {', '.join(sorted(unknown))}; its parameters: {', '.join(fields)}")
         hints = typing.get_type_hints(self.config_cls)
         values = {k: coerce(v, hints[k], f"{self.name}.{k}") for k, v in params.items()}
-        config = self.config_cls(**values)
-        if hasattr(config, "validate"):
-            config.validate()
-        return config
+        try:
+            return self.config_cls(**values)  # MethodConfig checks numbers and cross-field rules on construction
+        except ConfigError as e:
+            raise ConfigError(f"method {self.name!r}: {e}") from None
 
     def parameters(self) -> list[tuple[str, str, Any, str]]:
         """(name, type, default, help) of every config field."""

@@ -24,6 +24,44 @@ import yaml
 from .errors import ConfigError, MissingFileError
 
 
+def check_template(tpl: str) -> None:
+    """A template must be text with exactly one ``{}`` (where the phrase goes) and no other field."""
+    import string
+
+    if not isinstance(tpl, str):
+        raise ConfigError(f"a template must be text, got {tpl!r}")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(tpl) if f is not None]
+    except ValueError as e:
+        raise ConfigError(f"template {tpl!r} is malformed ({e}); write one '{{}}' where the concept goes, and '{{{{' for a literal brace") from None
+    if fields != [""]:
+        raise ConfigError(f"template {tpl!r} must contain exactly one '{{}}' where the concept goes and no other field (got {len(fields)} fields)")
+
+
+def _text(value, what: str, empty_ok: bool = False) -> str:
+    """``value`` if it is text (a number is taken as its text; ``null``, lists and mappings are errors)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+        raise ConfigError(f"{what} must be text, got {value!r}")
+    text = str(value)
+    if not empty_ok and not text.strip():
+        raise ConfigError(f"{what} is empty")
+    return text
+
+
+def _text_list(value, what: str, items: tuple[type, ...] = ()) -> list:
+    """A list of texts (or of ``items`` types); ``None`` is an empty list, a scalar is an error."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{what} must be a list (e.g. [{value!r}]), got {type(value).__name__} {value!r}")
+    if items:
+        for v in value:
+            if not isinstance(v, items):
+                raise ConfigError(f"each entry of {what} must be a name or a mapping, got {v!r}")
+        return list(value)
+    return [_text(v, f"each entry of {what}") for v in value]
+
+
 @dataclass
 class Target:
     """One concept to erase; ``anchor`` None lets the method choose its default guide.
@@ -69,14 +107,17 @@ class ErasureRequest:
             seen.add(t.concept)
             if t.anchor is not None and not isinstance(t.anchor, str):
                 raise ConfigError(f"the anchor of {t.concept!r} must be text, got {t.anchor!r}")
-            if any(not isinstance(p, str) or not p.strip() for p in t.prompts):
-                raise ConfigError(f"the trigger prompts of {t.concept!r} must be non-empty text, got {t.prompts!r}")
+            for what, values in (("trigger prompts", t.prompts), ("synonyms", t.synonyms)):
+                if not isinstance(values, (list, tuple)) or any(not isinstance(p, str) or not p.strip() for p in values):
+                    raise ConfigError(f"the {what} of {t.concept!r} must be a list of non-empty texts, got {values!r}")
+        for what, values in (("preserve", self.preserve), ("templates", self.templates)):
+            if not isinstance(values, (list, tuple)) or any(not isinstance(p, str) or not p.strip() for p in values):
+                raise ConfigError(f"{what} must be a list of non-empty texts, got {values!r}")
         clash = seen & set(self.preserve)
         if clash:
             raise ConfigError(f"concepts cannot be both erased and preserved: {', '.join(sorted(clash))}")
         for tpl in self.templates:
-            if tpl.count("{}") != 1:
-                raise ConfigError(f"template {tpl!r} must contain exactly one '{{}}' where the concept goes")
+            check_template(tpl)
 
     @property
     def concepts(self) -> list[str]:
@@ -107,23 +148,26 @@ class ErasureRequest:
 
     @staticmethod
     def from_dict(data: dict) -> "ErasureRequest":
+        """Build a request from a mapping (YAML, JSON, ``erasure.json``), checking every field's type:
+        a scalar where a list belongs, or ``null`` where text belongs, is an error, never a guess."""
         if not isinstance(data, dict):
             raise ConfigError("an erasure request must be a mapping with 'targets' (and optionally 'preserve', 'templates')")
         unknown = set(data) - {"targets", "preserve", "templates"}
         if unknown:
-            raise ConfigError(f"unknown request fields: {', '.join(sorted(unknown))} (allowed: targets, preserve, templates)")
+            raise ConfigError(f"unknown request fields: {', '.join(sorted(map(str, unknown)))} (allowed: targets, preserve, templates)")
         targets = []
-        for t in data.get("targets") or []:
+        for t in _text_list(data.get("targets"), "targets", items=(str, dict)):
             if isinstance(t, str):
                 targets.append(Target(t))
-            elif isinstance(t, dict):
-                bad = set(t) - {"concept", "anchor", "synonyms", "prompts"}
-                if bad or "concept" not in t:
-                    raise ConfigError(f"each target needs 'concept' and may have 'anchor', 'synonyms', 'prompts'; got {sorted(t)}")
-                targets.append(Target(str(t["concept"]), t.get("anchor"), [str(s) for s in t.get("synonyms") or []], [str(s) for s in t.get("prompts") or []]))
-            else:
-                raise ConfigError(f"a target must be a name or a mapping, got {t!r}")
-        return ErasureRequest(targets, [str(p) for p in data.get("preserve") or []], [str(x) for x in data.get("templates") or []])
+                continue
+            bad = set(t) - {"concept", "anchor", "synonyms", "prompts"}
+            if bad or "concept" not in t:
+                raise ConfigError(f"each target needs 'concept' and may have 'anchor', 'synonyms', 'prompts'; got {sorted(map(str, t))}")
+            concept = _text(t["concept"], "a target's 'concept'")
+            anchor = None if t.get("anchor") is None else _text(t["anchor"], f"the anchor of {concept!r}", empty_ok=True)
+            targets.append(Target(concept, anchor, _text_list(t.get("synonyms"), f"the synonyms of {concept!r}"),
+                                  _text_list(t.get("prompts"), f"the prompts of {concept!r}")))  # fmt: skip
+        return ErasureRequest(targets, _text_list(data.get("preserve"), "preserve"), _text_list(data.get("templates"), "templates"))
 
     @staticmethod
     def from_yaml(path: str | os.PathLike) -> "ErasureRequest":
@@ -131,7 +175,9 @@ class ErasureRequest:
         if not path.is_file():
             raise MissingFileError(f"request file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not UTF-8 text; save the request file as UTF-8") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
         return ErasureRequest.from_dict(data or {})

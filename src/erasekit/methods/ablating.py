@@ -44,17 +44,17 @@ from .esd import parameter_spec
 class AblatingConfig(TrainingConfig):
     train_method: str = field(default="xattn-kv", metadata={"help": "parameter set (xattn-kv: to_k/to_v; xattn: all cross-attention)"})
     default_anchor: str = field(default="a shape", metadata={"help": "anchor prompt for targets without one"})
-    n_images: int = field(default=16, metadata={"help": "anchor images the frozen model draws per anchor prompt"})
-    sample_steps: int = field(default=20, metadata={"help": "sampler steps for the anchor images"})
+    n_images: int = field(default=16, metadata={"help": "anchor images the frozen model draws per anchor prompt", "min": 1})
+    sample_steps: int = field(default=20, metadata={"help": "sampler steps for the anchor images", "min": 1})
     sample_guidance: float = field(default=6.0, metadata={"help": "guidance for the anchor images"})
-    batch_size: int = field(default=4, metadata={"help": "images per step"})
+    batch_size: int = field(default=4, metadata={"help": "images per step", "min": 1})
     prior_weight: float = field(default=0.0, metadata={"help": "weight of prior preservation on the anchor images (0: off)"})
     loss: str = field(default="auto", metadata={"help": "model (anchor prompt's prediction), noise (denoising loss), auto (model; noise where the anchor is the target's own prompt)"})
     filter_anchors: bool = field(default=True, metadata={"help": "with a judge: redraw anchor images that show the target"})
     anchor_image_dir: str | None = field(default=None, metadata={"help": "folder of your own anchor images (e.g. clean images of an implicit concept's trigger) instead of drawn ones"})
-    size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)"})
-    iterations: int = field(default=200, metadata={"help": "optimisation steps"})
-    lr: float = field(default=2e-6, metadata={"help": "Adam learning rate"})
+    size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)", "min": 1})
+    iterations: int = field(default=200, metadata={"help": "optimisation steps", "min": 1})
+    lr: float = field(default=2e-6, metadata={"help": "Adam learning rate", "gt": 0})
 
     def validate(self) -> None:
         if min(self.n_images, self.sample_steps, self.batch_size, self.iterations) < 1 or self.lr <= 0 or self.prior_weight < 0:

@@ -34,13 +34,13 @@ from ..training import TrajectoryConfig, Workbench, esd_point, fit, target_promp
 class AdvUnlearnConfig(TrajectoryConfig):
     retain_weight: float = field(default=0.3, metadata={"help": "λ of the retain term"})
     warmup: int = field(default=200, metadata={"help": "iterations before the inner attack starts"})
-    attack_every: int = field(default=1, metadata={"help": "run the inner attack every N iterations after warm-up"})
+    attack_every: int = field(default=1, metadata={"help": "run the inner attack every N iterations after warm-up", "min": 1})
     attack_steps: int = field(default=30, metadata={"help": "Adam steps of each inner attack"})
-    attack_lr: float = field(default=1e-3, metadata={"help": "learning rate of the inner attack"})
-    attack_tokens: int = field(default=1, metadata={"help": "adversarial token vectors inserted after BOS"})
+    attack_lr: float = field(default=1e-3, metadata={"help": "learning rate of the inner attack", "gt": 0})
+    attack_tokens: int = field(default=1, metadata={"help": "adversarial token vectors inserted after BOS", "min": 1})
     filler: str = field(default="a", metadata={"help": "placeholder word whose embedding slots the vectors take"})
-    iterations: int = field(default=1000, metadata={"help": "optimisation steps"})
-    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate of the text encoder"})
+    iterations: int = field(default=1000, metadata={"help": "optimisation steps", "min": 1})
+    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate of the text encoder", "gt": 0})
 
     def validate(self) -> None:
         self.check_trajectory("advunlearn")

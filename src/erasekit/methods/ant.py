@@ -41,10 +41,10 @@ class ANTConfig(TrajectoryConfig):
     before_step: int = field(default=7, metadata={"help": "sampler steps counted as early (direction kept)"})
     alpha_1: float = field(default=1.0, metadata={"help": "α₁, weight of the early terms"})
     alpha_2: float = field(default=0.5, metadata={"help": "α₂, weight of the unconditional-preservation terms"})
-    mask_ratio: float = field(default=0.5, metadata={"help": "share of parameters kept trainable (1: no mask)"})
-    mask_batches: int = field(default=4, metadata={"help": "steps the mask's gradient is accumulated over"})
-    iterations: int = field(default=250, metadata={"help": "optimisation steps"})
-    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate"})
+    mask_ratio: float = field(default=0.5, metadata={"help": "share of parameters kept trainable (1: no mask)", "gt": 0, "max": 1})
+    mask_batches: int = field(default=4, metadata={"help": "steps the mask's gradient is accumulated over", "min": 1})
+    iterations: int = field(default=250, metadata={"help": "optimisation steps", "min": 1})
+    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate", "gt": 0})
 
     def validate(self) -> None:
         if not 0 < self.before_step < self.ddim_steps:

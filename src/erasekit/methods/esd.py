@@ -50,9 +50,9 @@ def parameter_spec(name: str):
 class ESDConfig(TrajectoryConfig):
     train_method: str = field(default="esd-x", metadata={"help": "esd-x, esd-u, esd-x-strict, a parameter set, or re:<regex>,..."})
     negative_guidance: float = field(default=2.0, metadata={"help": "η, how far past the unconditional prediction to push"})
-    batch_size: int = field(default=1, metadata={"help": "trajectories per step"})
-    iterations: int = field(default=200, metadata={"help": "optimisation steps"})
-    lr: float = field(default=5e-5, metadata={"help": "Adam learning rate"})
+    batch_size: int = field(default=1, metadata={"help": "trajectories per step", "min": 1})
+    iterations: int = field(default=200, metadata={"help": "optimisation steps", "min": 1})
+    lr: float = field(default=5e-5, metadata={"help": "Adam learning rate", "gt": 0})
 
     def validate(self) -> None:
         self.check_trajectory("esd")

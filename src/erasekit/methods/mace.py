@@ -53,13 +53,13 @@ class MACEConfig(TrainingConfig):
     preserve_scale: float = field(default=0.1, metadata={"help": "η_p of the preserved prompts in the refinement"})
     fuse_preserve_scale: float = field(default=1e-3, metadata={"help": "γ of the preserved prompts in the fusion"})
     fuse_ridge: float = field(default=1e-3, metadata={"help": "δ, ridge toward the refined weights in the fusion"})
-    rank: int = field(default=1, metadata={"help": "LoRA rank per concept"})
-    n_images: int = field(default=8, metadata={"help": "images (with masks) per concept"})
-    sample_steps: int = field(default=20, metadata={"help": "sampler steps for drawn images (non-testbed models)"})
+    rank: int = field(default=1, metadata={"help": "LoRA rank per concept", "min": 1})
+    n_images: int = field(default=8, metadata={"help": "images (with masks) per concept", "min": 1})
+    sample_steps: int = field(default=20, metadata={"help": "sampler steps for drawn images (non-testbed models)", "min": 1})
     sample_guidance: float = field(default=6.0, metadata={"help": "guidance for drawn images"})
-    batch_size: int = field(default=1, metadata={"help": "images per LoRA step"})
-    iterations: int = field(default=50, metadata={"help": "LoRA steps per concept"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the LoRAs"})
+    batch_size: int = field(default=1, metadata={"help": "images per LoRA step", "min": 1})
+    iterations: int = field(default=50, metadata={"help": "LoRA steps per concept", "min": 1})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the LoRAs", "gt": 0})
 
     def validate(self) -> None:
         if min(self.rank, self.n_images, self.iterations, self.batch_size, self.sample_steps) < 1 or self.lr <= 0:

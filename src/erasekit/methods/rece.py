@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..core.config import MethodConfig
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..core.request import ErasureRequest
@@ -33,7 +34,7 @@ from .uce import UCEConfig, uce
 
 
 @dataclass
-class RECEConfig:
+class RECEConfig(MethodConfig):
     epochs: int = field(default=1, metadata={"help": "adversarial re-erasure rounds (reference: 1 objects/styles, 3 nudity)"})
     reg: float = field(default=1e-3, metadata={"help": "λ_r of the adversarial embedding (reference: 1e-3 objects/styles, 0.1 nudity)"})
     adv_lamb: float = field(default=0.1, metadata={"help": "λ of each re-erasure"})
@@ -44,7 +45,7 @@ class RECEConfig:
     erase_scale: float = field(default=1.0, metadata={"help": "UCE η_e of the initial edit"})
     preserve_scale: float | None = field(default=None, metadata={"help": "UCE η_p of the initial edit"})
     with_to_k: bool = field(default=True, metadata={"help": "edit to_k as well as to_v"})
-    validation_seeds: int = field(default=4, metadata={"help": "images per target prompt when a judge validates epochs"})
+    validation_seeds: int = field(default=4, metadata={"help": "images per target prompt when a judge validates epochs", "min": 1})
 
     def validate(self) -> None:
         if self.epochs < 1:

@@ -107,18 +107,18 @@ class ReceleErasers(Attachment):
 
 @dataclass
 class ReceleConfig(TrajectoryConfig):
-    rank: int = field(default=128, metadata={"help": "hidden width of each eraser"})
+    rank: int = field(default=128, metadata={"help": "hidden width of each eraser", "min": 1})
     reg_weight: float = field(default=0.1, metadata={"help": "λ of the concept-localised regularisation"})
     adv_warmup: int = field(default=100, metadata={"help": "iterations before the adversarial prompts start"})
     adv_every: int = field(default=10, metadata={"help": "run the inner attack every N iterations (0: never)"})
     adv_steps: int = field(default=10, metadata={"help": "Adam steps of each inner attack"})
-    adv_lr: float = field(default=1e-3, metadata={"help": "learning rate of the inner attack"})
-    adv_tokens: int = field(default=1, metadata={"help": "adversarial token vectors"})
+    adv_lr: float = field(default=1e-3, metadata={"help": "learning rate of the inner attack", "gt": 0})
+    adv_tokens: int = field(default=1, metadata={"help": "adversarial token vectors", "min": 1})
     filler: str = field(default="a", metadata={"help": "placeholder word whose embedding slots the vectors take"})
     mask_source: str = field(default="auto", metadata={"help": "auto (exact world masks on the testbed, cross-attention elsewhere) or attention"})
-    n_images: int = field(default=16, metadata={"help": "testbed renders per concept for the exact-mask regulariser"})
-    iterations: int = field(default=500, metadata={"help": "optimisation steps"})
-    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the erasers"})
+    n_images: int = field(default=16, metadata={"help": "testbed renders per concept for the exact-mask regulariser", "min": 1})
+    iterations: int = field(default=500, metadata={"help": "optimisation steps", "min": 1})
+    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the erasers", "gt": 0})
 
     def validate(self) -> None:
         self.check_trajectory("receler")

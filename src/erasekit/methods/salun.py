@@ -38,18 +38,18 @@ from .esd import parameter_spec
 @dataclass
 class SalUnConfig(TrainingConfig):
     train_method: str = field(default="full", metadata={"help": "parameter set the mask is taken over"})
-    mask_ratio: float = field(default=0.5, metadata={"help": "share of parameters kept trainable (global top |grad|)"})
+    mask_ratio: float = field(default=0.5, metadata={"help": "share of parameters kept trainable (global top |grad|)", "gt": 0, "max": 1})
     mask_guidance: float = field(default=7.5, metadata={"help": "w of the guided forget loss that builds the mask"})
-    mask_batches: int = field(default=4, metadata={"help": "batches the mask's gradient is accumulated over"})
+    mask_batches: int = field(default=4, metadata={"help": "batches the mask's gradient is accumulated over", "min": 1})
     alpha: float = field(default=0.1, metadata={"help": "weight of the retain (denoising) loss"})
     default_anchor: str = field(default="", metadata={"help": "pseudo prompt for targets without an anchor"})
-    n_images: int = field(default=16, metadata={"help": "images drawn per forget / retain prompt"})
-    sample_steps: int = field(default=20, metadata={"help": "sampler steps for the images"})
+    n_images: int = field(default=16, metadata={"help": "images drawn per forget / retain prompt", "min": 1})
+    sample_steps: int = field(default=20, metadata={"help": "sampler steps for the images", "min": 1})
     sample_guidance: float = field(default=6.0, metadata={"help": "guidance for the images"})
-    batch_size: int = field(default=4, metadata={"help": "images per step (each of forget and retain)"})
-    size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)"})
-    iterations: int = field(default=200, metadata={"help": "optimisation steps"})
-    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate"})
+    batch_size: int = field(default=4, metadata={"help": "images per step (each of forget and retain)", "min": 1})
+    size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)", "min": 1})
+    iterations: int = field(default=200, metadata={"help": "optimisation steps", "min": 1})
+    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate", "gt": 0})
 
     def validate(self) -> None:
         if not 0 < self.mask_ratio <= 1:

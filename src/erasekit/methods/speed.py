@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.config import MethodConfig
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..core.request import ErasureRequest
@@ -38,7 +39,7 @@ from .uce import PromptPlan, token_keys
 
 
 @dataclass
-class SPEEDConfig:
+class SPEEDConfig(MethodConfig):
     tau: float = field(default=0.1, metadata={"help": "eigenvalue threshold τ of the retain covariance's null space"})
     alpha: float = field(default=1.0, metadata={"help": "ridge α of the edit"})
     lam: float = field(default=0.0, metadata={"help": "λ of the invariant equality constraints (0 = exact)"})

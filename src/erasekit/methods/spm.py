@@ -140,9 +140,9 @@ class SPMAdapters(Attachment):
 class SPMConfig(TrajectoryConfig):
     anchor_weight: float = field(default=1000.0, metadata={"help": "β of latent anchoring"})
     n_anchors: int = field(default=32, metadata={"help": "vocabulary words drawn as anchor prompts"})
-    anchor_max_similarity: float = field(default=0.5, metadata={"help": "anchors must be less similar than this to every target"})
-    iterations: int = field(default=3000, metadata={"help": "optimisation steps"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
+    anchor_max_similarity: float = field(default=0.5, metadata={"help": "anchors must be less similar than this to every target", "max": 1})
+    iterations: int = field(default=3000, metadata={"help": "optimisation steps", "min": 1})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate", "gt": 0})
 
     def validate(self) -> None:
         self.check_trajectory("spm")

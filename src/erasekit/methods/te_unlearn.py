@@ -28,13 +28,13 @@ from ..training import ImageBank, TrainingConfig, Workbench, fit, target_prompts
 @dataclass
 class TEUnlearnConfig(TrainingConfig):
     image_dir: str | None = field(default=None, metadata={"help": "folder of images of the concept (default: drawn by the frozen model)"})
-    n_images: int = field(default=4, metadata={"help": "images drawn per concept prompt when no image_dir is given"})
-    sample_steps: int = field(default=20, metadata={"help": "sampler steps for drawn images"})
+    n_images: int = field(default=4, metadata={"help": "images drawn per concept prompt when no image_dir is given", "min": 1})
+    sample_steps: int = field(default=20, metadata={"help": "sampler steps for drawn images", "min": 1})
     sample_guidance: float = field(default=6.0, metadata={"help": "guidance for drawn images"})
-    batch_size: int = field(default=1, metadata={"help": "images per step"})
-    size: int | None = field(default=None, metadata={"help": "latent size for drawn images (default: the model's)"})
-    iterations: int = field(default=20, metadata={"help": "optimisation steps (5 epochs of 4 images)"})
-    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate"})
+    batch_size: int = field(default=1, metadata={"help": "images per step", "min": 1})
+    size: int | None = field(default=None, metadata={"help": "latent size for drawn images (default: the model's)", "min": 1})
+    iterations: int = field(default=20, metadata={"help": "optimisation steps (5 epochs of 4 images)", "min": 1})
+    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate", "gt": 0})
 
     def validate(self) -> None:
         if min(self.n_images, self.sample_steps, self.batch_size, self.iterations) < 1 or self.lr <= 0:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.config import MethodConfig
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..core.request import ErasureRequest
@@ -36,7 +37,7 @@ TIME_AUGMENTATIONS = ("a photo of {}", "an image of {}", "a picture of {}")
 
 
 @dataclass
-class TIMEConfig:
+class TIMEConfig(MethodConfig):
     lamb: float = field(default=0.1, metadata={"help": "ridge weight λ (smaller edits harder)"})
     with_to_k: bool = field(default=True, metadata={"help": "edit to_k as well as to_v"})
     augment: bool = field(default=True, metadata={"help": "add TIME's 3 augmentations (or the request's templates)"})

@@ -26,6 +26,7 @@ from typing import Literal
 
 import torch
 
+from ..core.config import MethodConfig
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..core.request import ErasureRequest
@@ -34,7 +35,7 @@ from .closed_form import ridge_gain
 
 
 @dataclass
-class UCEConfig:
+class UCEConfig(MethodConfig):
     lamb: float = field(default=0.5, metadata={"help": "ridge weight λ keeping W close to the original"})
     erase_scale: float = field(default=1.0, metadata={"help": "η_e, weight of the target→guide mapping"})
     preserve_scale: float | None = field(default=None, metadata={"help": "η_p (default: 1, or max(0.1, 1/|P|) for variant 2023)"})

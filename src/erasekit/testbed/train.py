@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..core.io import atomic_path, load_tensors, optimizer_tensors, restore_optimizer, save_tensors, write_json
+from ..core.outputs import check_dir_output, claim_collection, write_manifest
 from . import world
 from .classifier import ClassifierTrainConfig, evaluate_classifier, save_classifier, train_classifier
 from .model import RECOMMENDED_SAMPLING, build_text_encoder, build_train_scheduler, build_unet, build_vae
@@ -79,8 +80,7 @@ class Trainer:
     """Runs the stages of :class:`TrainConfig` in ``workdir``; see the module docstring."""
 
     def __init__(self, workdir: str | Path, cfg: TrainConfig, progress: bool = True, log=print) -> None:
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = claim_collection(workdir, "testbed-train", what="testbed training directory")
         self.cfg = cfg
         self.progress = progress
         self.log = log
@@ -95,6 +95,8 @@ class Trainer:
 
     def run(self, resume: bool = False, stages: tuple[str, ...] = STAGES, out: Path | None = None) -> Path:
         """Run ``stages`` (skipping completed ones when ``resume``); return the exported pipeline dir."""
+        if "export" in stages:  # the export target is checked before hours of training, not after
+            check_dir_output(out or self.dir / "pipeline", "pipeline", what="testbed pipeline directory")
         config_path = self.dir / "config.json"
         if resume and config_path.exists():
             saved = json.loads(config_path.read_text())
@@ -293,11 +295,13 @@ class Trainer:
         """Write the StableDiffusionPipeline (EMA weights) and the classifier into ``out``."""
         pipe = assemble_pipeline(self.dir)
         out = Path(out or self.dir / "pipeline")
+        out = check_dir_output(out, "pipeline", what="testbed pipeline directory")
         with atomic_path(out) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
             save_tokenizer(pipe.tokenizer, tmp / "tokenizer")
             (tmp / "classifier.safetensors").write_bytes((self.dir / "classifier.safetensors").read_bytes())
             write_json(tmp / "testbed.json", {"world": "erasekit-shapes-v1", "sampling": RECOMMENDED_SAMPLING, "train_config": asdict(self.cfg)})
+            write_manifest(tmp, "pipeline", files=True)
         return {"pipeline": str(out)}
 
     # -- checkpoints -------------------------------------------------------------------------------

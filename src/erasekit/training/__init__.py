@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..core.config import MethodConfig
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult
 from .diffusion import ImageBank, NoisedBatch, Workbench
@@ -20,13 +21,13 @@ from .lora import add_lora, lora_state_dict
 
 
 @dataclass
-class TrainingConfig:
+class TrainingConfig(MethodConfig):
     """Options every training method has (a method's config dataclass inherits them)."""
 
-    iterations: int = field(default=200, metadata={"help": "optimisation steps"})
-    lr: float = field(default=1e-5, metadata={"help": "learning rate"})
+    iterations: int = field(default=200, metadata={"help": "optimisation steps", "min": 1})
+    lr: float = field(default=1e-5, metadata={"help": "learning rate", "gt": 0})
     seed: int = field(default=0, metadata={"help": "seed of every random draw of the run"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per step (gradient accumulation)"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per step (gradient accumulation)", "min": 1})
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA), no, bf16 or fp16"})
     checkpoint_every: int = field(default=0, metadata={"help": "with a checkpoint directory: save every N steps (0: every tenth of the run)"})
     lora_rank: int = field(default=0, metadata={"help": "train a LoRA of this rank on the parameter set instead of the weights (0: off)"})
@@ -49,8 +50,8 @@ class TrajectoryConfig(TrainingConfig):
 
     negative_guidance: float = field(default=1.0, metadata={"help": "η, how far past the unconditional prediction the target goes"})
     start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen model's partial denoising"})
-    ddim_steps: int = field(default=50, metadata={"help": "sampler steps of the partial denoising"})
-    size: int | None = field(default=None, metadata={"help": "latent size for training (default: the model's)"})
+    ddim_steps: int = field(default=50, metadata={"help": "sampler steps of the partial denoising", "min": 1})
+    size: int | None = field(default=None, metadata={"help": "latent size for training (default: the model's)", "min": 1})
 
     def check_trajectory(self, name: str) -> None:
         if self.ddim_steps < 1 or self.iterations < 1 or self.lr <= 0:

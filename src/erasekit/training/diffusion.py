@@ -165,8 +165,17 @@ class Workbench:
         return b.noise
 
     def latents_shape(self, n: int, size: int | None = None) -> tuple[int, ...]:
+        """Shape of ``n`` latents at the model's resolution, or ``size`` x ``size`` (a multiple of the
+        denoiser's downsampling factor: 2^(levels − 1) for a UNet, the patch size for a transformer)."""
         shape = self.adapter.latent_shape(self.pipe, n)
-        return shape if size is None else (*shape[:2], size, size)
+        if size is None:
+            return shape
+        config = getattr(self.pipe, self.adapter.denoiser).config
+        levels = len(getattr(config, "block_out_channels", ()) or ())
+        multiple = 2 ** (levels - 1) if levels else int(getattr(config, "patch_size", 1) or 1) * (2 if self.adapter.name == "flux" else 1)
+        if size < 1 or size % multiple:
+            raise ConfigError(f"size (latent side) must be a positive multiple of {multiple} for this model, got {size}")
+        return (*shape[:2], size, size)
 
     # -- sampling with the frozen model -------------------------------------------------------------------
     @torch.no_grad()

@@ -25,7 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.errors import ConfigError
-from ..core.io import load_tensors, optimizer_tensors, read_json, restore_optimizer, save_tensors, write_json
+from ..core.outputs import claim_collection
+from . import checkpoints
 
 
 class Objective(Protocol):
@@ -127,8 +128,10 @@ def train(
     log = TrainLog()
     ckpt = Path(settings.checkpoint_dir) if settings.checkpoint_dir else None
     start = 0
-    if settings.resume and ckpt is not None and (ckpt / "train-state.json").is_file():
-        start = _load_checkpoint(ckpt, params, opt, extra_state, log, settings)
+    if ckpt is not None:
+        claim_collection(ckpt, "checkpoints", what="checkpoint directory")
+        if settings.resume:
+            start = _load_checkpoint(ckpt, params, opt, extra_state, log, settings)
     log.start_step = start
     t0 = time.perf_counter()
     bar = tqdm(range(start, settings.steps), desc=desc, disable=not progress, initial=start, total=settings.steps, mininterval=1)
@@ -182,29 +185,28 @@ def _fingerprint(settings: TrainingSettings) -> dict:
 
 
 def _save_checkpoint(ckpt: Path, step: int, params, opt, extra_state, log: TrainLog, settings: TrainingSettings) -> None:
-    ckpt.mkdir(parents=True, exist_ok=True)
     tensors = {f"param.{k}": v for k, v in params.items()}
     tensors.update({f"extra.{k}": v for k, v in (extra_state or {}).items()})
-    save_tensors(ckpt / "train-params.safetensors", tensors)
-    opt_t, opt_extra = optimizer_tensors(opt)
-    save_tensors(ckpt / "train-optim.safetensors", opt_t)
-    write_json(ckpt / "train-state.json", {"step": step, "settings": _fingerprint(settings), "optimizer": opt_extra,
-                                           "losses": log.losses, "evaluations": log.evaluations})  # fmt: skip
+    checkpoints.save(ckpt, step, tensors, opt, {"settings": _fingerprint(settings), "losses": log.losses, "evaluations": log.evaluations})
 
 
 @torch.no_grad()
 def _load_checkpoint(ckpt: Path, params, opt, extra_state, log: TrainLog, settings: TrainingSettings) -> int:
-    state = read_json(ckpt / "train-state.json")
-    if state["settings"] != json.loads(json.dumps(_fingerprint(settings))):
-        raise ConfigError(f"the checkpoint in {ckpt} was made with other training settings; delete it or match them to resume")
-    tensors = load_tensors(ckpt / "train-params.safetensors")
+    """Restore the newest checkpoint in ``ckpt`` into ``params``, ``opt`` and ``extra_state``; its step (0: none)."""
+    found = checkpoints.load_latest(ckpt, opt)
+    if found is None:
+        return 0
+    step, tensors, state = found
+    if state.get("settings") != json.loads(json.dumps(_fingerprint(settings))):
+        raise ConfigError(f"the checkpoint in {ckpt} was made with other training settings; drop --resume to start over, or match them to resume")
     for k, p in params.items():
-        if f"param.{k}" not in tensors:
-            raise ConfigError(f"the checkpoint in {ckpt} lacks {k}; it belongs to another method or parameter set")
+        if f"param.{k}" not in tensors or tensors[f"param.{k}"].shape != p.shape:
+            raise ConfigError(f"the checkpoint in {ckpt} lacks {k} (or has another shape); it belongs to another method or parameter set")
         p.copy_(tensors[f"param.{k}"].to(p))
     for k, v in (extra_state or {}).items():
+        if f"extra.{k}" not in tensors:
+            raise ConfigError(f"the checkpoint in {ckpt} lacks the state {k}; it belongs to another method")
         v.copy_(tensors[f"extra.{k}"].to(v))
-    restore_optimizer(opt, load_tensors(ckpt / "train-optim.safetensors"), state["optimizer"])
     log.losses = list(state.get("losses", []))
     log.evaluations = list(state.get("evaluations", []))
-    return int(state["step"])
+    return step
