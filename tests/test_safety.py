@@ -428,6 +428,9 @@ def test_request_types_in_python():
         ErasureRequest.from_dict({"targets": [{"concept": "star", "synonyms": "pentagram"}]})
     with pytest.raises(ConfigError, match="synonyms"):
         ErasureRequest([{"concept": "star", "synonyms": "pentagram"}])
+    for bad in ([None], [5], "star", [{"concept": "star", "colour": "red"}]):
+        with pytest.raises(ConfigError):
+            ErasureRequest(bad)
 
 
 @pytest.mark.testbed

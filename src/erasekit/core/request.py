@@ -85,6 +85,20 @@ class Target:
         return [*(self.prompts or [self.concept]), *self.synonyms]
 
 
+def _as_target(t) -> Target:
+    """A :class:`Target` from a Target, a name, or a mapping of its fields (anything else is an error)."""
+    if isinstance(t, Target):
+        return t
+    if isinstance(t, str):
+        return Target(t)
+    if isinstance(t, dict):
+        try:
+            return Target(**t)
+        except TypeError:
+            raise ConfigError(f"a target mapping may have concept, anchor, synonyms, prompts; got {sorted(map(str, t))}") from None
+    raise ConfigError(f"a target must be a concept name or a mapping, got {t!r}")
+
+
 @dataclass
 class ErasureRequest:
     targets: list[Target]
@@ -92,7 +106,9 @@ class ErasureRequest:
     templates: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.targets = [t if isinstance(t, Target) else Target(**t) if isinstance(t, dict) else Target(str(t)) for t in self.targets]
+        if not isinstance(self.targets, (list, tuple)):
+            raise ConfigError(f"targets must be a list of concepts, got {self.targets!r}")
+        self.targets = [_as_target(t) for t in self.targets]
         self.validate()
 
     def validate(self) -> None:

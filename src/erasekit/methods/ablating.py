@@ -107,7 +107,7 @@ class AblatingObjective:
         anchor = self.anchors.cond.select(pair)
         with torch.no_grad():
             target = bench.predict(b.xt, b.t, bench.student_cond([self.anchor_prompts[i] for i in pair], frozen=anchor))  # sg f_θ(x_t, c)
-        noise_rows = torch.tensor([self.noise_based[int(i)] for i in pair]).view(-1, *[1] * (target.dim() - 1))
+        noise_rows = torch.tensor([self.noise_based[int(i)] for i in pair], device=target.device).view(-1, *[1] * (target.dim() - 1))
         target = torch.where(noise_rows, bench.target(b).to(target), target)
         target_cond = bench.student_cond([self.targets[i] for i in pair], frozen=self.target_cond.select(pair))
         terms = {"ablate": F.mse_loss(bench.predict(b.xt, b.t, target_cond).float(), target.float())}

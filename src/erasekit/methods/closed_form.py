@@ -29,6 +29,17 @@ import torch
 from ..core.errors import SingularSystemError
 
 
+def math_device(device: torch.device) -> torch.device:
+    """Where the closed-form float64 algebra runs: the keys' own device (CUDA included), except Apple
+    MPS, which has no float64, where it runs on the CPU."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+def as_f64(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` detached, in float64, on ``device`` (the closed-form methods' working precision)."""
+    return t.detach().to(device=device, dtype=torch.float64)
+
+
 @dataclass
 class RidgeGain:
     """``G = η_e C_e A⁻¹`` and ``D = C_g − C_e`` for one feature space; ``edit(W) = W + (W Dᵀ) G``."""
@@ -41,13 +52,13 @@ class RidgeGain:
     def edit(self, weight: torch.Tensor) -> torch.Tensor:
         """``W + (W Dᵀ) G``; with more keys than half the width, ``W (I + Dᵀ G)`` with the d×d factor
         built once and shared by every layer is cheaper than the two thin products."""
-        w = weight.detach().to(torch.float64)
+        w = as_f64(weight, self.gain.device)
         n, d = self.gain.shape
         if 2 * n > d:
             if self._dense is None:
-                self._dense = torch.eye(d, dtype=torch.float64) + self.direction.T @ self.gain
-            return (w @ self._dense).to(weight.dtype)
-        return (w + (w @ self.direction.T) @ self.gain).to(weight.dtype)
+                self._dense = torch.eye(d, dtype=torch.float64, device=self.gain.device) + self.direction.T @ self.gain
+            return (w @ self._dense).to(weight.device, weight.dtype)
+        return (w + (w @ self.direction.T) @ self.gain).to(weight.device, weight.dtype)
 
 
 def ridge_gain(
@@ -60,8 +71,9 @@ def ridge_gain(
     solver: str = "auto",
 ) -> RidgeGain:
     """Solve the shared part of the ridge edit (see module docstring). Inputs are ``[n, d]`` row sets."""
-    ce, cg = targets.detach().to(torch.float64), guides.detach().to(torch.float64)
-    cp = preserve.detach().to(torch.float64).reshape(-1, ce.shape[1])
+    dev = math_device(targets.device)
+    ce, cg = as_f64(targets, dev), as_f64(guides, dev)
+    cp = as_f64(preserve, dev).reshape(-1, ce.shape[1])
     if ce.shape != cg.shape:
         raise ValueError(f"targets {tuple(ce.shape)} and guides {tuple(cg.shape)} must be row-paired")
     n_e, d = ce.shape
@@ -72,12 +84,13 @@ def ridge_gain(
         if lam <= 0:
             raise SingularSystemError("the Woodbury form needs λ > 0; raise 'lamb' or use solver=direct")
         x = torch.cat([ce, cp])
-        s_inv = torch.cat([torch.full((n_e,), 1.0 / eta_e, dtype=torch.float64), torch.full((len(cp),), 1.0 / max(eta_p, 1e-300), dtype=torch.float64)])
+        s_inv = torch.cat([torch.full((n_e,), 1.0 / eta_e, dtype=torch.float64, device=dev),
+                           torch.full((len(cp),), 1.0 / max(eta_p, 1e-300), dtype=torch.float64, device=dev)])  # fmt: skip
         small = lam * torch.diag(s_inv) + x @ x.T  # [n, n]
         inner = _solve_spd(small, x @ ce.T, "the (targets + preserved)-sized system")
         a_inv_ce_t = (ce.T - x.T @ inner) / lam  # [d, n_e]
     elif solver == "direct":
-        a = lam * torch.eye(d, dtype=torch.float64) + eta_e * ce.T @ ce + eta_p * cp.T @ cp
+        a = lam * torch.eye(d, dtype=torch.float64, device=dev) + eta_e * ce.T @ ce + eta_p * cp.T @ cp
         a_inv_ce_t = _solve_spd(a, ce.T, "the d×d normal equations")
     else:
         raise ValueError(f"unknown solver {solver!r}")
@@ -103,13 +116,14 @@ def ridge_edit_reference(
 ) -> torch.Tensor:
     """The same edit computed the straightforward way, ``W' = (λW + η_e W C_gᵀC_e + η_p W C_pᵀC_p) A⁻¹``,
     one full solve per matrix (the reference the tests and the benchmark compare against)."""
-    w = weight.detach().to(torch.float64)
-    ce, cg = targets.to(torch.float64), guides.to(torch.float64)
-    cp = preserve.to(torch.float64).reshape(-1, ce.shape[1])
+    dev = math_device(weight.device)
+    w = as_f64(weight, dev)
+    ce, cg = as_f64(targets, dev), as_f64(guides, dev)
+    cp = as_f64(preserve, dev).reshape(-1, ce.shape[1])
     d = w.shape[1]
-    a = lam * torch.eye(d, dtype=torch.float64) + eta_e * ce.T @ ce + eta_p * cp.T @ cp
+    a = lam * torch.eye(d, dtype=torch.float64, device=dev) + eta_e * ce.T @ ce + eta_p * cp.T @ cp
     rhs = lam * w + eta_e * (w @ cg.T) @ ce + eta_p * (w @ cp.T) @ cp
-    return torch.linalg.solve(a, rhs.T).T.to(weight.dtype)  # A symmetric: (rhs A⁻¹)ᵀ = A⁻¹ rhsᵀ
+    return torch.linalg.solve(a, rhs.T).T.to(weight.device, weight.dtype)  # A symmetric: (rhs A⁻¹)ᵀ = A⁻¹ rhsᵀ
 
 
 def ridge_objective(

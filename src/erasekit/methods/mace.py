@@ -42,7 +42,7 @@ from ..families.base import Conditioning
 from ..testbed.exact import concept_renders, pipe_is_testbed
 from ..training import TrainingConfig, Workbench, fit, trainable_parameters
 from ..training.attention import CrossAttentionProbe, concept_positions, mean_map
-from .closed_form import _solve_spd
+from .closed_form import _solve_spd, as_f64, math_device
 from .uce import UCEConfig, uce
 
 
@@ -138,15 +138,18 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
 @torch.no_grad()
 def fuse(w_cfr: torch.Tensor, deltas: list[torch.Tensor | None], keys: list[torch.Tensor], preserve: torch.Tensor, gamma: float, ridge: float) -> torch.Tensor:
     """Closed-form fusion (see the module docstring): one weight agreeing with every concept's LoRA on its keys."""
-    w = w_cfr.double()
+    dev = math_device(w_cfr.device)
+    w = as_f64(w_cfr, dev)
     d = w.shape[1]
-    lhs = ridge * torch.eye(d, dtype=torch.float64) + gamma * preserve.double().t() @ preserve.double()
-    rhs = ridge * w + gamma * w @ (preserve.double().t() @ preserve.double())
+    p = as_f64(preserve, dev)
+    lhs = ridge * torch.eye(d, dtype=torch.float64, device=dev) + gamma * p.t() @ p
+    rhs = ridge * w + gamma * w @ (p.t() @ p)
     for delta, e in zip(deltas, keys):
-        c = e.double().t() @ e.double()
+        e = as_f64(e, dev)
+        c = e.t() @ e
         lhs += c
-        rhs += (w + (delta.double() if delta is not None else 0.0)) @ c
-    return _solve_spd(lhs, rhs.t(), "MACE fusion").t().to(w_cfr.dtype)
+        rhs += (w + (as_f64(delta, dev) if delta is not None else 0.0)) @ c
+    return _solve_spd(lhs, rhs.t(), "MACE fusion").t().to(w_cfr.device, w_cfr.dtype)
 
 
 def _drawn_with_attention_masks(bench, attn: CrossAttentionProbe, pairs, tokenizer, config: MACEConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..core.request import ErasureRequest
 from ..families import FamilyAdapter
-from .closed_form import ridge_gain
+from .closed_form import as_f64, math_device, ridge_gain
 from .uce import UCEConfig, uce
 
 
@@ -57,13 +57,14 @@ class RECEConfig(MethodConfig):
 def adversarial_embedding(edited: list[torch.Tensor], original: list[torch.Tensor], c: torch.Tensor, reg: float) -> torch.Tensor:
     """Eq. 8: ``c′ = (Σ W′ᵀW′ + λ_r I)⁻¹ Σ W′ᵀ W c`` for rows ``c: [n, d]`` (float64 inside)."""
     d = c.shape[-1]
-    m = reg * torch.eye(d, dtype=torch.float64)
-    n = torch.zeros(d, d, dtype=torch.float64)
+    dev = math_device(c.device)
+    m = reg * torch.eye(d, dtype=torch.float64, device=dev)
+    n = torch.zeros(d, d, dtype=torch.float64, device=dev)
     for w1, w0 in zip(edited, original):
-        w1, w0 = w1.double(), w0.double()
+        w1, w0 = as_f64(w1, dev), as_f64(w0, dev)
         m += w1.T @ w1
         n += w1.T @ w0
-    return torch.linalg.solve(m, n @ c.double().T).T
+    return torch.linalg.solve(m, n @ as_f64(c, dev).T).T
 
 
 @register_method("rece", RECEConfig, families=("sd", "sdxl"), kind="closed-form")

@@ -178,7 +178,7 @@ class ReceleObjective:
         self.erasers.capture = []
         self.bench.predict(b.xt, b.t, self.cond.select([self.exact.prompt_of[j]]))
         outs, self.erasers.capture = self.erasers.capture, None
-        mask = self.exact.masks[j : j + 1].to(outs[0].dtype) if outs else None
+        mask = self.exact.masks[j : j + 1].to(outs[0].device, outs[0].dtype) if outs else None
         return _masked_energy(outs, [layer_mask(mask, o.shape[1]) for o in outs])
 
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:

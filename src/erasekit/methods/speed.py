@@ -35,6 +35,7 @@ from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..core.request import ErasureRequest
 from ..families import FamilyAdapter
+from .closed_form import as_f64, math_device
 from .uce import PromptPlan, token_keys
 
 
@@ -73,7 +74,7 @@ def null_space_projector(keys: torch.Tensor, tau: float) -> torch.Tensor:
     """``P`` onto the eigenvectors of ``mean r rᵀ`` with eigenvalue < τ (identity when no keys)."""
     d = keys.shape[1]
     if len(keys) == 0:
-        return torch.eye(d, dtype=torch.float64)
+        return torch.eye(d, dtype=torch.float64, device=keys.device)
     cov = keys.T @ keys / len(keys)
     vals, vecs = torch.linalg.eigh(cov)
     null = vecs[:, vals < tau]
@@ -83,11 +84,11 @@ def null_space_projector(keys: torch.Tensor, tau: float) -> torch.Tensor:
 def speed_delta(w: torch.Tensor, c_tt: torch.Tensor, c_at: torch.Tensor, p: torch.Tensor, k2: torch.Tensor, alpha: float, lam: float) -> torch.Tensor:
     """The SPEED update Δ of the module docstring (all float64); ``k2: [d, m]``."""
     d = w.shape[1]
-    eye = torch.eye(d, dtype=torch.float64)
+    eye = torch.eye(d, dtype=torch.float64, device=w.device)
     m = torch.linalg.inv(c_tt @ p + alpha * eye)
     inner = eye
     if k2.shape[1]:
-        small = k2.T @ p @ m @ k2 + lam * torch.eye(k2.shape[1], dtype=torch.float64)
+        small = k2.T @ p @ m @ k2 + lam * torch.eye(k2.shape[1], dtype=torch.float64, device=w.device)
         inner = eye - m @ k2 @ torch.linalg.solve(small, k2.T @ p)
     return w @ (c_at - c_tt) @ p @ inner @ m
 
@@ -98,18 +99,19 @@ def speed(pipe, request: ErasureRequest, config: SPEEDConfig, adapter: FamilyAda
     gen = torch.Generator().manual_seed(config.seed)
     plan = PromptPlan.build(request, config.default_anchor)
     enc = adapter.encode(pipe, [*plan.prompts, ""])
-    c_t, c_a, retain = (x.double() for x in token_keys(enc, plan, "last"))
+    dev = math_device(enc.tokens.device)
+    c_t, c_a, retain = (as_f64(x, dev) for x in token_keys(enc, plan, "last"))
     c_tt = c_t.T @ c_t / len(c_t)
     c_at = c_a.T @ c_t / len(c_t)
-    empty = enc.tokens[-1].double()  # [T, d]: BOS, EOS, padding of ""
+    empty = as_f64(enc.tokens[-1], dev)  # [T, d]: BOS, EOS, padding of ""
     k2 = empty[:1]
     if config.invariant_centroids and empty.shape[0] > 2:
         k2 = torch.cat([k2, kmeans(empty[2:], config.invariant_centroids)])
     projections = [p for p in adapter.text_projections(pipe) if p.path.endswith("to_v")]
-    eye = torch.eye(c_t.shape[1], dtype=torch.float64)
+    eye = torch.eye(c_t.shape[1], dtype=torch.float64, device=dev)
     weights, kept_counts = {}, []
     for proj in projections:
-        w = proj.module.weight.detach().double()
+        w = as_f64(proj.module.weight, dev)
         r = retain
         if config.ipf and len(r) > 1:
             influence = (w @ (c_at - c_tt) @ torch.linalg.inv(eye + c_tt) @ r.T).norm(dim=0)
@@ -117,10 +119,10 @@ def speed(pipe, request: ErasureRequest, config: SPEEDConfig, adapter: FamilyAda
         if config.augment and len(r):
             _, _, vh = torch.linalg.svd(w, full_matrices=True)
             weak = vh[vh.shape[0] // 2 :]  # bottom half of the input directions
-            z = torch.randn(len(r), config.augment, weak.shape[0], generator=gen, dtype=torch.float64) @ weak
+            z = torch.randn(len(r), config.augment, weak.shape[0], generator=gen, dtype=torch.float64).to(dev) @ weak  # CPU draws: the same on every device
             z = z / z.norm(dim=-1, keepdim=True) * (config.augment_scale * r.norm(dim=-1))[:, None, None]
             r = torch.cat([r, (r[:, None] + z).reshape(-1, r.shape[1])])
         kept_counts.append(len(r))
         delta = speed_delta(w, c_tt, c_at, null_space_projector(r, config.tau), k2.T, config.alpha, config.lam)
-        weights[proj.weight_key] = (w + delta).to(proj.module.weight.dtype)
+        weights[proj.weight_key] = (w + delta).to(proj.module.weight.device, proj.module.weight.dtype)
     return MethodResult(weights, {"target_keys": len(c_t), "retain_keys_after_filter_and_augmentation": kept_counts, "invariants": int(k2.shape[0])})
