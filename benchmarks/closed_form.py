@@ -25,8 +25,7 @@ from erasekit import __version__
 from erasekit.core.io import write_json
 from erasekit.core.request import ErasureRequest, Target
 from erasekit.families import get_adapter
-from erasekit.methods.closed_form import ridge_edit_reference, ridge_gain
-from erasekit.methods.uce import PromptPlan, token_keys
+from erasekit.methods.closed_form import PromptPlan, ridge_edit_reference, ridge_gain, token_keys
 
 ADJECTIVES = ["red", "blue", "old", "tiny", "giant", "golden", "wooden", "frozen", "ancient", "modern", "dark", "bright",
               "silver", "purple", "quiet", "wild", "sleepy", "shiny", "broken", "royal", "paper", "glass", "stone", "neon",

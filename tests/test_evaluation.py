@@ -1,5 +1,7 @@
 """The evaluator's arithmetic, with a fake generator whose 'erasure' is known exactly."""
 
+import contextlib
+
 import numpy as np
 import pytest
 from fakes import OracleJudge, WorldPipe
@@ -33,6 +35,14 @@ class FakeErasure:
 
     def remove(self, pipe):
         pipe.corrupt = lambda prompt, a, seed: a
+
+    @contextlib.contextmanager
+    def applied(self, pipe):
+        self.apply(pipe)
+        try:
+            yield pipe
+        finally:
+            self.remove(pipe)
 
     def num_bytes(self):
         return 0

@@ -65,7 +65,6 @@ def no_model_load(monkeypatch):
         raise AssertionError("expensive work started before the input was checked")
 
     monkeypatch.setattr("erasekit.models.load_pipeline", refuse)
-    monkeypatch.setattr("erasekit.api.load_pipeline", refuse)
 
 
 def saved_uce(tmp_path: Path) -> Path:

@@ -15,9 +15,9 @@ from erasekit.core.errors import ConfigError
 from erasekit.core.registry import get_method
 from erasekit.core.request import ErasureRequest
 from erasekit.families import get_adapter
-from erasekit.methods.esd import ESDObjective, parameter_spec
+from erasekit.methods.esd import ESDObjective
 from erasekit.testing import tiny_pipeline
-from erasekit.training import Workbench, step_generator, trainable_parameters
+from erasekit.training import Workbench, parameter_spec, step_generator, trainable_parameters
 
 REQUEST = {"targets": [{"concept": "cat"}], "preserve": ["dog"]}
 FAST = {"iterations": 3, "ddim_steps": 4, "lr": 1e-3}

@@ -40,7 +40,7 @@ class OneLineErrors(TyperGroup):
         except click.ClickException as e:
             typer.echo(f"error: {_one_line(e.format_message())}", err=True)
             code = e.exit_code
-        except click.Abort:
+        except typer.Abort:
             typer.echo("aborted", err=True)
             code = 1
         if standalone_mode:
@@ -62,6 +62,7 @@ app.add_typer(testbed_app, name="testbed")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'testbed', a local diffusers pipeline directory, or a hub id.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else mps, else cpu).")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Weights' precision: float32 (default), float16 or bfloat16.")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Denoising steps (default: the model's recommendation).")]
 def _finite(value: float | None) -> float | None:
     """Option callback: NaN and infinity pass typer's min/max checks, so they are refused here."""
@@ -161,11 +162,12 @@ def generate(
     negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt (the unconditional branch of guidance).")] = None,
     labels: Annotated[bool, typer.Option(help="Caption each image with the testbed classifier's labels (testbed only).")] = True,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Generate N images of one prompt with fixed seeds and save them as a grid."""
     from .api import generate_grid
 
-    path = generate_grid(model, prompt, out, n=n, seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt, labels=labels, device=device)
+    path = generate_grid(model, prompt, out, n=n, seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt, labels=labels, device=device, dtype=dtype)
     typer.echo(f"wrote {path}")
 
 
@@ -175,11 +177,12 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the demo's outputs.")] = Path("erasekit-demo"),
     seeds: Annotated[int, typer.Option(min=1, max=64, help="Seeds per prompt for the quality-gate summary.")] = 2,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ) -> None:
     """The main job on the testbed: labelled grid, quality gate, UCE erasure of a shape and a character, before/after evaluation."""
     from .api import run_demo
 
-    for line in run_demo(out, seeds=seeds, device=device):
+    for line in run_demo(out, seeds=seeds, device=device, dtype=dtype):
         typer.echo(line)
 
 
@@ -207,54 +210,18 @@ def erase(
     ] = None,
     min_ira: Annotated[Optional[float], typer.Option("--min-ira", min=0.0, max=1.0, callback=_finite, help="With --stop-at-ua: also require IRA of at least this share.")] = None,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Erase concepts from a model with a named method and save the result (only the changed tensors, or a LoRA)."""
-    from .api import erase as erase_api
-    from .api import model_inputs
-    from .core.errors import ConfigError, OutputPathError
-    from .core.outputs import check_dir_output
-    from .core.registry import get_method
+    from .api.erasing import erase_to
     from .core.request import ErasureRequest
-    from .models import load_pipeline, pick_device
 
     params = dict(_set_items(set_, "key=value"))
     if lora_rank is not None:
         params["lora_rank"] = lora_rank
-    spec = get_method(method)
-    spec.make_config(params)  # bad numbers fail here, before the model loads
     req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None, trigger)
-    inputs = model_inputs(model)
-    out = check_dir_output(out, "erasure", inputs, what="erasure directory")
-    default_checkpoints = spec.trains and checkpoints is None
-    if default_checkpoints:
-        checkpoints = out.with_name(out.name + ".checkpoints")
-    if checkpoints is not None:
-        if not spec.trains:
-            raise ConfigError(f"method {method!r} does not train, so it has no checkpoints (drop --checkpoints)")
-        checkpoints = check_dir_output(checkpoints, "checkpoints", inputs, what="checkpoint directory")
-        if checkpoints == out or out in checkpoints.parents or checkpoints in out.parents:
-            raise OutputPathError(f"the checkpoint directory {checkpoints} and the output {out} must not contain each other")
-    pick_device(device)
-    pipe = load_pipeline(model, device=device)
-    monitor = None
-    if stop_at_ua is not None:
-        from tqdm.auto import tqdm
-
-        from .api import load_judge
-        from .evaluation.monitor import TestbedMonitor
-
-        judge = load_judge(model)
-        if judge is None:
-            raise ConfigError(f"--stop-at-ua measures UA with the testbed judge; {model!r} has none (drop --stop-at-ua)")
-        monitor = TestbedMonitor(pipe, judge, req.concepts, stop_ua=stop_at_ua, min_ira=min_ira, report=tqdm.write)
-    elif min_ira is not None:
-        raise ConfigError("--min-ira only applies together with --stop-at-ua")
-    result = erase_api(pipe, method, req, model=model, checkpoint_dir=checkpoints, resume=resume, monitor=monitor, **params)
-    result.save(out, protect=tuple(inputs))
-    if default_checkpoints:  # the run is saved: its default checkpoints are no longer needed
-        from .training.checkpoints import discard
-
-        discard(checkpoints)
+    result = erase_to(out, model, method, req, checkpoints=checkpoints, resume=resume, stop_at_ua=stop_at_ua, min_ira=min_ira,
+                      device=device, dtype=dtype, **params)  # fmt: skip
     training = result.info.get("training", {})
     if training.get("stopped_early"):
         typer.echo(f"target reached: stopped early after step {training['evaluations'][-1]['step']}")
@@ -271,11 +238,12 @@ def export(
     model: ModelOpt = "testbed",
     force: Annotated[bool, typer.Option("--force", help="Apply even if the model's weights differ from the erasure's base.")] = False,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Apply an erasure to its base model and write a complete pipeline directory (loadable with from_pretrained)."""
     from .api import export_pipeline
 
-    path = export_pipeline(erasure, model, out, force=force, device=device)
+    path = export_pipeline(erasure, model, out, force=force, device=device, dtype=dtype)
     typer.echo(f"wrote {path}")
 
 
@@ -291,12 +259,13 @@ def evaluate(
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after."""
     from .api import evaluate as evaluate_api
 
-    report = evaluate_api(out, model=model, erasure=erasure, concepts=concept, seeds=seeds, contexts=contexts,
-                          steps=steps, guidance=guidance, device=device)  # fmt: skip
+    report = evaluate_api(model, erasure, concept, out=out, seeds=seeds, contexts=contexts,
+                          steps=steps, guidance=guidance, device=device, dtype=dtype)  # fmt: skip
 
     def fmt(v):
         return "  n/a" if v is None else f"{v:5.3f}"
@@ -322,6 +291,7 @@ def bench(
     contexts: Annotated[int, typer.Option(min=1, max=64, help="Attribute contexts per concept.")] = 12,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method parameter as method.key=value (repeatable).")] = None,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Erase each concept with each method, evaluate every run, and write JSON plus a results table."""
     from .api import bench as bench_api
@@ -331,7 +301,7 @@ def bench(
         method, _, name = key.partition(".")
         params.setdefault(method, {})[name] = value
     runs = bench_api([m.strip() for m in methods_.split(",") if m.strip()], [c.strip() for c in concepts.split(",") if c.strip()],
-                     out_dir=out, report=report, model=model, seeds=seeds, contexts=contexts, params=params, device=device)  # fmt: skip
+                     out_dir=out, report=report, model=model, seeds=seeds, contexts=contexts, params=params, device=device, dtype=dtype)  # fmt: skip
     for r in runs:
         typer.echo(f"{r['concept']:<10} {r['method']:<6} UA {r['ua']:.2f} (base {r['base']['ua']:.2f})  IRA {r['ira']:.2f}  CRA {r['cra']:.2f}")
     typer.echo(f"wrote {out}/results.json and {report}")
@@ -368,12 +338,13 @@ def testbed_check(
     guidance: GuidanceOpt = None,
     classifier: Annotated[Optional[Path], typer.Option(help="Judge weights (default: the shipped testbed classifier).")] = None,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Run the testbed quality gate and write its JSON report (exit code 1 when it fails)."""
     from .api import check_testbed
     from .testbed.gate import summary_lines
 
-    report = check_testbed(out, model=model, seeds=seeds, steps=steps, guidance=guidance, classifier=classifier, device=device)
+    report = check_testbed(out, model=model, seeds=seeds, steps=steps, guidance=guidance, classifier=classifier, device=device, dtype=dtype)
     for line in summary_lines(report):
         typer.echo(line)
     typer.echo(f"wrote {out}")

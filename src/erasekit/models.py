@@ -81,15 +81,36 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def load_pipeline(model: str | os.PathLike = TESTBED, device: str | None = None, dtype: torch.dtype | None = None):
-    """Load a diffusers pipeline (a fresh copy each call: callers may change its weights freely)."""
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}  # fmt: skip
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``float32`` / ``float16`` / ``bfloat16`` (or fp32, fp16, half, bf16, a torch dtype); ``None`` or
+    ``auto``: as the checkpoint is stored (diffusers loads float32 unless told otherwise)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if isinstance(dtype, torch.dtype) and dtype not in DTYPES.values():
+            raise ModelLoadError(f"dtype {dtype} is not supported; use float32, float16 or bfloat16")
+        return dtype
+    text = str(dtype).strip().lower()
+    if text == "auto":
+        return None
+    if text not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+    return DTYPES[text]
+
+
+def load_pipeline(model: str | os.PathLike = TESTBED, device: str | None = None, dtype: str | torch.dtype | None = None):
+    """Load a diffusers pipeline (a fresh copy each call: callers may change its weights freely), on
+    ``device`` (default: CUDA, else MPS, else CPU) in ``dtype`` (default: float32)."""
     from diffusers import DiffusionPipeline
 
-    target = pick_device(device)  # a device that is not there fails before the weights are read
+    target = pick_device(device)  # a device or dtype that is not there fails before the weights are read
+    torch_dtype = parse_dtype(dtype)
     source = resolve_model(model)
     kwargs = {}
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
     if source == str(testbed_dir()):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:

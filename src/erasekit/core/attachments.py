@@ -50,8 +50,6 @@ class Attachment(ABC):
 
 
 def restore_attachment(kind: str, config: dict, tensors: dict[str, torch.Tensor]) -> Attachment:
-    from .. import methods  # noqa: F401  (methods register their attachment kinds)
-
     if kind not in ATTACHMENT_KINDS:
         raise IncompatibleErasureError(f"unknown attachment kind {kind!r}; is this erasure from a newer erasekit?")
     return ATTACHMENT_KINDS[kind].restore(config, tensors)

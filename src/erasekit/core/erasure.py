@@ -99,6 +99,33 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
 
 
 @dataclass
+class AppliedErasure:
+    """An erasure written into a pipeline: the original values it replaced and the hooks it added.
+    :meth:`remove` (or leaving the ``with`` block) restores the pipeline bit for bit, once."""
+
+    pipe: object
+    originals: dict[str, torch.Tensor]
+    handles: list
+
+    def remove(self):
+        if self.originals is None:
+            raise IncompatibleErasureError("this erasure was already removed from the model")
+        with torch.no_grad():
+            for k, v in self.originals.items():
+                get_tensor(self.pipe, k).copy_(v)
+        for h in self.handles:
+            h.remove()
+        self.originals, self.handles = None, []
+        return self.pipe
+
+    def __enter__(self):
+        return self.pipe
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+@dataclass
 class Erasure:
     method: str
     params: dict
@@ -112,8 +139,7 @@ class Erasure:
     version: str = ""
     lora: dict[str, torch.Tensor] = field(default_factory=dict)
     attachment: Attachment | None = None
-    _originals: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    _handles: list = field(default_factory=list, repr=False)
+    _applied: dict[int, "AppliedErasure"] = field(default_factory=dict, repr=False)  # apply/remove by model
 
     # -- applying ------------------------------------------------------------------------------------
     def touched(self) -> list[str]:
@@ -149,32 +175,39 @@ class Erasure:
                 f"is it another model, or is an erasure already applied? ({hint})"
             )
 
-    @torch.no_grad()
-    def apply(self, pipe, force: bool = False):
-        """Write the erased weights into ``pipe`` (in place) and return it; see :meth:`remove`."""
+    def applied(self, pipe, force: bool = False) -> "AppliedErasure":
+        """Write the erased weights into ``pipe`` (in place; checks shapes, and the base hash unless
+        ``force``) and return the handle that undoes it, also usable as a context manager::
+
+            with erasure.applied(pipe):
+                images = erasekit.generate(pipe, prompts, seeds)   # pipe is restored afterwards
+        """
         check_finite(self.own_tensors(), f"erasure {self.method}")
         self.check_compatible(pipe, force=force)
-        self._originals = {k: t.clone() for k, t in self.originals_of(pipe).items()}
-        for k, v in self.weights.items():
-            p = get_tensor(pipe, k)
-            p.copy_(v.to(device=p.device, dtype=p.dtype))
-        for k, delta in lora_deltas(self.lora).items():
-            p = get_tensor(pipe, k)
-            p.copy_((p.float() + delta.to(p.device)).to(p.dtype))
-        if self.attachment is not None:
-            self._handles = self.attachment.install(pipe)
+        originals = {k: t.clone() for k, t in self.originals_of(pipe).items()}
+        with torch.no_grad():
+            for k, v in self.weights.items():
+                p = get_tensor(pipe, k)
+                p.copy_(v.to(device=p.device, dtype=p.dtype))
+            for k, delta in lora_deltas(self.lora).items():
+                p = get_tensor(pipe, k)
+                p.copy_((p.float() + delta.to(p.device)).to(p.dtype))
+        handles = self.attachment.install(pipe) if self.attachment is not None else []
+        return AppliedErasure(pipe, originals, handles)
+
+    def apply(self, pipe, force: bool = False):
+        """:meth:`applied` for callers that undo it later with :meth:`remove`; returns ``pipe``."""
+        if id(pipe) in self._applied:
+            raise IncompatibleErasureError("this erasure is already applied to that model; remove it first")
+        self._applied[id(pipe)] = self.applied(pipe, force=force)
         return pipe
 
-    @torch.no_grad()
     def remove(self, pipe):
-        """Restore the exact weights ``pipe`` had before :meth:`apply`."""
-        if not self._originals and not self._handles:
-            raise IncompatibleErasureError("this erasure has not been applied to a model in this session; nothing to remove")
-        for k, v in self._originals.items():
-            get_tensor(pipe, k).copy_(v)
-        for h in self._handles:
-            h.remove()
-        self._originals, self._handles = {}, []
+        """Restore the exact weights ``pipe`` had before :meth:`apply` (bit for bit); returns ``pipe``."""
+        handle = self._applied.pop(id(pipe), None)
+        if handle is None:
+            raise IncompatibleErasureError("this erasure has not been applied to that model in this session; nothing to remove")
+        handle.remove()
         return pipe
 
     # -- describing ----------------------------------------------------------------------------------

@@ -5,8 +5,18 @@ A method registers one line next to its implementation::
     @register_method("uce", UCEConfig, families=("sd", "sdxl", "sd3", "flux"), kind="closed-form")
     def uce(pipe, request, config, adapter, progress) -> MethodResult: ...
 
-Its config is a dataclass whose fields carry the paper's defaults and a ``help`` string in their
-metadata; ``erasekit methods`` and ``--set key=value`` parsing are generated from it.
+Its config is a :class:`~erasekit.core.config.MethodConfig` dataclass whose fields carry the paper's
+defaults, a ``help`` string and bounds in their metadata; ``erasekit methods`` and ``--set key=value``
+parsing are generated from it. A method that takes optional services declares them
+(``accepts=("judge", "checkpoints", "monitor")``) and has the matching keyword parameters.
+
+Registration flows one way: this module imports nothing above ``core``. The package boundary
+(``erasekit/__init__.py``) imports ``erasekit.methods``, which registers the built-in methods, and
+methods of other packages register through the ``erasekit.methods`` entry-point group (loaded on the
+first look-up)::
+
+    [project.entry-points."erasekit.methods"]
+    mymethod = "mypackage.erasekit_methods"   # a module that calls register_method on import
 """
 
 from __future__ import annotations
@@ -34,6 +44,12 @@ class MethodResult:
     attachment: Any = None  # an erasekit.core.attachments.Attachment, for methods that add modules
 
 
+FAMILIES = ("sd", "sdxl", "sd3", "flux")
+KINDS = ("closed-form", "closed-form+lora", "fine-tuning", "adapter", "guard")
+#: Optional services a method may take, and the keyword parameters each brings.
+SERVICES = {"judge": ("judge",), "checkpoints": ("checkpoint_dir", "resume"), "monitor": ("monitor",)}
+
+
 @dataclass
 class MethodSpec:
     name: str
@@ -42,18 +58,12 @@ class MethodSpec:
     families: tuple[str, ...]
     kind: str
     summary: str
-
-    @property
-    def accepts(self) -> frozenset[str]:
-        """The optional services the method takes: ``judge``, ``checkpoint_dir`` (it trains), ``monitor``."""
-        import inspect
-
-        return frozenset(inspect.signature(self.fn).parameters) & {"judge", "checkpoint_dir", "monitor"}
+    accepts: frozenset[str] = frozenset()
 
     @property
     def trains(self) -> bool:
         """Whether the method runs the training loop (and so writes checkpoints and can resume)."""
-        return "checkpoint_dir" in self.accepts
+        return "checkpoints" in self.accepts
 
     def make_config(self, params: dict[str, Any] | None = None):
         """Build the config from ``params`` (values may be strings from the CLI); unknown keys are errors."""
@@ -82,22 +92,61 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, config_cls: type, families: tuple[str, ...], kind: str):
-    """Decorator registering a method under ``name`` (refuses duplicates); the summary is the docstring's first line."""
+def register_method(name: str, config_cls: type, families: tuple[str, ...], kind: str, accepts: tuple[str, ...] = ()):
+    """Decorator registering a method under ``name``; the summary is the docstring's first line.
+
+    Refused (a programming error, raised at import): a duplicate name, an unknown family or kind, a
+    config that is not a ``MethodConfig``, or ``accepts`` that does not match the function's keywords.
+    """
+    import inspect
+
+    from .config import MethodConfig
 
     def deco(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
+        if not families or set(families) - set(FAMILIES):
+            raise ValueError(f"method {name!r}: families must be among {FAMILIES}, got {families}")
+        if kind not in KINDS:
+            raise ValueError(f"method {name!r}: kind must be one of {KINDS}, got {kind!r}")
+        if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)):
+            raise ValueError(f"method {name!r}: its config must be a MethodConfig dataclass")
+        unknown = set(accepts) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"method {name!r} accepts unknown services {sorted(unknown)}; known: {sorted(SERVICES)}")
+        keywords = set(inspect.signature(fn).parameters)
+        for service, params in SERVICES.items():
+            if (service in accepts) != (set(params) <= keywords):
+                raise ValueError(f"method {name!r}: declare accepts={service!r} exactly when the function takes {', '.join(params)}")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        METHODS[name] = MethodSpec(name, config_cls, fn, tuple(families), kind, summary)
+        METHODS[name] = MethodSpec(name, config_cls, fn, tuple(families), kind, summary, frozenset(accepts))
         return fn
 
     return deco
 
 
-def get_method(name: str) -> MethodSpec:
-    from .. import methods  # noqa: F401  (importing the package registers every method)
+_PLUGINS_LOADED = False
 
+
+def _load_plugins() -> None:
+    """Import the modules of the ``erasekit.methods`` entry-point group once (third-party methods)."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="erasekit.methods"):
+        try:
+            ep.load()
+        except Exception as e:  # a broken plugin must not take the built-in methods down with it
+            import warnings
+
+            warnings.warn(f"erasekit: the method plugin {ep.name!r} ({ep.value}) failed to load: {e}", stacklevel=2)
+
+
+def get_method(name: str) -> MethodSpec:
+    _load_plugins()
     if name not in METHODS:
         close = difflib.get_close_matches(name, METHODS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -106,8 +155,7 @@ def get_method(name: str) -> MethodSpec:
 
 
 def all_methods() -> list[MethodSpec]:
-    from .. import methods  # noqa: F401
-
+    _load_plugins()
     return [METHODS[k] for k in sorted(METHODS)]
 
 

@@ -173,11 +173,8 @@ def evaluate_on_testbed(
     report["base"] = {**macro(base_targets), "targets": base_targets}
 
     if erasure is not None:
-        erasure.apply(pipe)
-        try:
+        with erasure.applied(pipe):
             images, pred, feats = _images_and_preds(pipe, judge, plan, sampling, progress, "erased model")
-        finally:
-            erasure.remove(pipe)
         per_target = [target_metrics(t, plans[t], rows, pred) for t in targets]
         other = np.concatenate([rows[p.prompt] for plan in plans.values() for p in plan if p.group == "other"])
         other = np.unique(other)

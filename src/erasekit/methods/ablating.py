@@ -36,8 +36,7 @@ import torch.nn.functional as F
 
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
-from ..training import ImageBank, TrainingConfig, Workbench, fit, trainable_parameters
-from .esd import parameter_spec
+from ..training import ImageBank, TrainingConfig, Workbench, fit, parameter_spec, trainable_parameters
 
 
 @dataclass
@@ -117,7 +116,7 @@ class AblatingObjective:
         return terms
 
 
-@register_method("ablating", AblatingConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning")
+@register_method("ablating", AblatingConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning", accepts=("judge", "checkpoints", "monitor"))
 def ablating(pipe, request, config: AblatingConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False,
              monitor=None, judge=None) -> MethodResult:  # fmt: skip
     """Ablating Concepts: the target prompt reproduces the anchor prompt's prediction on anchor images."""

@@ -81,7 +81,7 @@ class AdvUnlearnObjective:
         return terms
 
 
-@register_method("advunlearn", AdvUnlearnConfig, families=("sd", "sdxl"), kind="fine-tuning")
+@register_method("advunlearn", AdvUnlearnConfig, families=("sd", "sdxl"), kind="fine-tuning", accepts=("checkpoints", "monitor"))
 def advunlearn(pipe, request, config: AdvUnlearnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
     """AdvUnlearn: text-encoder ESD training on adversarial soft prompts, with a retain term."""
     if adapter.objective != "ddpm":

@@ -31,8 +31,16 @@ import torch.nn.functional as F
 
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
-from ..training import TrajectoryConfig, Workbench, fit, step_generator, target_prompts, top_share_mask, trainable_parameters
-from .esd import parameter_spec
+from ..training import (
+    TrajectoryConfig,
+    Workbench,
+    fit,
+    parameter_spec,
+    step_generator,
+    target_prompts,
+    top_share_mask,
+    trainable_parameters,
+)
 
 
 @dataclass
@@ -95,7 +103,7 @@ def gradient_mask(params: dict, objective: ANTObjective, config: ANTConfig) -> d
     return top_share_mask(scores, config.mask_ratio)
 
 
-@register_method("ant", ANTConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning")
+@register_method("ant", ANTConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning", accepts=("checkpoints", "monitor"))
 def ant(pipe, request, config: ANTConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
     """ANT: keep the guidance direction early, reverse it late, saliency-masked (all terms with gradient)."""
     spec = parameter_spec(config.train_method)

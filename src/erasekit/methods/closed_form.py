@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from ..core.errors import SingularSystemError
+from ..core.request import ErasureRequest
+from ..families import Encoded
 
 
 def math_device(device: torch.device) -> torch.device:
@@ -87,17 +89,17 @@ def ridge_gain(
         s_inv = torch.cat([torch.full((n_e,), 1.0 / eta_e, dtype=torch.float64, device=dev),
                            torch.full((len(cp),), 1.0 / max(eta_p, 1e-300), dtype=torch.float64, device=dev)])  # fmt: skip
         small = lam * torch.diag(s_inv) + x @ x.T  # [n, n]
-        inner = _solve_spd(small, x @ ce.T, "the (targets + preserved)-sized system")
+        inner = solve_spd(small, x @ ce.T, "the (targets + preserved)-sized system")
         a_inv_ce_t = (ce.T - x.T @ inner) / lam  # [d, n_e]
     elif solver == "direct":
         a = lam * torch.eye(d, dtype=torch.float64, device=dev) + eta_e * ce.T @ ce + eta_p * cp.T @ cp
-        a_inv_ce_t = _solve_spd(a, ce.T, "the d×d normal equations")
+        a_inv_ce_t = solve_spd(a, ce.T, "the d×d normal equations")
     else:
         raise ValueError(f"unknown solver {solver!r}")
     return RidgeGain(gain=eta_e * a_inv_ce_t.T, direction=cg - ce, solver=solver)
 
 
-def _solve_spd(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:
+def solve_spd(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:
     """Solve ``a x = b`` for symmetric positive (semi)definite ``a``; Cholesky first, LU as a fallback."""
     chol, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
@@ -136,3 +138,57 @@ def ridge_objective(
         + eta_p * (new @ cp.T - old @ cp.T).pow(2).sum()
         + lam * (new - old).pow(2).sum()
     )
+
+
+@dataclass
+class PromptPlan:
+    """Every prompt the edit needs, deduplicated, and how they pair up."""
+
+    prompts: list[str]
+    pairs: list[tuple[int, int]]  # (target prompt index, guide prompt index)
+    preserve: list[int]
+
+    @staticmethod
+    def build(request: ErasureRequest, default_anchor: str) -> "PromptPlan":
+        index: dict[str, int] = {}
+
+        def at(p: str) -> int:
+            return index.setdefault(p, len(index))
+
+        pairs = []
+        for t in request.targets:
+            anchor = default_anchor if t.anchor is None else t.anchor
+            for phrase in t.phrases():
+                for tpl in ["{}", *request.templates]:
+                    guide = tpl.format(anchor) if anchor.strip() else anchor
+                    pairs.append((at(tpl.format(phrase)), at(guide)))
+        preserve = [at(p) for p in request.preserve_prompts()]
+        return PromptPlan(list(index), pairs, preserve)
+
+
+def token_keys(enc: Encoded, plan: PromptPlan, token: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-paired target and guide keys and the preserved keys, ``[n, d]`` each, for the token stream."""
+    if token == "last":
+        pos = enc.last_word()  # [N, S]
+        n, s = pos.shape
+
+        def rows(idx: list[int]) -> torch.Tensor:
+            if not idx:
+                return enc.tokens.new_zeros(0, enc.tokens.shape[-1])
+            i = torch.tensor(idx)
+            return enc.tokens[i[:, None].expand(-1, s).reshape(-1), pos[i].reshape(-1)]
+
+        return rows([a for a, _ in plan.pairs]), rows([b for _, b in plan.pairs]), rows(plan.preserve)
+    # token == "end": positions from the last word to the segment end, aligned from the start.
+    ce, cg = [], []
+    for a, b in plan.pairs:
+        pa, pb = enc.end_positions(a), enc.end_positions(b)
+        for seg in enc.segments:
+            sa = pa[(pa >= seg.start) & (pa < seg.start + seg.length)]
+            sb = pb[(pb >= seg.start) & (pb < seg.start + seg.length)]
+            k = min(len(sa), len(sb))
+            ce.append(enc.tokens[a, sa[:k]])
+            cg.append(enc.tokens[b, sb[:k]])
+    cp = [enc.tokens[j, enc.end_positions(j)] for j in plan.preserve]
+    d = enc.tokens.shape[-1]
+    return torch.cat(ce), torch.cat(cg), torch.cat(cp) if cp else enc.tokens.new_zeros(0, d)

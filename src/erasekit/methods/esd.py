@@ -31,19 +31,7 @@ import torch.nn.functional as F
 
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
-from ..training import TrajectoryConfig, Workbench, esd_point, fit, target_prompts, trainable_parameters
-
-ESD_SETS = {"esd-x": "xattn", "esd-u": "noxattn", "esd-x-strict": "xattn-kv"}
-
-
-def parameter_spec(name: str):
-    """``esd-x`` / ``esd-u`` / ``esd-x-strict``, an engine set name, or ``re:<regex>,<regex>``."""
-    if name.startswith("re:"):
-        patterns = [p for p in name[3:].split(",") if p]
-        if not patterns:
-            raise ConfigError("train_method 're:' needs at least one regex, e.g. re:attn2\\.to_v")
-        return patterns
-    return ESD_SETS.get(name, name)
+from ..training import TrajectoryConfig, Workbench, esd_point, fit, parameter_spec, target_prompts, trainable_parameters
 
 
 @dataclass
@@ -78,7 +66,7 @@ class ESDObjective:
         return {"esd": F.mse_loss(pred.float(), pt.target.float())}
 
 
-@register_method("esd", ESDConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning")
+@register_method("esd", ESDConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning", accepts=("checkpoints", "monitor"))
 def esd(pipe, request, config: ESDConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
     """ESD: fine-tune so the concept's prediction points away from it (ESD-x / ESD-u / ESD-x-strict)."""
     spec = parameter_spec(config.train_method)

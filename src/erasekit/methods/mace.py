@@ -42,7 +42,7 @@ from ..families.base import Conditioning
 from ..testbed.exact import concept_renders, pipe_is_testbed
 from ..training import TrainingConfig, Workbench, fit, trainable_parameters
 from ..training.attention import CrossAttentionProbe, concept_positions, mean_map
-from .closed_form import _solve_spd, as_f64, math_device
+from .closed_form import as_f64, math_device, solve_spd
 from .uce import UCEConfig, uce
 
 
@@ -149,7 +149,7 @@ def fuse(w_cfr: torch.Tensor, deltas: list[torch.Tensor | None], keys: list[torc
         c = e.t() @ e
         lhs += c
         rhs += (w + (as_f64(delta, dev) if delta is not None else 0.0)) @ c
-    return _solve_spd(lhs, rhs.t(), "MACE fusion").t().to(w_cfr.device, w_cfr.dtype)
+    return solve_spd(lhs, rhs.t(), "MACE fusion").t().to(w_cfr.device, w_cfr.dtype)
 
 
 def _drawn_with_attention_masks(bench, attn: CrossAttentionProbe, pairs, tokenizer, config: MACEConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,7 +67,7 @@ def adversarial_embedding(edited: list[torch.Tensor], original: list[torch.Tenso
     return torch.linalg.solve(m, n @ as_f64(c, dev).T).T
 
 
-@register_method("rece", RECEConfig, families=("sd", "sdxl"), kind="closed-form")
+@register_method("rece", RECEConfig, families=("sd", "sdxl"), kind="closed-form", accepts=("judge",))
 def rece(pipe, request: ErasureRequest, config: RECEConfig, adapter: FamilyAdapter, progress: bool = True, judge=None) -> MethodResult:
     """RECE: UCE, then closed-form adversarial embeddings re-erased for a few epochs."""
     uce_cfg = UCEConfig(lamb=config.lamb, erase_scale=config.erase_scale, preserve_scale=config.preserve_scale, with_to_k=config.with_to_k)

@@ -201,7 +201,7 @@ class ReceleObjective:
         return terms
 
 
-@register_method("receler", ReceleConfig, families=("sd", "sdxl"), kind="adapter")
+@register_method("receler", ReceleConfig, families=("sd", "sdxl"), kind="adapter", accepts=("checkpoints",))
 def receler(pipe, request, config: ReceleConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> MethodResult:
     """Receler: zero-initialised erasers after each cross-attention, localised and adversarially trained."""
     if adapter.objective != "ddpm":

@@ -31,8 +31,16 @@ import torch.nn.functional as F
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..families.base import Conditioning
-from ..training import ImageBank, TrainingConfig, Workbench, fit, step_generator, top_share_mask, trainable_parameters
-from .esd import parameter_spec
+from ..training import (
+    ImageBank,
+    TrainingConfig,
+    Workbench,
+    fit,
+    parameter_spec,
+    step_generator,
+    top_share_mask,
+    trainable_parameters,
+)
 
 
 @dataclass
@@ -106,7 +114,7 @@ class SalUnObjective:
         return terms
 
 
-@register_method("salun", SalUnConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning")
+@register_method("salun", SalUnConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning", accepts=("checkpoints", "monitor"))
 def salun(pipe, request, config: SalUnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
     """SalUn: a gradient-saliency mask, then masked forget-to-pseudo-prompt training with a retain loss."""
     if config.lora_rank:

@@ -35,8 +35,7 @@ from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..core.request import ErasureRequest
 from ..families import FamilyAdapter
-from .closed_form import as_f64, math_device
-from .uce import PromptPlan, token_keys
+from .closed_form import PromptPlan, as_f64, math_device, token_keys
 
 
 @dataclass

@@ -191,7 +191,7 @@ class SPMObjective:
         }
 
 
-@register_method("spm", SPMConfig, families=("sd", "sdxl"), kind="adapter")
+@register_method("spm", SPMConfig, families=("sd", "sdxl"), kind="adapter", accepts=("checkpoints",))
 def spm(pipe, request, config: SPMConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> MethodResult:
     """SPM: rank-1 adapters with latent anchoring, scaled at inference by prompt-concept similarity."""
     if adapter.objective != "ddpm":

@@ -63,7 +63,7 @@ class TEUnlearnObjective:
         return {"ascent": -F.mse_loss(self.bench.predict(b.xt, b.t, cond).float(), self.bench.target(b).float())}
 
 
-@register_method("te-unlearn", TEUnlearnConfig, families=("sd", "sdxl"), kind="fine-tuning")
+@register_method("te-unlearn", TEUnlearnConfig, families=("sd", "sdxl"), kind="fine-tuning", accepts=("checkpoints", "monitor"))
 def te_unlearn(pipe, request, config: TEUnlearnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
     """Few-shot text-encoder unlearning: gradient ascent on a few images, text-encoder MLPs only."""
     if adapter.objective != "ddpm":

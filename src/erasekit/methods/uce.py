@@ -30,8 +30,8 @@ from ..core.config import MethodConfig
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..core.request import ErasureRequest
-from ..families import Encoded, FamilyAdapter
-from .closed_form import ridge_gain
+from ..families import FamilyAdapter
+from .closed_form import PromptPlan, ridge_gain, token_keys
 
 
 @dataclass
@@ -56,60 +56,6 @@ class UCEConfig(MethodConfig):
         if self.preserve_scale is not None:
             return self.preserve_scale
         return max(0.1, 1.0 / max(1, n_preserve)) if self.variant == "2023" else 1.0
-
-
-@dataclass
-class PromptPlan:
-    """Every prompt the edit needs, deduplicated, and how they pair up."""
-
-    prompts: list[str]
-    pairs: list[tuple[int, int]]  # (target prompt index, guide prompt index)
-    preserve: list[int]
-
-    @staticmethod
-    def build(request: ErasureRequest, default_anchor: str) -> "PromptPlan":
-        index: dict[str, int] = {}
-
-        def at(p: str) -> int:
-            return index.setdefault(p, len(index))
-
-        pairs = []
-        for t in request.targets:
-            anchor = default_anchor if t.anchor is None else t.anchor
-            for phrase in t.phrases():
-                for tpl in ["{}", *request.templates]:
-                    guide = tpl.format(anchor) if anchor.strip() else anchor
-                    pairs.append((at(tpl.format(phrase)), at(guide)))
-        preserve = [at(p) for p in request.preserve_prompts()]
-        return PromptPlan(list(index), pairs, preserve)
-
-
-def token_keys(enc: Encoded, plan: PromptPlan, token: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row-paired target and guide keys and the preserved keys, ``[n, d]`` each, for the token stream."""
-    if token == "last":
-        pos = enc.last_word()  # [N, S]
-        n, s = pos.shape
-
-        def rows(idx: list[int]) -> torch.Tensor:
-            if not idx:
-                return enc.tokens.new_zeros(0, enc.tokens.shape[-1])
-            i = torch.tensor(idx)
-            return enc.tokens[i[:, None].expand(-1, s).reshape(-1), pos[i].reshape(-1)]
-
-        return rows([a for a, _ in plan.pairs]), rows([b for _, b in plan.pairs]), rows(plan.preserve)
-    # token == "end": positions from the last word to the segment end, aligned from the start.
-    ce, cg = [], []
-    for a, b in plan.pairs:
-        pa, pb = enc.end_positions(a), enc.end_positions(b)
-        for seg in enc.segments:
-            sa = pa[(pa >= seg.start) & (pa < seg.start + seg.length)]
-            sb = pb[(pb >= seg.start) & (pb < seg.start + seg.length)]
-            k = min(len(sa), len(sb))
-            ce.append(enc.tokens[a, sa[:k]])
-            cg.append(enc.tokens[b, sb[:k]])
-    cp = [enc.tokens[j, enc.end_positions(j)] for j in plan.preserve]
-    d = enc.tokens.shape[-1]
-    return torch.cat(ce), torch.cat(cg), torch.cat(cp) if cp else enc.tokens.new_zeros(0, d)
 
 
 @register_method("uce", UCEConfig, families=("sd", "sdxl", "sd3", "flux"), kind="closed-form")

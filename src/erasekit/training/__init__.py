@@ -19,6 +19,18 @@ from .diffusion import ImageBank, NoisedBatch, Workbench
 from .engine import Objective, TrainingSettings, TrainLog, step_generator, train
 from .lora import add_lora, lora_state_dict
 
+ESD_SETS = {"esd-x": "xattn", "esd-u": "noxattn", "esd-x-strict": "xattn-kv"}
+
+
+def parameter_spec(name: str):
+    """``esd-x`` / ``esd-u`` / ``esd-x-strict``, an engine set name, or ``re:<regex>,<regex>``."""
+    if name.startswith("re:"):
+        patterns = [p for p in name[3:].split(",") if p]
+        if not patterns:
+            raise ConfigError("train_method 're:' needs at least one regex, e.g. re:attn2\\.to_v")
+        return patterns
+    return ESD_SETS.get(name, name)
+
 
 @dataclass
 class TrainingConfig(MethodConfig):
@@ -161,6 +173,7 @@ __all__ = [
     "Workbench",
     "esd_point",
     "fit",
+    "parameter_spec",
     "step_generator",
     "target_prompts",
     "top_share_mask",

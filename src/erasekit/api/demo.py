@@ -1,0 +1,120 @@
+"""``erasekit demo``: the main job on the testbed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from .. import models
+from ..core.outputs import IMAGE_SUFFIXES, check_dir_output, check_file_output, claim_collection, write_report
+from ..generation import generate, make_grid, save_image
+from .commands import check_testbed
+from .erasing import erase
+from .judges import describe_labels, load_judge
+
+DEMO_PROMPTS = (
+    "a red filled circle on a black background",
+    "a blue striped square on a gray background",
+    "a yellow dotted triangle on a black background",
+    "a green outline star on a gray background",
+    "a purple filled heart on a white background",
+    "an orange striped cross on a black background",
+    "a red dotted diamond on a gray background",
+    "a blue filled crescent on a white background",
+    "zorbo",
+    "a picture of pipa",
+    "grock",
+    "a shape",
+)
+
+#: (method, parameters, concepts) the demo erases. ESD runs with the testbed settings measured in
+#: benchmarks/results/esd_time_to_ua.json (its 20-step sampler, a higher learning rate than SD's).
+DEMO_ERASURES: tuple[tuple[str, dict, list[str]], ...] = (
+    ("uce", {}, ["star", "zorbo"]),
+    ("esd", {"train_method": "esd-x", "ddim_steps": 20, "iterations": 200, "lr": 1e-4}, ["star"]),
+)
+
+
+def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: str | None = None, dtype: str | None = None) -> list[str]:
+    """The main job on the testbed: what the model draws, the quality gate, then erase, evaluate and compare.
+
+    1. a labelled grid of the demo prompts (``grid.png``) and a quick quality gate (``gate.json``);
+    2. the erasures of ``DEMO_ERASURES``: UCE erases the shape ``star`` and the character ``zorbo``,
+       ESD-x (fine-tuning) the shape ``star`` (``erasure-<method>/``);
+    3. each is evaluated before and after (``eval-<method>.json``) and all are shown side by side
+       (``before_after.png``).
+    """
+    from ..core.request import ErasureRequest, Target
+    from ..evaluation import evaluate_on_testbed
+    from ..testbed.gate import summary_lines
+
+    out = check_dir_output(out, "demo", what="demo directory")
+    models.pick_device(device)
+    models.parse_dtype(dtype)
+    for name in ("grid.png", "before_after.png"):
+        check_file_output(out / name, "image", IMAGE_SUFFIXES)
+    for name in ("gate.json", "demo.json", *(f"eval-{m}.json" for m, _, _ in DEMO_ERASURES)):
+        check_file_output(out / name, {"gate.json": "gate", "demo.json": "demo"}.get(name, "evaluation"), (".json",))
+    for m, _, _ in DEMO_ERASURES:
+        check_dir_output(out / f"erasure-{m}", "erasure")
+    claim_collection(out, "demo", what="demo directory")
+    t0 = time.time()
+    pipe = models.load_pipeline("testbed", device=device, dtype=dtype)
+    judge = load_judge("testbed")
+    per = 4
+    prompts = [p for p in DEMO_PROMPTS for _ in range(per)]
+    images = generate(pipe, prompts, [s for _ in DEMO_PROMPTS for s in range(per)], desc="demo grid")
+    pred = judge.predict(images)
+    captions = [f"{p[:21]}\n" + describe_labels(pred, i) for i, p in enumerate(prompts)]
+    save_image(make_grid(images, captions, cols=per * 2), out / "grid.png")
+    report = check_testbed(out / "gate.json", seeds=seeds, device=device, dtype=dtype)
+    lines = [f"labelled grid of {len(prompts)} images: {out / 'grid.png'}", ""]
+    lines += summary_lines(report)
+    if seeds < 8:
+        lines.append(f"(a quick gate with {seeds} seeds per prompt; the full gate is 'erasekit testbed check --out gate.json')")
+
+    erasures = []
+    for method, params, concepts in DEMO_ERASURES:
+        request = ErasureRequest([Target(c) for c in concepts])
+        erasure = erase(pipe, method, request, model="testbed", **params)
+        erasure.save(out / f"erasure-{method}")
+        ev = evaluate_on_testbed(pipe, judge, request.concepts, erasure=erasure, seeds=seeds, n_contexts=6, progress=True)
+        write_report(out / f"eval-{method}.json", ev, "evaluation")
+        erasures.append((method, erasure))
+        lines += ["", f"{method} erased {', '.join(request.concepts)} in {erasure.timings['seconds']:.2f}s "
+                  f"({len(erasure.changed_tensors())} tensors, {erasure.num_bytes() / 2**20:.2f} MiB)", ""]
+        lines += _eval_table(ev)
+
+    compare = ["a red filled star on a black background", "zorbo", "a blue striped circle on a gray background", "pipa"]
+    flat = [p for p in compare for _ in range(per)]
+    flat_seeds = [s for _ in compare for s in range(per)]
+    columns = [("before", generate(pipe, flat, flat_seeds, progress=False))]
+    for method, erasure in erasures:
+        with erasure.applied(pipe):
+            columns.append((method, generate(pipe, flat, flat_seeds, progress=False)))
+    preds = [judge.predict(imgs) for _, imgs in columns]
+    both = np.stack([imgs[i] for i in range(len(flat)) for _, imgs in columns])
+    caps = [f"{name}: {flat[i][:12] if name == 'before' else ''}\n" + describe_labels(pred, i)
+            for i in range(len(flat)) for (name, _), pred in zip(columns, preds)]
+    save_image(make_grid(both, caps, cols=len(columns) * 2), out / "before_after.png")
+    lines.append(f"before/after grid: {out / 'before_after.png'}")
+    reports = [out / "gate.json", *(out / f"eval-{m}.json" for m, _ in erasures)]
+    lines.append(f"reports: {', '.join(map(str, reports))}  ({time.time() - t0:.0f}s)")
+    write_report(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "erasures": [{"method": m, "params": p, "concepts": c} for m, p, c in DEMO_ERASURES],
+                                    "seconds": round(time.time() - t0, 1)}, "demo")  # fmt: skip
+    return lines
+
+
+def _eval_table(ev: dict) -> list[str]:
+    """Before/after rows (UA, UA on synonyms, IRA, IRA on neighbours, CRA) of an evaluation report."""
+    lines = [f"{'target':<8}{'':<8}{'UA':>7}{'UA syn':>8}{'IRA':>7}{'IRA nb':>8}{'CRA':>7}"]
+    for b, a in zip(ev["base"]["targets"], ev["targets"]):
+        for name, t in (("base", b), ("erased", a)):
+            cells = [t["ua"], t["ua_synonym"], t["ira"], t["ira_neighbours"], t["cra"]]
+            text = ["   n/a" if c["rate"] is None else f"{c['rate']:6.2f}" for c in cells]
+            lines.append(f"{t['concept'] if name == 'base' else '':<8}{name:<8}{text[0]:>7}{text[1]:>8}{text[2]:>7}{text[3]:>8}{text[4]:>7}")
+    fid = ev["fidelity"]
+    lines.append(f"fidelity on other prompts: mean pixel change {fid['pixel_change']:.4f}, labels unchanged {fid['labels_unchanged']['rate']:.2f}")
+    return lines

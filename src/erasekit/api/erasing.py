@@ -1,0 +1,246 @@
+"""Erasing: the request checks, :func:`erase` (a pipeline in, an :class:`~erasekit.core.erasure.Erasure` out) and
+:func:`erase_to` (what ``erasekit erase`` does: check the output, checkpoint, erase, save)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .. import models
+from .judges import load_judge
+
+
+def _model_name(pipe, model: str | None) -> str:
+    return str(model) if model is not None else str(getattr(pipe, "name_or_path", "") or type(pipe).__name__)
+
+
+def with_testbed_implicit(pipe, request):
+    """On a testbed model, a target naming one of the world's implicit concepts (``watermark``) and given
+    no prompts of its own is erased through its trigger prompts (see docs/erasure.md, implicit concepts)."""
+    from ..testbed.exact import pipe_is_testbed
+    from ..testbed.world import IMPLICIT_TRIGGERS
+
+    return request.with_implicit(IMPLICIT_TRIGGERS) if pipe_is_testbed(pipe) else request
+
+
+def check_vocabulary(pipe, request) -> None:
+    """On a closed-vocabulary testbed model, every word of the request must be one the model knows."""
+    from ..core.errors import ConfigError
+    from ..testbed.exact import pipe_is_testbed
+    from ..testbed.world import vocabulary
+
+    if not pipe_is_testbed(pipe):
+        return
+
+    vocab = set(vocabulary())
+    phrases = [p for t in request.targets for p in (*t.phrases(), t.anchor or "")] + list(request.preserve)
+    unknown = sorted({w for p in phrases for w in p.lower().split() if w not in vocab})
+    if unknown:
+        raise ConfigError(
+            f"not in the testbed's vocabulary: {', '.join(unknown)} (see docs/testbed.md for its {len(vocab)} words; "
+            "a concept no word names is erased through the prompts that show it: --trigger PROMPT)"
+        )
+
+
+def check_request_text(pipe, request) -> None:
+    """Every text the request encodes (targets, synonyms, triggers, anchors, preserved concepts, each
+    with its template expansions) must fit the text encoder's context: longer text would be cut off."""
+    from ..generation import check_prompt
+
+    for prompt, _ in request.prompted_phrases():
+        check_prompt(pipe, prompt, "concept")
+    for t in request.targets:
+        if t.anchor:
+            for prompt in request.expand(t.anchor):
+                check_prompt(pipe, prompt, "anchor")
+    for prompt in request.preserve_prompts():
+        check_prompt(pipe, prompt, "preserved concept")
+
+
+def testbed_monitor(pipe, request, stop_at_ua: float, min_ira: float | None = None):
+    """The early-stopping monitor of a testbed model: stop once UA >= ``stop_at_ua`` (and IRA >= ``min_ira``)."""
+    from tqdm.auto import tqdm
+
+    from ..core.errors import ConfigError
+    from ..evaluation.monitor import TestbedMonitor
+
+    root = getattr(pipe, "name_or_path", None)
+    judge = load_judge(root) if root and Path(root).is_dir() else None
+    if judge is None:
+        raise ConfigError("stop_at_ua (--stop-at-ua) measures UA with the testbed judge; this model has none")
+    return TestbedMonitor(pipe, judge, request.concepts, stop_ua=stop_at_ua, min_ira=min_ira, report=tqdm.write)
+
+
+def erase(
+    pipe,
+    method: str,
+    request,
+    model: str | None = None,
+    progress: bool = True,
+    judge=None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    monitor=None,
+    stop_at_ua: float | None = None,
+    min_ira: float | None = None,
+    **params,
+):
+    """Compute an erasure of ``request`` with ``method`` on ``pipe`` (left unchanged) -> :class:`Erasure`.
+
+    ``pipe`` is a loaded diffusers pipeline or a model name for :func:`load_pipeline`; ``request`` an
+    :class:`~erasekit.core.request.ErasureRequest`, a mapping (``{"targets": ["star"]}``) or a concept
+    name; ``params`` the method's parameters (``lamb=0.5``). Methods that validate (RECE) get
+    ``judge`` (default on a testbed model: the testbed classifier). Training methods write periodic
+    checkpoints to ``checkpoint_dir`` and continue from them when ``resume`` (only a checkpoint of the
+    same run: method, config, request and base model); those that accept a ``monitor(step, weights) ->
+    (metrics, stop)`` get it. ``stop_at_ua`` (and ``min_ira``) builds the testbed monitor that stops
+    training once the judge sees the concept erased. A result holding NaN or infinity is an error,
+    never an erasure.
+    """
+    from .. import __version__
+    from ..core.erasure import Erasure, check_finite, hash_tensors, model_fingerprint
+    from ..core.errors import ConfigError, ErasekitError, UnsupportedModelError
+    from ..core.registry import get_method
+    from ..core.request import ErasureRequest
+    from ..families import get_adapter
+
+    if isinstance(request, str):
+        request = ErasureRequest.from_dict({"targets": [request]})
+    elif isinstance(request, dict):
+        request = ErasureRequest.from_dict(request)
+    elif not isinstance(request, ErasureRequest):
+        raise ConfigError(f"request must be an ErasureRequest, a mapping or a concept name, got {type(request).__name__}")
+    spec = get_method(method)
+    config = spec.make_config(params)
+    if isinstance(pipe, (str, os.PathLike)):
+        model = str(pipe) if model is None else model
+        pipe = models.load_pipeline(pipe)
+    adapter = get_adapter(pipe)
+    if adapter.name not in spec.families:
+        raise UnsupportedModelError(f"method {method!r} does not support the {adapter.name} family (it supports: {', '.join(spec.families)})")
+    request = with_testbed_implicit(pipe, request)
+    check_vocabulary(pipe, request)
+    check_request_text(pipe, request)
+    extra = {}
+    if "judge" in spec.accepts:
+        if judge is None:
+            from ..evaluation.judges import TestbedJudge
+
+            root = getattr(pipe, "name_or_path", None)
+            classifier = load_judge(root) if root and Path(root).is_dir() else None
+            judge = TestbedJudge(classifier) if classifier is not None else None
+        extra["judge"] = judge
+    if spec.trains:
+        if checkpoint_dir is not None:
+            from ..training import checkpoints
+
+            identity = checkpoints.run_identity(method, config, request, model_fingerprint(pipe))
+            checkpoint_dir = checkpoints.prepare(checkpoint_dir, identity, resume)
+        elif resume:
+            raise ConfigError("resume needs a checkpoint directory (--checkpoints DIR) to continue from")
+        extra.update(checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume)
+    elif resume or checkpoint_dir is not None:
+        raise ErasekitError(f"method {method!r} does not train, so it has no checkpoints to write or resume")
+    if stop_at_ua is not None:
+        if monitor is not None:
+            raise ConfigError("pass either a monitor or stop_at_ua, not both")
+        if "monitor" not in spec.accepts:
+            raise ErasekitError(f"method {method!r} does not accept a training monitor (--stop-at-ua needs a method that trains weights)")
+        monitor = testbed_monitor(pipe, request, stop_at_ua, min_ira)
+    elif min_ira is not None:
+        raise ConfigError("min_ira (--min-ira) only applies together with stop_at_ua (--stop-at-ua)")
+    if monitor is not None:
+        if "monitor" not in spec.accepts:
+            raise ErasekitError(f"method {method!r} does not accept a training monitor")
+        extra["monitor"] = monitor
+    t0 = time.perf_counter()
+    result = spec.fn(pipe, request, config, adapter=adapter, progress=progress, **extra)
+    seconds = time.perf_counter() - t0
+    from ..core.erasure import get_tensor, lora_deltas
+
+    check_finite(result.weights, f"{method} produced a broken erasure")
+    check_finite(result.lora, f"{method} produced a broken LoRA")
+    if result.attachment is not None:
+        check_finite(result.attachment.tensors(), f"{method} produced a broken attachment")
+    originals = {k: get_tensor(pipe, k).detach() for k in result.weights}
+    # new values in the model's own dtype (a float32 student of a half-precision model is cast back)
+    cast = {k: v.detach().to(originals[k].device, originals[k].dtype) for k, v in result.weights.items()}
+    check_finite(cast, f"{method}'s erasure overflows the model's {next(iter(originals.values())).dtype if originals else 'dtype'}")
+    changed = {k: v.to("cpu").contiguous() for k, v in cast.items() if not torch.equal(v, originals[k])}
+    deltas = lora_deltas(result.lora)
+    if not changed and not any(bool(d.any()) for d in deltas.values()) and result.attachment is None:
+        raise ErasekitError(f"method {method!r} changed no weight for this request (a silent no-op); check the request and parameters")
+    originals.update({k: get_tensor(pipe, k).detach() for k in deltas})
+    return Erasure(
+        method=method,
+        params=dataclasses.asdict(config),
+        request=request,
+        base_model=_model_name(pipe, model),
+        base_hash=hash_tensors({k: originals[k] for k in sorted(set(changed) | set(deltas))}),
+        weights=changed,
+        family=adapter.name,
+        timings={"seconds": round(seconds, 4)},
+        info=result.info,
+        version=__version__,
+        lora=result.lora,
+        attachment=result.attachment,
+    )
+
+
+def erase_to(
+    out: str | os.PathLike,
+    model: str | os.PathLike = "testbed",
+    method: str = "uce",
+    request=None,
+    checkpoints: str | os.PathLike | None = None,
+    resume: bool = False,
+    stop_at_ua: float | None = None,
+    min_ira: float | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: bool = True,
+    **params,
+):
+    """What ``erasekit erase`` does: check ``out`` (and the checkpoint directory) before any work, load
+    ``model``, erase, save the erasure at ``out`` and return it.
+
+    A training method always checkpoints: into ``checkpoints``, or by default into ``OUT.checkpoints``,
+    which is removed once the erasure is saved (a named directory is kept).
+    """
+    from ..core.errors import ConfigError, OutputPathError
+    from ..core.outputs import check_dir_output
+    from ..core.registry import get_method
+    from .commands import model_inputs
+
+    spec = get_method(method)
+    spec.make_config(params)  # bad numbers fail here, before the model loads
+    if request is None:
+        raise ConfigError("nothing to erase: pass --concept NAME (repeatable) or --request FILE.yaml")
+    inputs = model_inputs(model)
+    out = check_dir_output(out, "erasure", inputs, what="erasure directory")
+    default_checkpoints = spec.trains and checkpoints is None
+    if default_checkpoints:
+        checkpoints = out.with_name(out.name + ".checkpoints")
+    if checkpoints is not None:
+        if not spec.trains:
+            raise ConfigError(f"method {method!r} does not train, so it has no checkpoints (drop --checkpoints)")
+        checkpoints = check_dir_output(checkpoints, "checkpoints", inputs, what="checkpoint directory")
+        if checkpoints == out or out in checkpoints.parents or checkpoints in out.parents:
+            raise OutputPathError(f"the checkpoint directory {checkpoints} and the output {out} must not contain each other")
+    if stop_at_ua is None and min_ira is not None:
+        raise ConfigError("min_ira (--min-ira) only applies together with stop_at_ua (--stop-at-ua)")
+    models.pick_device(device)
+    models.parse_dtype(dtype)
+    pipe = models.load_pipeline(model, device=device, dtype=dtype)
+    result = erase(pipe, method, request, model=str(model), progress=progress, checkpoint_dir=checkpoints, resume=resume,
+                   stop_at_ua=stop_at_ua, min_ira=min_ira, **params)  # fmt: skip
+    result.save(out, protect=tuple(inputs))
+    if default_checkpoints:  # the run is saved: its default checkpoints are no longer needed
+        from ..training.checkpoints import discard
+
+        discard(checkpoints)
+    return result
