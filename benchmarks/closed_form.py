@@ -106,15 +106,19 @@ def main() -> None:
     t0 = time.perf_counter()
     pipe = build_sd14_shaped()
     build = time.perf_counter() - t0
-    print(f"built SD-1.4-shaped pipeline in {build:.1f}s ({sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M UNet parameters)")
+    print(
+        f"built SD-1.4-shaped pipeline in {build:.1f}s ({sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M UNet parameters)"
+    )
     run(pipe, 2)  # warm-up
     rows = []
     with torch.no_grad():
         for n in (int(c) for c in args.counts.split(",")):
             row = run(pipe, n)
             rows.append(row)
-            print(f"{n:>5} concepts: encode {row['encode_seconds']:.3f}s  solve {row['solve_seconds']:.3f}s  total {row['total_seconds']:.3f}s  "
-                  f"| straightforward solve {row['straightforward_solve_seconds']:.3f}s  max rel diff {row['max_relative_difference']:.1e}  peak {row['peak_rss_mib']:.0f} MiB")
+            print(
+                f"{n:>5} concepts: encode {row['encode_seconds']:.3f}s  solve {row['solve_seconds']:.3f}s  total {row['total_seconds']:.3f}s  "
+                f"| straightforward solve {row['straightforward_solve_seconds']:.3f}s  max rel diff {row['max_relative_difference']:.1e}  peak {row['peak_rss_mib']:.0f} MiB"
+            )
     write_json(args.out, {
         "benchmark": "closed_form_uce_sd14_shaped",
         "method": "uce (last word token, lamb 0.5, erase 1, preserve none, guide '' = BOS, to_k and to_v)",

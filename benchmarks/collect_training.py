@@ -21,7 +21,10 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.workdir)
     stages = {s: json.loads((work / f"{s}.done").read_text()) for s in STAGES if (work / f"{s}.done").is_file()}
-    write_json(args.out, {"workdir": str(work), "config": json.loads((work / "config.json").read_text()), "stages": stages, "note": args.note})
+    write_json(
+        args.out,
+        {"workdir": str(work), "config": json.loads((work / "config.json").read_text()), "stages": stages, "note": args.note},
+    )
     print(f"wrote {args.out} ({sum(v.get('seconds', 0) for v in stages.values()) / 60:.1f} min over {len(stages)} stages)")
 
 

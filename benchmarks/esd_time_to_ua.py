@@ -92,7 +92,7 @@ def write_plot(curve: list[dict], path: str, concept: str) -> None:
         f'<text x="{w / 2}" y="18" font-size="13" text-anchor="middle">ESD-x on the testbed: erasing "{concept}"</text>{grid}'
         f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#000"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#000"/>'
         f'<text x="{w / 2}" y="{h - 12}" font-size="11" text-anchor="middle">training seconds (2-core CPU; evaluation excluded), max {tmax:.0f}s</text>'
-        f'{line("ua", "#c0392b")}{line("ira", "#2471a3")}'
+        f"{line('ua', '#c0392b')}{line('ira', '#2471a3')}"
         f'<text x="{x1 - 4}" y="{y1 + 14}" font-size="11" fill="#c0392b" text-anchor="end">UA</text>'
         f'<text x="{x1 - 4}" y="{y1 + 28}" font-size="11" fill="#2471a3" text-anchor="end">IRA</text></svg>'
     )

@@ -22,7 +22,9 @@ def generation_section() -> list[str]:
         "| batch size | images | seconds | images / s |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {r['batch_size']} | {r['images']} | {r['seconds']:.2f} | {r['images_per_second']:.1f} |" for r in data["results"]]
+    lines += [
+        f"| {r['batch_size']} | {r['images']} | {r['seconds']:.2f} | {r['images_per_second']:.1f} |" for r in data["results"]
+    ]
     return lines + [""]
 
 
@@ -70,7 +72,10 @@ def esd_section() -> list[str]:
         "| step | training s | UA | IRA | IRA (neighbours) | CRA |",
         "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {c['step']} | {c['train_seconds']:.1f} | {c['ua']:.2f} | {c['ira']:.2f} | {c['ira_neighbours']:.2f} | {c['cra']:.2f} |" for c in data["curve"]]
+    lines += [
+        f"| {c['step']} | {c['train_seconds']:.1f} | {c['ua']:.2f} | {c['ira']:.2f} | {c['ira_neighbours']:.2f} | {c['cra']:.2f} |"
+        for c in data["curve"]
+    ]
     return lines + ["", "![ESD time to UA](esd-time-to-ua.svg)", ""]
 
 

@@ -28,20 +28,28 @@ def section(gate: dict, training: dict | None) -> str:
         *summary_lines(gate),
         "```",
         "",
-        "95 % Wilson intervals: "
-        + ", ".join(f"{k} [{v[0]:.3f}, {v[1]:.3f}]" for k, v in gate["intervals"].items())
-        + ".",
+        "95 % Wilson intervals: " + ", ".join(f"{k} [{v[0]:.3f}, {v[1]:.3f}]" for k, v in gate["intervals"].items()) + ".",
         "",
     ]
     worst = sorted(gate["synonyms"], key=lambda x: -x["gap_points"])[:3]
-    lines.append("Largest synonym gaps: " + ", ".join(f"{w['word']} ({w['concept']}) {w['gap_points']:.1f} points" for w in worst) + ".")
+    lines.append(
+        "Largest synonym gaps: " + ", ".join(f"{w['word']} ({w['concept']}) {w['gap_points']:.1f} points" for w in worst) + "."
+    )
     lines.append("")
     chars = [c for c in gate["characters"]]
     lines += ["| character | prompts | all attributes | shape | style | colour | background |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {c['name']} | {c['prompts']} | {c['all_attributes']:.2f} | {c['shape']:.2f} | {c['style']:.2f} | {c['colour']:.2f} | {c['background']:.2f} |" for c in chars]
+    lines += [
+        f"| {c['name']} | {c['prompts']} | {c['all_attributes']:.2f} | {c['shape']:.2f} | {c['style']:.2f} | {c['colour']:.2f} | {c['background']:.2f} |"
+        for c in chars
+    ]
     lines.append("")
     if training:
-        lines += ["## Measured training run", "", "From `docs/testbed-training.json` (the `*.done` records of the run that produced the shipped weights):", ""]
+        lines += [
+            "## Measured training run",
+            "",
+            "From `docs/testbed-training.json` (the `*.done` records of the run that produced the shipped weights):",
+            "",
+        ]
         lines += ["| stage | seconds | result |", "|---|---|---|"]
         total = 0.0
         for stage, info in training["stages"].items():

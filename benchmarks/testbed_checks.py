@@ -31,12 +31,42 @@ SPM = {"ddim_steps": 20, "iterations": 200, "lr": 1e-2, "anchor_weight": 10}
 
 # name: (method, concept, params, seeds per prompt, question)
 CHECKS: dict[str, tuple[str, str, dict, int, str]] = {
-    "watermark-ablating-lr3e-4": ("ablating", "watermark", {**ABLATING, "lr": 3e-4}, 8, "does a higher lr remove the mark fully, carrier kept?"),
-    "watermark-ablating-lr2e-4": ("ablating", "watermark", {**ABLATING, "lr": 2e-4}, 8, "the watermark between the table's lr and 3e-4"),
+    "watermark-ablating-lr3e-4": (
+        "ablating",
+        "watermark",
+        {**ABLATING, "lr": 3e-4},
+        8,
+        "does a higher lr remove the mark fully, carrier kept?",
+    ),
+    "watermark-ablating-lr2e-4": (
+        "ablating",
+        "watermark",
+        {**ABLATING, "lr": 2e-4},
+        8,
+        "the watermark between the table's lr and 3e-4",
+    ),
     "star-ablating-lr2e-4": ("ablating", "star", {**ABLATING, "lr": 2e-4}, 2, "what a higher lr costs on a shape"),
-    "star-ablating-100steps": ("ablating", "star", {**ABLATING, "iterations": 100}, 2, "the earlier 100-step setting, with anchor filtering"),
-    "star-ablating-unfiltered": ("ablating", "star", {**ABLATING, "filter_anchors": False}, 2, "200 steps without anchor filtering"),
-    "star-ant-before1": ("ant", "star", {"ddim_steps": 20, "before_step": 1, "iterations": 100}, 2, "ANT with one early step instead of 3"),
+    "star-ablating-100steps": (
+        "ablating",
+        "star",
+        {**ABLATING, "iterations": 100},
+        2,
+        "the earlier 100-step setting, with anchor filtering",
+    ),
+    "star-ablating-unfiltered": (
+        "ablating",
+        "star",
+        {**ABLATING, "filter_anchors": False},
+        2,
+        "200 steps without anchor filtering",
+    ),
+    "star-ant-before1": (
+        "ant",
+        "star",
+        {"ddim_steps": 20, "before_step": 1, "iterations": 100},
+        2,
+        "ANT with one early step instead of 3",
+    ),
     "striped-uce-token-end": ("uce", "striped", {"token": "end"}, 2, "UCE editing the end tokens too (2023 variant)"),
     "zorbo-receler-reg0.1": ("receler", "zorbo", {**RECELER, "reg_weight": 0.1}, 2, "Receler's reference λ with exact masks"),
     "star-spm-multiplier": ("spm", "star", SPM, 2, "SPM with its transport vs the fixed multiplier 1"),
@@ -74,18 +104,25 @@ def main() -> None:
         method, concept, params, seeds, question = CHECKS[name]
         t0 = time.perf_counter()
         erasure = erase(pipe, method, {"targets": [concept]}, model="testbed", progress=False, **params)
-        ev = evaluate_on_testbed(pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=args.contexts, progress=False, base_cache=cache)
+        ev = evaluate_on_testbed(
+            pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=args.contexts, progress=False, base_cache=cache
+        )
         entry = {"method": method, "concept": concept, "params": erasure.params, "question": question, "seeds": seeds,
                  "contexts": args.contexts, **summary(ev), "erase_seconds": erasure.timings["seconds"]}  # fmt: skip
         if method == "spm":
             entry["transport_scale"] = spm_transport(pipe, erasure.attachment)
             erasure.attachment.fixed_scale = 1.0
-            fixed = evaluate_on_testbed(pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=args.contexts, progress=False, base_cache=cache)
+            fixed = evaluate_on_testbed(
+                pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=args.contexts, progress=False, base_cache=cache
+            )
             erasure.attachment.fixed_scale = None
             entry["fixed_multiplier_1"] = summary(fixed)
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         results[name] = entry
-        print(f"{name:<28} UA {entry['ua']:.2f}  IRA {entry['ira']:.2f}  nb {entry['ira_neighbours'] or 0:.2f}  CRA {entry['cra']:.2f}", flush=True)
+        print(
+            f"{name:<28} UA {entry['ua']:.2f}  IRA {entry['ira']:.2f}  nb {entry['ira_neighbours'] or 0:.2f}  CRA {entry['cra']:.2f}",
+            flush=True,
+        )
         write_json(args.out, {"checks": results, "erasekit_version": __version__,
                               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}})  # fmt: skip
     print(f"wrote {args.out}")

@@ -15,7 +15,9 @@ def pytest_collection_modifyitems(config, items):
 
     if (testbed_dir() / "model_index.json").is_file():
         return
-    skip = pytest.mark.skip(reason=f"no shipped testbed weights at {testbed_dir()} (train them: erasekit testbed train --out <dir>)")
+    skip = pytest.mark.skip(
+        reason=f"no shipped testbed weights at {testbed_dir()} (train them: erasekit testbed train --out <dir>)"
+    )
     for item in items:
         if "testbed" in item.keywords:
             item.add_marker(skip)

@@ -58,7 +58,7 @@ class OracleJudge:
         self.pipe = pipe
 
     def predict(self, images):
-        drawn = self.pipe.drawn[-len(images):]
+        drawn = self.pipe.drawn[-len(images) :]
         out = {d: np.array([LABEL_NAMES[d].index(getattr(a, d)) for a in drawn]) for d in world.DOMAINS}
         out["watermark"] = np.array([int(a.watermark) for a in drawn])
         return out

@@ -82,7 +82,9 @@ def test_ant_all_four_terms_carry_gradient(sd):
         terms = objective.loss(0, step_generator(0, 0))
         assert set(terms) == {"keep", "uncond_early", "reverse", "uncond_late"}
         assert_terms_have_gradient(objective, params)  # the reference's unconditional terms had none
-    erasure = api.erase(sd, "ant", REQUEST, progress=False, iterations=2, ddim_steps=4, before_step=2, mask_batches=1, mask_ratio=0.2, lr=1e-3)
+    erasure = api.erase(
+        sd, "ant", REQUEST, progress=False, iterations=2, ddim_steps=4, before_step=2, mask_batches=1, mask_ratio=0.2, lr=1e-3
+    )
     moved = sum(int((erasure.weights[k] != dict(sd.unet.named_parameters())[k[5:]]).sum()) for k in erasure.weights)
     assert 0 < moved <= 0.21 * sum(p.numel() for p in sd.unet.parameters())
 
@@ -92,7 +94,9 @@ def test_receler_erasers_start_as_identity_train_and_attach_exactly(sd, tmp_path
     from erasekit.training.attention import CrossAttentionProbe
 
     adapter = get_adapter(sd)
-    config = get_method("receler").make_config({"iterations": 2, "adv_warmup": 0, "adv_every": 1, "adv_steps": 2, "ddim_steps": 3, "rank": 4})
+    config = get_method("receler").make_config(
+        {"iterations": 2, "adv_warmup": 0, "adv_every": 1, "adv_steps": 2, "ddim_steps": 3, "rank": 4}
+    )
     with Workbench(sd, adapter, ["unet"]) as bench:
         student = bench.student["unet"]
         erasers = ReceleErasers.build(student, "unet", 4)
@@ -112,7 +116,19 @@ def test_receler_erasers_start_as_identity_train_and_attach_exactly(sd, tmp_path
         assert_terms_have_gradient(objective, params)
         for h in handles:
             h.remove()
-    erasure = api.erase(sd, "receler", REQUEST, progress=False, iterations=2, adv_warmup=0, adv_every=1, adv_steps=2, ddim_steps=3, rank=4, lr=1e-2)
+    erasure = api.erase(
+        sd,
+        "receler",
+        REQUEST,
+        progress=False,
+        iterations=2,
+        adv_warmup=0,
+        adv_every=1,
+        adv_steps=2,
+        ddim_steps=3,
+        rank=4,
+        lr=1e-2,
+    )
     assert not erasure.weights and erasure.attachment is not None
     erasure.save(tmp_path / "rec")
     loaded = Erasure.load(tmp_path / "rec")
@@ -146,7 +162,9 @@ def test_spm_transport_scales_by_similarity_and_spms_compose(sd, tmp_path):
         other = spm.transport(bench.cond(["xyz qq"]).tokens)
         assert float(cat) > 0.99 and float(other) < float(cat)
     first = api.erase(sd, "spm", REQUEST, progress=False, iterations=2, ddim_steps=3, n_anchors=4, lr=1e-2)
-    second = api.erase(sd, "spm", {"targets": [{"concept": "dog"}]}, progress=False, iterations=2, ddim_steps=3, n_anchors=4, lr=1e-2)
+    second = api.erase(
+        sd, "spm", {"targets": [{"concept": "dog"}]}, progress=False, iterations=2, ddim_steps=3, n_anchors=4, lr=1e-2
+    )
     first.save(tmp_path / "a")
     second.save(tmp_path / "b")
     pipe = copy.deepcopy(sd)
@@ -192,5 +210,7 @@ def test_receler_regularises_with_exact_masks_on_the_testbed(testbed_pipe):
     inside, outside = torch.zeros(1, 64, 8), torch.zeros(1, 64, 8)
     inside[:, :32], outside[:, 32:] = 1.0, 1.0
     assert float(_masked_energy([inside], [m])) == 0.0 and float(_masked_energy([outside], [m])) == 0.5
-    erasure = api.erase(testbed_pipe, "receler", request, progress=False, iterations=2, adv_every=0, ddim_steps=3, rank=4, n_images=2)
+    erasure = api.erase(
+        testbed_pipe, "receler", request, progress=False, iterations=2, adv_every=0, ddim_steps=3, rank=4, n_images=2
+    )
     assert erasure.info["masks"] == "exact (testbed world renders)"

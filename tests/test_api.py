@@ -67,7 +67,9 @@ def test_top_level_evaluate_takes_a_pipeline_and_an_erasure(testbed_pipe):
 
 @pytest.mark.testbed
 def test_erase_stops_early_from_python(testbed_pipe):
-    erasure = erasekit.erase(testbed_pipe, "esd", "star", iterations=4, eval_every=2, ddim_steps=2, stop_at_ua=0.0, progress=False)
+    erasure = erasekit.erase(
+        testbed_pipe, "esd", "star", iterations=4, eval_every=2, ddim_steps=2, stop_at_ua=0.0, progress=False
+    )
     assert erasure.info["training"]["stopped_early"] and erasure.info["training"]["steps_run"] == 2
     with pytest.raises(ConfigError, match="stop_at_ua"):
         erasekit.erase(testbed_pipe, "esd", "star", iterations=2, min_ira=0.5)

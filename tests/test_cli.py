@@ -41,7 +41,9 @@ def test_invalid_numbers_are_rejected():
 
 
 def test_missing_classifier_file(tmp_path):
-    result = runner.invoke(app, ["testbed", "check", "--out", str(tmp_path / "g.json"), "--classifier", str(tmp_path / "none.safetensors")])
+    result = runner.invoke(
+        app, ["testbed", "check", "--out", str(tmp_path / "g.json"), "--classifier", str(tmp_path / "none.safetensors")]
+    )
     _one_line_error(result, "none.safetensors")
 
 
@@ -74,10 +76,13 @@ def test_erase_export_evaluate_on_the_testbed(tmp_path):
     key = meta["changed_tensors"][0]
     from safetensors.torch import load_file
 
-    assert (pipe.unet.get_parameter(key[len("unet."):]) == load_file(erasure / "weights.safetensors")[key]).all()
+    assert (pipe.unet.get_parameter(key[len("unet.") :]) == load_file(erasure / "weights.safetensors")[key]).all()
 
     report = tmp_path / "eval.json"
-    result = runner.invoke(app, ["evaluate", "--model", "testbed", "--erasure", str(erasure), "--seeds", "1", "--contexts", "3", "--out", str(report)])
+    result = runner.invoke(
+        app,
+        ["evaluate", "--model", "testbed", "--erasure", str(erasure), "--seeds", "1", "--contexts", "3", "--out", str(report)],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert 0 <= data["ua"] <= 1 and "base" in data and data["samples"]["seeds_per_prompt"] == 1
@@ -110,7 +115,10 @@ def test_the_watermark_is_erased_through_its_trigger_on_the_testbed(tmp_path):
     assert target.concept == "watermark" and target.prompts == list(world.IMPLICIT_TRIGGERS["watermark"])
     r = runner.invoke(app, ["erase", "--model", "testbed", "--concept", "logo", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--trigger" in r.output
-    r = runner.invoke(app, ["erase", "--model", "testbed", "--concept", "logo", "--trigger", "on a gray background", "--out", str(tmp_path / "x")])
+    r = runner.invoke(
+        app,
+        ["erase", "--model", "testbed", "--concept", "logo", "--trigger", "on a gray background", "--out", str(tmp_path / "x")],
+    )
     assert r.exit_code == 0, r.output
 
 
@@ -131,5 +139,7 @@ def test_training_stops_early_once_the_target_ua_is_reached(tmp_path):
     assert r.exit_code == 2 and "drop --lora-rank" in r.output
     r = runner.invoke(app, [*args, "--min-ira", "0.5"])
     assert r.exit_code == 2 and "--stop-at-ua" in r.output
-    r = runner.invoke(app, ["erase", "--model", "testbed", "--method", "uce", "--concept", "star", "--out", str(out), "--stop-at-ua", "0.5"])
+    r = runner.invoke(
+        app, ["erase", "--model", "testbed", "--method", "uce", "--concept", "star", "--out", str(out), "--stop-at-ua", "0.5"]
+    )
     assert r.exit_code == 2 and "monitor" in r.output

@@ -92,7 +92,9 @@ def test_an_erasure_that_spills_over_lowers_retention():
 
 def test_base_model_only_and_characters():
     pipe = WorldPipe()
-    report = evaluate_on_testbed(pipe, OracleJudge(pipe), ["zorbo", "dotted"], seeds=1, n_contexts=4, sampling=FAST, progress=False)
+    report = evaluate_on_testbed(
+        pipe, OracleJudge(pipe), ["zorbo", "dotted"], seeds=1, n_contexts=4, sampling=FAST, progress=False
+    )
     assert report["ua"] == 0.0 and report["ira"] == 1.0
     zorbo = report["targets"][0]
     assert zorbo["domain"] == "character" and zorbo["ua_description"]["rate"] == 0.0

@@ -8,7 +8,9 @@ from erasekit.testbed import gate, world
 
 def _run(corrupt=None, seeds=8):
     pipe = WorldPipe(corrupt)
-    return gate.run_gate(pipe, OracleJudge(pipe), seeds=seeds, sampling=gate.SamplingConfig(steps=1, guidance_scale=1.0), progress=False)
+    return gate.run_gate(
+        pipe, OracleJudge(pipe), seeds=seeds, sampling=gate.SamplingConfig(steps=1, guidance_scale=1.0), progress=False
+    )
 
 
 def test_prompt_sets_cover_the_spec():

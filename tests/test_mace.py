@@ -17,7 +17,10 @@ def test_fusion_is_the_minimiser_and_reproduces_each_lora_on_its_keys():
     d, o = 16, 8
     w = torch.randn(o, d, generator=gen, dtype=torch.float64)
     keys = [torch.randn(3, d, generator=gen, dtype=torch.float64), torch.randn(2, d, generator=gen, dtype=torch.float64)]
-    deltas = [torch.randn(o, 1, generator=gen, dtype=torch.float64) @ torch.randn(1, d, generator=gen, dtype=torch.float64) for _ in keys]
+    deltas = [
+        torch.randn(o, 1, generator=gen, dtype=torch.float64) @ torch.randn(1, d, generator=gen, dtype=torch.float64)
+        for _ in keys
+    ]
     preserve = torch.randn(4, d, generator=gen, dtype=torch.float64)
     gamma, ridge = 0.5, 1e-3
     fused = fuse(w, deltas, keys, preserve, gamma, ridge)

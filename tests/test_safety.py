@@ -197,9 +197,7 @@ def test_a_killed_save_leaves_nothing_behind_and_modes_are_the_usual(tmp_path):
     assert (target.stat().st_mode & 0o777) == 0o777 & ~mask
     assert ((target / "f").stat().st_mode & 0o777) == 0o666 & ~mask
     erasure = saved_uce(tmp_path)  # safetensors writes 0600 files; outputs get the usual modes
-    assert {p.name: p.stat().st_mode & 0o777 for p in erasure.iterdir()} == {
-        p.name: 0o666 & ~mask for p in erasure.iterdir()
-    }
+    assert {p.name: p.stat().st_mode & 0o777 for p in erasure.iterdir()} == {p.name: 0o666 & ~mask for p in erasure.iterdir()}
     # a swap killed between its two renames: the old output comes back
     os.replace(target, tmp_path / f".er.erasekit-old-{dead.pid}-x")
     with atomic_path(tmp_path / "er.json") as tmp:  # any write beside it of another name leaves it alone
@@ -234,7 +232,9 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(workdir, monkeypatch):
 )  # fmt: skip
 def test_bad_numbers_fail_when_the_config_is_built(workdir, no_model_load, method, setting):
     before = snapshot(workdir)
-    one_line_error(runner.invoke(app, ["erase", "--method", method, "-c", "star", "--set", setting, "-o", "out"]), setting.split("=")[0])
+    one_line_error(
+        runner.invoke(app, ["erase", "--method", method, "-c", "star", "--set", setting, "-o", "out"]), setting.split("=")[0]
+    )
     assert snapshot(workdir) == before
 
 
@@ -458,7 +458,9 @@ def test_evaluate_checks_the_erasure_fits_before_generating(workdir, monkeypatch
         raise AssertionError("generated before checking the erasure")
 
     monkeypatch.setattr("erasekit.evaluation.testbed_eval.generate", no_generation, raising=False)
-    err = one_line_error(runner.invoke(app, ["evaluate", "--model", str(model), "--erasure", str(erasure), "-o", "ev.json"]), "differ")
+    err = one_line_error(
+        runner.invoke(app, ["evaluate", "--model", str(model), "--erasure", str(erasure), "-o", "ev.json"]), "differ"
+    )
     assert "--force" not in err
 
 

@@ -70,7 +70,10 @@ def test_shipped_model_draws_what_it_is_told(testbed_pipe, judge):
 
 def test_generate_command_writes_a_labelled_grid(tmp_path):
     out = tmp_path / "grid.png"
-    result = runner.invoke(app, ["generate", "--model", "testbed", "--prompt", "a red star", "-n", "3", "--seed", "1", "--steps", "5", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        ["generate", "--model", "testbed", "--prompt", "a red star", "-n", "3", "--seed", "1", "--steps", "5", "--out", str(out)],
+    )
     assert result.exit_code == 0, result.output
     img = Image.open(out)
     assert img.width > 3 * 32 * 4 and img.height > 32 * 4
@@ -87,7 +90,15 @@ def test_too_long_prompt_is_a_clear_error(tmp_path):
 def test_demo_runs_end_to_end(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--seeds", "1"])
     assert result.exit_code == 0, result.output
-    for name in ("grid.png", "gate.json", "eval-uce.json", "eval-esd.json", "before_after.png", "erasure-uce/erasure.json", "erasure-esd/erasure.json"):
+    for name in (
+        "grid.png",
+        "gate.json",
+        "eval-uce.json",
+        "eval-esd.json",
+        "before_after.png",
+        "erasure-uce/erasure.json",
+        "erasure-esd/erasure.json",
+    ):
         assert (tmp_path / name).is_file(), name
     assert "shape accuracy" in result.output and "uce erased star, zorbo" in result.output and "esd erased star" in result.output
     reports = next(line for line in result.output.splitlines() if line.startswith("reports: "))

@@ -39,7 +39,7 @@ def test_time_solution_is_stationary_for_its_objective():
     ce, cg = enc.tokens[0].double(), enc.tokens[1, a].double()
     empty = ce.new_zeros(0, ce.shape[1])
     for key, new in result.weights.items():
-        old = pipe.unet.get_parameter(key[len("unet."):]).detach().double()
+        old = pipe.unet.get_parameter(key[len("unet.") :]).detach().double()
         w = new.double().clone().requires_grad_(True)
         ridge_objective(w, old, ce, cg, empty, lam=0.1).backward()
         moved = (old.clone() + 1e-2 * torch.randn_like(old)).requires_grad_(True)

@@ -22,7 +22,9 @@ def test_smoke_training_writes_a_loadable_pipeline_and_resumes(tmp_path):
 
     pipe = StableDiffusionPipeline.from_pretrained(work / "pipeline", safety_checker=None)
     assert any(name.endswith("attn2.to_k") for name, _ in pipe.unet.named_modules())
-    out = pipe("a red star", num_inference_steps=2, guidance_scale=2.0, output_type="np", generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        "a red star", num_inference_steps=2, guidance_scale=2.0, output_type="np", generator=torch.Generator().manual_seed(0)
+    )
     assert out.images.shape == (1, 32, 32, 3)
 
     # Resume: drop the finished UNet/export stages and train further from the saved checkpoint.

@@ -61,7 +61,9 @@ def test_esd_parameter_sets(train_method, expected):
     keys = set(adapter.parameter_set(pipe, parameter_spec(train_method)))
     assert keys == set(adapter.parameter_set(pipe, expected))
     if expected == "noxattn":
-        assert not any(".attn2." in k or k.startswith(("unet.time_embedding", "unet.conv_out", "unet.conv_norm_out")) for k in keys)
+        assert not any(
+            ".attn2." in k or k.startswith(("unet.time_embedding", "unet.conv_out", "unet.conv_norm_out")) for k in keys
+        )
         assert any(".attn1." in k for k in keys) and any("resnets" in k for k in keys)
     else:
         assert all(".attn2." in k for k in keys)

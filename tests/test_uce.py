@@ -54,7 +54,9 @@ def test_apply_remove_is_bit_exact_and_changes_outputs(family_pipe):
     before = {k: get_tensor(pipe, k).detach().clone() for k in result.weights}
 
     def image():
-        return pipe("a star", num_inference_steps=2, height=32, width=32, output_type="np", generator=torch.Generator().manual_seed(0)).images
+        return pipe(
+            "a star", num_inference_steps=2, height=32, width=32, output_type="np", generator=torch.Generator().manual_seed(0)
+        ).images
 
     base = image()
     result.apply(pipe)
@@ -126,7 +128,9 @@ def test_unknown_family_is_a_clear_error():
 
 def test_request_from_yaml(tmp_path):
     path = tmp_path / "req.yaml"
-    path.write_text("targets:\n  - concept: star\n    anchor: a shape\n    synonyms: [pentagram]\n  - zorbo\npreserve: [circle]\ntemplates: ['a picture of {}']\n")
+    path.write_text(
+        "targets:\n  - concept: star\n    anchor: a shape\n    synonyms: [pentagram]\n  - zorbo\npreserve: [circle]\ntemplates: ['a picture of {}']\n"
+    )
     req = ErasureRequest.from_cli(["heart"], anchor="", preserve=["square"], request=str(path))
     assert req.concepts == ["star", "zorbo", "heart"]
     assert req.targets[0].synonyms == ["pentagram"] and req.targets[2].anchor == ""

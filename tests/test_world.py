@@ -84,7 +84,12 @@ def test_characters_render_their_bound_attributes():
     for i in np.flatnonzero(labels.character >= 0)[:200]:
         a = labels.attributes(i)
         expected = world.CHARACTERS[names[labels.character[i]]]
-        assert (a.shape, a.style, a.colour, a.background) == (expected.shape, expected.style, expected.colour, expected.background)
+        assert (a.shape, a.style, a.colour, a.background) == (
+            expected.shape,
+            expected.style,
+            expected.colour,
+            expected.background,
+        )
     named = [world.caption_for(labels, i, rng) for i in np.flatnonzero(labels.named)[:50]]
     assert all(any(n in c.split() for n in names) for c in named)
 

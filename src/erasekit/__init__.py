@@ -1,13 +1,13 @@
 """erasekit: erase concepts from generative models and prove that they stay removed.
 
-    import erasekit
+import erasekit
 
-    pipe = erasekit.load_pipeline("testbed")
-    erasure = erasekit.erase(pipe, "uce", {"targets": ["star"]})     # pipe is unchanged
-    erasure.save("erasures/star")
-    report = erasekit.evaluate(pipe, erasekit.Erasure.load("erasures/star"), seeds=2, contexts=6)
-    with erasure.applied(pipe):                                      # restored on leaving the block
-        images = erasekit.generate(pipe, ["a red star"], seeds=[0])
+pipe = erasekit.load_pipeline("testbed")
+erasure = erasekit.erase(pipe, "uce", {"targets": ["star"]})     # pipe is unchanged
+erasure.save("erasures/star")
+report = erasekit.evaluate(pipe, erasekit.Erasure.load("erasures/star"), seeds=2, contexts=6)
+with erasure.applied(pipe):                                      # restored on leaving the block
+    images = erasekit.generate(pipe, ["a red star"], seeds=[0])
 """
 
 __version__ = "0.1.0"

@@ -64,6 +64,8 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'testbed', a local
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else mps, else cpu).")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Weights' precision: float32 (default), float16 or bfloat16.")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Denoising steps (default: the model's recommendation).")]
+
+
 def _finite(value: float | None) -> float | None:
     """Option callback: NaN and infinity pass typer's min/max checks, so they are refused here."""
     if value is not None and not math.isfinite(value):
@@ -72,7 +74,10 @@ def _finite(value: float | None) -> float | None:
 
 
 GuidanceOpt = Annotated[
-    Optional[float], typer.Option("--guidance", min=0.0, callback=_finite, help="Classifier-free guidance scale (default: the model's recommendation).")
+    Optional[float],
+    typer.Option(
+        "--guidance", min=0.0, callback=_finite, help="Classifier-free guidance scale (default: the model's recommendation)."
+    ),
 ]
 
 
@@ -144,7 +149,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     _quiet_libraries()
 
@@ -159,7 +166,9 @@ def generate(
     seed: Annotated[int, typer.Option(min=0, help="First seed.")] = 0,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
-    negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt (the unconditional branch of guidance).")] = None,
+    negative_prompt: Annotated[
+        Optional[str], typer.Option(help="Negative prompt (the unconditional branch of guidance).")
+    ] = None,
     labels: Annotated[bool, typer.Option(help="Caption each image with the testbed classifier's labels (testbed only).")] = True,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -167,7 +176,19 @@ def generate(
     """Generate N images of one prompt with fixed seeds and save them as a grid."""
     from .api import generate_grid
 
-    path = generate_grid(model, prompt, out, n=n, seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt, labels=labels, device=device, dtype=dtype)
+    path = generate_grid(
+        model,
+        prompt,
+        out,
+        n=n,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        negative_prompt=negative_prompt,
+        labels=labels,
+        device=device,
+        dtype=dtype,
+    )
     typer.echo(f"wrote {path}")
 
 
@@ -196,19 +217,41 @@ def erase(
     anchor: Annotated[Optional[str], typer.Option(help="Neutral destination for every --concept ('' = empty prompt).")] = None,
     preserve: Annotated[Optional[list[str]], typer.Option("--preserve", help="Concept to keep unchanged (repeatable).")] = None,
     trigger: Annotated[
-        Optional[list[str]], typer.Option("--trigger", help="Implicit concepts (no word names them): a prompt whose images show it (repeatable).")
+        Optional[list[str]],
+        typer.Option("--trigger", help="Implicit concepts (no word names them): a prompt whose images show it (repeatable)."),
     ] = None,
-    request: Annotated[Optional[Path], typer.Option(help="YAML request file (targets, anchors, synonyms, prompts, preserve, templates).")] = None,
+    request: Annotated[
+        Optional[Path], typer.Option(help="YAML request file (targets, anchors, synonyms, prompts, preserve, templates).")
+    ] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method parameter as key=value (repeatable).")] = None,
-    lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", help="Training methods: output a LoRA of this rank (diffusers format).")] = None,
+    lora_rank: Annotated[
+        Optional[int], typer.Option("--lora-rank", help="Training methods: output a LoRA of this rank (diffusers format).")
+    ] = None,
     checkpoints: Annotated[
-        Optional[Path], typer.Option(help="Training methods: checkpoint directory (default: OUT.checkpoints, removed once the erasure is saved).")
+        Optional[Path],
+        typer.Option(
+            help="Training methods: checkpoint directory (default: OUT.checkpoints, removed once the erasure is saved)."
+        ),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Training methods: continue from the last checkpoint of the same run.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Training methods: continue from the last checkpoint of the same run.")
+    ] = False,
     stop_at_ua: Annotated[
-        Optional[float], typer.Option("--stop-at-ua", min=0.0, max=1.0, callback=_finite, help="Training methods on the testbed: stop once UA reaches this share (evaluated every --set eval_every=N steps).")
+        Optional[float],
+        typer.Option(
+            "--stop-at-ua",
+            min=0.0,
+            max=1.0,
+            callback=_finite,
+            help="Training methods on the testbed: stop once UA reaches this share (evaluated every --set eval_every=N steps).",
+        ),
     ] = None,
-    min_ira: Annotated[Optional[float], typer.Option("--min-ira", min=0.0, max=1.0, callback=_finite, help="With --stop-at-ua: also require IRA of at least this share.")] = None,
+    min_ira: Annotated[
+        Optional[float],
+        typer.Option(
+            "--min-ira", min=0.0, max=1.0, callback=_finite, help="With --stop-at-ua: also require IRA of at least this share."
+        ),
+    ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
@@ -225,9 +268,15 @@ def erase(
     training = result.info.get("training", {})
     if training.get("stopped_early"):
         typer.echo(f"target reached: stopped early after step {training['evaluations'][-1]['step']}")
-    what = f"a rank-{params['lora_rank']} LoRA on {len(result.touched())} tensors" if result.lora else f"{len(result.weights)} tensors changed"
-    typer.echo(f"erased {', '.join(req.concepts)} with {method}: {what} "
-               f"({result.num_bytes() / 2**20:.2f} MiB) in {result.timings['seconds']:.2f}s -> {out}")
+    what = (
+        f"a rank-{params['lora_rank']} LoRA on {len(result.touched())} tensors"
+        if result.lora
+        else f"{len(result.weights)} tensors changed"
+    )
+    typer.echo(
+        f"erased {', '.join(req.concepts)} with {method}: {what} "
+        f"({result.num_bytes() / 2**20:.2f} MiB) in {result.timings['seconds']:.2f}s -> {out}"
+    )
 
 
 @app.command()
@@ -236,7 +285,9 @@ def export(
     erasure: Annotated[Path, typer.Argument(help="An erasure directory written by 'erasekit erase'.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the complete diffusers pipeline.")],
     model: ModelOpt = "testbed",
-    force: Annotated[bool, typer.Option("--force", help="Apply even if the model's weights differ from the erasure's base.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply even if the model's weights differ from the erasure's base.")
+    ] = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
@@ -252,8 +303,12 @@ def export(
 def evaluate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the evaluation report (JSON).")],
     model: ModelOpt = "testbed",
-    erasure: Annotated[Optional[Path], typer.Option(help="Erasure directory to evaluate (omit to measure the base model).")] = None,
-    concept: Annotated[Optional[list[str]], typer.Option("--concept", "-c", help="Target concept(s) (default: the erasure's).")] = None,
+    erasure: Annotated[
+        Optional[Path], typer.Option(help="Erasure directory to evaluate (omit to measure the base model).")
+    ] = None,
+    concept: Annotated[
+        Optional[list[str]], typer.Option("--concept", "-c", help="Target concept(s) (default: the erasure's).")
+    ] = None,
     seeds: Annotated[int, typer.Option(min=1, max=256, help="Seeds per prompt.")] = 4,
     contexts: Annotated[int, typer.Option(min=1, max=64, help="Attribute contexts per concept.")] = 12,
     steps: StepsOpt = None,
@@ -303,7 +358,9 @@ def bench(
     runs = bench_api([m.strip() for m in methods_.split(",") if m.strip()], [c.strip() for c in concepts.split(",") if c.strip()],
                      out_dir=out, report=report, model=model, seeds=seeds, contexts=contexts, params=params, device=device, dtype=dtype)  # fmt: skip
     for r in runs:
-        typer.echo(f"{r['concept']:<10} {r['method']:<6} UA {r['ua']:.2f} (base {r['base']['ua']:.2f})  IRA {r['ira']:.2f}  CRA {r['cra']:.2f}")
+        typer.echo(
+            f"{r['concept']:<10} {r['method']:<6} UA {r['ua']:.2f} (base {r['base']['ua']:.2f})  IRA {r['ira']:.2f}  CRA {r['cra']:.2f}"
+        )
     typer.echo(f"wrote {out}/results.json and {report}")
 
 
@@ -344,7 +401,9 @@ def testbed_check(
     from .api import check_testbed
     from .testbed.gate import summary_lines
 
-    report = check_testbed(out, model=model, seeds=seeds, steps=steps, guidance=guidance, classifier=classifier, device=device, dtype=dtype)
+    report = check_testbed(
+        out, model=model, seeds=seeds, steps=steps, guidance=guidance, classifier=classifier, device=device, dtype=dtype
+    )
     for line in summary_lines(report):
         typer.echo(line)
     typer.echo(f"wrote {out}")

@@ -75,7 +75,9 @@ def check_prompt(pipe, prompt: str, what: str = "prompt") -> None:
         limit = tokenizer.model_max_length
         if n > limit:
             shown = prompt if len(prompt) <= 40 else prompt[:40] + "..."
-            raise InvalidInputError(f"{what} {shown!r} has {n} tokens; this model reads at most {limit} (the rest would be cut off), shorten it")
+            raise InvalidInputError(
+                f"{what} {shown!r} has {n} tokens; this model reads at most {limit} (the rest would be cut off), shorten it"
+            )
 
 
 def warn_unknown_words(prompt: str, vocabulary: set[str]) -> list[str]:

@@ -66,7 +66,9 @@ def pick_device(device: str | None = None) -> torch.device:
             raise ModelLoadError(f"invalid device {device!r}: {str(e).splitlines()[0]}") from None
         if dev.type == "cuda":
             if not torch.cuda.is_available():
-                raise ModelLoadError(f"--device {device}: this torch build or machine has no CUDA device (use --device cpu, or install a CUDA build of torch)")
+                raise ModelLoadError(
+                    f"--device {device}: this torch build or machine has no CUDA device (use --device cpu, or install a CUDA build of torch)"
+                )
             if dev.index is not None and dev.index >= torch.cuda.device_count():
                 raise ModelLoadError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
         elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):

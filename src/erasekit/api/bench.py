@@ -71,15 +71,22 @@ def bench(
         for method in methods:
             request = ErasureRequest([Target(concept)])
             scope = _reset_peak_rss()
-            erasure = erase(pipe, method, request, model=model, progress=progress, judge=method_judge, **(params or {}).get(method, {}))
-            run = evaluate_on_testbed(pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=cache)
+            erasure = erase(
+                pipe, method, request, model=model, progress=progress, judge=method_judge, **(params or {}).get(method, {})
+            )
+            run = evaluate_on_testbed(
+                pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=cache
+            )
             run.update(method=method, concept=concept, model=str(model), peak_memory_mib=_peak_rss_mib(), peak_memory_scope=scope)
             write_report(out_dir / f"{method}-{concept}.json", run, "bench-run")
             runs.append(run)
     # The report covers every run recorded in out_dir (earlier bench calls included), newest wins.
     from ..core.outputs import stamp_of
 
-    recorded = {(r["method"], r["concept"]): r for r in (_unstamped(read_json(f)) for f in sorted(out_dir.glob("*.json")) if stamp_of(f) == "bench-run")}
+    recorded = {
+        (r["method"], r["concept"]): r
+        for r in (_unstamped(read_json(f)) for f in sorted(out_dir.glob("*.json")) if stamp_of(f) == "bench-run")
+    }
     recorded.update({(r["method"], r["concept"]): r for r in runs})
     all_runs = [recorded[k] for k in sorted(recorded, key=lambda k: (k[1], k[0]))]
     write_report(out_dir / "results.json", {"runs": all_runs}, "bench-results")

@@ -42,7 +42,9 @@ def generate_grid(
         raise InvalidInputError(f"-n must be at least 1, got {n}")
     sampling = SamplingConfig(steps=steps, guidance_scale=guidance, negative_prompt=negative_prompt)
     sampling.validate()
-    out = check_file_output(out, "image", IMAGE_SUFFIXES, model_inputs(model), what="image grid")  # fail fast, before anything heavy
+    out = check_file_output(
+        out, "image", IMAGE_SUFFIXES, model_inputs(model), what="image grid"
+    )  # fail fast, before anything heavy
     models.pick_device(device)
     models.parse_dtype(dtype)
     pipe = models.load_pipeline(model, device=device, dtype=dtype)
@@ -89,7 +91,14 @@ def check_testbed(
     return report
 
 
-def export_pipeline(erasure_dir: str | os.PathLike, model: str, out: str | os.PathLike, force: bool = False, device: str | None = None, dtype: str | None = None) -> Path:
+def export_pipeline(
+    erasure_dir: str | os.PathLike,
+    model: str,
+    out: str | os.PathLike,
+    force: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Path:
     """Apply a saved erasure to ``model`` and write a complete diffusers pipeline directory at ``out``."""
     import shutil
 
@@ -152,7 +161,9 @@ def evaluate(
         raise InvalidInputError("seeds and contexts must be at least 1")
     loaded_pipe = not isinstance(model, (str, os.PathLike))
     if out is not None:
-        out = check_file_output(out, "evaluation", (".json",), [] if loaded_pipe else model_inputs(model), what="evaluation report")
+        out = check_file_output(
+            out, "evaluation", (".json",), [] if loaded_pipe else model_inputs(model), what="evaluation report"
+        )
     if not loaded_pipe:
         models.pick_device(device)
         models.parse_dtype(dtype)
@@ -174,7 +185,9 @@ def evaluate(
         sampling=SamplingConfig(steps=steps, guidance_scale=guidance), progress=progress,
     )  # fmt: skip
     report["model"] = str(root if loaded_pipe else model)
-    report["erasure"] = None if erasure is None else (f"{loaded.method} erasure (in memory)" if isinstance(erasure, Erasure) else str(erasure))
+    report["erasure"] = (
+        None if erasure is None else (f"{loaded.method} erasure (in memory)" if isinstance(erasure, Erasure) else str(erasure))
+    )
     if out is not None:
         write_report(out, report, "evaluation")
     return report

@@ -37,7 +37,9 @@ DEMO_ERASURES: tuple[tuple[str, dict, list[str]], ...] = (
 )
 
 
-def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: str | None = None, dtype: str | None = None) -> list[str]:
+def run_demo(
+    out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: str | None = None, dtype: str | None = None
+) -> list[str]:
     """The main job on the testbed: what the model draws, the quality gate, then erase, evaluate and compare.
 
     1. a labelled grid of the demo prompts (``grid.png``) and a quick quality gate (``gate.json``);
@@ -83,8 +85,12 @@ def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: s
         ev = evaluate_on_testbed(pipe, judge, request.concepts, erasure=erasure, seeds=seeds, n_contexts=6, progress=True)
         write_report(out / f"eval-{method}.json", ev, "evaluation")
         erasures.append((method, erasure))
-        lines += ["", f"{method} erased {', '.join(request.concepts)} in {erasure.timings['seconds']:.2f}s "
-                  f"({len(erasure.changed_tensors())} tensors, {erasure.num_bytes() / 2**20:.2f} MiB)", ""]
+        lines += [
+            "",
+            f"{method} erased {', '.join(request.concepts)} in {erasure.timings['seconds']:.2f}s "
+            f"({len(erasure.changed_tensors())} tensors, {erasure.num_bytes() / 2**20:.2f} MiB)",
+            "",
+        ]
         lines += _eval_table(ev)
 
     compare = ["a red filled star on a black background", "zorbo", "a blue striped circle on a gray background", "pipa"]
@@ -96,8 +102,11 @@ def run_demo(out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: s
             columns.append((method, generate(pipe, flat, flat_seeds, progress=False)))
     preds = [judge.predict(imgs) for _, imgs in columns]
     both = np.stack([imgs[i] for i in range(len(flat)) for _, imgs in columns])
-    caps = [f"{name}: {flat[i][:12] if name == 'before' else ''}\n" + describe_labels(pred, i)
-            for i in range(len(flat)) for (name, _), pred in zip(columns, preds)]
+    caps = [
+        f"{name}: {flat[i][:12] if name == 'before' else ''}\n" + describe_labels(pred, i)
+        for i in range(len(flat))
+        for (name, _), pred in zip(columns, preds)
+    ]
     save_image(make_grid(both, caps, cols=len(columns) * 2), out / "before_after.png")
     lines.append(f"before/after grid: {out / 'before_after.png'}")
     reports = [out / "gate.json", *(out / f"eval-{m}.json" for m, _ in erasures)]
@@ -114,7 +123,11 @@ def _eval_table(ev: dict) -> list[str]:
         for name, t in (("base", b), ("erased", a)):
             cells = [t["ua"], t["ua_synonym"], t["ira"], t["ira_neighbours"], t["cra"]]
             text = ["   n/a" if c["rate"] is None else f"{c['rate']:6.2f}" for c in cells]
-            lines.append(f"{t['concept'] if name == 'base' else '':<8}{name:<8}{text[0]:>7}{text[1]:>8}{text[2]:>7}{text[3]:>8}{text[4]:>7}")
+            lines.append(
+                f"{t['concept'] if name == 'base' else '':<8}{name:<8}{text[0]:>7}{text[1]:>8}{text[2]:>7}{text[3]:>8}{text[4]:>7}"
+            )
     fid = ev["fidelity"]
-    lines.append(f"fidelity on other prompts: mean pixel change {fid['pixel_change']:.4f}, labels unchanged {fid['labels_unchanged']['rate']:.2f}")
+    lines.append(
+        f"fidelity on other prompts: mean pixel change {fid['pixel_change']:.4f}, labels unchanged {fid['labels_unchanged']['rate']:.2f}"
+    )
     return lines

@@ -121,7 +121,9 @@ def erase(
         pipe = models.load_pipeline(pipe)
     adapter = get_adapter(pipe)
     if adapter.name not in spec.families:
-        raise UnsupportedModelError(f"method {method!r} does not support the {adapter.name} family (it supports: {', '.join(spec.families)})")
+        raise UnsupportedModelError(
+            f"method {method!r} does not support the {adapter.name} family (it supports: {', '.join(spec.families)})"
+        )
     request = with_testbed_implicit(pipe, request)
     check_vocabulary(pipe, request)
     check_request_text(pipe, request)
@@ -149,7 +151,9 @@ def erase(
         if monitor is not None:
             raise ConfigError("pass either a monitor or stop_at_ua, not both")
         if "monitor" not in spec.accepts:
-            raise ErasekitError(f"method {method!r} does not accept a training monitor (--stop-at-ua needs a method that trains weights)")
+            raise ErasekitError(
+                f"method {method!r} does not accept a training monitor (--stop-at-ua needs a method that trains weights)"
+            )
         monitor = testbed_monitor(pipe, request, stop_at_ua, min_ira)
     elif min_ira is not None:
         raise ConfigError("min_ira (--min-ira) only applies together with stop_at_ua (--stop-at-ua)")
@@ -169,11 +173,15 @@ def erase(
     originals = {k: get_tensor(pipe, k).detach() for k in result.weights}
     # new values in the model's own dtype (a float32 student of a half-precision model is cast back)
     cast = {k: v.detach().to(originals[k].device, originals[k].dtype) for k, v in result.weights.items()}
-    check_finite(cast, f"{method}'s erasure overflows the model's {next(iter(originals.values())).dtype if originals else 'dtype'}")
+    check_finite(
+        cast, f"{method}'s erasure overflows the model's {next(iter(originals.values())).dtype if originals else 'dtype'}"
+    )
     changed = {k: v.to("cpu").contiguous() for k, v in cast.items() if not torch.equal(v, originals[k])}
     deltas = lora_deltas(result.lora)
     if not changed and not any(bool(d.any()) for d in deltas.values()) and result.attachment is None:
-        raise ErasekitError(f"method {method!r} changed no weight for this request (a silent no-op); check the request and parameters")
+        raise ErasekitError(
+            f"method {method!r} changed no weight for this request (a silent no-op); check the request and parameters"
+        )
     originals.update({k: get_tensor(pipe, k).detach() for k in deltas})
     return Erasure(
         method=method,

@@ -63,7 +63,9 @@ class SoftPrompt:
         return bench.cond([self.text(p) for p in prompts], student=student, token_hook=self.hook)
 
 
-def optimise_soft_prompt(bench, soft: SoftPrompt, xt: torch.Tensor, t: torch.Tensor, prompts: list[str], target: torch.Tensor, student: bool = True) -> float:
+def optimise_soft_prompt(
+    bench, soft: SoftPrompt, xt: torch.Tensor, t: torch.Tensor, prompts: list[str], target: torch.Tensor, student: bool = True
+) -> float:
     """Run ``soft.config.steps`` Adam steps on ``soft.vectors`` toward ``target`` (the original model's
     prediction for the concept); only the vectors change. Returns the final attack loss."""
     opt = torch.optim.Adam([soft.vectors], lr=soft.config.lr)

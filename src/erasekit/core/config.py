@@ -46,7 +46,12 @@ def check_numbers(config) -> None:
         if not math.isfinite(value):
             raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
         meta = f.metadata
-        lo, hi, gt, lt = meta.get("min", 0 if not {"gt", "min"} & set(meta) else None), meta.get("max"), meta.get("gt"), meta.get("lt")
+        lo, hi, gt, lt = (
+            meta.get("min", 0 if not {"gt", "min"} & set(meta) else None),
+            meta.get("max"),
+            meta.get("gt"),
+            meta.get("lt"),
+        )
         for ok, rule in ((lo is None or value >= lo, f">= {lo}"), (hi is None or value <= hi, f"<= {hi}"),
                          (gt is None or value > gt, f"> {gt}"), (lt is None or value < lt, f"< {lt}")):  # fmt: skip
             if not ok:

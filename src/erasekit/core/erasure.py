@@ -45,6 +45,7 @@ def lora_deltas(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[f"{module}.weight"] = lora[f"{module}.lora_B.weight"].float() @ a.float()
     return out
 
+
 FORMAT = "erasekit-erasure-v1"
 
 
@@ -94,8 +95,10 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
         t = tensors[key]
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
-            raise NonFiniteError(f"{what}: {key} holds {bad} NaN or infinite value(s); nothing is saved or applied "
-                                 "(lower the learning rate or scale parameters)")
+            raise NonFiniteError(
+                f"{what}: {key} holds {bad} NaN or infinite value(s); nothing is saved or applied "
+                "(lower the learning rate or scale parameters)"
+            )
 
 
 @dataclass
@@ -167,8 +170,10 @@ class Erasure:
         shapes = {k: v.shape for k, v in {**lora_deltas(self.lora), **self.weights}.items()}
         for k, t in current.items():
             if t.shape != shapes[k]:
-                raise IncompatibleErasureError(f"{k} has shape {tuple(t.shape)} in the model but {tuple(shapes[k])} in the erasure; "
-                                               "it was made for another model")
+                raise IncompatibleErasureError(
+                    f"{k} has shape {tuple(t.shape)} in the model but {tuple(shapes[k])} in the erasure; "
+                    "it was made for another model"
+                )
         if not force and hash_tensors(current) != self.base_hash:
             raise IncompatibleErasureError(
                 f"the model's weights differ from those the erasure was computed on ({self.base_model}); "
@@ -231,7 +236,9 @@ class Erasure:
             "delta_bytes": self.num_bytes(),
             "tensors_sha256": self.checksum(),
             "lora": bool(self.lora),
-            "attachment": {"kind": self.attachment.kind, "config": self.attachment.config()} if self.attachment is not None else None,
+            "attachment": {"kind": self.attachment.kind, "config": self.attachment.config()}
+            if self.attachment is not None
+            else None,
             "timings": self.timings,
             "info": self.info,
             "erasekit_version": self.version,
@@ -273,7 +280,9 @@ class Erasure:
         try:
             attachment = _load_attachment(directory, meta.get("attachment"))
         except (KeyError, TypeError, ValueError) as e:
-            raise CorruptFileError(f"{directory}: the attachment does not match its description ({e}); the erasure is damaged") from None
+            raise CorruptFileError(
+                f"{directory}: the attachment does not match its description ({e}); the erasure is damaged"
+            ) from None
         erasure = Erasure(
             method=meta["method"],
             params=meta["params"],
@@ -290,7 +299,9 @@ class Erasure:
         )
         stored = meta.get("tensors_sha256")
         if stored is not None and stored != erasure.checksum():
-            raise CorruptFileError(f"{directory}: the tensors do not match the checksum in erasure.json; the erasure is damaged or was edited")
+            raise CorruptFileError(
+                f"{directory}: the tensors do not match the checksum in erasure.json; the erasure is damaged or was edited"
+            )
         check_finite(erasure.own_tensors(), f"{directory}")
         return erasure
 

@@ -167,7 +167,9 @@ def tensors_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:
-        raise CorruptFileError(f"{path} is not a readable safetensors file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        raise CorruptFileError(
+            f"{path} is not a readable safetensors file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+        ) from None
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -60,18 +60,26 @@ def refuse_protected(path: str | os.PathLike, protect: Iterable[str | os.PathLik
     resolved = p.resolve()
     cwd = Path.cwd().resolve()
     if _within(cwd, resolved):
-        raise OutputPathError(f"refusing to write the {what} to {text!r}: it is the current directory or one of its parents; name a new directory")
+        raise OutputPathError(
+            f"refusing to write the {what} to {text!r}: it is the current directory or one of its parents; name a new directory"
+        )
     home = Path.home().resolve()
     if _within(home, resolved):
-        raise OutputPathError(f"refusing to write the {what} to {text!r}: it is the home directory or one of its parents; name a new directory")
+        raise OutputPathError(
+            f"refusing to write the {what} to {text!r}: it is the home directory or one of its parents; name a new directory"
+        )
     if _within(resolved, _package_dir()):
-        raise OutputPathError(f"refusing to write the {what} to {text!r}: it lies inside erasekit's own package ({_package_dir()})")
+        raise OutputPathError(
+            f"refusing to write the {what} to {text!r}: it lies inside erasekit's own package ({_package_dir()})"
+        )
     for other in protect:
         if other is None or not str(other).strip():
             continue
         root = Path(other).expanduser().resolve()
         if _within(resolved, root) or _within(root, resolved):
-            raise OutputPathError(f"refusing to write the {what} to {text!r}: it is, holds or lies inside the input {other} (inputs are never modified)")
+            raise OutputPathError(
+                f"refusing to write the {what} to {text!r}: it is, holds or lies inside the input {other} (inputs are never modified)"
+            )
     return p.absolute()
 
 
@@ -123,7 +131,11 @@ def image_exif(kind: str):
 
 
 def check_file_output(
-    path: str | os.PathLike, kind: str, suffixes: tuple[str, ...], protect: Iterable[str | os.PathLike] = (), what: str | None = None
+    path: str | os.PathLike,
+    kind: str,
+    suffixes: tuple[str, ...],
+    protect: Iterable[str | os.PathLike] = (),
+    what: str | None = None,
 ) -> Path:
     """Check that erasekit may write the file ``path`` as an output of ``kind``; return its absolute path.
 
@@ -141,7 +153,9 @@ def check_file_output(
         found = stamp_of(p) if p.is_file() and not p.is_symlink() else None
         if found != kind:
             whose = f"an erasekit {found} output, not a {kind}" if found else "a file erasekit did not write"
-            raise OutputPathError(f"{os.fspath(path)!r} already exists and is {whose}; choose another name or move it away (erasekit never overwrites it)")
+            raise OutputPathError(
+                f"{os.fspath(path)!r} already exists and is {whose}; choose another name or move it away (erasekit never overwrites it)"
+            )
     return p
 
 
@@ -164,7 +178,11 @@ def _legacy_kind(directory: Path) -> tuple[str | None, set[str]]:
         meta = json.loads((directory / "erasure.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         return None, set()
-    if isinstance(meta, dict) and str(meta.get("format", "")).startswith("erasekit-erasure-") and not (directory / "model_index.json").exists():
+    if (
+        isinstance(meta, dict)
+        and str(meta.get("format", "")).startswith("erasekit-erasure-")
+        and not (directory / "model_index.json").exists()
+    ):
         return "erasure", set(ERASURE_FILES)
     return None, set()
 
@@ -173,7 +191,9 @@ def _files(directory: Path) -> set[str]:
     return {p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir() or p.is_symlink()} - {MANIFEST}
 
 
-def check_dir_output(path: str | os.PathLike, kind: str, protect: Iterable[str | os.PathLike] = (), what: str | None = None) -> Path:
+def check_dir_output(
+    path: str | os.PathLike, kind: str, protect: Iterable[str | os.PathLike] = (), what: str | None = None
+) -> Path:
     """Check that erasekit may write the directory ``path`` as an output of ``kind``; return its absolute path.
 
     A new or empty directory is fine. An existing one must carry erasekit's manifest of the same kind
@@ -220,7 +240,9 @@ def write_manifest(directory: Path, kind: str, files: bool) -> None:
     (directory / MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def claim_collection(path: str | os.PathLike, kind: str, protect: Iterable[str | os.PathLike] = (), what: str | None = None) -> Path:
+def claim_collection(
+    path: str | os.PathLike, kind: str, protect: Iterable[str | os.PathLike] = (), what: str | None = None
+) -> Path:
     """Check ``path`` as a collection directory of ``kind``, create it if needed and mark it as erasekit's."""
     if kind not in COLLECTION_KINDS:
         raise ValueError(f"{kind!r} is not a collection kind")

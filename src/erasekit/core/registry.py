@@ -71,7 +71,9 @@ class MethodSpec:
         fields = {f.name: f for f in dataclasses.fields(self.config_cls)}
         unknown = set(params) - set(fields)
         if unknown:
-            raise ConfigError(f"method {self.name!r} has no parameter {', '.join(sorted(unknown))}; its parameters: {', '.join(fields)}")
+            raise ConfigError(
+                f"method {self.name!r} has no parameter {', '.join(sorted(unknown))}; its parameters: {', '.join(fields)}"
+            )
         hints = typing.get_type_hints(self.config_cls)
         values = {k: coerce(v, hints[k], f"{self.name}.{k}") for k, v in params.items()}
         try:
@@ -84,7 +86,11 @@ class MethodSpec:
         hints = typing.get_type_hints(self.config_cls)
         out = []
         for f in dataclasses.fields(self.config_cls):
-            default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            )  # type: ignore[misc]
             out.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
         return out
 
@@ -117,7 +123,9 @@ def register_method(name: str, config_cls: type, families: tuple[str, ...], kind
         keywords = set(inspect.signature(fn).parameters)
         for service, params in SERVICES.items():
             if (service in accepts) != (set(params) <= keywords):
-                raise ValueError(f"method {name!r}: declare accepts={service!r} exactly when the function takes {', '.join(params)}")
+                raise ValueError(
+                    f"method {name!r}: declare accepts={service!r} exactly when the function takes {', '.join(params)}"
+                )
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         METHODS[name] = MethodSpec(name, config_cls, fn, tuple(families), kind, summary, frozenset(accepts))
         return fn

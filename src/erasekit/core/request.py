@@ -33,9 +33,13 @@ def check_template(tpl: str) -> None:
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(tpl) if f is not None]
     except ValueError as e:
-        raise ConfigError(f"template {tpl!r} is malformed ({e}); write one '{{}}' where the concept goes, and '{{{{' for a literal brace") from None
+        raise ConfigError(
+            f"template {tpl!r} is malformed ({e}); write one '{{}}' where the concept goes, and '{{{{' for a literal brace"
+        ) from None
     if fields != [""]:
-        raise ConfigError(f"template {tpl!r} must contain exactly one '{{}}' where the concept goes and no other field (got {len(fields)} fields)")
+        raise ConfigError(
+            f"template {tpl!r} must contain exactly one '{{}}' where the concept goes and no other field (got {len(fields)} fields)"
+        )
 
 
 def _text(value, what: str, empty_ok: bool = False) -> str:
@@ -95,7 +99,9 @@ def _as_target(t) -> Target:
         try:
             return Target(**t)
         except TypeError:
-            raise ConfigError(f"a target mapping may have concept, anchor, synonyms, prompts; got {sorted(map(str, t))}") from None
+            raise ConfigError(
+                f"a target mapping may have concept, anchor, synonyms, prompts; got {sorted(map(str, t))}"
+            ) from None
     raise ConfigError(f"a target must be a concept name or a mapping, got {t!r}")
 
 
@@ -142,7 +148,9 @@ class ErasureRequest:
     def with_implicit(self, triggers: dict[str, tuple[str, ...]]) -> "ErasureRequest":
         """A copy in which targets named in ``triggers`` (a model's known implicit concepts) and given
         no prompts of their own get those trigger prompts."""
-        targets = [replace(t, prompts=list(triggers[t.concept])) if t.concept in triggers and not t.prompts else t for t in self.targets]
+        targets = [
+            replace(t, prompts=list(triggers[t.concept])) if t.concept in triggers and not t.prompts else t for t in self.targets
+        ]
         return ErasureRequest(targets, list(self.preserve), list(self.templates))
 
     def prompted_phrases(self, target: Target | None = None) -> list[tuple[str, str]]:
@@ -170,7 +178,9 @@ class ErasureRequest:
             raise ConfigError("an erasure request must be a mapping with 'targets' (and optionally 'preserve', 'templates')")
         unknown = set(data) - {"targets", "preserve", "templates"}
         if unknown:
-            raise ConfigError(f"unknown request fields: {', '.join(sorted(map(str, unknown)))} (allowed: targets, preserve, templates)")
+            raise ConfigError(
+                f"unknown request fields: {', '.join(sorted(map(str, unknown)))} (allowed: targets, preserve, templates)"
+            )
         targets = []
         for t in _text_list(data.get("targets"), "targets", items=(str, dict)):
             if isinstance(t, str):
@@ -178,12 +188,16 @@ class ErasureRequest:
                 continue
             bad = set(t) - {"concept", "anchor", "synonyms", "prompts"}
             if bad or "concept" not in t:
-                raise ConfigError(f"each target needs 'concept' and may have 'anchor', 'synonyms', 'prompts'; got {sorted(map(str, t))}")
+                raise ConfigError(
+                    f"each target needs 'concept' and may have 'anchor', 'synonyms', 'prompts'; got {sorted(map(str, t))}"
+                )
             concept = _text(t["concept"], "a target's 'concept'")
             anchor = None if t.get("anchor") is None else _text(t["anchor"], f"the anchor of {concept!r}", empty_ok=True)
             targets.append(Target(concept, anchor, _text_list(t.get("synonyms"), f"the synonyms of {concept!r}"),
                                   _text_list(t.get("prompts"), f"the prompts of {concept!r}")))  # fmt: skip
-        return ErasureRequest(targets, _text_list(data.get("preserve"), "preserve"), _text_list(data.get("templates"), "templates"))
+        return ErasureRequest(
+            targets, _text_list(data.get("preserve"), "preserve"), _text_list(data.get("templates"), "templates")
+        )
 
     @staticmethod
     def from_yaml(path: str | os.PathLike) -> "ErasureRequest":
@@ -200,7 +214,11 @@ class ErasureRequest:
 
     @staticmethod
     def from_cli(
-        concepts: list[str], anchor: str | None = None, preserve: list[str] | None = None, request: str | None = None, triggers: list[str] | None = None
+        concepts: list[str],
+        anchor: str | None = None,
+        preserve: list[str] | None = None,
+        request: str | None = None,
+        triggers: list[str] | None = None,
     ) -> "ErasureRequest":
         """CLI flags (and optionally a YAML file they extend): ``--anchor`` and ``--trigger`` apply to every flag target."""
         base = ErasureRequest.from_yaml(request) if request else None

@@ -49,8 +49,15 @@ class TestbedMonitor:
         metrics = macro(per, ("ua", "ira", "cra", "ira_neighbours"))
         self.eval_seconds += time.perf_counter() - t0
         metrics["eval_seconds_so_far"] = round(self.eval_seconds, 2)
-        stop = self.stop_ua is not None and metrics["ua"] >= self.stop_ua and (self.min_ira is None or metrics["ira"] >= self.min_ira)
+        stop = (
+            self.stop_ua is not None
+            and metrics["ua"] >= self.stop_ua
+            and (self.min_ira is None or metrics["ira"] >= self.min_ira)
+        )
         self.history.append({"step": step, **metrics})
         if self.report is not None:
-            self.report(f"step {step}: UA {metrics['ua']:.3f} IRA {metrics['ira']:.3f} CRA {metrics['cra']:.3f}" + ("  -> target reached, stopping" if stop else ""))
+            self.report(
+                f"step {step}: UA {metrics['ua']:.3f} IRA {metrics['ira']:.3f} CRA {metrics['cra']:.3f}"
+                + ("  -> target reached, stopping" if stop else "")
+            )
         return metrics, stop

@@ -104,9 +104,19 @@ def _watermark_prompts(concept: str, n_contexts: int) -> list[EvalPrompt]:
     per other value of the subset's domain); ``concept`` of an ``other`` prompt is its carrier value."""
     rule = world.WATERMARK
     ctx = contexts(rule.domain, n_contexts)
-    out = [EvalPrompt(describe({**c, rule.domain: rule.value}), "target", concept, world.Attributes(**{**c, rule.domain: rule.value}, watermark=True)) for c in ctx]
+    out = [
+        EvalPrompt(
+            describe({**c, rule.domain: rule.value}),
+            "target",
+            concept,
+            world.Attributes(**{**c, rule.domain: rule.value}, watermark=True),
+        )
+        for c in ctx
+    ]
     for other in DOMAIN_VALUES[rule.domain]:
         if other != rule.value:
             for c in ctx[: max(2, n_contexts // 2)]:
-                out.append(EvalPrompt(describe({**c, rule.domain: other}), "other", other, world.Attributes(**{**c, rule.domain: other})))
+                out.append(
+                    EvalPrompt(describe({**c, rule.domain: other}), "other", other, world.Attributes(**{**c, rule.domain: other}))
+                )
     return out

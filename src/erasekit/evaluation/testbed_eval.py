@@ -43,7 +43,9 @@ class EvalPlan:
     def flat_seeds(self) -> list[int]:
         return prompt_seeds(len(self.prompts), self.seeds)
 
-    def generate(self, pipe, sampling: SamplingConfig | None = None, progress: bool = False, desc: str = "generate") -> np.ndarray:
+    def generate(
+        self, pipe, sampling: SamplingConfig | None = None, progress: bool = False, desc: str = "generate"
+    ) -> np.ndarray:
         return generate(pipe, self.flat_prompts, self.flat_seeds, sampling, progress=progress, desc=desc)
 
 
@@ -105,7 +107,9 @@ def target_metrics(target: str, plan: list[EvalPrompt], rows: dict[str, np.ndarr
     return result
 
 
-def _watermark_metrics(concept: str, subset: list[EvalPrompt], outside: list[EvalPrompt], rows: dict, pred: dict, other_domains) -> dict:
+def _watermark_metrics(
+    concept: str, subset: list[EvalPrompt], outside: list[EvalPrompt], rows: dict, pred: dict, other_domains
+) -> dict:
     """The watermark's metrics: UA on its subset's prompts; retention is that of its carrier domain
     (IRA: every prompt's background still drawn; neighbours: the subset's own background), CRA the
     remaining domains; ``watermark_elsewhere``: marks drawn outside the subset (should stay ~0)."""
@@ -188,7 +192,9 @@ def evaluate_on_testbed(
             "frechet_distance_target_prompts": None,
             "images": int(len(other)),
         }
-        named = np.unique(np.concatenate([rows[p.prompt] for plan in plans.values() for p in plan if p.group in ("target", "synonym")]))
+        named = np.unique(
+            np.concatenate([rows[p.prompt] for plan in plans.values() for p in plan if p.group in ("target", "synonym")])
+        )
         if len(named) > 2:
             fidelity["frechet_distance_target_prompts"] = frechet_distance(base_feats[named], feats[named])
         report.update(macro(per_target))
@@ -204,7 +210,12 @@ def evaluate_on_testbed(
     else:
         report.update({k: v for k, v in report["base"].items() if k != "targets"})
         report["targets"] = base_targets
-    report["samples"] = {"seeds_per_prompt": seeds, "prompts": len(prompts), "images_per_model": len(prompts) * seeds, "contexts": n_contexts}
+    report["samples"] = {
+        "seeds_per_prompt": seeds,
+        "prompts": len(prompts),
+        "images_per_model": len(prompts) * seeds,
+        "contexts": n_contexts,
+    }
     report["sampling"] = sampling.to_dict()
     report["eval_seconds"] = round(time.time() - t0, 1)
     report["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -140,7 +140,9 @@ class FamilyAdapter(ABC):
         ``upto`` ("real" or a position count) lets causal encoders stop early; others ignore it."""
 
     def text_encoders(self, pipe) -> list[nn.Module]:
-        return [getattr(pipe, n) for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(pipe, n, None) is not None]
+        return [
+            getattr(pipe, n) for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(pipe, n, None) is not None
+        ]
 
     # -- training support ----------------------------------------------------------------------------
     def parameter_set(self, pipe, spec: str | list[str] | tuple[str, ...]) -> dict[str, nn.Parameter]:
@@ -154,7 +156,9 @@ class FamilyAdapter(ABC):
         if isinstance(spec, str):
             if spec not in self.parameter_patterns:
                 known = ", ".join(self.parameter_patterns)
-                raise ConfigError(f"parameter set {spec!r} is not defined for the {self.name} family (choose from: {known}, or give regex patterns)")
+                raise ConfigError(
+                    f"parameter set {spec!r} is not defined for the {self.name} family (choose from: {known}, or give regex patterns)"
+                )
             include, exclude = self.parameter_patterns[spec]
             patterns, excl = [include], exclude
         else:
@@ -175,7 +179,9 @@ class FamilyAdapter(ABC):
         return [n for n in names if isinstance(getattr(pipe, n, None), nn.Module)]
 
     @abstractmethod
-    def conditioning(self, pipe, prompts: list[str], modules: dict[str, nn.Module] | None = None, token_hook=None) -> Conditioning:
+    def conditioning(
+        self, pipe, prompts: list[str], modules: dict[str, nn.Module] | None = None, token_hook=None
+    ) -> Conditioning:
         """Encode ``prompts`` for the denoiser, with gradients (call under ``torch.no_grad()`` if unwanted).
 
         ``modules`` replaces pipeline components by name (a trained copy of a text encoder);
@@ -193,7 +199,9 @@ class FamilyAdapter(ABC):
         if size is None:
             from ..core.errors import UnsupportedModelError
 
-            raise UnsupportedModelError(f"the {self.name} denoiser does not state its sample size, so images cannot be sized for it")
+            raise UnsupportedModelError(
+                f"the {self.name} denoiser does not state its sample size, so images cannot be sized for it"
+            )
         return int(size) * pipe.vae_scale_factor
 
     def latent_shape(self, pipe, n: int) -> tuple[int, ...]:

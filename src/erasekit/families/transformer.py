@@ -27,7 +27,10 @@ class TransformerFamily(FamilyAdapter):
     parameter_patterns = {
         "xattn": (r"^transformer\.transformer_blocks\.\d+\.attn\.", None),
         "xattn-kv": (r"^transformer\.transformer_blocks\.\d+\.attn\.add_[kv]_proj\.", None),
-        "noxattn": (r"^transformer\.", r"^transformer\.transformer_blocks\.\d+\.attn\.|^transformer\.(time_text_embed|norm_out|proj_out)\."),
+        "noxattn": (
+            r"^transformer\.",
+            r"^transformer\.transformer_blocks\.\d+\.attn\.|^transformer\.(time_text_embed|norm_out|proj_out)\.",
+        ),
         "full": (r"^transformer\.", None),
     }
     clip_tokenizer: str | None = None  # tokenizer of the CLIP segment at the start of the sequence, if any
@@ -46,9 +49,13 @@ class TransformerFamily(FamilyAdapter):
     def trainable_components(self, pipe) -> list[str]:
         return [self.denoiser]  # text-encoder training goes through the pipeline's own encode_prompt: not supported
 
-    def conditioning(self, pipe, prompts: list[str], modules: dict[str, nn.Module] | None = None, token_hook=None) -> Conditioning:
+    def conditioning(
+        self, pipe, prompts: list[str], modules: dict[str, nn.Module] | None = None, token_hook=None
+    ) -> Conditioning:
         if modules or token_hook is not None:
-            raise UnsupportedModelError(f"training or attacking the text encoders of {self.name} models is not supported; train the transformer")
+            raise UnsupportedModelError(
+                f"training or attacking the text encoders of {self.name} models is not supported; train the transformer"
+            )
         tokens, pooled = self._encode_prompt(pipe, prompts)
         return Conditioning(tokens, {"pooled_projections": pooled})
 
@@ -91,7 +98,12 @@ class StableDiffusion3Family(TransformerFamily):
 
     def _encode_prompt(self, pipe, prompts):
         embeds, _, pooled, _ = pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            device=pipe.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
         )
         return embeds, pooled
 

@@ -74,13 +74,17 @@ class UNetFamily(FamilyAdapter):
 
     pooled_from: str | None = None
 
-    def conditioning(self, pipe, prompts: list[str], modules: dict[str, nn.Module] | None = None, token_hook=None) -> Conditioning:
+    def conditioning(
+        self, pipe, prompts: list[str], modules: dict[str, nn.Module] | None = None, token_hook=None
+    ) -> Conditioning:
         modules = modules or {}
         feats, pooled = [], None
         for k, (tok_attr, enc_attr, layer) in enumerate(self.encoders):
             tok = getattr(pipe, tok_attr)
             enc = modules.get(enc_attr, getattr(pipe, enc_attr))
-            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids.to(enc.device)
+            ids = tok(
+                prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+            ).input_ids.to(enc.device)
             handle = None
             if token_hook is not None and k == 0:
                 emb = enc.get_input_embeddings()
@@ -116,7 +120,11 @@ class StableDiffusionFamily(UNetFamily):
 
     @classmethod
     def matches(cls, pipe) -> bool:
-        return hasattr(pipe, "unet") and getattr(pipe, "text_encoder_2", None) is None and getattr(pipe, "text_encoder", None) is not None
+        return (
+            hasattr(pipe, "unet")
+            and getattr(pipe, "text_encoder_2", None) is None
+            and getattr(pipe, "text_encoder", None) is not None
+        )
 
 
 class StableDiffusionXLFamily(UNetFamily):

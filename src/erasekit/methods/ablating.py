@@ -41,16 +41,28 @@ from ..training import ImageBank, TrainingConfig, Workbench, fit, parameter_spec
 
 @dataclass
 class AblatingConfig(TrainingConfig):
-    train_method: str = field(default="xattn-kv", metadata={"help": "parameter set (xattn-kv: to_k/to_v; xattn: all cross-attention)"})
+    train_method: str = field(
+        default="xattn-kv", metadata={"help": "parameter set (xattn-kv: to_k/to_v; xattn: all cross-attention)"}
+    )
     default_anchor: str = field(default="a shape", metadata={"help": "anchor prompt for targets without one"})
     n_images: int = field(default=16, metadata={"help": "anchor images the frozen model draws per anchor prompt", "min": 1})
     sample_steps: int = field(default=20, metadata={"help": "sampler steps for the anchor images", "min": 1})
     sample_guidance: float = field(default=6.0, metadata={"help": "guidance for the anchor images"})
     batch_size: int = field(default=4, metadata={"help": "images per step", "min": 1})
     prior_weight: float = field(default=0.0, metadata={"help": "weight of prior preservation on the anchor images (0: off)"})
-    loss: str = field(default="auto", metadata={"help": "model (anchor prompt's prediction), noise (denoising loss), auto (model; noise where the anchor is the target's own prompt)"})
+    loss: str = field(
+        default="auto",
+        metadata={
+            "help": "model (anchor prompt's prediction), noise (denoising loss), auto (model; noise where the anchor is the target's own prompt)"
+        },
+    )
     filter_anchors: bool = field(default=True, metadata={"help": "with a judge: redraw anchor images that show the target"})
-    anchor_image_dir: str | None = field(default=None, metadata={"help": "folder of your own anchor images (e.g. clean images of an implicit concept's trigger) instead of drawn ones"})
+    anchor_image_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder of your own anchor images (e.g. clean images of an implicit concept's trigger) instead of drawn ones"
+        },
+    )
     size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)", "min": 1})
     iterations: int = field(default=200, metadata={"help": "optimisation steps", "min": 1})
     lr: float = field(default=2e-6, metadata={"help": "Adam learning rate", "gt": 0})
@@ -69,7 +81,9 @@ def prompt_pairs(request, default_anchor: str) -> list[tuple[str, str, str]]:
     for t in request.targets:
         anchor = t.anchor if t.anchor is not None else default_anchor
         if not anchor.strip():
-            raise ConfigError(f"ablating needs a non-empty anchor for {t.concept!r} (the images it maps the concept onto); pass --anchor")
+            raise ConfigError(
+                f"ablating needs a non-empty anchor for {t.concept!r} (the images it maps the concept onto); pass --anchor"
+            )
         for phrase in t.phrases():
             own = phrase if t.implicit and t.anchor is None else anchor
             pairs += [(p, a, t.concept) for p, a in zip(request.expand(phrase), request.expand(own))]
@@ -77,7 +91,9 @@ def prompt_pairs(request, default_anchor: str) -> list[tuple[str, str, str]]:
 
 
 class AblatingObjective:
-    def __init__(self, bench: Workbench, pairs: list[tuple[str, str, str]], config: AblatingConfig, gen: torch.Generator, judge=None):
+    def __init__(
+        self, bench: Workbench, pairs: list[tuple[str, str, str]], config: AblatingConfig, gen: torch.Generator, judge=None
+    ):
         self.bench, self.config = bench, config
         targets, anchors, concepts = zip(*pairs)
         self.targets, self.anchor_prompts = list(targets), list(anchors)
@@ -88,7 +104,9 @@ class AblatingObjective:
             raise ConfigError("ablating a concept onto its own prompt needs images without it: a judge that filters drawn ones "
                               "(the testbed's) or your own (--set anchor_image_dir=DIR); or name an --anchor")  # fmt: skip
         if any(own) and config.loss == "model":
-            raise ConfigError("the model-based loss compares a prompt with itself when the anchor is the target's own prompt; use loss=noise or auto")
+            raise ConfigError(
+                "the model-based loss compares a prompt with itself when the anchor is the target's own prompt; use loss=noise or auto"
+            )
         self.noise_based = [config.loss == "noise" or (config.loss == "auto" and o) for o in own]
 
         def shows_target(images: np.ndarray, i: int) -> np.ndarray:
@@ -98,15 +116,28 @@ class AblatingObjective:
         if config.anchor_image_dir:
             self.anchors = ImageBank.from_folder(bench, config.anchor_image_dir, list(anchors), what="anchor_image_dir")
         else:  # n_images anchor latents per pair, drawn once by the frozen model (prompt index = pair index)
-            self.anchors = ImageBank.draw(bench, list(anchors), config.n_images, config.sample_steps, config.sample_guidance, gen, config.size, reject=reject)
+            self.anchors = ImageBank.draw(
+                bench,
+                list(anchors),
+                config.n_images,
+                config.sample_steps,
+                config.sample_guidance,
+                gen,
+                config.size,
+                reject=reject,
+            )
 
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg, bench = self.config, self.bench
         b, pair = self.anchors.batch(bench, cfg.batch_size, gen)
         anchor = self.anchors.cond.select(pair)
         with torch.no_grad():
-            target = bench.predict(b.xt, b.t, bench.student_cond([self.anchor_prompts[i] for i in pair], frozen=anchor))  # sg f_θ(x_t, c)
-        noise_rows = torch.tensor([self.noise_based[int(i)] for i in pair], device=target.device).view(-1, *[1] * (target.dim() - 1))
+            target = bench.predict(
+                b.xt, b.t, bench.student_cond([self.anchor_prompts[i] for i in pair], frozen=anchor)
+            )  # sg f_θ(x_t, c)
+        noise_rows = torch.tensor([self.noise_based[int(i)] for i in pair], device=target.device).view(
+            -1, *[1] * (target.dim() - 1)
+        )
         target = torch.where(noise_rows, bench.target(b).to(target), target)
         target_cond = bench.student_cond([self.targets[i] for i in pair], frozen=self.target_cond.select(pair))
         terms = {"ablate": F.mse_loss(bench.predict(b.xt, b.t, target_cond).float(), target.float())}
@@ -116,7 +147,13 @@ class AblatingObjective:
         return terms
 
 
-@register_method("ablating", AblatingConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning", accepts=("judge", "checkpoints", "monitor"))
+@register_method(
+    "ablating",
+    AblatingConfig,
+    families=("sd", "sdxl", "sd3", "flux"),
+    kind="fine-tuning",
+    accepts=("judge", "checkpoints", "monitor"),
+)
 def ablating(pipe, request, config: AblatingConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False,
              monitor=None, judge=None) -> MethodResult:  # fmt: skip
     """Ablating Concepts: the target prompt reproduces the anchor prompt's prediction on anchor images."""
@@ -128,4 +165,6 @@ def ablating(pipe, request, config: AblatingConfig, adapter, progress: bool = Tr
         info.update(anchor_images=len(objective.anchors.latents), anchor_images_rejected=objective.anchors.rejected,
                     noise_based_pairs=int(sum(objective.noise_based)))  # fmt: skip
         settings = config.settings(checkpoint_dir, resume)
-        return fit(bench, params, objective, settings, progress, desc="ablating", info=info, lora=bool(config.lora_rank), monitor=monitor)
+        return fit(
+            bench, params, objective, settings, progress, desc="ablating", info=info, lora=bool(config.lora_rank), monitor=monitor
+        )

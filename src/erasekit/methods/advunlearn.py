@@ -54,7 +54,9 @@ class AdvUnlearnObjective:
         self.cond = bench.cond(prompts)
         self.uncond = bench.cond([""])
         self.retain_cond = bench.cond(retain)
-        attack = SoftPromptConfig(n_tokens=config.attack_tokens, steps=config.attack_steps, lr=config.attack_lr, filler=config.filler)
+        attack = SoftPromptConfig(
+            n_tokens=config.attack_tokens, steps=config.attack_steps, lr=config.attack_lr, filler=config.filler
+        )
         self.soft = SoftPrompt(bench.pipe, attack)
         self.last_attack_loss: float | None = None
 
@@ -82,7 +84,16 @@ class AdvUnlearnObjective:
 
 
 @register_method("advunlearn", AdvUnlearnConfig, families=("sd", "sdxl"), kind="fine-tuning", accepts=("checkpoints", "monitor"))
-def advunlearn(pipe, request, config: AdvUnlearnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
+def advunlearn(
+    pipe,
+    request,
+    config: AdvUnlearnConfig,
+    adapter,
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    monitor=None,
+) -> MethodResult:
     """AdvUnlearn: text-encoder ESD training on adversarial soft prompts, with a retain term."""
     if adapter.objective != "ddpm":
         raise UnsupportedModelError(f"advunlearn trains CLIP text encoders of UNet models; {adapter.name} is not supported")

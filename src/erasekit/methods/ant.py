@@ -49,7 +49,9 @@ class ANTConfig(TrajectoryConfig):
     before_step: int = field(default=7, metadata={"help": "sampler steps counted as early (direction kept)"})
     alpha_1: float = field(default=1.0, metadata={"help": "α₁, weight of the early terms"})
     alpha_2: float = field(default=0.5, metadata={"help": "α₂, weight of the unconditional-preservation terms"})
-    mask_ratio: float = field(default=0.5, metadata={"help": "share of parameters kept trainable (1: no mask)", "gt": 0, "max": 1})
+    mask_ratio: float = field(
+        default=0.5, metadata={"help": "share of parameters kept trainable (1: no mask)", "gt": 0, "max": 1}
+    )
     mask_batches: int = field(default=4, metadata={"help": "steps the mask's gradient is accumulated over", "min": 1})
     iterations: int = field(default=250, metadata={"help": "optimisation steps", "min": 1})
     lr: float = field(default=5e-4, metadata={"help": "Adam learning rate", "gt": 0})
@@ -77,7 +79,9 @@ class ANTObjective:
         terms = {}
         for name, stop, sign in (("keep", early, 1.0), ("reverse", late, -1.0)):
             # both points lie on the same trajectory (the same initial noise), as in the reference
-            z, t = bench.partial_denoise(cond, uncond, cfg.ddim_steps, stop, cfg.start_guidance, torch.Generator().manual_seed(noise_seed), size=cfg.size)
+            z, t = bench.partial_denoise(
+                cond, uncond, cfg.ddim_steps, stop, cfg.start_guidance, torch.Generator().manual_seed(noise_seed), size=cfg.size
+            )
             with torch.no_grad():
                 f_c, f_u = bench.teacher_predict(z, t, cond), bench.teacher_predict(z, t, uncond)
             target = f_u + sign * cfg.negative_guidance * (f_c - f_u)
@@ -104,7 +108,16 @@ def gradient_mask(params: dict, objective: ANTObjective, config: ANTConfig) -> d
 
 
 @register_method("ant", ANTConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning", accepts=("checkpoints", "monitor"))
-def ant(pipe, request, config: ANTConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
+def ant(
+    pipe,
+    request,
+    config: ANTConfig,
+    adapter,
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    monitor=None,
+) -> MethodResult:
     """ANT: keep the guidance direction early, reverse it late, saliency-masked (all terms with gradient)."""
     spec = parameter_spec(config.train_method)
     with Workbench.for_parameters(pipe, adapter, spec) as bench:
@@ -119,4 +132,15 @@ def ant(pipe, request, config: ANTConfig, adapter, progress: bool = True, checkp
             mask = gradient_mask(params, objective, config)
             info["mask_kept"] = float(sum(m.sum() for m in mask.values()) / sum(m.numel() for m in mask.values()))
         settings = config.settings(checkpoint_dir, resume)
-        return fit(bench, params, objective, settings, progress, desc="ant", info=info, grad_mask=mask, lora=bool(config.lora_rank), monitor=monitor)
+        return fit(
+            bench,
+            params,
+            objective,
+            settings,
+            progress,
+            desc="ant",
+            info=info,
+            grad_mask=mask,
+            lora=bool(config.lora_rank),
+            monitor=monitor,
+        )

@@ -114,7 +114,13 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def ridge_edit_reference(
-    weight: torch.Tensor, targets: torch.Tensor, guides: torch.Tensor, preserve: torch.Tensor, lam: float, eta_e: float = 1.0, eta_p: float = 1.0
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    guides: torch.Tensor,
+    preserve: torch.Tensor,
+    lam: float,
+    eta_e: float = 1.0,
+    eta_p: float = 1.0,
 ) -> torch.Tensor:
     """The same edit computed the straightforward way, ``W' = (λW + η_e W C_gᵀC_e + η_p W C_pᵀC_p) A⁻¹``,
     one full solve per matrix (the reference the tests and the benchmark compare against)."""
@@ -129,7 +135,14 @@ def ridge_edit_reference(
 
 
 def ridge_objective(
-    new: torch.Tensor, old: torch.Tensor, targets: torch.Tensor, guides: torch.Tensor, preserve: torch.Tensor, lam: float, eta_e: float = 1.0, eta_p: float = 1.0
+    new: torch.Tensor,
+    old: torch.Tensor,
+    targets: torch.Tensor,
+    guides: torch.Tensor,
+    preserve: torch.Tensor,
+    lam: float,
+    eta_e: float = 1.0,
+    eta_p: float = 1.0,
 ) -> torch.Tensor:
     """The objective of the module docstring at ``W' = new`` (differentiable in ``new``)."""
     cp = preserve.reshape(-1, targets.shape[1])

@@ -36,7 +36,9 @@ from ..training import TrajectoryConfig, Workbench, esd_point, fit, parameter_sp
 
 @dataclass
 class ESDConfig(TrajectoryConfig):
-    train_method: str = field(default="esd-x", metadata={"help": "esd-x, esd-u, esd-x-strict, a parameter set, or re:<regex>,..."})
+    train_method: str = field(
+        default="esd-x", metadata={"help": "esd-x, esd-u, esd-x-strict, a parameter set, or re:<regex>,..."}
+    )
     negative_guidance: float = field(default=2.0, metadata={"help": "η, how far past the unconditional prediction to push"})
     batch_size: int = field(default=1, metadata={"help": "trajectories per step", "min": 1})
     iterations: int = field(default=200, metadata={"help": "optimisation steps", "min": 1})
@@ -67,7 +69,16 @@ class ESDObjective:
 
 
 @register_method("esd", ESDConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning", accepts=("checkpoints", "monitor"))
-def esd(pipe, request, config: ESDConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
+def esd(
+    pipe,
+    request,
+    config: ESDConfig,
+    adapter,
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    monitor=None,
+) -> MethodResult:
     """ESD: fine-tune so the concept's prediction points away from it (ESD-x / ESD-u / ESD-x-strict)."""
     spec = parameter_spec(config.train_method)
     with Workbench.for_parameters(pipe, adapter, spec) as bench:
@@ -75,4 +86,6 @@ def esd(pipe, request, config: ESDConfig, adapter, progress: bool = True, checkp
         objective = ESDObjective(bench, target_prompts(request), config)
         settings = config.settings(checkpoint_dir, resume)
         info["train_method"] = config.train_method
-        return fit(bench, params, objective, settings, progress, desc="esd", info=info, lora=bool(config.lora_rank), monitor=monitor)
+        return fit(
+            bench, params, objective, settings, progress, desc="esd", info=info, lora=bool(config.lora_rank), monitor=monitor
+        )

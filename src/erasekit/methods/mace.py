@@ -69,8 +69,25 @@ class MACEConfig(TrainingConfig):
 
 
 class MACEObjective:
-    def __init__(self, bench: Workbench, loss: CrossAttentionProbe, latents: torch.Tensor, masks: torch.Tensor, cond: Conditioning, positions: list[list[int]], config: MACEConfig):
-        self.bench, self.attn, self.latents, self.masks, self.cond, self.positions, self.config = bench, loss, latents, masks, cond, positions, config
+    def __init__(
+        self,
+        bench: Workbench,
+        loss: CrossAttentionProbe,
+        latents: torch.Tensor,
+        masks: torch.Tensor,
+        cond: Conditioning,
+        positions: list[list[int]],
+        config: MACEConfig,
+    ):
+        self.bench, self.attn, self.latents, self.masks, self.cond, self.positions, self.config = (
+            bench,
+            loss,
+            latents,
+            masks,
+            cond,
+            positions,
+            config,
+        )
 
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(self.latents), (self.config.batch_size,), generator=gen)
@@ -85,7 +102,13 @@ class MACEObjective:
 @register_method("mace", MACEConfig, families=("sd", "sdxl"), kind="closed-form+lora")
 def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> MethodResult:
     """MACE: closed-form refinement, one rank-1 LoRA per concept on masked attention, closed-form fusion."""
-    cfr = uce(pipe, request, UCEConfig(lamb=config.lamb, preserve_scale=config.preserve_scale, token="end", default_anchor=config.mapping_concept), adapter, progress=False)
+    cfr = uce(
+        pipe,
+        request,
+        UCEConfig(lamb=config.lamb, preserve_scale=config.preserve_scale, token="end", default_anchor=config.mapping_concept),
+        adapter,
+        progress=False,
+    )
     refined = cfr.weights
     tokenizer = pipe.tokenizer
     deltas: list[dict[str, torch.Tensor]] = []
@@ -114,7 +137,15 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
                 positions = [concept_positions(tokenizer, p, phrase) for p, phrase in pairs]
                 cond = bench.cond(prompts)
                 objective = MACEObjective(bench, attn, latents, masks, cond, positions, config)
-                result = fit(bench, params, objective, config.settings(None, False), progress, desc=f"mace lora {target.concept}", lora=True)
+                result = fit(
+                    bench,
+                    params,
+                    objective,
+                    config.settings(None, False),
+                    progress,
+                    desc=f"mace lora {target.concept}",
+                    lora=True,
+                )
             finally:
                 for h in handles:
                     h.remove()
@@ -130,13 +161,25 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
         preserve_keys = torch.cat([enc.tokens[i, : int(enc.n_real[i, 0])] for i in range(len(preserve))])
     else:
         preserve_keys = concept_keys[0].new_zeros(0, concept_keys[0].shape[1])
-    weights = {k: fuse(refined[k], [d.get(k) for d in deltas], concept_keys, preserve_keys, config.fuse_preserve_scale, config.fuse_ridge) for k in refined}
+    weights = {
+        k: fuse(
+            refined[k], [d.get(k) for d in deltas], concept_keys, preserve_keys, config.fuse_preserve_scale, config.fuse_ridge
+        )
+        for k in refined
+    }
     info["lora_delta_norms"] = [float(sum(v.norm() ** 2 for v in d.values()) ** 0.5) for d in deltas]
     return MethodResult(weights=weights, info=info)
 
 
 @torch.no_grad()
-def fuse(w_cfr: torch.Tensor, deltas: list[torch.Tensor | None], keys: list[torch.Tensor], preserve: torch.Tensor, gamma: float, ridge: float) -> torch.Tensor:
+def fuse(
+    w_cfr: torch.Tensor,
+    deltas: list[torch.Tensor | None],
+    keys: list[torch.Tensor],
+    preserve: torch.Tensor,
+    gamma: float,
+    ridge: float,
+) -> torch.Tensor:
     """Closed-form fusion (see the module docstring): one weight agreeing with every concept's LoRA on its keys."""
     dev = math_device(w_cfr.device)
     w = as_f64(w_cfr, dev)
@@ -152,7 +195,9 @@ def fuse(w_cfr: torch.Tensor, deltas: list[torch.Tensor | None], keys: list[torc
     return solve_spd(lhs, rhs.t(), "MACE fusion").t().to(w_cfr.device, w_cfr.dtype)
 
 
-def _drawn_with_attention_masks(bench, attn: CrossAttentionProbe, pairs, tokenizer, config: MACEConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:
+def _drawn_with_attention_masks(
+    bench, attn: CrossAttentionProbe, pairs, tokenizer, config: MACEConfig, gen
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images of the concept drawn by the frozen model from ``(prompt, phrase)`` pairs, masked by the
     phrase tokens' cross-attention."""
     n = config.n_images

@@ -36,7 +36,9 @@ from .uce import UCEConfig, uce
 @dataclass
 class RECEConfig(MethodConfig):
     epochs: int = field(default=1, metadata={"help": "adversarial re-erasure rounds (reference: 1 objects/styles, 3 nudity)"})
-    reg: float = field(default=1e-3, metadata={"help": "λ_r of the adversarial embedding (reference: 1e-3 objects/styles, 0.1 nudity)"})
+    reg: float = field(
+        default=1e-3, metadata={"help": "λ_r of the adversarial embedding (reference: 1e-3 objects/styles, 0.1 nudity)"}
+    )
     adv_lamb: float = field(default=0.1, metadata={"help": "λ of each re-erasure"})
     adv_erase_scale: float = field(default=1.0, metadata={"help": "η_e of each re-erasure"})
     adv_preserve_scale: float = field(default=0.1, metadata={"help": "η_p of each re-erasure"})
@@ -45,7 +47,9 @@ class RECEConfig(MethodConfig):
     erase_scale: float = field(default=1.0, metadata={"help": "UCE η_e of the initial edit"})
     preserve_scale: float | None = field(default=None, metadata={"help": "UCE η_p of the initial edit"})
     with_to_k: bool = field(default=True, metadata={"help": "edit to_k as well as to_v"})
-    validation_seeds: int = field(default=4, metadata={"help": "images per target prompt when a judge validates epochs", "min": 1})
+    validation_seeds: int = field(
+        default=4, metadata={"help": "images per target prompt when a judge validates epochs", "min": 1}
+    )
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -68,9 +72,13 @@ def adversarial_embedding(edited: list[torch.Tensor], original: list[torch.Tenso
 
 
 @register_method("rece", RECEConfig, families=("sd", "sdxl"), kind="closed-form", accepts=("judge",))
-def rece(pipe, request: ErasureRequest, config: RECEConfig, adapter: FamilyAdapter, progress: bool = True, judge=None) -> MethodResult:
+def rece(
+    pipe, request: ErasureRequest, config: RECEConfig, adapter: FamilyAdapter, progress: bool = True, judge=None
+) -> MethodResult:
     """RECE: UCE, then closed-form adversarial embeddings re-erased for a few epochs."""
-    uce_cfg = UCEConfig(lamb=config.lamb, erase_scale=config.erase_scale, preserve_scale=config.preserve_scale, with_to_k=config.with_to_k)
+    uce_cfg = UCEConfig(
+        lamb=config.lamb, erase_scale=config.erase_scale, preserve_scale=config.preserve_scale, with_to_k=config.with_to_k
+    )
     current = dict(uce(pipe, request, uce_cfg, adapter=adapter, progress=progress).weights)
     projections = [p for p in adapter.text_projections(pipe) if p.weight_key in current]
     originals = [p.module.weight.detach() for p in projections]

@@ -66,7 +66,11 @@ class ReceleErasers(Attachment):
     def build(unet: nn.Module, component: str, rank: int) -> "ReceleErasers":
         with torch.random.fork_rng(devices=[]):  # deterministic initialisation without touching the caller's RNG
             torch.manual_seed(0)
-            erasers = {f"{component}.{name}": _eraser(m.to_out[0].out_features, rank) for name, m in unet.named_modules() if name.endswith("attn2")}
+            erasers = {
+                f"{component}.{name}": _eraser(m.to_out[0].out_features, rank)
+                for name, m in unet.named_modules()
+                if name.endswith("attn2")
+            }
         if not erasers:
             raise UnsupportedModelError("receler needs cross-attention modules named attn2 (UNet models)")
         return ReceleErasers(erasers, rank)
@@ -93,7 +97,9 @@ class ReceleErasers(Attachment):
         return {"rank": self.rank, "paths": list(self.erasers), "channels": [net[0].in_features for net in self.erasers.values()]}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"{path}.{n}": p.detach().cpu().contiguous() for path, net in self.erasers.items() for n, p in net.named_parameters()}
+        return {
+            f"{path}.{n}": p.detach().cpu().contiguous() for path, net in self.erasers.items() for n, p in net.named_parameters()
+        }
 
     @classmethod
     def restore(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "ReceleErasers":
@@ -115,7 +121,9 @@ class ReceleConfig(TrajectoryConfig):
     adv_lr: float = field(default=1e-3, metadata={"help": "learning rate of the inner attack", "gt": 0})
     adv_tokens: int = field(default=1, metadata={"help": "adversarial token vectors", "min": 1})
     filler: str = field(default="a", metadata={"help": "placeholder word whose embedding slots the vectors take"})
-    mask_source: str = field(default="auto", metadata={"help": "auto (exact world masks on the testbed, cross-attention elsewhere) or attention"})
+    mask_source: str = field(
+        default="auto", metadata={"help": "auto (exact world masks on the testbed, cross-attention elsewhere) or attention"}
+    )
     n_images: int = field(default=16, metadata={"help": "testbed renders per concept for the exact-mask regulariser", "min": 1})
     iterations: int = field(default=500, metadata={"help": "optimisation steps", "min": 1})
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the erasers", "gt": 0})
@@ -202,7 +210,9 @@ class ReceleObjective:
 
 
 @register_method("receler", ReceleConfig, families=("sd", "sdxl"), kind="adapter", accepts=("checkpoints",))
-def receler(pipe, request, config: ReceleConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> MethodResult:
+def receler(
+    pipe, request, config: ReceleConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False
+) -> MethodResult:
     """Receler: zero-initialised erasers after each cross-attention, localised and adversarially trained."""
     if adapter.objective != "ddpm":
         raise UnsupportedModelError(f"receler adds erasers after UNet cross-attention; {adapter.name} is not supported")

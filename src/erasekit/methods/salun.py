@@ -46,7 +46,9 @@ from ..training import (
 @dataclass
 class SalUnConfig(TrainingConfig):
     train_method: str = field(default="full", metadata={"help": "parameter set the mask is taken over"})
-    mask_ratio: float = field(default=0.5, metadata={"help": "share of parameters kept trainable (global top |grad|)", "gt": 0, "max": 1})
+    mask_ratio: float = field(
+        default=0.5, metadata={"help": "share of parameters kept trainable (global top |grad|)", "gt": 0, "max": 1}
+    )
     mask_guidance: float = field(default=7.5, metadata={"help": "w of the guided forget loss that builds the mask"})
     mask_batches: int = field(default=4, metadata={"help": "batches the mask's gradient is accumulated over", "min": 1})
     alpha: float = field(default=0.1, metadata={"help": "weight of the retain (denoising) loss"})
@@ -62,7 +64,11 @@ class SalUnConfig(TrainingConfig):
     def validate(self) -> None:
         if not 0 < self.mask_ratio <= 1:
             raise ConfigError(f"salun mask_ratio must be in (0, 1], got {self.mask_ratio}")
-        if min(self.n_images, self.sample_steps, self.batch_size, self.iterations, self.mask_batches) < 1 or self.lr <= 0 or self.alpha < 0:
+        if (
+            min(self.n_images, self.sample_steps, self.batch_size, self.iterations, self.mask_batches) < 1
+            or self.lr <= 0
+            or self.alpha < 0
+        ):
             raise ConfigError("salun needs n_images, sample_steps, batch_size, iterations, mask_batches >= 1, lr > 0, alpha >= 0")
 
 
@@ -110,12 +116,25 @@ class SalUnObjective:
             target = bench.predict(b.xt, b.t, self.pseudo.select(which))
         terms = {"forget": F.mse_loss(bench.predict(b.xt, b.t, self.forget.cond.select(which)).float(), target.float())}
         r, rw = self.retain.batch(bench, cfg.batch_size, gen)
-        terms["retain"] = cfg.alpha * F.mse_loss(bench.predict(r.xt, r.t, self.retain.cond.select(rw)).float(), bench.target(r).float())
+        terms["retain"] = cfg.alpha * F.mse_loss(
+            bench.predict(r.xt, r.t, self.retain.cond.select(rw)).float(), bench.target(r).float()
+        )
         return terms
 
 
-@register_method("salun", SalUnConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning", accepts=("checkpoints", "monitor"))
-def salun(pipe, request, config: SalUnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
+@register_method(
+    "salun", SalUnConfig, families=("sd", "sdxl", "sd3", "flux"), kind="fine-tuning", accepts=("checkpoints", "monitor")
+)
+def salun(
+    pipe,
+    request,
+    config: SalUnConfig,
+    adapter,
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    monitor=None,
+) -> MethodResult:
     """SalUn: a gradient-saliency mask, then masked forget-to-pseudo-prompt training with a retain loss."""
     if config.lora_rank:
         raise ConfigError("salun trains a saliency-masked subset of the weights; it has no LoRA form (set lora_rank=0)")
@@ -124,7 +143,9 @@ def salun(pipe, request, config: SalUnConfig, adapter, progress: bool = True, ch
         return _salun(bench, spec, request, config, progress, checkpoint_dir, resume, monitor)
 
 
-def _salun(bench: Workbench, spec, request, config: SalUnConfig, progress: bool, checkpoint_dir, resume, monitor=None) -> MethodResult:
+def _salun(
+    bench: Workbench, spec, request, config: SalUnConfig, progress: bool, checkpoint_dir, resume, monitor=None
+) -> MethodResult:
     if bench.trains_text:
         raise ConfigError("salun trains the denoiser; choose a denoiser parameter set (full, xattn, noxattn ...)")
     params, info = trainable_parameters(bench, spec, 0)

@@ -80,7 +80,9 @@ def null_space_projector(keys: torch.Tensor, tau: float) -> torch.Tensor:
     return null @ null.T
 
 
-def speed_delta(w: torch.Tensor, c_tt: torch.Tensor, c_at: torch.Tensor, p: torch.Tensor, k2: torch.Tensor, alpha: float, lam: float) -> torch.Tensor:
+def speed_delta(
+    w: torch.Tensor, c_tt: torch.Tensor, c_at: torch.Tensor, p: torch.Tensor, k2: torch.Tensor, alpha: float, lam: float
+) -> torch.Tensor:
     """The SPEED update Δ of the module docstring (all float64); ``k2: [d, m]``."""
     d = w.shape[1]
     eye = torch.eye(d, dtype=torch.float64, device=w.device)
@@ -118,10 +120,15 @@ def speed(pipe, request: ErasureRequest, config: SPEEDConfig, adapter: FamilyAda
         if config.augment and len(r):
             _, _, vh = torch.linalg.svd(w, full_matrices=True)
             weak = vh[vh.shape[0] // 2 :]  # bottom half of the input directions
-            z = torch.randn(len(r), config.augment, weak.shape[0], generator=gen, dtype=torch.float64).to(dev) @ weak  # CPU draws: the same on every device
+            z = (
+                torch.randn(len(r), config.augment, weak.shape[0], generator=gen, dtype=torch.float64).to(dev) @ weak
+            )  # CPU draws: the same on every device
             z = z / z.norm(dim=-1, keepdim=True) * (config.augment_scale * r.norm(dim=-1))[:, None, None]
             r = torch.cat([r, (r[:, None] + z).reshape(-1, r.shape[1])])
         kept_counts.append(len(r))
         delta = speed_delta(w, c_tt, c_at, null_space_projector(r, config.tau), k2.T, config.alpha, config.lam)
         weights[proj.weight_key] = (w + delta).to(proj.module.weight.device, proj.module.weight.dtype)
-    return MethodResult(weights, {"target_keys": len(c_t), "retain_keys_after_filter_and_augmentation": kept_counts, "invariants": int(k2.shape[0])})
+    return MethodResult(
+        weights,
+        {"target_keys": len(c_t), "retain_keys_after_filter_and_augmentation": kept_counts, "invariants": int(k2.shape[0])},
+    )

@@ -63,7 +63,9 @@ def _adapted_layers(unet: nn.Module) -> dict[str, tuple[int, int]]:
 class SPMAdapters(Attachment):
     kind = "spm"
 
-    def __init__(self, component: str, down: dict[str, torch.Tensor], up: dict[str, torch.Tensor], concept_features: torch.Tensor):
+    def __init__(
+        self, component: str, down: dict[str, torch.Tensor], up: dict[str, torch.Tensor], concept_features: torch.Tensor
+    ):
         self.component = component
         self.down = {k: nn.Parameter(v) for k, v in down.items()}  # [1, in]
         self.up = {k: nn.Parameter(v) for k, v in up.items()}  # [out, 1]
@@ -115,7 +117,11 @@ class SPMAdapters(Attachment):
                 s = self.fixed_scale if self.fixed_scale is not None else self._scale
                 if isinstance(s, torch.Tensor):
                     rows = s.shape[0]
-                    s = s.view(rows, *[1] * (delta.dim() - 1)) if delta.shape[0] == rows else s.repeat_interleave(delta.shape[0] // rows).view(-1, *[1] * (delta.dim() - 1))
+                    s = (
+                        s.view(rows, *[1] * (delta.dim() - 1))
+                        if delta.shape[0] == rows
+                        else s.repeat_interleave(delta.shape[0] // rows).view(-1, *[1] * (delta.dim() - 1))
+                    )
                 return out + (s * delta).to(out.dtype)
 
             handles.append(module.register_forward_hook(hook))
@@ -133,14 +139,21 @@ class SPMAdapters(Attachment):
     @classmethod
     def restore(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "SPMAdapters":
         layers = config["layers"]
-        return cls(config["component"], {k: tensors[f"{k}.down"] for k in layers}, {k: tensors[f"{k}.up"] for k in layers}, tensors["concept_features"])
+        return cls(
+            config["component"],
+            {k: tensors[f"{k}.down"] for k in layers},
+            {k: tensors[f"{k}.up"] for k in layers},
+            tensors["concept_features"],
+        )
 
 
 @dataclass
 class SPMConfig(TrajectoryConfig):
     anchor_weight: float = field(default=1000.0, metadata={"help": "β of latent anchoring"})
     n_anchors: int = field(default=32, metadata={"help": "vocabulary words drawn as anchor prompts"})
-    anchor_max_similarity: float = field(default=0.5, metadata={"help": "anchors must be less similar than this to every target", "max": 1})
+    anchor_max_similarity: float = field(
+        default=0.5, metadata={"help": "anchors must be less similar than this to every target", "max": 1}
+    )
     iterations: int = field(default=3000, metadata={"help": "optimisation steps", "min": 1})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate", "gt": 0})
 
@@ -192,7 +205,9 @@ class SPMObjective:
 
 
 @register_method("spm", SPMConfig, families=("sd", "sdxl"), kind="adapter", accepts=("checkpoints",))
-def spm(pipe, request, config: SPMConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> MethodResult:
+def spm(
+    pipe, request, config: SPMConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False
+) -> MethodResult:
     """SPM: rank-1 adapters with latent anchoring, scaled at inference by prompt-concept similarity."""
     if adapter.objective != "ddpm":
         raise UnsupportedModelError(f"spm adapts UNet transformer blocks; {adapter.name} is not supported")
@@ -206,9 +221,15 @@ def spm(pipe, request, config: SPMConfig, adapter, progress: bool = True, checkp
             anchors = anchor_prompts(bench, request, config, concept_features, config.seed)
             params = spm_adapters.parameters()
             objective = SPMObjective(bench, prompts, anchors, config)
-            info = {"layers": len(spm_adapters.down), "numel": int(sum(p.numel() for p in params.values())), "anchors": len(anchors)}
+            info = {
+                "layers": len(spm_adapters.down),
+                "numel": int(sum(p.numel() for p in params.values())),
+                "anchors": len(anchors),
+            }
             result = fit(bench, params, objective, config.settings(checkpoint_dir, resume), progress, desc="spm", info=info)
         finally:
             for h in handles:
                 h.remove()
-        return MethodResult(weights={}, info=result.info, attachment=SPMAdapters.restore(spm_adapters.config(), spm_adapters.tensors()))
+        return MethodResult(
+            weights={}, info=result.info, attachment=SPMAdapters.restore(spm_adapters.config(), spm_adapters.tensors())
+        )

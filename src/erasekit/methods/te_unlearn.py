@@ -27,7 +27,9 @@ from ..training import ImageBank, TrainingConfig, Workbench, fit, target_prompts
 
 @dataclass
 class TEUnlearnConfig(TrainingConfig):
-    image_dir: str | None = field(default=None, metadata={"help": "folder of images of the concept (default: drawn by the frozen model)"})
+    image_dir: str | None = field(
+        default=None, metadata={"help": "folder of images of the concept (default: drawn by the frozen model)"}
+    )
     n_images: int = field(default=4, metadata={"help": "images drawn per concept prompt when no image_dir is given", "min": 1})
     sample_steps: int = field(default=20, metadata={"help": "sampler steps for drawn images", "min": 1})
     sample_guidance: float = field(default=6.0, metadata={"help": "guidance for drawn images"})
@@ -49,7 +51,10 @@ def text_parameter_patterns(pipe) -> list[str]:
         if enc is None:
             continue
         last = enc.config.num_hidden_layers - 1
-        patterns += [rf"^{name}\.(text_model\.)?encoder\.layers\.\d+\.mlp\.", rf"^{name}\.(text_model\.)?encoder\.layers\.{last}\.self_attn\."]
+        patterns += [
+            rf"^{name}\.(text_model\.)?encoder\.layers\.\d+\.mlp\.",
+            rf"^{name}\.(text_model\.)?encoder\.layers\.{last}\.self_attn\.",
+        ]
     return patterns
 
 
@@ -64,7 +69,16 @@ class TEUnlearnObjective:
 
 
 @register_method("te-unlearn", TEUnlearnConfig, families=("sd", "sdxl"), kind="fine-tuning", accepts=("checkpoints", "monitor"))
-def te_unlearn(pipe, request, config: TEUnlearnConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False, monitor=None) -> MethodResult:
+def te_unlearn(
+    pipe,
+    request,
+    config: TEUnlearnConfig,
+    adapter,
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    monitor=None,
+) -> MethodResult:
     """Few-shot text-encoder unlearning: gradient ascent on a few images, text-encoder MLPs only."""
     if adapter.objective != "ddpm":
         raise UnsupportedModelError(f"te-unlearn trains CLIP text encoders of UNet models; {adapter.name} is not supported")
@@ -80,4 +94,14 @@ def te_unlearn(pipe, request, config: TEUnlearnConfig, adapter, progress: bool =
         info["images"] = len(bank.latents)
         objective = TEUnlearnObjective(bench, bank, prompts, config)
         settings = config.settings(checkpoint_dir, resume)
-        return fit(bench, params, objective, settings, progress, desc="te-unlearn", info=info, lora=bool(config.lora_rank), monitor=monitor)
+        return fit(
+            bench,
+            params,
+            objective,
+            settings,
+            progress,
+            desc="te-unlearn",
+            info=info,
+            lora=bool(config.lora_rank),
+            monitor=monitor,
+        )

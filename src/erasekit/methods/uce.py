@@ -39,11 +39,17 @@ class UCEConfig(MethodConfig):
     lamb: float = field(default=0.5, metadata={"help": "ridge weight λ keeping W close to the original"})
     erase_scale: float = field(default=1.0, metadata={"help": "η_e, weight of the target→guide mapping"})
     preserve_scale: float | None = field(default=None, metadata={"help": "η_p (default: 1, or max(0.1, 1/|P|) for variant 2023)"})
-    token: Literal["last", "end"] | None = field(default=None, metadata={"help": "keys per prompt: last word, or last word to end (default by variant)"})
-    variant: Literal["current", "2023"] = field(default="current", metadata={"help": "'current' reference script or the 2023 paper code"})
+    token: Literal["last", "end"] | None = field(
+        default=None, metadata={"help": "keys per prompt: last word, or last word to end (default by variant)"}
+    )
+    variant: Literal["current", "2023"] = field(
+        default="current", metadata={"help": "'current' reference script or the 2023 paper code"}
+    )
     with_to_k: bool = field(default=True, metadata={"help": "edit to_k as well as to_v (UNet families)"})
     default_anchor: str = field(default="", metadata={"help": "guide for targets without an anchor ('' = BOS)"})
-    solver: Literal["auto", "direct", "woodbury"] = field(default="auto", metadata={"help": "linear solver (auto: Woodbury when cheaper)"})
+    solver: Literal["auto", "direct", "woodbury"] = field(
+        default="auto", metadata={"help": "linear solver (auto: Woodbury when cheaper)"}
+    )
 
     def validate(self) -> None:
         if self.lamb < 0 or self.erase_scale <= 0 or (self.preserve_scale is not None and self.preserve_scale < 0):
@@ -77,7 +83,10 @@ def uce(pipe, request: ErasureRequest, config: UCEConfig, adapter: FamilyAdapter
             pooled[[b for _, b in plan.pairs]],
             pooled[plan.preserve] if plan.preserve else pooled.new_zeros(0, pooled.shape[-1]),
         )
-    gains = {kind: ridge_gain(*k, lam=config.lamb, eta_e=config.erase_scale, eta_p=eta_p, solver=config.solver) for kind, k in keys.items()}
+    gains = {
+        kind: ridge_gain(*k, lam=config.lamb, eta_e=config.erase_scale, eta_p=eta_p, solver=config.solver)
+        for kind, k in keys.items()
+    }
     weights = {p.weight_key: gains[p.reads].edit(p.module.weight) for p in projections}
     info = {
         "prompts": len(plan.prompts),

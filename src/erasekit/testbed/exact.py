@@ -48,4 +48,3 @@ def concept_renders(phrase: str, n: int, seed: int) -> tuple[torch.Tensor, torch
         r0, c0 = world.WATERMARK_ORIGIN
         masks[:, r0 : r0 + 5, c0 : c0 + 5] = 1.0
     return torch.from_numpy(images), torch.from_numpy(masks).float()
-

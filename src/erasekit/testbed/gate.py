@@ -137,7 +137,14 @@ def run_gate(
         part = "subset" if world.WATERMARK.in_subset(gp.expected) else "elsewhere"
         wm[part][0] += int(marked.sum())
         wm[part][1] += seeds
-        details.append({"prompt": gp.prompt, "kind": gp.kind, **{d: float(c[d].mean()) for d in world.DOMAINS}, "watermark": float(marked.mean())})
+        details.append(
+            {
+                "prompt": gp.prompt,
+                "kind": gp.kind,
+                **{d: float(c[d].mean()) for d in world.DOMAINS},
+                "watermark": float(marked.mean()),
+            }
+        )
 
     synonyms = []
     for word in dict.fromkeys(g.word for g in prompts if g.kind == "synonym"):
@@ -147,7 +154,17 @@ def run_gate(
         syn = float(np.mean([correct(g)[domain].mean() for g in group]))
         canon_prompts = [GatePrompt(g.canonical_prompt, "grid", g.expected) for g in group]
         can = float(np.mean([correct(g)[domain].mean() for g in canon_prompts]))
-        synonyms.append({"word": word, "concept": concept, "domain": domain, "accuracy": syn, "canonical_accuracy": can, "gap_points": round(abs(syn - can) * 100, 2), "n": len(group) * seeds})
+        synonyms.append(
+            {
+                "word": word,
+                "concept": concept,
+                "domain": domain,
+                "accuracy": syn,
+                "canonical_accuracy": can,
+                "gap_points": round(abs(syn - can) * 100, 2),
+                "n": len(group) * seeds,
+            }
+        )
 
     characters = []
     char_all = [0, 0]
@@ -156,7 +173,9 @@ def run_gate(
             group = [g for g in prompts if g.kind == kind and g.word == name]
             allc = np.concatenate([np.logical_and.reduce([correct(g)[d] for d in world.DOMAINS]) for g in group])
             per_domain = {d: float(np.concatenate([correct(g)[d] for g in group]).mean()) for d in world.DOMAINS}
-            characters.append({"name": name, "prompts": kind, "all_attributes": float(allc.mean()), **per_domain, "n": int(allc.size)})
+            characters.append(
+                {"name": name, "prompts": kind, "all_attributes": float(allc.mean()), **per_domain, "n": int(allc.size)}
+            )
             if kind == "character":
                 char_all[0] += int(allc.sum())
                 char_all[1] += int(allc.size)
@@ -167,7 +186,9 @@ def run_gate(
     wm_rates = {k: v[0] / v[1] for k, v in wm.items()}
     checks = {d: accuracy[d] >= THRESHOLDS[d] for d in (*world.DOMAINS, "character")}
     checks["synonym_gap"] = gap <= THRESHOLDS["synonym_gap_points"]
-    checks["watermark_subset"] = abs(wm_rates["subset"] - world.WATERMARK.share) * 100 <= THRESHOLDS["watermark_subset_tolerance_points"]
+    checks["watermark_subset"] = (
+        abs(wm_rates["subset"] - world.WATERMARK.share) * 100 <= THRESHOLDS["watermark_subset_tolerance_points"]
+    )
     checks["watermark_elsewhere"] = wm_rates["elsewhere"] <= THRESHOLDS["watermark_elsewhere_max"]
     return {
         "accuracy": accuracy,
@@ -182,7 +203,12 @@ def run_gate(
             "watermark_subset": [round(x, 4) for x in wilson(*wm["subset"])],
             "watermark_elsewhere": [round(x, 4) for x in wilson(*wm["elsewhere"])],
         },
-        "samples": {"seeds_per_prompt": seeds, "seeds": "prompt i uses i*seeds .. i*seeds+seeds-1", "prompts": len(unique), "images": len(images)},
+        "samples": {
+            "seeds_per_prompt": seeds,
+            "seeds": "prompt i uses i*seeds .. i*seeds+seeds-1",
+            "prompts": len(unique),
+            "images": len(images),
+        },
         "sampling": sampling.to_dict(),
         "seconds": round(time.time() - t0, 1),
         "synonyms": synonyms,
@@ -198,10 +224,18 @@ def summary_lines(report: dict) -> list[str]:
     lines = [f"{'check':<22}{'value':>10}{'needs':>12}  ok"]
     for d in (*world.DOMAINS, "character"):
         lines.append(f"{d + ' accuracy':<22}{acc[d]:>10.3f}{'>= ' + format(th[d], '.2f'):>12}  {'yes' if ok[d] else 'NO'}")
-    lines.append(f"{'synonym gap (points)':<22}{report['synonym_gap']:>10.1f}{'<= ' + format(th['synonym_gap_points'], '.0f'):>12}  {'yes' if ok['synonym_gap'] else 'NO'}")
+    lines.append(
+        f"{'synonym gap (points)':<22}{report['synonym_gap']:>10.1f}{'<= ' + format(th['synonym_gap_points'], '.0f'):>12}  {'yes' if ok['synonym_gap'] else 'NO'}"
+    )
     share = report["watermark"]["training_share"]
     tol = th["watermark_subset_tolerance_points"] / 100
-    lines.append(f"{'watermark (subset)':<22}{report['watermark']['subset']:>10.3f}{f'{share - tol:.2f}-{share + tol:.2f}':>12}  {'yes' if ok['watermark_subset'] else 'NO'}")
-    lines.append(f"{'watermark (elsewhere)':<22}{report['watermark']['elsewhere']:>10.3f}{'<= ' + format(th['watermark_elsewhere_max'], '.2f'):>12}  {'yes' if ok['watermark_elsewhere'] else 'NO'}")
-    lines.append(f"gate {'PASSED' if report['passed'] else 'FAILED'} ({report['samples']['images']} images, {report['samples']['seeds_per_prompt']} seeds per prompt)")
+    lines.append(
+        f"{'watermark (subset)':<22}{report['watermark']['subset']:>10.3f}{f'{share - tol:.2f}-{share + tol:.2f}':>12}  {'yes' if ok['watermark_subset'] else 'NO'}"
+    )
+    lines.append(
+        f"{'watermark (elsewhere)':<22}{report['watermark']['elsewhere']:>10.3f}{'<= ' + format(th['watermark_elsewhere_max'], '.2f'):>12}  {'yes' if ok['watermark_elsewhere'] else 'NO'}"
+    )
+    lines.append(
+        f"gate {'PASSED' if report['passed'] else 'FAILED'} ({report['samples']['images']} images, {report['samples']['seeds_per_prompt']} seeds per prompt)"
+    )
     return lines

@@ -127,7 +127,11 @@ class Trainer:
         tensors = {f: torch.as_tensor(getattr(labels, f)) for f in labels.__dataclass_fields__}
         tensors["images"] = torch.from_numpy(images)
         save_tensors(self.dir / "data.safetensors", tensors)
-        return {"images": int(len(images)), "watermarked": int(labels.watermark.sum()), "characters": int((labels.character >= 0).sum())}
+        return {
+            "images": int(len(images)),
+            "watermarked": int(labels.watermark.sum()),
+            "characters": int((labels.character >= 0).sum()),
+        }
 
     def _images(self) -> torch.Tensor:
         return load_tensors(self.dir / "data.safetensors")["images"].permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -140,7 +144,9 @@ class Trainer:
         start = self._load_ckpt("vae", {"vae": vae}, opt) if resume else 0
         gen = torch.Generator().manual_seed(cfg.seed + 2 + start)
         vae.train()
-        bar = tqdm(range(start, cfg.vae_steps), desc="vae", disable=not self.progress, mininterval=2, initial=start, total=cfg.vae_steps)
+        bar = tqdm(
+            range(start, cfg.vae_steps), desc="vae", disable=not self.progress, mininterval=2, initial=start, total=cfg.vae_steps
+        )
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = cfg.vae_lr * _cosine(step, cfg.vae_steps, warmup=50)
@@ -253,7 +259,14 @@ class Trainer:
         text_encoder.train()
         unet.train()
         losses: list[float] = []
-        bar = tqdm(range(start, cfg.unet_steps), desc="unet", disable=not self.progress, mininterval=2, initial=start, total=cfg.unet_steps)
+        bar = tqdm(
+            range(start, cfg.unet_steps),
+            desc="unet",
+            disable=not self.progress,
+            mininterval=2,
+            initial=start,
+            total=cfg.unet_steps,
+        )
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = cfg.unet_lr * _cosine(step, cfg.unet_steps, warmup=cfg.unet_warmup, floor=0.05)
@@ -287,9 +300,13 @@ class Trainer:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
                 self._save_ckpt("unet", step + 1, modules, opt)
-                self.log(f"[unet] step {step + 1}/{cfg.unet_steps} loss {np.mean(losses[-cfg.checkpoint_every:]):.4f}")
+                self.log(f"[unet] step {step + 1}/{cfg.unet_steps} loss {np.mean(losses[-cfg.checkpoint_every :]):.4f}")
         change = float(sum((p.detach() - q).pow(2).sum() for p, q in zip(params, initial)).sqrt())
-        return {"final_loss": float(np.mean(losses[-100:])) if losses else None, "steps": cfg.unet_steps, "param_change_l2": change}
+        return {
+            "final_loss": float(np.mean(losses[-100:])) if losses else None,
+            "steps": cfg.unet_steps,
+            "param_change_l2": change,
+        }
 
     def stage_export(self, out: Path | None = None) -> dict:
         """Write the StableDiffusionPipeline (EMA weights) and the classifier into ``out``."""
@@ -300,7 +317,10 @@ class Trainer:
             pipe.save_pretrained(tmp, safe_serialization=True)
             save_tokenizer(pipe.tokenizer, tmp / "tokenizer")
             (tmp / "classifier.safetensors").write_bytes((self.dir / "classifier.safetensors").read_bytes())
-            write_json(tmp / "testbed.json", {"world": "erasekit-shapes-v1", "sampling": RECOMMENDED_SAMPLING, "train_config": asdict(self.cfg)})
+            write_json(
+                tmp / "testbed.json",
+                {"world": "erasekit-shapes-v1", "sampling": RECOMMENDED_SAMPLING, "train_config": asdict(self.cfg)},
+            )
             write_manifest(tmp, "pipeline", files=True)
         return {"pipeline": str(out)}
 

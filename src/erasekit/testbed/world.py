@@ -80,7 +80,12 @@ ANCHORS: tuple[str, ...] = ("a shape", "an image", "a pattern")
 
 DOMAINS: tuple[str, ...] = ("shape", "style", "colour", "background")
 #: The values of each domain, in label-index order.
-DOMAIN_VALUES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "style": STYLES, "colour": tuple(COLOURS), "background": tuple(BACKGROUNDS)}
+DOMAIN_VALUES: dict[str, tuple[str, ...]] = {
+    "shape": SHAPES,
+    "style": STYLES,
+    "colour": tuple(COLOURS),
+    "background": tuple(BACKGROUNDS),
+}
 
 
 def value_index(domain: str, value: str) -> int:
@@ -438,7 +443,9 @@ def render(labels: LabelBatch, rng: np.random.Generator, geometry: Geometry | No
     paint = torch.where(
         style == 0,
         inside,
-        torch.where(style == 1, thick_border, torch.where(style == 2, thin_border | (inside & stripes), thin_border | (inside & dots))),
+        torch.where(
+            style == 1, thick_border, torch.where(style == 2, thin_border | (inside & stripes), thin_border | (inside & dots))
+        ),
     )
 
     def down(x: torch.Tensor) -> torch.Tensor:

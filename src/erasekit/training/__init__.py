@@ -41,10 +41,17 @@ class TrainingConfig(MethodConfig):
     seed: int = field(default=0, metadata={"help": "seed of every random draw of the run"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per step (gradient accumulation)", "min": 1})
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA), no, bf16 or fp16"})
-    checkpoint_every: int = field(default=0, metadata={"help": "with a checkpoint directory: save every N steps (0: every tenth of the run)"})
-    lora_rank: int = field(default=0, metadata={"help": "train a LoRA of this rank on the parameter set instead of the weights (0: off)"})
+    checkpoint_every: int = field(
+        default=0, metadata={"help": "with a checkpoint directory: save every N steps (0: every tenth of the run)"}
+    )
+    lora_rank: int = field(
+        default=0, metadata={"help": "train a LoRA of this rank on the parameter set instead of the weights (0: off)"}
+    )
 
-    eval_every: int = field(default=0, metadata={"help": "with a monitor (early stopping, benchmarks): evaluate every N steps (0: every tenth of the run)"})
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "with a monitor (early stopping, benchmarks): evaluate every N steps (0: every tenth of the run)"},
+    )
 
     def settings(self, checkpoint_dir: str | None, resume: bool, **overrides) -> TrainingSettings:
         every = (self.checkpoint_every or max(1, self.iterations // 10)) if checkpoint_dir else 0
@@ -60,7 +67,9 @@ class TrainingConfig(MethodConfig):
 class TrajectoryConfig(TrainingConfig):
     """Options of methods that train on the frozen model's own sampling trajectories (ESD and kin)."""
 
-    negative_guidance: float = field(default=1.0, metadata={"help": "η, how far past the unconditional prediction the target goes"})
+    negative_guidance: float = field(
+        default=1.0, metadata={"help": "η, how far past the unconditional prediction the target goes"}
+    )
     start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen model's partial denoising"})
     ddim_steps: int = field(default=50, metadata={"help": "sampler steps of the partial denoising", "min": 1})
     size: int | None = field(default=None, metadata={"help": "latent size for training (default: the model's)", "min": 1})
@@ -80,7 +89,9 @@ class EsdPoint:
     target: torch.Tensor  # f*(x_t, c) − η (f*(x_t, c) − f*(x_t, ∅))
 
 
-def esd_point(bench: Workbench, cond, uncond, config: TrajectoryConfig, gen: torch.Generator, stop: int | None = None) -> EsdPoint:
+def esd_point(
+    bench: Workbench, cond, uncond, config: TrajectoryConfig, gen: torch.Generator, stop: int | None = None
+) -> EsdPoint:
     """Partially denoise with the frozen model (a random stop in ``[0, ddim_steps)`` unless given) and
     build the ESD target at the timestep reached."""
     if stop is None:
@@ -131,7 +142,9 @@ def fit(
     """
     if monitor is not None:
         if lora:
-            raise ConfigError("a training monitor (early stopping) measures the trained weights themselves; drop --lora-rank to use one")
+            raise ConfigError(
+                "a training monitor (early stopping) measures the trained weights themselves; drop --lora-rank to use one"
+            )
         if not settings.eval_every:
             settings = replace(settings, eval_every=max(1, settings.steps // 10))
         train_kwargs["evaluate"] = lambda step: monitor(step, {k: p.detach() for k, p in params.items()})

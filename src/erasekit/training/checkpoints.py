@@ -50,7 +50,9 @@ def _canonical(data) -> str:
 def run_identity(method: str, config, request, base_fingerprint: str) -> dict:
     """What makes two training runs the same run: method, config (less bookkeeping), request, base model."""
     params = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_CONTROL_FIELDS}
-    return json.loads(_canonical({"method": method, "params": params, "request": request.to_dict(), "base_model": base_fingerprint}))
+    return json.loads(
+        _canonical({"method": method, "params": params, "request": request.to_dict(), "base_model": base_fingerprint})
+    )
 
 
 def _describe(identity: dict) -> str:
@@ -96,7 +98,9 @@ def prepare(directory: str | Path, identity: dict, resume: bool) -> Path:
             old = read_json(old_path)
         except CorruptFileError:
             if resume:
-                raise CorruptFileError(f"{old_path} is damaged; the run cannot be resumed (drop --resume to start over)") from None
+                raise CorruptFileError(
+                    f"{old_path} is damaged; the run cannot be resumed (drop --resume to start over)"
+                ) from None
     if resume and old is not None and old != identity:
         raise ConfigError(
             f"the checkpoints in {path} belong to another run ({_describe(old)}; differs in {', '.join(_differences(old, identity)) or 'format'}); "

@@ -67,10 +67,14 @@ class Workbench:
             from diffusers import DDIMScheduler, DDPMScheduler
 
             self.train_scheduler = DDPMScheduler.from_config(sched_config)
-            self.sample_scheduler = DDIMScheduler.from_config({**sched_config, "clip_sample": sched_config.get("clip_sample", False)})
+            self.sample_scheduler = DDIMScheduler.from_config(
+                {**sched_config, "clip_sample": sched_config.get("clip_sample", False)}
+            )
             self.prediction_type = self.train_scheduler.config.prediction_type
             if self.prediction_type not in ("epsilon", "v_prediction"):
-                raise ConfigError(f"prediction type {self.prediction_type!r} is not supported for training (epsilon or v_prediction)")
+                raise ConfigError(
+                    f"prediction type {self.prediction_type!r} is not supported for training (epsilon or v_prediction)"
+                )
         else:
             self.sample_scheduler = copy.deepcopy(pipe.scheduler)
             self.prediction_type = "flow"
@@ -172,7 +176,11 @@ class Workbench:
             return shape
         config = getattr(self.pipe, self.adapter.denoiser).config
         levels = len(getattr(config, "block_out_channels", ()) or ())
-        multiple = 2 ** (levels - 1) if levels else int(getattr(config, "patch_size", 1) or 1) * (2 if self.adapter.name == "flux" else 1)
+        multiple = (
+            2 ** (levels - 1)
+            if levels
+            else int(getattr(config, "patch_size", 1) or 1) * (2 if self.adapter.name == "flux" else 1)
+        )
         if size < 1 or size % multiple:
             raise ConfigError(f"size (latent side) must be a positive multiple of {multiple} for this model, got {size}")
         return (*shape[:2], size, size)
@@ -219,7 +227,9 @@ class Workbench:
         return x, t_end.expand(n).to(self.device).clone()
 
     @torch.no_grad()
-    def sample_latents(self, prompts: list[str], steps: int, guidance: float, gen: torch.Generator, size: int | None = None, batch_size: int = 16) -> torch.Tensor:
+    def sample_latents(
+        self, prompts: list[str], steps: int, guidance: float, gen: torch.Generator, size: int | None = None, batch_size: int = 16
+    ) -> torch.Tensor:
         """Clean latents ``x₀`` the *teacher* draws for ``prompts`` (one each), in batches."""
         uncond_one = self.cond([""])
         out = []
@@ -311,7 +321,6 @@ class ImageBank:
         idx = torch.randint(0, len(self.latents), (size,), generator=gen)
         b = bench.noised(self.latents[idx], bench.sample_t(size, gen), gen)
         return b, self.prompt_of[idx]
-
 
 
 class PipeView:

@@ -54,7 +54,9 @@ class TrainingSettings:
 
     def validate(self) -> None:
         if self.steps < 1 or self.lr <= 0 or self.grad_accum < 1:
-            raise ConfigError(f"training needs steps >= 1, lr > 0 and grad_accum >= 1 (got {self.steps}, {self.lr}, {self.grad_accum})")
+            raise ConfigError(
+                f"training needs steps >= 1, lr > 0 and grad_accum >= 1 (got {self.steps}, {self.lr}, {self.grad_accum})"
+            )
         if self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; use adam or adamw")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
@@ -187,7 +189,9 @@ def _fingerprint(settings: TrainingSettings) -> dict:
 def _save_checkpoint(ckpt: Path, step: int, params, opt, extra_state, log: TrainLog, settings: TrainingSettings) -> None:
     tensors = {f"param.{k}": v for k, v in params.items()}
     tensors.update({f"extra.{k}": v for k, v in (extra_state or {}).items()})
-    checkpoints.save(ckpt, step, tensors, opt, {"settings": _fingerprint(settings), "losses": log.losses, "evaluations": log.evaluations})
+    checkpoints.save(
+        ckpt, step, tensors, opt, {"settings": _fingerprint(settings), "losses": log.losses, "evaluations": log.evaluations}
+    )
 
 
 @torch.no_grad()
@@ -198,10 +202,14 @@ def _load_checkpoint(ckpt: Path, params, opt, extra_state, log: TrainLog, settin
         return 0
     step, tensors, state = found
     if state.get("settings") != json.loads(json.dumps(_fingerprint(settings))):
-        raise ConfigError(f"the checkpoint in {ckpt} was made with other training settings; drop --resume to start over, or match them to resume")
+        raise ConfigError(
+            f"the checkpoint in {ckpt} was made with other training settings; drop --resume to start over, or match them to resume"
+        )
     for k, p in params.items():
         if f"param.{k}" not in tensors or tensors[f"param.{k}"].shape != p.shape:
-            raise ConfigError(f"the checkpoint in {ckpt} lacks {k} (or has another shape); it belongs to another method or parameter set")
+            raise ConfigError(
+                f"the checkpoint in {ckpt} lacks {k} (or has another shape); it belongs to another method or parameter set"
+            )
         p.copy_(tensors[f"param.{k}"].to(p))
     for k, v in (extra_state or {}).items():
         if f"extra.{k}" not in tensors:

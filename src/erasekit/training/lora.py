@@ -49,4 +49,3 @@ def lora_state_dict(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
             if ".lora_A.default." in name or ".lora_B.default." in name:
                 out[f"{component}.{name.replace('.default.', '.')}"] = p.detach().to("cpu").contiguous().clone()
     return out
-
