@@ -79,6 +79,44 @@ def esd_section() -> list[str]:
     return lines + ["", "![ESD time to UA](esd-time-to-ua.svg)", ""]
 
 
+def device_matrix_section() -> list[str]:
+    path = RESULTS / "device_matrix.json"
+    if not path.is_file():
+        return ["_device matrix not run yet_", ""]
+    data = json.loads(path.read_text())
+    cells = data["cells"]
+    columns = list(dict.fromkeys(f"{c['device']} {c['dtype']}" for c in cells))
+    rows = list(dict.fromkeys((c["what"], c["family"]) for c in cells))
+    at = {(c["what"], c["family"], f"{c['device']} {c['dtype']}"): c for c in cells}
+    gpu = f" and {data['gpu']}" if data.get("gpu") else " (no GPU in this run: the CUDA columns are still to be measured)"
+    ok = sum(c["ok"] for c in cells)
+    lines = [
+        f"{ok} of {len(cells)} cells ok; devices {', '.join(data['devices'])}{gpu}; torch {data['torch']}. "
+        "Each cell: seconds and peak memory (MiB; CUDA allocations or CPU resident memory). Methods run with the tiny "
+        "budgets of `erasekit.testing.TINY_BUDGET` on the testbed (sd) and the tiny SDXL / SD3 / Flux pipelines.",
+        "",
+        "| what | family | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for what, family in rows:
+        text = []
+        for col in columns:
+            c = at.get((what, family, col))
+            if c is None:
+                text.append("")
+            elif c["ok"]:
+                extra = ""
+                if "cpu_max_relative_difference" in c:
+                    extra = f", Δcpu {c['cpu_max_relative_difference']:.0e}"
+                elif "first_loss_relative_difference" in c:
+                    extra = f", Δloss {c['first_loss_relative_difference']:.0e}"
+                text.append(f"ok {c['seconds']:.1f} s, {c['peak_memory_mib']:.0f} MiB{extra}")
+            else:
+                text.append(f"**fail**: {c['error'][:60]}")
+        lines.append(f"| {what} | {family} | " + " | ".join(text) + " |")
+    return lines + [""]
+
+
 def main() -> None:
     text = [
         "# Performance",
@@ -100,6 +138,12 @@ def main() -> None:
         "Target: UA >= 95 % on a testbed shape with IRA >= 85 % within 2 minutes on the 2-core CPU.",
         "",
         *esd_section(),
+        "## Devices and precisions (`benchmarks/device_matrix.py`)",
+        "",
+        "Target: every cell ok; on CUDA in float32 closed-form results within 1e-4 relative of the CPU's (Δcpu) and",
+        "a fine-tune's first loss within float tolerance of the CPU's (Δloss).",
+        "",
+        *device_matrix_section(),
     ]
     out = ROOT / "docs" / "performance.md"
     out.write_text("\n".join(text))

@@ -13,22 +13,11 @@ import torch
 
 from erasekit import api
 from erasekit.core.erasure import Erasure
-from erasekit.core.registry import all_methods, get_method
-from erasekit.testing import tiny_pipeline
+from erasekit.core.registry import all_methods
+from erasekit.testing import tiny_params, tiny_pipeline
 
 REQUEST = {"targets": [{"concept": "cat"}], "preserve": ["dog"]}
-#: The smallest budgets that still run every code path of a method (names a method lacks are skipped).
-TINY = dict(iterations=2, ddim_steps=3, before_step=1, n_images=2, sample_steps=2, batch_size=1, mask_batches=1, warmup=1,
-            attack_steps=1, adv_warmup=1, adv_steps=1, adv_every=1, rank=2, n_anchors=2, epochs=1)  # fmt: skip
 PAIRS = [(spec.name, family) for spec in all_methods() for family in spec.families]
-
-
-def tiny_params(method: str, family: str) -> dict:
-    names = {name for name, *_ in get_method(method).parameters()}
-    params = {k: v for k, v in TINY.items() if k in names}
-    if family == "flux" and "size" in names:
-        params["size"] = 8  # the tiny Flux packs 2x2 latents; keep its training latents small
-    return params
 
 
 def model_state(pipe) -> dict[str, str]:

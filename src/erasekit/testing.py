@@ -16,6 +16,22 @@ FAMILIES = ("sd", "sdxl", "sd3", "flux")
 EXTRA_WORDS = ("painting", "by", "art", "photo", "person", "cat", "dog", "car", "tree", "house", "van", "gogh", "monet")
 
 
+#: The smallest budgets that still run every code path of a method (a method takes the names it has).
+TINY_BUDGET = dict(iterations=2, ddim_steps=3, before_step=1, n_images=2, sample_steps=2, batch_size=1, mask_batches=1, warmup=1,
+                   attack_steps=1, adv_warmup=1, adv_steps=1, adv_every=1, rank=2, n_anchors=2, epochs=1)  # fmt: skip
+
+
+def tiny_params(method: str, family: str) -> dict:
+    """:data:`TINY_BUDGET` restricted to ``method``'s parameters (the tiny Flux also trains on 8x8 latents)."""
+    from .core.registry import get_method
+
+    names = {name for name, *_ in get_method(method).parameters()}
+    params = {k: v for k, v in TINY_BUDGET.items() if k in names}
+    if family == "flux" and "size" in names:
+        params["size"] = 8
+    return params
+
+
 def tiny_clip_tokenizer():
     return build_tokenizer()
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .. import models
 from ..core.errors import InvalidInputError, MissingFileError
 from ..core.io import read_json
 from ..core.outputs import check_dir_output, check_file_output, claim_collection, write_report
+from ..core.resources import peak_memory_mib, reset_peak_memory
 from .commands import model_inputs
 from .erasing import erase
 from .judges import load_judge
@@ -70,14 +70,20 @@ def bench(
     for concept in concepts:
         for method in methods:
             request = ErasureRequest([Target(concept)])
-            scope = _reset_peak_rss()
+            scope = reset_peak_memory(pipe.device)
             erasure = erase(
                 pipe, method, request, model=model, progress=progress, judge=method_judge, **(params or {}).get(method, {})
             )
             run = evaluate_on_testbed(
                 pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=cache
             )
-            run.update(method=method, concept=concept, model=str(model), peak_memory_mib=_peak_rss_mib(), peak_memory_scope=scope)
+            run.update(
+                method=method,
+                concept=concept,
+                model=str(model),
+                peak_memory_mib=peak_memory_mib(pipe.device),
+                peak_memory_scope=scope,
+            )
             write_report(out_dir / f"{method}-{concept}.json", run, "bench-run")
             runs.append(run)
     # The report covers every run recorded in out_dir (earlier bench calls included), newest wins.
@@ -120,30 +126,6 @@ def _sample_sizes(runs: list[dict]) -> str:
         if r["concept"] not in by_size.setdefault(key, []):
             by_size[key].append(r["concept"])
     return "; ".join(f"{k} ({', '.join(v)})" for k, v in by_size.items())
-
-
-def _reset_peak_rss() -> str:
-    """Reset the process's peak-RSS counter (Linux: ``/proc/self/clear_refs``); returns the scope the
-    next :func:`_peak_rss_mib` covers: ``"run"`` after a reset, else ``"process"`` (since start)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return "run"
-    except OSError:
-        return "process"
-
-
-def _peak_rss_mib() -> float:
-    """Peak resident memory in MiB: VmHWM (since the last reset) where available, else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _unstamped(report: dict) -> dict:

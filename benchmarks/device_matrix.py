@@ -1,0 +1,167 @@
+"""Every method x device x precision, on the testbed and the tiny SDXL / SD3 / Flux pipelines.
+
+Usage: python benchmarks/device_matrix.py [--devices cpu,cuda] [--out benchmarks/results/device_matrix.json]
+
+Cells: each registered method on every family it claims (the testbed for SD, tiny random pipelines for
+the others) with tiny budgets (``erasekit.testing.TINY_BUDGET``), on every device present (CPU; CUDA
+when torch sees one) and precision (CPU: float32, bfloat16; CUDA: float32, float16, bfloat16), plus the
+commands around them on the testbed (generate, evaluate, export, the early-stopping monitor). A cell
+records ok / the error's first line, seconds and peak memory (CUDA allocations or CPU resident memory).
+On CUDA it also records, in float32, how far a closed-form result lies from the CPU's (max relative
+difference; target <= 1e-4) and a fine-tune's first-step loss against the CPU's (relative difference).
+Half precision on the CPU runs the same maths as on CUDA; only float16 is left out there (it is slow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+import traceback
+
+import torch
+
+import erasekit
+from erasekit import api
+from erasekit.core.io import write_json
+from erasekit.core.registry import all_methods, get_method
+from erasekit.core.resources import peak_memory_mib, reset_peak_memory
+from erasekit.testing import tiny_params, tiny_pipeline
+
+REQUEST = {"targets": [{"concept": "star"}], "preserve": ["circle"]}
+TINY_REQUEST = {"targets": [{"concept": "cat"}], "preserve": ["dog"]}
+DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("float32", "float16", "bfloat16")}
+
+
+def model_for(family: str, device: str, dtype: str):
+    """The testbed for SD, a tiny random pipeline for the other families, on ``device`` in ``dtype``."""
+    if family == "sd":
+        return erasekit.load_pipeline("testbed", device=device, dtype=dtype), REQUEST
+    return tiny_pipeline(family).to(device=device, dtype=getattr(torch, dtype)), TINY_REQUEST
+
+
+def run_cell(fn, device: str) -> dict:
+    """Run ``fn() -> dict`` and time it; an exception becomes ``ok: false`` with its first line."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    scope = reset_peak_memory(device)
+    t0 = time.perf_counter()
+    try:
+        extra = fn() or {}
+        if device == "cuda":
+            torch.cuda.synchronize()
+        cell = {"ok": True, **extra}
+    except Exception as e:  # a failing cell is a result, not the end of the run
+        cell = {"ok": False, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]}
+        traceback.print_exc()
+    cell.update(seconds=round(time.perf_counter() - t0, 2), peak_memory_mib=peak_memory_mib(device), memory_scope=scope)
+    return cell
+
+
+def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max over tensors of ‖a − b‖∞ / ‖b‖∞ (float64, on the CPU)."""
+    worst = 0.0
+    for k in b:
+        x, y = a[k].double().cpu(), b[k].double().cpu()
+        worst = max(worst, float((x - y).abs().max() / y.abs().max().clamp_min(1e-30)))
+    return worst
+
+
+def method_cell(method: str, family: str, device: str, dtype: str) -> dict:
+    pipe, request = model_for(family, device, dtype)
+    params = tiny_params(method, family)
+    spec = get_method(method)
+    if spec.trains and device == "cuda" and dtype == "float32":
+        params["mixed_precision"] = "no"  # compare like with like against the CPU
+    erasure = api.erase(pipe, method, request, progress=False, **params)
+    with erasure.applied(pipe):
+        pass
+    out: dict = {"tensors": len(erasure.touched())}
+    if device == "cuda" and dtype == "float32":
+        cpu_pipe, _ = model_for(family, "cpu", "float32")
+        on_cpu = api.erase(cpu_pipe, method, request, progress=False, **params)
+        if spec.kind.startswith("closed-form") and erasure.weights:
+            out["cpu_max_relative_difference"] = relative_difference(erasure.weights, on_cpu.weights)
+        loss_gpu = erasure.info.get("training", {}).get("initial_loss", {})
+        loss_cpu = on_cpu.info.get("training", {}).get("initial_loss", {})
+        if loss_gpu and loss_cpu:
+            out["first_loss_relative_difference"] = max(
+                abs(loss_gpu[k] - loss_cpu[k]) / max(abs(loss_cpu[k]), 1e-12) for k in loss_cpu
+            )
+    return out
+
+
+def command_cells(device: str, dtype: str) -> dict[str, dict]:
+    """generate, evaluate, export and the early-stopping monitor on the testbed."""
+    cells = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = erasekit.load_pipeline("testbed", device=device, dtype=dtype)
+        erasure = api.erase(pipe, "uce", REQUEST, progress=False)
+        erasure.save(f"{tmp}/e")
+        cells["generate"] = run_cell(
+            lambda: {"images": len(erasekit.generate(pipe, ["a red star"] * 8, list(range(8)), progress=False))}, device
+        )
+
+        def evaluate():
+            report = erasekit.evaluate(pipe, erasure, seeds=1, contexts=2, progress=False)
+            return {"ua": report["ua"], "ira": report["ira"]}
+
+        cells["evaluate"] = run_cell(evaluate, device)
+        cells["export"] = run_cell(
+            lambda: {"path": str(api.export_pipeline(f"{tmp}/e", "testbed", f"{tmp}/p", device=device, dtype=dtype))}, device
+        )
+
+        def monitor():
+            e = api.erase(pipe, "esd", "star", progress=False, iterations=4, eval_every=2, ddim_steps=2, stop_at_ua=0.0)
+            return {"stopped_at": e.info["training"]["evaluations"][-1]["step"]}
+
+        cells["monitor"] = run_cell(monitor, device)
+    return cells
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
+    ap.add_argument("--out", default="benchmarks/results/device_matrix.json")
+    args = ap.parse_args()
+    methods = args.methods.split(",") if args.methods else [s.name for s in all_methods()]
+    devices = [d for d in args.devices.split(",") if d]
+    rows = []
+    for device in devices:
+        for dtype in DTYPES[device]:
+            for method in methods:
+                for family in get_method(method).families:
+                    cell = run_cell(lambda: method_cell(method, family, device, dtype), device)
+                    rows.append({"what": method, "family": family, "device": device, "dtype": dtype, **cell})
+                    print(
+                        f"{device:5} {dtype:9} {family:5} {method:11} {'ok' if cell['ok'] else 'FAIL ' + cell['error']} {cell['seconds']}s",
+                        flush=True,
+                    )
+            for name, cell in command_cells(device, dtype).items():
+                rows.append({"what": name, "family": "sd", "device": device, "dtype": dtype, **cell})
+                print(
+                    f"{device:5} {dtype:9} sd    {name:11} {'ok' if cell['ok'] else 'FAIL ' + cell['error']} {cell['seconds']}s",
+                    flush=True,
+                )
+    write_json(
+        args.out,
+        {
+            "benchmark": "device_matrix",
+            "devices": devices,
+            "gpu": torch.cuda.get_device_name(0) if "cuda" in devices else None,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+            "erasekit": erasekit.__version__,
+            "cells": rows,
+        },
+    )
+    print(f"wrote {args.out}: {sum(r['ok'] for r in rows)}/{len(rows)} cells ok")
+
+
+if __name__ == "__main__":
+    main()
