@@ -25,9 +25,30 @@ from erasekit.evaluation import evaluate_on_testbed
 from erasekit.models import load_pipeline
 
 # The table's testbed settings (benchmarks/testbed_results.sh) that the checks start from.
-ABLATING = {"sample_steps": 20, "iterations": 200, "lr": 1e-4, "n_images": 8}
-RECELER = {"ddim_steps": 20, "iterations": 100, "rank": 32, "adv_warmup": 20, "adv_every": 5, "lr": 3e-3, "reg_weight": 0.01}
-SPM = {"ddim_steps": 20, "iterations": 200, "lr": 1e-2, "anchor_weight": 10}
+# scale_lr, weight_decay and grad_clip off: the checks were recorded with plain Adam at these learning rates
+ABLATING = {
+    "sample_steps": 20,
+    "iterations": 200,
+    "lr": 1e-4,
+    "n_images": 8,
+    "scale_lr": False,
+    "weight_decay": 0.0,
+    "grad_clip": 0.0,
+}
+# η 1 and a 1-token / 10-step attack: the defaults the checks were recorded with (now η 2, 16 tokens, 50 steps)
+RECELER = {
+    "ddim_steps": 20,
+    "iterations": 100,
+    "rank": 32,
+    "adv_warmup": 20,
+    "adv_every": 5,
+    "lr": 3e-3,
+    "reg_weight": 0.01,
+    "negative_guidance": 1.0,
+    "adv_tokens": 1,
+    "adv_steps": 10,
+}
+SPM = {"ddim_steps": 20, "iterations": 200, "lr": 1e-2, "anchor_weight": 10, "negative_guidance": 1.0}
 
 # name: (method, concept, params, seeds per prompt, question)
 CHECKS: dict[str, tuple[str, str, dict, int, str]] = {

@@ -94,8 +94,10 @@ def test_receler_erasers_start_as_identity_train_and_attach_exactly(sd, tmp_path
     from erasekit.training.attention import CrossAttentionProbe
 
     adapter = get_adapter(sd)
+    # the soft map (mask_threshold 0): the tiny random model attends almost uniformly, so the reference's
+    # binarisation at 0.1 marks every position as the concept and leaves the penalty nothing to act on
     config = get_method("receler").make_config(
-        {"iterations": 2, "adv_warmup": 0, "adv_every": 1, "adv_steps": 2, "ddim_steps": 3, "rank": 4}
+        {"iterations": 2, "adv_warmup": 0, "adv_every": 1, "adv_steps": 2, "ddim_steps": 3, "rank": 4, "mask_threshold": 0.0}
     )
     with Workbench(sd, adapter, ["unet"]) as bench:
         student = bench.student["unet"]
@@ -214,3 +216,35 @@ def test_receler_regularises_with_exact_masks_on_the_testbed(testbed_pipe):
         testbed_pipe, "receler", request, progress=False, iterations=2, adv_every=0, ddim_steps=3, rank=4, n_images=2
     )
     assert erasure.info["masks"] == "exact (testbed world renders)"
+
+
+def test_receler_binarises_attention_masks_at_its_threshold(sd):
+    """With ``mask_threshold`` the regulariser sees 0/1 masks (the reference's 0.1), else the soft map."""
+    from erasekit.methods.receler import ReceleErasers, ReceleObjective
+    from erasekit.training.attention import CrossAttentionProbe
+    from erasekit.training.diffusion import PipeView
+
+    adapter = get_adapter(sd)
+    seen = {}
+    for thr in (0.0, 0.5):
+        config = get_method("receler").make_config(
+            {"iterations": 1, "adv_every": 0, "ddim_steps": 3, "rank": 4, "mask_threshold": thr}
+        )
+        with Workbench(sd, adapter, ["unet"]) as bench:
+            erasers = ReceleErasers.build(bench.student["unet"], "unet", 4)
+            handles = erasers.install(PipeView(sd, bench.student))
+            maps = CrossAttentionProbe(bench.student["unet"])
+            handles += maps.install()
+            objective = ReceleObjective(bench, erasers, maps, ["a cat"], ["cat"], config)
+            import erasekit.methods.receler as receler_module
+
+            real = receler_module._masked_energy
+            receler_module._masked_energy = lambda outs, masks: seen.setdefault(thr, masks) and real(outs, masks)
+            try:
+                objective.loss(0, step_generator(0, 0))
+            finally:
+                receler_module._masked_energy = real
+            for h in handles:
+                h.remove()
+    assert all(set(torch.unique(m).tolist()) <= {0.0, 1.0} for m in seen[0.5])
+    assert any(len(torch.unique(m)) > 2 for m in seen[0.0])

@@ -68,3 +68,21 @@ def test_judge_picks_the_epoch_that_shows_the_concept_least():
     # validation put weights in temporarily; the pipeline is back to its original weights
     for p in get_adapter(pipe).text_projections(pipe):
         assert torch.equal(p.module.weight, before[p.weight_key])
+
+
+def test_rece_starts_from_the_2023_uce_and_preserves_the_empty_prompt():
+    pipe = tiny_pipeline("sd")
+    request = ErasureRequest([Target("star", anchor="a shape")])
+    result = erase(pipe, "rece", request)
+    assert result.info["uce"]["variant"] == "2023" and result.info["uce"]["preserve_empty"]
+    adapter = get_adapter(pipe)
+    enc = adapter.encode(pipe, ["", "star"])
+    empty, star = enc.tokens[0].double(), enc.last_word_vectors()[1].double()
+    for proj in adapter.text_projections(pipe):
+        w0, w1 = proj.module.weight.detach().double(), result.weights[proj.weight_key].double()
+        kept = ((w1 - w0) @ empty.T).norm() / (w0 @ empty.T).norm()
+        moved = ((w1 - w0) @ star).norm() / (w0 @ star).norm()
+        assert kept < 0.5 * moved, proj.path
+    without = erase(pipe, "rece", request, preserve_empty=False, uce_variant="current")
+    assert without.info["uce"]["variant"] == "current"
+    assert any(not torch.equal(without.weights[k], result.weights[k]) for k in result.weights)

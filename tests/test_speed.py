@@ -50,3 +50,37 @@ def test_speed_on_a_model_keeps_preserved_values_and_moves_the_target():
         before = (w0 @ keys[0] - w0 @ keys[1]).norm()
         after = (w1 @ keys[0] - w0 @ keys[1]).norm()
         assert after < before  # the target's value moved towards the anchor's
+
+
+def test_directed_augmentations_move_keys_only_along_the_weakest_direction():
+    from erasekit.methods.speed import directed_augmentations
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(6, 12, generator=g, dtype=torch.float64)
+    r = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    naive = torch.randn(6, 12, generator=g, dtype=torch.float64)
+    aug = directed_augmentations(r, w, naive, copies=4, gen=torch.Generator().manual_seed(0))
+    v = torch.linalg.svd(w, full_matrices=False).Vh[-1]
+    assert 0 < len(aug) < 4 * len(r)  # the filter keeps those moved more than the mean
+    # each kept key is one of r plus a multiple of v
+    residual = torch.stack([min(((a - x) - ((a - x) @ v) * v).norm() for x in r) for a in aug])
+    assert residual.max() < 1e-10
+    moved = (aug @ naive.T).norm(dim=1)
+    assert moved.min() > 0
+
+
+def test_without_preserved_concepts_the_empty_prompts_tokens_are_retained():
+    """The reference's default retained text is "": its tokens after BOS form the retained set."""
+    pipe = tiny_pipeline("sd")
+    result = erase(pipe, "speed", ErasureRequest([Target("star", anchor="a shape")]), tau=1e-2, augment=0)
+    adapter = get_adapter(pipe)
+    enc = adapter.encode(pipe, ["", "star"])
+    empty = enc.tokens[0, 1:].double()  # EOS and padding of ""
+    assert result.info["retain_keys_after_filter_and_augmentation"] == [len(empty)] * len(result.weights)
+    star = enc.last_word_vectors()[1].double()
+    for proj in adapter.text_projections(pipe):
+        if proj.weight_key in result.weights:
+            w0, w1 = proj.module.weight.detach().double(), result.weights[proj.weight_key].double()
+            kept = ((w1 - w0) @ empty.T).norm() / (w0 @ empty.T).norm()
+            moved = ((w1 - w0) @ star).norm() / (w0 @ star).norm()
+            assert kept < 0.1 * moved, proj.path

@@ -254,12 +254,36 @@ def test_salun_mask_keeps_its_share_and_masked_weights_do_not_move():
         params, _ = trainable_parameters(bench, "full", 0)
         forget_p, pseudo_p, retain_p = forget_retain_prompts(request, "")
         assert (forget_p, pseudo_p, retain_p) == (["cat"], ["dog"], ["bird"])
+        # without an anchor the pseudo prompt is another class (a preserved concept), as in the reference
+        no_anchor = ErasureRequest.from_dict({"targets": ["cat", "car"], "preserve": ["bird", "tree"]})
+        assert forget_retain_prompts(no_anchor, "")[1] == ["bird", "tree"]
+        assert forget_retain_prompts(no_anchor, "", "anchor")[1] == ["", ""]
         gen = torch.Generator().manual_seed(0)
         forget = ImageBank.draw(bench, forget_p, 2, 2, 3.0, gen, None)
         retain = ImageBank.draw(bench, retain_p, 2, 2, 3.0, gen, None)
         mask = saliency_mask(bench, params, forget, config)
         kept = float(sum(m.sum() for m in mask.values()) / sum(m.numel() for m in mask.values()))
         assert 0.29 <= kept <= 0.31
+        # |Σ g| over batches, not Σ |g|: two batches whose gradients cancel leave a small saliency
+        two = get_method("salun").make_config(dict(SMALL, mask_ratio=0.3, mask_batches=2))
+        grads = {}
+        real_grad = torch.autograd.grad
+
+        def record(loss, inputs, **kw):
+            out = real_grad(loss, inputs, **kw)
+            grads.setdefault("calls", []).append([g.clone() for g in out])
+            return out
+
+        torch.autograd.grad = record
+        try:
+            mask2 = saliency_mask(bench, params, forget, two)
+        finally:
+            torch.autograd.grad = real_grad
+        summed = {k: (a + b).abs() for k, a, b in zip(params, *grads["calls"])}
+        from erasekit.training import top_share_mask
+
+        expected = top_share_mask(summed, 0.3)
+        assert all(torch.equal(mask2[k], expected[k]) for k in params)
         assert_terms_have_gradient(SalUnObjective(bench, forget, bench.cond(pseudo_p), retain, config), params)
     erasure = api.erase(pipe, "salun", request, progress=False, **dict(SMALL, mask_ratio=0.3, mask_batches=1))
     moved = sum(int((erasure.weights[k] != get_tensor_of(pipe, k)).sum()) for k in erasure.weights)

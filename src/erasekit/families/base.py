@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-PARAMETER_SETS = ("xattn", "xattn-kv", "noxattn", "full", "text-encoder")
+PARAMETER_SETS = ("xattn", "xattn-kv", "attn", "noxattn", "full", "text-encoder")
 
 
 @dataclass

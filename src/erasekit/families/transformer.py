@@ -27,6 +27,7 @@ class TransformerFamily(FamilyAdapter):
     parameter_patterns = {
         "xattn": (r"^transformer\.transformer_blocks\.\d+\.attn\.", None),
         "xattn-kv": (r"^transformer\.transformer_blocks\.\d+\.attn\.add_[kv]_proj\.", None),
+        "attn": (r"^transformer\..*\.attn\.", None),  # every attention block, single-stream ones included
         "noxattn": (
             r"^transformer\.",
             r"^transformer\.transformer_blocks\.\d+\.attn\.|^transformer\.(time_text_embed|norm_out|proj_out)\.",

@@ -32,6 +32,7 @@ class UNetFamily(FamilyAdapter):
     parameter_patterns = {
         "xattn": (r"^unet\..*\.attn2\.", None),
         "xattn-kv": (r"^unet\..*\.attn2\.to_[kv]\.", None),
+        "attn": (r"^unet\..*\.attn[12]\.", None),  # self- and cross-attention (Ablating Concepts' attention group)
         "noxattn": (r"^unet\.", r"\.attn2\.|^unet\.(time_embedding|add_embedding|conv_norm_out|conv_out)\."),
         "full": (r"^unet\.", None),
         "text-encoder": (_TEXT_LAYERS, None),

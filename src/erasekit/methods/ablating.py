@@ -11,8 +11,10 @@ two variants (``loss``):
 template), ``sg`` is stop-gradient of the model being trained (as in the paper), and the optional
 prior-preservation term is the plain denoising loss on the anchor images with the anchor prompt.
 
-Defaults follow the reference: model-based, cross-attention to_k/to_v (``xattn-kv``; ``xattn`` for
-"all attention"), Adam lr 2e-6, 200 steps, batch 4, prior preservation off (weight 1 when turned on).
+Defaults follow the reference's training runs: model-based, cross-attention to_k/to_v (``xattn-kv``;
+``attn`` for its attention group, which includes self-attention), AdamW (weight decay 1e-2) with the
+gradient norm clipped at 1.0, base lr 2e-6 scaled by the images per step (``--scale_lr``: 8e-6 for
+batch 4 on one device), 200 steps, batch 4, prior preservation off (weight 1 when turned on).
 A target without an anchor uses ``default_anchor``; the empty prompt is refused (there is no
 "anchor image" of nothing).
 
@@ -42,7 +44,10 @@ from ..training import ImageBank, TrainingConfig, Workbench, fit, parameter_spec
 @dataclass
 class AblatingConfig(TrainingConfig):
     train_method: str = field(
-        default="xattn-kv", metadata={"help": "parameter set (xattn-kv: to_k/to_v; xattn: all cross-attention)"}
+        default="xattn-kv",
+        metadata={
+            "help": "parameter set (xattn-kv: cross-attention to_k/to_v; xattn: all cross-attention; attn: self- and cross-attention)"
+        },
     )
     default_anchor: str = field(default="a shape", metadata={"help": "anchor prompt for targets without one"})
     n_images: int = field(default=16, metadata={"help": "anchor images the frozen model draws per anchor prompt", "min": 1})
@@ -65,7 +70,18 @@ class AblatingConfig(TrainingConfig):
     )
     size: int | None = field(default=None, metadata={"help": "latent size (default: the model's)", "min": 1})
     iterations: int = field(default=200, metadata={"help": "optimisation steps", "min": 1})
-    lr: float = field(default=2e-6, metadata={"help": "Adam learning rate", "gt": 0})
+    lr: float = field(
+        default=2e-6, metadata={"help": "base learning rate (scaled by batch_size x grad_accum with scale_lr)", "gt": 0}
+    )
+    scale_lr: bool = field(
+        default=True, metadata={"help": "effective lr = lr x batch_size x grad_accum (the reference's --scale_lr)"}
+    )
+    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clipping (0: off)"})
+
+    def effective_lr(self) -> float:
+        """The learning rate the optimiser uses: ``lr`` times the images per step with ``scale_lr``."""
+        return self.lr * self.batch_size * self.grad_accum if self.scale_lr else self.lr
 
     def validate(self) -> None:
         if min(self.n_images, self.sample_steps, self.batch_size, self.iterations) < 1 or self.lr <= 0 or self.prior_weight < 0:
@@ -164,7 +180,8 @@ def ablating(pipe, request, config: AblatingConfig, adapter, progress: bool = Tr
         objective = AblatingObjective(bench, prompt_pairs(request, config.default_anchor), config, gen, judge)
         info.update(anchor_images=len(objective.anchors.latents), anchor_images_rejected=objective.anchors.rejected,
                     noise_based_pairs=int(sum(objective.noise_based)))  # fmt: skip
-        settings = config.settings(checkpoint_dir, resume)
+        settings = config.settings(checkpoint_dir, resume, lr=config.effective_lr(), optimizer="adamw",
+                                   weight_decay=config.weight_decay, grad_clip=config.grad_clip or None)  # fmt: skip
         return fit(
             bench, params, objective, settings, progress, desc="ablating", info=info, lora=bool(config.lora_rank), monitor=monitor
         )

@@ -11,10 +11,14 @@ ESD loss to the adversarial prompt plus a retain term:
 ``x_t`` from the frozen model's partial denoising (as ESD); ``E_θ`` the trained text encoder (its
 layers, not the embeddings: parameter set ``text-encoder``), ``E₀`` the original; ``c_r`` retain
 prompts (the request's preserved concepts, else the empty prompt). Defaults follow the reference:
-1000 iterations, Adam lr 1e-5, η 1, λ 0.3, the attack (1 token, Adam lr 1e-3, 30 steps) every
+1000 iterations, Adam lr 1e-5, λ 0.3, the attack (1 token, Adam lr 1e-3, 30 steps) every
 iteration after 200 warm-up iterations, the adversarial vectors carried from one attack to the next.
 On SDXL the vectors go into the first text encoder (CLIP-L) only. The reference's custom text encoder
 passes the causal mask under a name transformers 5 ignores; we use the stock CLIPTextModel.
+
+The target: the reference writes it ``f*(∅) − η_ref (f*(c) − f*(∅))`` with η_ref = 1, i.e.
+``2 f*(∅) − f*(c)``; in ESD's form used here that is η = 2, the default (η = 1 would train toward
+``f*(∅)`` only, a weaker target).
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from ..training import (
 @dataclass
 class ANTConfig(TrajectoryConfig):
     train_method: str = field(default="full", metadata={"help": "parameter set the saliency mask is taken over"})
+    negative_guidance: float = field(default=1.0, metadata={"help": "η of ANT's targets f*(∅) ± η (f*(c) − f*(∅))"})
     before_step: int = field(default=7, metadata={"help": "sampler steps counted as early (direction kept)"})
     alpha_1: float = field(default=1.0, metadata={"help": "α₁, weight of the early terms"})
     alpha_2: float = field(default=0.5, metadata={"help": "α₂, weight of the unconditional-preservation terms"})

@@ -162,7 +162,9 @@ class PromptPlan:
     preserve: list[int]
 
     @staticmethod
-    def build(request: ErasureRequest, default_anchor: str) -> "PromptPlan":
+    def build(request: ErasureRequest, default_anchor: str, extra_preserve: tuple[str, ...] = ()) -> "PromptPlan":
+        """Targets paired with their guides (one row per prompt, deduplicated) and the preserved
+        prompts, plus ``extra_preserve`` (e.g. ``""``, which a request cannot name)."""
         index: dict[str, int] = {}
 
         def at(p: str) -> int:
@@ -175,8 +177,8 @@ class PromptPlan:
                 for tpl in ["{}", *request.templates]:
                     guide = tpl.format(anchor) if anchor.strip() else anchor
                     pairs.append((at(tpl.format(phrase)), at(guide)))
-        preserve = [at(p) for p in request.preserve_prompts()]
-        return PromptPlan(list(index), pairs, preserve)
+        preserve = [at(p) for p in [*request.preserve_prompts(), *extra_preserve]]
+        return PromptPlan(list(index), pairs, list(dict.fromkeys(preserve)))
 
 
 def token_keys(enc: Encoded, plan: PromptPlan, token: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,13 +1,16 @@
 """RECE — Reliable and Efficient Concept Erasure (Gong et al., ECCV 2024; CharlesGong12/RECE).
 
-1. Start from a UCE edit ``W′`` of the cross-attention K/V maps (UCE's parameters and defaults).
+1. Start from a UCE edit ``W′`` of the cross-attention K/V maps as the reference does: the 2023 UCE
+   code (keys from the last word to the end of each prompt, aligned with the guide's; the empty
+   prompt always preserved; η_p = max(0.1, 1/|P|) with ``""`` counted in P).
 2. For each epoch: derive, in closed form, the embedding that still regenerates the concept in the
    edited model (paper Eq. 8, every token of the concept prompt, all K/V matrices together):
 
        c′ = argmin Σ_l ‖W′_l c′ − W_l c‖² + λ_r ‖c′‖²  =  (Σ_l W′_lᵀW′_l + λ_r I)⁻¹ Σ_l W′_lᵀ W_l c
 
    and erase it from the *current* weights with the UCE formula, position by position towards the
-   guide prompt " " (λ = 0.1, η_e = 1, η_p = 0.1 on the preserved prompts, values from ``W′``).
+   guide prompt " " (λ = 0.1, η_e = 1, η_p = 0.1 on the preserved prompts and on ``""``, which the
+   reference preserves in every re-erasure step; values from ``W′``).
 3. Keep the epoch whose validation images show the concept least, when a judge is given (on the
    testbed: the testbed classifier); without a judge, the last epoch.
 
@@ -20,6 +23,7 @@ once per epoch and shared by all layers (same result). UNet families only.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -47,6 +51,12 @@ class RECEConfig(MethodConfig):
     erase_scale: float = field(default=1.0, metadata={"help": "UCE η_e of the initial edit"})
     preserve_scale: float | None = field(default=None, metadata={"help": "UCE η_p of the initial edit"})
     with_to_k: bool = field(default=True, metadata={"help": "edit to_k as well as to_v"})
+    uce_variant: Literal["2023", "current"] = field(
+        default="2023", metadata={"help": "the UCE it starts from: the 2023 code (reference) or the current script"}
+    )
+    preserve_empty: bool = field(
+        default=True, metadata={"help": "preserve the empty prompt in the UCE start and every re-erasure"}
+    )
     validation_seeds: int = field(
         default=4, metadata={"help": "images per target prompt when a judge validates epochs", "min": 1}
     )
@@ -77,14 +87,15 @@ def rece(
 ) -> MethodResult:
     """RECE: UCE, then closed-form adversarial embeddings re-erased for a few epochs."""
     uce_cfg = UCEConfig(
-        lamb=config.lamb, erase_scale=config.erase_scale, preserve_scale=config.preserve_scale, with_to_k=config.with_to_k
-    )
+        lamb=config.lamb, erase_scale=config.erase_scale, preserve_scale=config.preserve_scale, with_to_k=config.with_to_k,
+        variant=config.uce_variant, preserve_empty=config.preserve_empty,
+    )  # fmt: skip
     current = dict(uce(pipe, request, uce_cfg, adapter=adapter, progress=progress).weights)
     projections = [p for p in adapter.text_projections(pipe) if p.weight_key in current]
     originals = [p.module.weight.detach() for p in projections]
 
     targets = [p for p, _ in request.prompted_phrases()]
-    preserve = request.preserve_prompts()
+    preserve = list(dict.fromkeys([*request.preserve_prompts(), *([""] if config.preserve_empty else [])]))
     prompts = list(dict.fromkeys([*targets, config.adv_guide, *preserve]))
     enc = adapter.encode(pipe, prompts)  # full length: every token position, as the reference
     row = {p: i for i, p in enumerate(prompts)}

@@ -8,15 +8,20 @@ UNet itself stays frozen; only the erasers train, with
 
 (the ESD loss plus concept-localised regularisation: eraser output outside the concept's region
 ``M_l`` is penalised). ``M_l`` is the cross-attention map of the concept's tokens in layer ``l`` (mean
-over heads, normalised to a maximum of 1 per image), computed in the same forward pass. After
+over heads, normalised to a maximum of 1 per image, then 1 where it exceeds ``mask_threshold`` 0.1 as in
+the reference), computed in the same forward pass. After
 ``adv_warmup`` iterations, every ``adv_every`` iterations an inner soft-prompt attack
 (``attacks/soft_prompt.py``) finds token vectors that make the erased model draw the concept again,
 and the ESD loss is also applied to that adversarial prompt. Our insertion is out-of-place, so it
 really changes the embedding that reaches the UNet (the reference writes through ``.data`` with
 advanced indexing, a silent no-op).
 
-Defaults: rank 128 and λ 0.1 as in the reference notes; η 1, 500 iterations, Adam lr 3e-4, attack of
-1 token / 10 steps every 10 iterations after 100 are our choices (the notes are silent). The eraser
+The target is the reference's ``f*(∅) − η_ref (f*(c) − f*(∅))`` with η_ref = 1, i.e. ``2 f*(∅) − f*(c)``:
+η = 2 in the ESD form above (the default).
+
+Defaults: rank 128, λ 0.1, mask threshold 0.1 and an inner attack of 16 token vectors / 50 Adam steps
+as in the reference; η 2 (see above), 500 iterations, Adam lr 3e-4, the attack every 10 iterations
+after 100 are our choices (the notes are silent). The eraser
 is an attachment, not a weight change: ``Erasure.apply`` hooks it in, ``remove`` takes it off, and
 ``erasekit export`` refuses it (a plain diffusers pipeline cannot hold it).
 
@@ -117,9 +122,12 @@ class ReceleConfig(TrajectoryConfig):
     reg_weight: float = field(default=0.1, metadata={"help": "λ of the concept-localised regularisation"})
     adv_warmup: int = field(default=100, metadata={"help": "iterations before the adversarial prompts start"})
     adv_every: int = field(default=10, metadata={"help": "run the inner attack every N iterations (0: never)"})
-    adv_steps: int = field(default=10, metadata={"help": "Adam steps of each inner attack"})
+    adv_steps: int = field(default=50, metadata={"help": "Adam steps of each inner attack"})
     adv_lr: float = field(default=1e-3, metadata={"help": "learning rate of the inner attack", "gt": 0})
-    adv_tokens: int = field(default=1, metadata={"help": "adversarial token vectors", "min": 1})
+    adv_tokens: int = field(default=16, metadata={"help": "adversarial token vectors", "min": 1})
+    mask_threshold: float = field(
+        default=0.1, metadata={"help": "attention masks: 1 where the normalised map exceeds this (0: the soft map)", "max": 1}
+    )
     filler: str = field(default="a", metadata={"help": "placeholder word whose embedding slots the vectors take"})
     mask_source: str = field(
         default="auto", metadata={"help": "auto (exact world masks on the testbed, cross-attention elsewhere) or attention"}
@@ -170,11 +178,14 @@ class ReceleObjective:
     def _erase_terms(self, xt, t, cond, positions, target) -> tuple[torch.Tensor, torch.Tensor]:
         """ESD term and, with attention masks, the regulariser on the same forward pass (else 0)."""
         if self.maps is None:
-            return F.mse_loss(self.bench.predict(xt, t, cond).float(), target.float()), torch.zeros(())
+            pred = self.bench.predict(xt, t, cond)
+            return F.mse_loss(pred.float(), target.float()), torch.zeros((), device=pred.device)
         self.erasers.capture = []
         self.maps.reset([positions])
         pred = self.bench.predict(xt, t, cond)
         outs, masks = self.erasers.capture, self.maps.maps
+        if self.config.mask_threshold > 0:  # the reference binarises the normalised map at 0.1
+            masks = [(m > self.config.mask_threshold).to(m.dtype) for m in masks]
         self.erasers.capture = None
         self.maps.reset(None)
         return F.mse_loss(pred.float(), target.float()), _masked_energy(outs, masks)

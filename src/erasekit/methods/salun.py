@@ -2,17 +2,20 @@
 
 1. Saliency mask: the gradient of the guided forget loss on images of the concept,
 
-       L_f = ‖ ε − [f(x_t, ∅) + w (f(x_t, c_f) − f(x_t, ∅))] ‖²   (w = 7.5),
+       L_f = ‖ ε − [(1 + w) f(x_t, c_f) − w f(x_t, ∅)] ‖²   (w = 7.5, the reference's guidance form),
 
-   accumulated over ``mask_batches`` batches; the mask keeps the global top ``mask_ratio`` share of
-   ``|∇θ L_f|`` over the whole parameter set (one threshold for all tensors, as in the reference).
+   its gradient summed over ``mask_batches`` batches; the mask keeps the global top ``mask_ratio``
+   share of ``|Σ ∇θ L_f|`` (the magnitude of the summed gradient, not the sum of magnitudes) over the
+   whole parameter set (one threshold for all tensors), as in the reference.
 2. Masked training (gradients multiplied by the mask before every update):
 
        L = ‖ f_θ(x_t^f, c_f) − sg f_θ(x_t^f, c_pseudo) ‖² + α ‖ f_θ(x_t^r, c_r) − target ‖²
 
-   forget images ``x^f`` with the concept prompt are mapped to the prediction for a pseudo prompt (the
-   target's anchor), and the denoising loss on retain images (drawn from the preserved concepts, or the
-   anchor when none is given) keeps the rest.
+   forget images ``x^f`` with the concept prompt are mapped to the prediction for a pseudo prompt, and
+   the denoising loss on retain images (drawn from the preserved concepts, or the anchor when none is
+   given) keeps the rest. The pseudo prompt is, as in the reference, *another class's* caption: the
+   target's anchor when it has one, else the preserved concepts in turn, else ``default_anchor``
+   (``pseudo="anchor"`` skips the preserved concepts).
 
 Images are drawn once by the frozen model. Defaults: mask ratio 0.5, w 7.5, α 0.1, Adam lr 1e-5,
 200 steps, the whole denoiser (``full``; the reference masks the full UNet). The reference re-creates
@@ -52,7 +55,13 @@ class SalUnConfig(TrainingConfig):
     mask_guidance: float = field(default=7.5, metadata={"help": "w of the guided forget loss that builds the mask"})
     mask_batches: int = field(default=4, metadata={"help": "batches the mask's gradient is accumulated over", "min": 1})
     alpha: float = field(default=0.1, metadata={"help": "weight of the retain (denoising) loss"})
-    default_anchor: str = field(default="", metadata={"help": "pseudo prompt for targets without an anchor"})
+    default_anchor: str = field(
+        default="", metadata={"help": "pseudo prompt for targets without an anchor or preserved concepts"}
+    )
+    pseudo: str = field(
+        default="preserved",
+        metadata={"help": "pseudo prompt of a target without anchor: preserved (another class, the reference) or anchor"},
+    )
     n_images: int = field(default=16, metadata={"help": "images drawn per forget / retain prompt", "min": 1})
     sample_steps: int = field(default=20, metadata={"help": "sampler steps for the images", "min": 1})
     sample_guidance: float = field(default=6.0, metadata={"help": "guidance for the images"})
@@ -62,6 +71,8 @@ class SalUnConfig(TrainingConfig):
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate", "gt": 0})
 
     def validate(self) -> None:
+        if self.pseudo not in ("preserved", "anchor"):
+            raise ConfigError(f"salun's pseudo must be preserved or anchor, got {self.pseudo!r}")
         if not 0 < self.mask_ratio <= 1:
             raise ConfigError(f"salun mask_ratio must be in (0, 1], got {self.mask_ratio}")
         if (
@@ -72,11 +83,13 @@ class SalUnConfig(TrainingConfig):
             raise ConfigError("salun needs n_images, sample_steps, batch_size, iterations, mask_batches >= 1, lr > 0, alpha >= 0")
 
 
-def forget_retain_prompts(request, default_anchor: str) -> tuple[list[str], list[str], list[str]]:
-    """(forget prompts, their pseudo prompts, retain prompts); retain defaults to the anchors."""
+def forget_retain_prompts(request, default_anchor: str, pseudo_from: str = "preserved") -> tuple[list[str], list[str], list[str]]:
+    """(forget prompts, their pseudo prompts, retain prompts); retain defaults to the anchors. A target
+    without an anchor takes the preserved concepts in turn as its pseudo prompt (another class)."""
     forget, pseudo = [], []
-    for t in request.targets:
-        anchor = t.anchor if t.anchor is not None else default_anchor
+    others = list(request.preserve) if pseudo_from == "preserved" else []
+    for i, t in enumerate(request.targets):
+        anchor = t.anchor if t.anchor is not None else others[i % len(others)] if others else default_anchor
         for phrase in t.phrases():
             prompts = request.expand(phrase)
             for prompt, anchor_prompt in zip(prompts, request.expand(anchor) if anchor else [""] * len(prompts)):
@@ -87,7 +100,7 @@ def forget_retain_prompts(request, default_anchor: str) -> tuple[list[str], list
 
 
 def saliency_mask(bench: Workbench, params: dict, bank: ImageBank, config: SalUnConfig) -> dict[str, torch.Tensor]:
-    """Global top-``mask_ratio`` share of ``|∇ L_f|`` (the guided forget loss), as {key: 0/1 mask}."""
+    """Global top-``mask_ratio`` share of ``|Σ_batches ∇ L_f|`` (the guided forget loss), as {key: 0/1 mask}."""
     grads = {k: torch.zeros_like(p) for k, p in params.items()}
     uncond1 = bench.cond([""])
     for i in range(config.mask_batches):
@@ -97,12 +110,12 @@ def saliency_mask(bench: Workbench, params: dict, bank: ImageBank, config: SalUn
         uncond = uncond1.select(torch.zeros(len(which), dtype=torch.long))
         f_c = bench.predict(b.xt, b.t, cond)
         f_u = bench.predict(b.xt, b.t, uncond)
-        guided = f_u + config.mask_guidance * (f_c - f_u)
+        guided = (1 + config.mask_guidance) * f_c - config.mask_guidance * f_u
         loss = F.mse_loss(guided.float(), bench.target(b).float())
         for k, g in zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
             if g is not None:
-                grads[k] += g.abs()
-    return top_share_mask(grads, config.mask_ratio)
+                grads[k] += g
+    return top_share_mask({k: g.abs() for k, g in grads.items()}, config.mask_ratio)
 
 
 class SalUnObjective:
@@ -149,7 +162,7 @@ def _salun(
     if bench.trains_text:
         raise ConfigError("salun trains the denoiser; choose a denoiser parameter set (full, xattn, noxattn ...)")
     params, info = trainable_parameters(bench, spec, 0)
-    forget_prompts, pseudo_prompts, retain_prompts = forget_retain_prompts(request, config.default_anchor)
+    forget_prompts, pseudo_prompts, retain_prompts = forget_retain_prompts(request, config.default_anchor, config.pseudo)
     gen = torch.Generator().manual_seed(config.seed + 7)
     draw = dict(n=config.n_images, steps=config.sample_steps, guidance=config.sample_guidance, gen=gen, size=config.size)
     forget = ImageBank.draw(bench, forget_prompts, **draw)

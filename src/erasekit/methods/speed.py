@@ -10,18 +10,20 @@ retained concepts:
   eigenvectors with eigenvalue < τ). Then ``P r ≈ 0`` for retained keys, so ``Δ r ≈ 0``:
   with ``P r = 0``, ``M r = r/α`` and every term of Δ r vanishes.
 - Influence-based prior filtering (IPF): keep the retained keys a naive edit would move most,
-  ``‖W (C_at − C_tt)(I + C_tt)⁻¹ r‖`` above the mean.
-- Directed prior augmentation (DPA): each kept key gets ``augment`` copies displaced along the input
-  directions ``W`` maps most weakly (its smallest right singular vectors), so their values barely
-  change while the retained subspace widens. *Interpretation*: the paper's code was not available
-  to us; we take the bottom half of the singular directions and a displacement of norm
-  ``augment_scale · ‖r‖``.
+  ``‖E r‖ > mean`` with ``E = W (C_at − C_tt)(I + C_tt)⁻¹``.
+- Directed prior augmentation (DPA): ``augment`` copies of every kept key, ``r + (n·v) v`` with
+  ``n ~ N(0, I)`` and ``v`` the right singular vector of ``W``'s smallest singular value (of the
+  reduced SVD: a direction ``W`` maps weakly), of which those with ``‖E r′‖`` above their mean join the
+  retained set — the retained subspace widens where the values barely change.
 - Invariant equality constraints (IEC): ``K₂ = [BOS of "", 3 k-means centroids of the padding
   tokens of ""]`` are left exactly unchanged when λ = 0 (``Δ K₂ = 0``).
 
-Defaults: τ 0.1, α 1, λ 0 (the reference's single-concept setting; multi-celebrity: τ 1e-4, α 0.05,
-filter off, anchor "person"; nudity: α 0.7, λ 0.5). Without preserved concepts there is no null-space
-constraint (P = I). UNet families only.
+All of it follows the reference code (``train_erase_null.py``): with no preserved concepts the
+retained keys are the empty prompt's tokens after BOS (its default ``retain_texts = [""]``); IPF runs
+only when augmentation is on (as there); retained phrases are keyed by their last subject token.
+Defaults: τ 0.1, α 1, λ 0, 10 augmentations, to_v only (the reference's single-concept setting;
+multi-celebrity: τ 1e-4, α 0.05, filter off, anchor "person"; nudity: α 0.7, λ 0.5). The random
+draws come from a CPU generator seeded with ``seed`` (the same on every device). UNet families only.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ class SPEEDConfig(MethodConfig):
     lam: float = field(default=0.0, metadata={"help": "λ of the invariant equality constraints (0 = exact)"})
     ipf: bool = field(default=True, metadata={"help": "influence-based prior filtering of the retained keys"})
     augment: int = field(default=10, metadata={"help": "directed prior augmentations per retained key (0 = off)"})
-    augment_scale: float = field(default=0.1, metadata={"help": "norm of each augmentation, relative to the key"})
     invariant_centroids: int = field(default=3, metadata={"help": "k-means centroids of the empty prompt's padding"})
     default_anchor: str = field(default="", metadata={"help": "anchor for targets without one ('' = BOS)"})
     seed: int = field(default=0, metadata={"help": "seed of the augmentations and k-means"})
@@ -67,6 +68,21 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25) -> torch.Tensor:
         assign = torch.cdist(x, c).argmin(dim=1)
         c = torch.stack([x[assign == j].mean(0) if (assign == j).any() else c[j] for j in range(k)])
     return c
+
+
+def directed_augmentations(
+    r: torch.Tensor, w: torch.Tensor, naive: torch.Tensor, copies: int, gen: torch.Generator
+) -> torch.Tensor:
+    """DPA: ``copies`` perturbations ``r + (n·v) v`` of each row of ``r`` (``n ~ N(0, I)``, ``v`` the right
+    singular vector of ``w``'s smallest singular value in the reduced SVD), keeping those the naive edit
+    ``naive`` moves more than their mean."""
+    if not len(r):
+        return r
+    v = torch.linalg.svd(w, full_matrices=False).Vh[-1]
+    noise = torch.randn(copies, *r.shape, generator=gen, dtype=torch.float64).to(r.device)
+    perturbed = (r[None] + (noise @ v)[..., None] * v).reshape(-1, r.shape[1])
+    moved = (perturbed @ naive.T).norm(dim=1)
+    return perturbed[moved > moved.mean()]
 
 
 def null_space_projector(keys: torch.Tensor, tau: float) -> torch.Tensor:
@@ -105,6 +121,8 @@ def speed(pipe, request: ErasureRequest, config: SPEEDConfig, adapter: FamilyAda
     c_tt = c_t.T @ c_t / len(c_t)
     c_at = c_a.T @ c_t / len(c_t)
     empty = as_f64(enc.tokens[-1], dev)  # [T, d]: BOS, EOS, padding of ""
+    if not plan.preserve:  # the reference's default retained text is "": its tokens after BOS
+        retain = empty[1:]
     k2 = empty[:1]
     if config.invariant_centroids and empty.shape[0] > 2:
         k2 = torch.cat([k2, kmeans(empty[2:], config.invariant_centroids)])
@@ -113,18 +131,13 @@ def speed(pipe, request: ErasureRequest, config: SPEEDConfig, adapter: FamilyAda
     weights, kept_counts = {}, []
     for proj in projections:
         w = as_f64(proj.module.weight, dev)
+        naive = w @ (c_at - c_tt) @ torch.linalg.inv(eye + c_tt)  # E: where a naive edit moves a key
         r = retain
-        if config.ipf and len(r) > 1:
-            influence = (w @ (c_at - c_tt) @ torch.linalg.inv(eye + c_tt) @ r.T).norm(dim=0)
-            r = r[influence >= influence.mean()]
-        if config.augment and len(r):
-            _, _, vh = torch.linalg.svd(w, full_matrices=True)
-            weak = vh[vh.shape[0] // 2 :]  # bottom half of the input directions
-            z = (
-                torch.randn(len(r), config.augment, weak.shape[0], generator=gen, dtype=torch.float64).to(dev) @ weak
-            )  # CPU draws: the same on every device
-            z = z / z.norm(dim=-1, keepdim=True) * (config.augment_scale * r.norm(dim=-1))[:, None, None]
-            r = torch.cat([r, (r[:, None] + z).reshape(-1, r.shape[1])])
+        if config.augment:
+            if config.ipf and len(r) > 1:
+                influence = (r @ naive.T).norm(dim=1)
+                r = r[influence > influence.mean()]
+            r = torch.cat([r, directed_augmentations(r, w, naive, config.augment, gen)])
         kept_counts.append(len(r))
         delta = speed_delta(w, c_tt, c_at, null_space_projector(r, config.tau), k2.T, config.alpha, config.lam)
         weights[proj.weight_key] = (w + delta).to(proj.module.weight.device, proj.module.weight.dtype)

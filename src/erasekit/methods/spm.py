@@ -6,7 +6,9 @@ the adapters train with
 
     L = ‖ f_A(x_t, c) − [f*(x_t, c) − η (f*(x_t, c) − f*(x_t, ∅))] ‖²  +  β Σ_a ‖ f_A(x_t, c_a) − f*(x_t, c_a) ‖²
 
-(ESD with η 1, plus *latent anchoring* on anchor prompts ``c_a`` dissimilar to the target, β 1000).
+(ESD with the reference's target ``f*(∅) − η_ref (f*(c) − f*(∅))``, η_ref = 1, i.e. ``2 f*(∅) − f*(c)``:
+η = 2 in the form above, the default; plus *latent anchoring* on anchor prompts ``c_a`` dissimilar to
+the target, β 1000).
 
 At inference each SPM is scaled per image by its concept's similarity to the prompt ("facilitated
 transport"): ``s = clamp(max_i cos(h_i, h_c), 0, 1)`` where ``h_i`` are the prompt's token features
@@ -26,7 +28,7 @@ fixed multiplier 1 everywhere instead raised UA only from 50 % to 62 % and cost 
 the transport is not what limits SPM's UA there.
 
 Anchors: the request's preserved concepts plus ``n_anchors`` words of the tokenizer's vocabulary whose
-feature similarity to every target is below ``anchor_max_similarity``. Defaults: η 1, β 1000, Adam
+feature similarity to every target is below ``anchor_max_similarity``. Defaults: η 2 (see above), β 1000, Adam
 lr 1e-4, 3000 iterations (reference); the transport runs in every forward, training uses ``s = 1``.
 """
 

@@ -47,6 +47,9 @@ class UCEConfig(MethodConfig):
     )
     with_to_k: bool = field(default=True, metadata={"help": "edit to_k as well as to_v (UNet families)"})
     default_anchor: str = field(default="", metadata={"help": "guide for targets without an anchor ('' = BOS)"})
+    preserve_empty: bool = field(
+        default=False, metadata={"help": "also preserve the empty prompt's keys (the 2023 code always does; RECE starts so)"}
+    )
     solver: Literal["auto", "direct", "woodbury"] = field(
         default="auto", metadata={"help": "linear solver (auto: Woodbury when cheaper)"}
     )
@@ -68,9 +71,9 @@ class UCEConfig(MethodConfig):
 def uce(pipe, request: ErasureRequest, config: UCEConfig, adapter: FamilyAdapter, progress: bool = True) -> MethodResult:
     """Unified Concept Editing: one closed-form ridge edit of the text projections (to_k/to_v)."""
     token = config.resolved_token()
-    plan = PromptPlan.build(request, config.default_anchor)
+    plan = PromptPlan.build(request, config.default_anchor, ("",) if config.preserve_empty else ())
     enc = adapter.encode(pipe, plan.prompts, upto="real" if token == "last" else None)
-    eta_p = config.resolved_preserve_scale(len(request.preserve))
+    eta_p = config.resolved_preserve_scale(len(request.preserve) + int(config.preserve_empty))
     projections = [p for p in adapter.text_projections(pipe) if config.with_to_k or not p.path.endswith("to_k")]
 
     keys: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}

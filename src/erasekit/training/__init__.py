@@ -54,11 +54,12 @@ class TrainingConfig(MethodConfig):
     )
 
     def settings(self, checkpoint_dir: str | None, resume: bool, **overrides) -> TrainingSettings:
+        """The loop's settings from this config; ``overrides`` (optimizer, weight_decay, grad_clip, lr...)
+        replace the defaults a method does not take from the shared fields."""
         every = (self.checkpoint_every or max(1, self.iterations // 10)) if checkpoint_dir else 0
-        s = TrainingSettings(
-            steps=self.iterations, lr=self.lr, seed=self.seed, grad_accum=self.grad_accum, mixed_precision=self.mixed_precision,
-            checkpoint_every=every, checkpoint_dir=checkpoint_dir, resume=resume, eval_every=self.eval_every, **overrides,
-        )  # fmt: skip
+        fields = dict(steps=self.iterations, lr=self.lr, seed=self.seed, grad_accum=self.grad_accum, mixed_precision=self.mixed_precision,
+                      checkpoint_every=every, checkpoint_dir=checkpoint_dir, resume=resume, eval_every=self.eval_every)  # fmt: skip
+        s = TrainingSettings(**{**fields, **overrides})
         s.validate()
         return s
 
@@ -68,7 +69,8 @@ class TrajectoryConfig(TrainingConfig):
     """Options of methods that train on the frozen model's own sampling trajectories (ESD and kin)."""
 
     negative_guidance: float = field(
-        default=1.0, metadata={"help": "η, how far past the unconditional prediction the target goes"}
+        default=2.0,
+        metadata={"help": "η of the target f*(c) − η (f*(c) − f*(∅)); 2 gives the references' 2 f*(∅) − f*(c)"},
     )
     start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen model's partial denoising"})
     ddim_steps: int = field(default=50, metadata={"help": "sampler steps of the partial denoising", "min": 1})
@@ -86,7 +88,7 @@ class EsdPoint:
     xt: torch.Tensor
     t: torch.Tensor
     f_c: torch.Tensor  # f*(x_t, c, t)
-    target: torch.Tensor  # f*(x_t, c) − η (f*(x_t, c) − f*(x_t, ∅))
+    target: torch.Tensor  # f*(x_t, c) − η (f*(x_t, c) − f*(x_t, ∅)); η = 2: 2 f*(∅) − f*(c)
 
 
 def esd_point(
