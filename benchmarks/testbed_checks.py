@@ -48,7 +48,7 @@ RECELER = {
     "adv_tokens": 1,
     "adv_steps": 10,
 }
-SPM = {"ddim_steps": 20, "iterations": 200, "lr": 1e-2, "anchor_weight": 10, "negative_guidance": 1.0}
+SPM = {"ddim_steps": 20, "iterations": 200, "lr": 1e-2, "anchor_weight": 10, "negative_guidance": 1.0, "anchors": "vocabulary"}
 
 # name: (method, concept, params, seeds per prompt, question)
 CHECKS: dict[str, tuple[str, str, dict, int, str]] = {

@@ -14,7 +14,9 @@
 # the batch): base lr 2.5e-5 x batch 4 = the 1e-4 the table used before; advunlearn, receler and spm
 # train toward the references' 2 f*(empty) - f*(c) (eta 2); receler's inner attack is the reference's
 # 16 vectors x 50 steps; rece starts from the 2023 UCE with "" preserved; speed's augmentation and
-# retained set follow the reference code; salun's mask is |sum of gradients| with (1 + w) f_c - w f_u.
+# retained set follow the reference code; salun's mask is |sum of gradients| with (1 + w) f_c - w f_u;
+# advunlearn's retain term runs on the retain prompt's own trajectory and its attack draws a fresh point
+# per step; spm anchors on fresh random embeddings (the reference).
 # ANT keeps the reference's share of "early" steps (7 of 50 -> 3 of 20); star: UA 12 % at 3, 96 % at 1.
 # The single runs quoted here (other than the table's) are in benchmarks/results/testbed_checks.json
 # (python benchmarks/testbed_checks.py).

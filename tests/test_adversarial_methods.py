@@ -64,6 +64,18 @@ def test_advunlearn_terms_carry_gradient_and_only_text_layers_move(sd):
         objective = AdvUnlearnObjective(bench, ["cat"], ["dog"], config)
         assert objective.attacking(0)
         assert_terms_have_gradient(objective, params)
+        # the erase term's point, one fresh point per further attack step, and the retain prompt's own point
+        import erasekit.methods.advunlearn as module
+
+        drawn, real = [], module.esd_point
+        module.esd_point = lambda bench, cond, *a, **k: drawn.append(cond) or real(bench, cond, *a, **k)
+        try:
+            objective.loss(0, step_generator(0, 0))
+        finally:
+            module.esd_point = real
+        assert len(drawn) == 1 + (config.attack_steps - 1) + 1
+        retain_cond = objective.retain_cond.select([0])
+        assert torch.equal(drawn[-1].tokens, retain_cond.tokens) and not torch.equal(drawn[0].tokens, retain_cond.tokens)
     unet_before = state_hash(sd.unet)
     erasure = api.erase(sd, "advunlearn", REQUEST, progress=False, iterations=2, warmup=1, attack_steps=2, ddim_steps=3, lr=1e-3)
     assert erasure.weights and all(k.startswith("text_encoder.") and "embeddings" not in k for k in erasure.weights)
@@ -158,6 +170,15 @@ def test_spm_transport_scales_by_similarity_and_spms_compose(sd, tmp_path):
         handles = spm.install(PipeView(sd, bench.student))
         params = spm.parameters()
         assert_terms_have_gradient(SPMObjective(bench, ["cat"], ["dog"], config), params)
+        assert_terms_have_gradient(SPMObjective(bench, ["cat"], None, config), params)  # the reference's random anchors
+        from erasekit.methods.spm import random_anchor
+
+        target = bench.cond(["cat"])
+        a, b = random_anchor(target, torch.Generator().manual_seed(0)), random_anchor(target, torch.Generator().manual_seed(1))
+        ratio = float(a.tokens.norm() / target.tokens.norm())
+        assert 0.8 <= ratio <= 1.2 and not torch.equal(a.tokens, b.tokens)
+        cos = torch.nn.functional.cosine_similarity(a.tokens.reshape(-1), target.tokens.reshape(-1), dim=0)
+        assert abs(float(cos)) < 0.5  # a random direction, not the target's
         for h in handles:
             h.remove()
         cat = spm.transport(bench.cond(["cat"]).tokens)

@@ -1,6 +1,7 @@
 """RECE: the adversarial embedding is the least-squares preimage, and re-erasing it neutralises it."""
 
 import numpy as np
+import pytest
 import torch
 
 from erasekit.api import erase
@@ -86,3 +87,37 @@ def test_rece_starts_from_the_2023_uce_and_preserves_the_empty_prompt():
     without = erase(pipe, "rece", request, preserve_empty=False, uce_variant="current")
     assert without.info["uce"]["variant"] == "current"
     assert any(not torch.equal(without.weights[k], result.weights[k]) for k in result.weights)
+
+
+@pytest.mark.testbed
+def test_rece_re_erasure_equals_the_reference_update(testbed_pipe):
+    """One epoch of ``edit_model_adversarial`` (technique 'replace', the scripts' default) written out:
+    from RECE's UCE start W′, every token of the adversarial embedding maps to the guide " "'s values,
+    every token of "" and the preserved prompts keeps its values: W″ = (λW′ + η_e Σ W′g cᵀ + η_p Σ W′r rᵀ)
+    (λI + η_e Σ c cᵀ + η_p Σ r rᵀ)⁻¹, λ 0.1, η_e 1, η_p 0.1."""
+    from erasekit.core.erasure import get_tensor
+
+    pipe = testbed_pipe
+    tok, te = pipe.tokenizer, pipe.text_encoder
+
+    def tokens(prompt: str) -> torch.Tensor:
+        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            return te(ids.input_ids).last_hidden_state[0].double()
+
+    request = ErasureRequest([Target("star")], preserve=["circle"])
+    start = erase(pipe, "uce", request, variant="2023", preserve_empty=True).weights
+    ours = erase(pipe, "rece", request, epochs=1, judge=None).weights
+    keys = sorted(start)
+    originals = [get_tensor(pipe, k).detach().double() for k in keys]
+    adv = adversarial_embedding([start[k].double() for k in keys], originals, tokens("star"), reg=1e-3)
+    guide, retained = tokens(" "), [tokens(""), tokens("circle")]
+    for k in keys:
+        w = start[k].double()
+        mat1 = 0.1 * w + (w @ guide.T) @ adv
+        mat2 = 0.1 * torch.eye(w.shape[1], dtype=torch.float64) + adv.T @ adv
+        for r in retained:
+            mat1 += 0.1 * (w @ r.T) @ r
+            mat2 += 0.1 * r.T @ r
+        expected = mat1 @ torch.linalg.inv(mat2)
+        assert (ours[k].double() - expected).abs().max() <= 1e-4 * expected.abs().max(), k

@@ -1,5 +1,6 @@
 """SPEED: retained keys and invariants are untouched (null space), targets move towards their anchor."""
 
+import pytest
 import torch
 
 from erasekit.api import erase
@@ -84,3 +85,41 @@ def test_without_preserved_concepts_the_empty_prompts_tokens_are_retained():
             kept = ((w1 - w0) @ empty.T).norm() / (w0 @ empty.T).norm()
             moved = ((w1 - w0) @ star).norm() / (w0 @ star).norm()
             assert kept < 0.1 * moved, proj.path
+
+
+@pytest.mark.testbed
+def test_speed_equals_a_re_derivation_of_the_reference_update(testbed_pipe):
+    """``train_erase_null.py``'s update written out step by step, with the tokenizer and text encoder
+    used directly (augmentation off, as ``--aug_num 0``; IEC with the BOS key only, as k-means inits differ)."""
+    pipe = testbed_pipe
+    tok, te = pipe.tokenizer, pipe.text_encoder
+
+    def hidden(prompt: str):
+        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            return te(ids.input_ids).last_hidden_state[0].double(), int(ids.attention_mask[0].sum())
+
+    def last_subject(prompt: str) -> torch.Tensor:
+        h, n = hidden(prompt)
+        return h[[n - 2]]  # [1, d]
+
+    t, a = last_subject("star"), last_subject("a shape")
+    sum_tt, sum_at = t.T @ t, a.T @ t
+    ret = torch.cat([last_subject(p) for p in ("circle", "heart")])
+    sum_rr = ret.T @ ret / len(ret)
+    u, s, _ = torch.linalg.svd(sum_rr)
+    p = u[:, s < 0.1] @ u[:, s < 0.1].T
+    d = t.shape[1]
+    eye = torch.eye(d, dtype=torch.float64)
+    m = torch.linalg.inv(sum_tt @ p + 1.0 * eye)
+    k2 = hidden("")[0][[0]].T  # BOS of ""
+    inner = eye - m @ k2 @ torch.linalg.inv(k2.T @ p @ m @ k2) @ k2.T @ p
+
+    request = ErasureRequest([Target("star", anchor="a shape")], preserve=["circle", "heart"])
+    ours = erase(pipe, "speed", request, augment=0, invariant_centroids=0)
+    for name, module in pipe.unet.named_modules():
+        if name.endswith("attn2.to_v"):
+            w = module.weight.detach().double()
+            expected = w + w @ (sum_at - sum_tt) @ p @ inner @ m
+            got = ours.weights[f"unet.{name}.weight"].double()
+            assert (got - expected).abs().max() <= 1e-4 * expected.abs().max(), name

@@ -109,3 +109,8 @@ def test_demo_runs_end_to_end(tmp_path):
     for method in ("uce", "esd"):
         ev = json.loads((tmp_path / f"eval-{method}.json").read_text())
         assert ev["ua"] > ev["base"]["ua"], method  # each erasure measurably removes its concepts
+    # its own folder can be run again: erasekit's files are replaced, a file of yours beside them stays
+    (tmp_path / "notes.txt").write_text("mine")
+    again = runner.invoke(app, ["demo", "--out", str(tmp_path), "--seeds", "1"])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"

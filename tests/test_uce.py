@@ -157,3 +157,41 @@ def test_implicit_targets_are_erased_through_their_trigger_prompts(tmp_path):
     assert filled.targets[0].prompts == ["on a white background"] and not filled.targets[1].implicit
     with pytest.raises(ConfigError, match="trigger prompts"):
         ErasureRequest([Target("logo", prompts=[" "])])
+
+
+@pytest.mark.testbed
+def test_uce_equals_a_re_derivation_of_the_reference_update(testbed_pipe):
+    """``trainscripts/uce_sd_erase.py`` written out: last-token keys (attention_mask.sum() − 2), the
+    guide's values under the original weights, W' = (λW + η_e Σ v*cᵀ + η_p Σ v cᵀ)(λI + η_e Σ ccᵀ + η_p Σ ccᵀ)⁻¹,
+    with its prompt expansion (the empty guide expanded too)."""
+    pipe = testbed_pipe
+    tok, te = pipe.tokenizer, pipe.text_encoder
+
+    def key(prompt: str) -> torch.Tensor:
+        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            h = te(ids.input_ids).last_hidden_state[0].double()
+        return h[int(ids.attention_mask.sum()) - 2]
+
+    templates = ["a picture of {}"]
+    edits = ["star", *(t.format("star") for t in templates)]
+    guides = ["", *(t.format("") for t in templates)]
+    preserve = ["circle", "a picture of circle"]  # erasekit also expands preserved concepts (the script does not)
+    lamb, eta_e, eta_p = 0.5, 1.0, 1.0
+    request = ErasureRequest([Target("star")], preserve=["circle"], templates=templates)
+    ours = erase(pipe, "uce", request)
+    for name, module in pipe.unet.named_modules():
+        if "attn2" in name and (name.endswith("to_k") or name.endswith("to_v")):
+            w = module.weight.detach().double()
+            mat1, mat2 = lamb * w, lamb * torch.eye(w.shape[1], dtype=torch.float64)
+            for e, g in zip(edits, guides):
+                c = key(e)[:, None]
+                mat1 += eta_e * (w @ key(g)[:, None]) @ c.T
+                mat2 += eta_e * c @ c.T
+            for p in preserve:
+                c = key(p)[:, None]
+                mat1 += eta_p * (w @ c) @ c.T
+                mat2 += eta_p * c @ c.T
+            expected = mat1 @ torch.linalg.inv(mat2)
+            got = ours.weights[f"unet.{name}.weight"].double()
+            assert (got - expected).abs().max() <= 1e-4 * expected.abs().max(), name

@@ -64,13 +64,24 @@ class SoftPrompt:
 
 
 def optimise_soft_prompt(
-    bench, soft: SoftPrompt, xt: torch.Tensor, t: torch.Tensor, prompts: list[str], target: torch.Tensor, student: bool = True
+    bench,
+    soft: SoftPrompt,
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    prompts: list[str],
+    target: torch.Tensor,
+    student: bool = True,
+    draw=None,
 ) -> float:
     """Run ``soft.config.steps`` Adam steps on ``soft.vectors`` toward ``target`` (the original model's
-    prediction for the concept); only the vectors change. Returns the final attack loss."""
+    prediction for the concept); only the vectors change. ``draw() -> (xt, t, target)``, when given,
+    supplies a fresh point for every step after the first (AdvUnlearn's attack draws one per step).
+    Returns the final attack loss."""
     opt = torch.optim.Adam([soft.vectors], lr=soft.config.lr)
-    loss = torch.zeros(())
-    for _ in range(soft.config.steps):
+    loss = torch.zeros((), device=soft.vectors.device)
+    for step in range(soft.config.steps):
+        if draw is not None and step > 0:
+            xt, t, target = draw()
         pred = bench.predict(xt, t, soft.cond(bench, prompts, student=student))
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
         opt.zero_grad(set_to_none=True)

@@ -8,7 +8,9 @@ ESD loss to the adversarial prompt plus a retain term:
     L = ‖ f(x_t, E_θ(c ⊕ v), t) − [f*(x_t,c,t) − η (f*(x_t,c,t) − f*(x_t,∅,t))] ‖²
         + λ ‖ f(x_t, E_θ(c_r), t) − f(x_t, E₀(c_r), t) ‖²
 
-``x_t`` from the frozen model's partial denoising (as ESD); ``E_θ`` the trained text encoder (its
+``x_t`` from the frozen model's partial denoising with ``c`` (as ESD) for the erase term and with
+``c_r`` for the retain term (each prompt on its own trajectory, as the reference); the inner attack
+draws a fresh ``(x_t, t)`` of the concept's trajectory for every one of its steps. ``E_θ`` the trained text encoder (its
 layers, not the embeddings: parameter set ``text-encoder``), ``E₀`` the original; ``c_r`` retain
 prompts (the request's preserved concepts, else the empty prompt). Defaults follow the reference:
 1000 iterations, Adam lr 1e-5, λ 0.3, the attack (1 token, Adam lr 1e-3, 30 steps) every
@@ -73,17 +75,20 @@ class AdvUnlearnObjective:
         pt = esd_point(bench, self.cond.select([i]), self.uncond, cfg, gen)
         xt, t = pt.xt, pt.t
         if self.attacking(step):
-            self.last_attack_loss = optimise_soft_prompt(bench, self.soft, xt, t, [self.prompts[i]], pt.f_c)
+
+            def draw():  # a fresh (x_t, t) of the concept's trajectory for every attack step, as the reference
+                p = esd_point(bench, self.cond.select([i]), self.uncond, cfg, gen)
+                return p.xt, p.t, p.f_c
+
+            self.last_attack_loss = optimise_soft_prompt(bench, self.soft, xt, t, [self.prompts[i]], pt.f_c, draw=draw)
             adv = self.soft.cond(bench, [self.prompts[i]], student=True)
         else:
             adv = bench.student_cond([self.prompts[i]])
         terms = {"esd": F.mse_loss(bench.predict(xt, t, adv).float(), pt.target.float())}
         j = int(torch.randint(0, len(self.retain), (1,), generator=gen))
-        r_cond = self.retain_cond.select([j])
-        with torch.no_grad():
-            r_target = bench.teacher_predict(xt, t, r_cond)
-        r_pred = bench.predict(xt, t, bench.student_cond([self.retain[j]]))
-        terms["retain"] = cfg.retain_weight * F.mse_loss(r_pred.float(), r_target.float())
+        rp = esd_point(bench, self.retain_cond.select([j]), self.uncond, cfg, gen)  # the retain prompt's own trajectory
+        r_pred = bench.predict(rp.xt, rp.t, bench.student_cond([self.retain[j]]))
+        terms["retain"] = cfg.retain_weight * F.mse_loss(r_pred.float(), rp.f_c.float())
         return terms
 
 

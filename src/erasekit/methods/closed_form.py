@@ -175,8 +175,7 @@ class PromptPlan:
             anchor = default_anchor if t.anchor is None else t.anchor
             for phrase in t.phrases():
                 for tpl in ["{}", *request.templates]:
-                    guide = tpl.format(anchor) if anchor.strip() else anchor
-                    pairs.append((at(tpl.format(phrase)), at(guide)))
+                    pairs.append((at(tpl.format(phrase)), at(tpl.format(anchor).strip())))
         preserve = [at(p) for p in [*request.preserve_prompts(), *extra_preserve]]
         return PromptPlan(list(index), pairs, list(dict.fromkeys(preserve)))
 

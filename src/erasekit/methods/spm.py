@@ -27,8 +27,11 @@ prompt, 0.37 for an unrelated description. Evaluating the same testbed SPM with 
 fixed multiplier 1 everywhere instead raised UA only from 50 % to 62 % and cost 17 points of IRA, so
 the transport is not what limits SPM's UA there.
 
-Anchors: the request's preserved concepts plus ``n_anchors`` words of the tokenizer's vocabulary whose
-feature similarity to every target is below ``anchor_max_similarity``. Defaults: η 2 (see above), β 1000, Adam
+Anchors (``anchors="random"``, the reference): every step a fresh Gaussian embedding of the target's
+shape, scaled to its norm (see :func:`random_anchor`), so anchoring keeps the adapters silent on
+"anything else". ``anchors="vocabulary"`` (the earlier choice here) uses the request's preserved
+concepts plus ``n_anchors`` words of the tokenizer's vocabulary whose feature similarity to every
+target is below ``anchor_max_similarity``. Defaults: η 2 (see above), β 1000, Adam
 lr 1e-4, 3000 iterations (reference); the transport runs in every forward, training uses ``s = 1``.
 """
 
@@ -44,6 +47,7 @@ from torch import nn
 from ..core.attachments import Attachment, get_module, register_attachment
 from ..core.errors import ConfigError, UnsupportedModelError
 from ..core.registry import MethodResult, register_method
+from ..families.base import Conditioning
 from ..training import TrajectoryConfig, Workbench, esd_point, fit, target_prompts
 from ..training.diffusion import PipeView
 
@@ -152,6 +156,10 @@ class SPMAdapters(Attachment):
 @dataclass
 class SPMConfig(TrajectoryConfig):
     anchor_weight: float = field(default=1000.0, metadata={"help": "β of latent anchoring"})
+    anchors: str = field(
+        default="random",
+        metadata={"help": "random (the reference: Gaussian embeddings, fresh each step) or vocabulary (dissimilar words)"},
+    )
     n_anchors: int = field(default=32, metadata={"help": "vocabulary words drawn as anchor prompts"})
     anchor_max_similarity: float = field(
         default=0.5, metadata={"help": "anchors must be less similar than this to every target", "max": 1}
@@ -163,6 +171,8 @@ class SPMConfig(TrajectoryConfig):
         self.check_trajectory("spm")
         if self.anchor_weight < 0 or self.n_anchors < 0:
             raise ConfigError("spm needs anchor_weight >= 0 and n_anchors >= 0")
+        if self.anchors not in ("random", "vocabulary"):
+            raise ConfigError(f"spm's anchors must be random or vocabulary, got {self.anchors!r}")
         if self.lora_rank:
             raise ConfigError("spm trains its own rank-1 adapters; set lora_rank=0")
 
@@ -186,10 +196,36 @@ def anchor_prompts(bench: Workbench, request, config: SPMConfig, target_features
     return anchors or [""]
 
 
+def random_anchor(target: Conditioning, gen: torch.Generator) -> Conditioning:
+    """The reference's anchor (``src/engine/sampling.py``): a Gaussian embedding of the target's shape,
+    accepted with probability ``1 − cos(target, noise)`` and scaled to the target's norm times U(0.8, 1.2);
+    SDXL's pooled text embedding is drawn the same way, its time ids are kept."""
+
+    def draw(x: torch.Tensor) -> torch.Tensor:
+        flat = x.detach().reshape(-1).float().cpu()
+        while True:
+            noise = torch.randn(flat.shape, generator=gen)
+            noise = noise / noise.norm()
+            if float(torch.rand((), generator=gen)) < 1 - float(F.cosine_similarity(flat, noise, dim=0)):
+                break
+        scale = 0.8 + 0.4 * float(torch.rand((), generator=gen))
+        return (scale * noise * flat.norm()).reshape(x.shape).to(x)
+
+    extra = dict(target.extra)
+    if "added_cond_kwargs" in extra:
+        extra["added_cond_kwargs"] = {
+            **extra["added_cond_kwargs"],
+            "text_embeds": draw(extra["added_cond_kwargs"]["text_embeds"]),
+        }
+    return Conditioning(draw(target.tokens), extra)
+
+
 class SPMObjective:
-    def __init__(self, bench: Workbench, prompts: list[str], anchors: list[str], config: SPMConfig):
+    def __init__(self, bench: Workbench, prompts: list[str], anchors: list[str] | None, config: SPMConfig):
+        """``anchors``: anchor prompts, or ``None`` for the reference's random embeddings."""
         self.bench, self.prompts, self.anchors, self.config = bench, prompts, anchors, config
-        self.cond, self.uncond, self.anchor_cond = bench.cond(prompts), bench.cond([""]), bench.cond(anchors)
+        self.cond, self.uncond = bench.cond(prompts), bench.cond([""])
+        self.anchor_cond = bench.cond(anchors) if anchors else None
 
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg, bench = self.config, self.bench
@@ -197,8 +233,11 @@ class SPMObjective:
         cond = self.cond.select([i])
         pt = esd_point(bench, cond, self.uncond, cfg, gen)
         xt, t = pt.xt, pt.t
-        a = int(torch.randint(0, len(self.anchors), (1,), generator=gen))
-        anchor = self.anchor_cond.select([a])
+        if self.anchor_cond is None:
+            anchor = random_anchor(cond, gen)
+        else:
+            a = int(torch.randint(0, len(self.anchors), (1,), generator=gen))
+            anchor = self.anchor_cond.select([a])
         f_a = bench.teacher_predict(xt, t, anchor)
         return {
             "esd": F.mse_loss(bench.predict(xt, t, cond).float(), pt.target.float()),
@@ -220,13 +259,15 @@ def spm(
         spm_adapters.fixed_scale = 1.0
         handles = spm_adapters.install(PipeView(pipe, bench.student))
         try:
-            anchors = anchor_prompts(bench, request, config, concept_features, config.seed)
+            anchors = (
+                anchor_prompts(bench, request, config, concept_features, config.seed) if config.anchors == "vocabulary" else None
+            )
             params = spm_adapters.parameters()
             objective = SPMObjective(bench, prompts, anchors, config)
             info = {
                 "layers": len(spm_adapters.down),
                 "numel": int(sum(p.numel() for p in params.values())),
-                "anchors": len(anchors),
+                "anchors": "random embeddings" if anchors is None else len(anchors),
             }
             result = fit(bench, params, objective, config.settings(checkpoint_dir, resume), progress, desc="spm", info=info)
         finally:

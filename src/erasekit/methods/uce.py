@@ -13,9 +13,11 @@ the last word token (index ``attention_mask.sum() − 2``); λ = 0.5, η_e = 1, 
 code instead: the keys are the tokens from the last word to the end (EOS and padding), aligned
 position by position with the guide prompt's, and η_p = max(0.1, 1/|P|).
 
-Deliberate choices: an empty anchor is never expanded with the templates (every expanded target
-prompt maps to the BOS key, as in the reference); a non-empty anchor is expanded with the same
-template as its target prompt. On SD3 and Flux, the edited maps are ``context_embedder`` (token keys)
+The guide is expanded with the same template as its target prompt, the empty one included, as the
+reference's ``--expand_prompts`` does (``f"image of {''}"``: the expanded target maps to the key of
+the template's last word; only the unexpanded target maps to the BOS key of ``""``). Deliberate
+difference: preserved concepts are expanded with the templates too (the script preserves only the
+names it is given), so a template cannot pull a preserved concept along with the target. On SD3 and Flux, the edited maps are ``context_embedder`` (token keys)
 and the pooled-text projection (pooled keys of the same prompts), as the reference does for Flux.
 """
 

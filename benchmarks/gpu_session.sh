@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The one prepared script to run when a session is lent a CUDA machine (see DEVELOPERS' guide: 15
+# minutes of device time per session, all tries together). It installs erasekit, runs the device matrix
+# on CPU and CUDA, and the demo on CUDA in float16, and leaves everything under $OUT (or ./gpu-results):
+#
+#   device_matrix.json   -> copy to benchmarks/results/device_matrix.json, then
+#                           python benchmarks/render_performance.py
+#   demo-cuda.log        the demo's summary on the GPU (its gate and erasures)
+#
+# Usage on the device machine: OUT=$OUT bash benchmarks/gpu_session.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-results}
+mkdir -p "$OUT"
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet -e . >"$OUT/install.log" 2>&1 || { tail -20 "$OUT/install.log"; exit 1; }
+.venv/bin/python -c "import torch; print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$OUT/torch.txt"
+timeout 420 .venv/bin/python benchmarks/device_matrix.py --devices cpu,cuda --out "$OUT/device_matrix.json" >"$OUT/device_matrix.log" 2>&1 || true
+tail -5 "$OUT/device_matrix.log"
+timeout 240 .venv/bin/erasekit demo --device cuda --dtype float16 --out "$OUT/demo" >"$OUT/demo-cuda.log" 2>&1 || true
+tail -25 "$OUT/demo-cuda.log"
