@@ -56,3 +56,42 @@ def test_mace_end_to_end_on_a_tiny_model():
         assert t["final_loss"]["attention"] < t["initial_loss"]["attention"]  # the LoRA lowers the masked attention
     assert all(n > 0 for n in erasure.info["lora_delta_norms"])
     assert np.isfinite([float(v.abs().max()) for v in erasure.weights.values()]).all()
+
+
+def test_cfr_aligns_the_tokens_around_the_concept_and_leaves_the_concept_out():
+    from erasekit.methods.mace import context_alignment
+
+    # BOS a photo of STAR EOS  vs  BOS a photo of EOS   (ids are arbitrary; 9 = the concept)
+    old, new = [0, 1, 2, 3, 9, 99], [0, 1, 2, 3, 99]
+    o, n = context_alignment(old, new, 8)
+    assert 4 not in o  # the concept's own token is not edited
+    assert o[:4] == n[:4] == [0, 1, 2, 3] and (o[4], n[4]) == (5, 4)  # prefix, then EOS to EOS
+    assert len(o) == len(n) and o[-1] <= 7 and n[-1] <= 7  # the padding continues, paired
+    # a longer mapping concept: the new side skips more
+    o, n = context_alignment([0, 9, 99], [0, 7, 8, 99], 6)
+    assert o[:2] == [0, 2] and n[:2] == [0, 3] and len(o) == len(n)
+
+
+def test_cfr_maps_the_context_keys_and_the_loss_covers_the_end_token():
+    from erasekit.core.request import ErasureRequest
+    from erasekit.methods.mace import MACEConfig, closed_form_refinement, context_alignment, loss_positions
+
+    pipe = tiny_pipeline("sd")
+    adapter = get_adapter(pipe)
+    request = ErasureRequest.from_dict({"targets": ["cat"]})
+    weights, info = closed_form_refinement(pipe, adapter, request, MACEConfig(lamb=1e-4, preserve_scale=0.0))
+    assert info["pairs"] == 4  # the concept alone and three augmented prompts
+    tok = pipe.tokenizer
+    enc = adapter.encode(pipe, ["a photo of cat", "a photo of"])
+    o, n = context_alignment(tok("a photo of cat").input_ids, tok("a photo of").input_ids, enc.tokens.shape[1])
+    c, g = enc.tokens[0, o].double(), enc.tokens[1, n].double()  # the context keys and their partners
+    assert not torch.equal(c, g)
+    for proj in adapter.text_projections(pipe):
+        w0, w1 = proj.module.weight.detach().double(), weights[proj.weight_key].double()
+        # the context's values move toward the mapping prompt's (a least-squares fit over every pair)
+        assert (c @ w1.T - g @ w0.T).norm() < 0.9 * (c @ w0.T - g @ w0.T).norm(), proj.path
+    positions = loss_positions(tok, "a photo of cat", "cat", use_pooler=True)
+    ids = tok("a photo of cat", padding="max_length", max_length=tok.model_max_length).input_ids
+    own = loss_positions(tok, "a photo of cat", "cat", use_pooler=False)
+    assert own and set(own) < set(positions) and ids.index(tok.eos_token_id) in positions
+    assert all(ids[i] == tok.eos_token_id for i in set(positions) - set(own))

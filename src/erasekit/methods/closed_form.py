@@ -30,6 +30,10 @@ from ..core.errors import SingularSystemError
 from ..core.request import ErasureRequest
 from ..families import Encoded
 
+#: Prompt templates the closed-form methods expand a concept with when the request gives none (TIME's
+#: augmentation; MACE's augmented prompts; every word is in the testbed's vocabulary too).
+PROMPT_AUGMENTATIONS = ("a photo of {}", "an image of {}", "a picture of {}")
+
 
 def math_device(device: torch.device) -> torch.device:
     """Where the closed-form float64 algebra runs: the keys' own device (CUDA included), except Apple

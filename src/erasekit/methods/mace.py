@@ -2,14 +2,19 @@
 
 Three stages on the cross-attention key/value maps (``attn2.to_k`` / ``attn2.to_v``):
 
-1. **Closed-form refinement (CFR)**: the UCE ridge edit (``uce.py``) mapping the keys of the target
-   word *and the words after it* to those of the mapping concept (the anchor), so that neighbouring
-   tokens stop carrying the concept: ``W_cfr = argmin Σ‖W' c − W g‖² + η_p Σ‖W' p − W p‖² + λ‖W' − W‖²``.
+1. **Closed-form refinement (CFR)**: a ridge edit mapping the keys of the tokens *around* the concept
+   in its augmented prompts (the prefix and everything after it: the following words, EOS and the
+   padding, which absorb the concept through causal attention — not the concept's own tokens) to the
+   keys at the same places of the prompt with the mapping concept (the reference's
+   ``find_matching_indices``): ``W_cfr = argmin Σ‖W' c − W g‖² + η_p Σ‖W' p − W p‖² + λ‖W' − W‖²``.
+   Augmented prompts: the request's templates, else ``PROMPT_AUGMENTATIONS``.
 2. **One rank-1 LoRA per concept** on ``W_cfr``, trained to remove the concept tokens' attention
    *inside the concept's region* of images of the concept:
 
-       L_i = Σ_layers Σ_{j ∈ tokens(concept i)} ‖ A_l[:, j] ⊙ M_l ‖²
+       L_i = Σ_layers Σ_{j ∈ tokens(concept i) ∪ EOS/padding} ‖ A_l[:, j] ⊙ M_l ‖²
 
+   (with ``use_pooler``, as the reference: every position holding the end token, EOS and the padding
+   of a CLIP tokenizer that pads with it)
    ``A_l`` the cross-attention probabilities of layer ``l``, ``M_l`` the concept's mask at that
    layer's resolution. Images and masks: on the testbed, rendered by the world generator with
    **exact** masks (the generator knows where the shape is); on other models, drawn by the frozen
@@ -20,7 +25,8 @@ Three stages on the cross-attention key/value maps (``attn2.to_k`` / ``attn2.to_
        W* = argmin_W Σ_i Σ_{e ∈ E_i} ‖W e − (W_cfr + B_i A_i) e‖² + γ Σ_p ‖W p − W_cfr p‖² + δ ‖W − W_cfr‖²
           = (Σ_i (W_cfr + B_i A_i) C_i + γ W_cfr C_p + δ W_cfr) (Σ_i C_i + γ C_p + δ I)⁻¹
 
-   ``E_i``: token features of concept ``i``'s prompts, ``C = E Eᵀ``; ``p``: preserved prompts.
+   ``E_i``: the features of every token position (padding included) of concept ``i``'s prompts,
+   ``C = E Eᵀ``; ``p``: every position of the preserved prompts.
 
 Defaults follow the reference configs where erasekit can: LoRA rank 1, 50 steps per concept, Adam lr
 1e-4, 8 images per concept, fusion preserve scale γ 1e-3, mapping concept "" (BOS). Deliberate
@@ -42,8 +48,7 @@ from ..families.base import Conditioning
 from ..testbed.exact import concept_renders, pipe_is_testbed
 from ..training import TrainingConfig, Workbench, fit, trainable_parameters
 from ..training.attention import CrossAttentionProbe, concept_positions, mean_map
-from .closed_form import as_f64, math_device, solve_spd
-from .uce import UCEConfig, uce
+from .closed_form import PROMPT_AUGMENTATIONS, as_f64, math_device, ridge_gain, solve_spd
 
 
 @dataclass
@@ -58,6 +63,9 @@ class MACEConfig(TrainingConfig):
     sample_steps: int = field(default=20, metadata={"help": "sampler steps for drawn images (non-testbed models)", "min": 1})
     sample_guidance: float = field(default=6.0, metadata={"help": "guidance for drawn images"})
     batch_size: int = field(default=1, metadata={"help": "images per LoRA step", "min": 1})
+    use_pooler: bool = field(
+        default=True, metadata={"help": "the attention loss also covers the end token's positions (reference)"}
+    )
     iterations: int = field(default=50, metadata={"help": "LoRA steps per concept", "min": 1})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the LoRAs", "gt": 0})
 
@@ -102,18 +110,11 @@ class MACEObjective:
 @register_method("mace", MACEConfig, families=("sd", "sdxl"), kind="closed-form+lora")
 def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> MethodResult:
     """MACE: closed-form refinement, one rank-1 LoRA per concept on masked attention, closed-form fusion."""
-    cfr = uce(
-        pipe,
-        request,
-        UCEConfig(lamb=config.lamb, preserve_scale=config.preserve_scale, token="end", default_anchor=config.mapping_concept),
-        adapter,
-        progress=False,
-    )
-    refined = cfr.weights
+    refined, cfr_info = closed_form_refinement(pipe, adapter, request, config)
     tokenizer = pipe.tokenizer
     deltas: list[dict[str, torch.Tensor]] = []
     concept_keys: list[torch.Tensor] = []
-    info: dict = {"cfr": cfr.info, "concepts": []}
+    info: dict = {"cfr": cfr_info, "concepts": []}
     for ci, target in enumerate(request.targets):
         pairs = request.prompted_phrases(target)
         prompts = [p for p, _ in pairs]
@@ -134,7 +135,7 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
                 else:
                     latents, masks = _drawn_with_attention_masks(bench, attn, pairs, tokenizer, config, gen)
                     source = "drawn by the frozen model, masks from its cross-attention"
-                positions = [concept_positions(tokenizer, p, phrase) for p, phrase in pairs]
+                positions = [loss_positions(tokenizer, p, phrase, config.use_pooler) for p, phrase in pairs]
                 cond = bench.cond(prompts)
                 objective = MACEObjective(bench, attn, latents, masks, cond, positions, config)
                 result = fit(
@@ -153,12 +154,10 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
 
             deltas.append(lora_deltas(result.lora))
             info["concepts"].append({"concept": target.concept, "images": source, "training": result.info["training"]})
-        enc = adapter.encode(pipe, prompts)
-        concept_keys.append(torch.cat([enc.tokens[i, : int(enc.n_real[i, 0])] for i in range(len(prompts))]))
+        concept_keys.append(adapter.encode(pipe, prompts).tokens.reshape(-1, refined_width(adapter, pipe)))  # every position
     preserve = request.preserve_prompts()
     if preserve:
-        enc = adapter.encode(pipe, preserve)
-        preserve_keys = torch.cat([enc.tokens[i, : int(enc.n_real[i, 0])] for i in range(len(preserve))])
+        preserve_keys = adapter.encode(pipe, preserve).tokens.reshape(-1, refined_width(adapter, pipe))
     else:
         preserve_keys = concept_keys[0].new_zeros(0, concept_keys[0].shape[1])
     weights = {
@@ -169,6 +168,73 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
     }
     info["lora_delta_norms"] = [float(sum(v.norm() ** 2 for v in d.values()) ** 0.5) for d in deltas]
     return MethodResult(weights=weights, info=info)
+
+
+def refined_width(adapter, pipe) -> int:
+    """Width of the text features the cross-attention key/value maps read."""
+    return adapter.text_projections(pipe)[0].module.weight.shape[1]
+
+
+def context_alignment(old: list[int], new: list[int], length: int) -> tuple[list[int], list[int]]:
+    """Positions of ``old``'s tokens around the concept and their partners in ``new`` (token ids with
+    BOS and EOS): the common prefix and the common suffix, then both continue position by position
+    to ``length`` (the padding), shortened so the two lists stay paired. The differing middle — the
+    concept and the mapping concept themselves — is left out (the reference's ``find_matching_indices``)."""
+    start = 0
+    for a, b in zip(old, new):
+        if a != b:
+            break
+        start += 1
+    end_old, end_new = len(old) - 1, len(new) - 1
+    while end_old >= start and end_new >= start and old[end_old] == new[end_new]:
+        end_old, end_new = end_old - 1, end_new - 1
+    old_idx = list(range(start)) + list(range(end_old + 1, len(old)))
+    new_idx = list(range(start)) + list(range(end_new + 1, len(new)))
+    gap = old_idx[-1] - new_idx[-1]
+    old_idx += list(range(old_idx[-1] + 1, length - max(0, -gap)))
+    new_idx += list(range(new_idx[-1] + 1, length - max(0, gap)))
+    return old_idx, new_idx
+
+
+def closed_form_refinement(pipe, adapter, request, config: MACEConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """Stage 1 (see the module docstring): the ridge edit of every to_k / to_v on the keys around each
+    concept in its augmented prompts, toward the mapping prompts' keys at the same places."""
+    templates = ["{}", *(request.templates or PROMPT_AUGMENTATIONS)]
+    pairs = []
+    for t in request.targets:
+        mapping = config.mapping_concept if t.anchor is None else t.anchor
+        for phrase in t.phrases():
+            pairs += [(tpl.format(phrase), tpl.format(mapping).strip()) for tpl in templates]
+    preserve = request.preserve_prompts()
+    prompts = list(dict.fromkeys([*(a for a, _ in pairs), *(b for _, b in pairs), *preserve]))
+    row = {p: i for i, p in enumerate(prompts)}
+    enc = adapter.encode(pipe, prompts)
+    tok, length = pipe.tokenizer, enc.tokens.shape[1]
+    ce, cg = [], []
+    for old, new in pairs:
+        old_idx, new_idx = context_alignment(tok(old).input_ids, tok(new).input_ids, length)
+        ce.append(enc.tokens[row[old], old_idx])
+        cg.append(enc.tokens[row[new], new_idx])
+    d = enc.tokens.shape[-1]
+    cp = enc.tokens[[row[p] for p in preserve]].reshape(-1, d) if preserve else enc.tokens.new_zeros(0, d)
+    gain = ridge_gain(torch.cat(ce), torch.cat(cg), cp, lam=config.lamb, eta_e=1.0, eta_p=config.preserve_scale)
+    weights = {p.weight_key: gain.edit(p.module.weight) for p in adapter.text_projections(pipe)}
+    return weights, {
+        "pairs": len(pairs),
+        "keys": int(sum(len(c) for c in ce)),
+        "preserve_keys": int(len(cp)),
+        "solver": gain.solver,
+    }
+
+
+def loss_positions(tokenizer, prompt: str, phrase: str, use_pooler: bool) -> list[int]:
+    """The concept's token positions in ``prompt`` and, with ``use_pooler``, every position of the
+    padded prompt that holds the end token (EOS, and the padding of tokenizers that pad with it)."""
+    positions = concept_positions(tokenizer, prompt, phrase)
+    if use_pooler:
+        ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+        positions += [i for i, t in enumerate(ids) if t == tokenizer.eos_token_id and i not in positions]
+    return positions
 
 
 @torch.no_grad()

@@ -31,9 +31,7 @@ from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..core.request import ErasureRequest
 from ..families import FamilyAdapter
-from .closed_form import ridge_gain
-
-TIME_AUGMENTATIONS = ("a photo of {}", "an image of {}", "a picture of {}")
+from .closed_form import PROMPT_AUGMENTATIONS, ridge_gain
 
 
 @dataclass
@@ -89,7 +87,7 @@ def align(src: list[int], dst: list[int], length: int) -> list[int]:
 @register_method("time", TIMEConfig, families=("sd", "sdxl"), kind="closed-form")
 def time_edit(pipe, request: ErasureRequest, config: TIMEConfig, adapter: FamilyAdapter, progress: bool = True) -> MethodResult:
     """TIME: λ-regularised closed-form edit of cross-attention on all (aligned) tokens of the prompts."""
-    templates = ["{}", *(request.templates or TIME_AUGMENTATIONS)] if config.augment else ["{}"]
+    templates = ["{}", *(request.templates or PROMPT_AUGMENTATIONS)] if config.augment else ["{}"]
     pairs: list[tuple[str, str]] = []
     for t in request.targets:
         anchor = config.default_anchor if t.anchor is None else t.anchor
