@@ -5,6 +5,7 @@
 #
 #   device_matrix.json   -> copy to benchmarks/results/device_matrix.json, then
 #                           python benchmarks/render_performance.py
+#   gpu_perf.json        -> benchmarks/results/gpu_perf.json (ESD-x overhead, UCE x100 vs the authors' algorithm)
 #   demo-cuda.log        the demo's summary on the GPU (its gate and erasures)
 #
 # Usage on the device machine: OUT=$OUT bash benchmarks/gpu_session.sh
@@ -19,5 +20,7 @@ fi
 .venv/bin/python -c "import torch; print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$OUT/torch.txt"
 timeout 420 .venv/bin/python benchmarks/device_matrix.py --devices cpu,cuda --out "$OUT/device_matrix.json" >"$OUT/device_matrix.log" 2>&1 || true
 tail -5 "$OUT/device_matrix.log"
+timeout 180 .venv/bin/python benchmarks/gpu_perf.py --device cuda --out "$OUT/gpu_perf.json" >"$OUT/gpu_perf.log" 2>&1 || true
+grep -E "ESD-x|UCE" "$OUT/gpu_perf.log" || tail -5 "$OUT/gpu_perf.log"
 timeout 240 .venv/bin/erasekit demo --device cuda --dtype float16 --out "$OUT/demo" >"$OUT/demo-cuda.log" 2>&1 || true
 tail -25 "$OUT/demo-cuda.log"

@@ -117,6 +117,25 @@ def device_matrix_section() -> list[str]:
     return lines + [""]
 
 
+def gpu_perf_section() -> list[str]:
+    path = RESULTS / "gpu_perf.json"
+    if not path.is_file():
+        return ["_not measured yet: needs a GPU (`benchmarks/gpu_session.sh` runs it when a session is lent one)_", ""]
+    d = json.loads(path.read_text())
+    e, u = d["esd_x"], d["uce"]
+    return [
+        f"{d['model']} on {d['gpu'] or d['device']}, torch {d['torch']}.",
+        "",
+        "| measurement | erasekit | reference | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| ESD-x s / iteration ({e['ddim_steps']} DDIM steps) | {e['erasekit_s_per_it']:.4f} | {e['bare_s_per_it']:.4f} (hand-written step) | "
+        f"{e['ratio']:.2f}x | <= 1.2x |",
+        f"| UCE of {u['concepts']} concepts, s | {u['erasekit_s']:.3f} | {u['authors_algorithm_s']:.3f} (authors' algorithm) | "
+        f"{u['speedup']:.1f}x faster (max rel. diff {u['max_relative_difference']:.0e}) | >= 4x, <= 1e-4 |",
+        "",
+    ]
+
+
 def main() -> None:
     text = [
         "# Performance",
@@ -144,6 +163,9 @@ def main() -> None:
         "a fine-tune's first loss within float tolerance of the CPU's (Δloss).",
         "",
         *device_matrix_section(),
+        "## At SD-1.4 scale on a GPU (`benchmarks/gpu_perf.py`)",
+        "",
+        *gpu_perf_section(),
     ]
     out = ROOT / "docs" / "performance.md"
     out.write_text("\n".join(text))
