@@ -208,6 +208,7 @@ def test_spm_transport_scales_by_similarity_and_spms_compose(sd, tmp_path):
 def test_receler_regularises_with_exact_masks_on_the_testbed(testbed_pipe):
     from erasekit.core.request import ErasureRequest
     from erasekit.methods.receler import ReceleErasers, ReceleObjective, _exact_masks, _masked_energy
+    from erasekit.profiles import profile_of
     from erasekit.training.attention import layer_mask
     from erasekit.training.diffusion import PipeView
 
@@ -218,7 +219,7 @@ def test_receler_regularises_with_exact_masks_on_the_testbed(testbed_pipe):
         student = bench.student["unet"]
         erasers = ReceleErasers.build(student, "unet", 4)
         handles = erasers.install(PipeView(testbed_pipe, bench.student))
-        exact = _exact_masks(bench, request, ["star"], config)
+        exact = _exact_masks(bench, request, ["star"], config, profile_of(testbed_pipe))
         assert exact.latents.shape[0] == 3 and exact.masks.shape[1:] == (32, 32) and 0 < float(exact.masks.mean()) < 0.5
         objective = ReceleObjective(bench, erasers, None, ["star"], ["star"], config, exact)
         assert {"esd", "reg"} == set(objective.loss(0, step_generator(0, 0)))

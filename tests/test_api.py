@@ -122,3 +122,25 @@ def test_core_imports_nothing_above_it():
                 if node.module is not None or names != ["__version__"]:
                     offenders.append(f"{path.name}: from {'.' * node.level}{node.module or ''} import {', '.join(names)}")
     assert not offenders, offenders
+
+
+@pytest.mark.testbed
+def test_the_model_profile_says_what_its_world_offers(testbed_pipe):
+    from erasekit.core.request import ErasureRequest
+    from erasekit.profiles import ModelProfile, profile_of
+
+    testbed = profile_of(testbed_pipe)
+    assert testbed.name == "testbed" and testbed.has_exact_masks and testbed.sampling.get("steps")
+    assert testbed.with_implicit(ErasureRequest.from_dict({"targets": ["watermark"]})).targets[0].prompts
+    assert testbed.classifier() is not None
+    images, masks = testbed.concept_renders("star", 2, seed=0)
+    assert images.shape[0] == masks.shape[0] == 2
+    with pytest.raises(ConfigError, match="vocabulary: zebra"):
+        testbed.check_vocabulary(ErasureRequest.from_dict({"targets": ["zebra"]}))
+    generic = profile_of(tiny_pipeline("sd"))
+    assert generic == ModelProfile() and not generic.has_exact_masks and generic.classifier() is None
+    generic.check_vocabulary(ErasureRequest.from_dict({"targets": ["zebra"]}))  # an open vocabulary
+    request = ErasureRequest.from_dict({"targets": ["watermark"]})
+    assert generic.with_implicit(request) is request
+    with pytest.raises(ValueError):
+        generic.concept_renders("star", 1, 0)

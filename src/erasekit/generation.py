@@ -7,7 +7,6 @@ That is what makes before/after comparisons of an erasure exact.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -54,12 +53,10 @@ class SamplingConfig:
 
 
 def recommended_sampling(pipe) -> dict:
-    """The ``sampling`` block of ``testbed.json`` beside the pipeline, if the model has one."""
-    root = getattr(pipe, "name_or_path", None)
-    path = Path(root) / "testbed.json" if root else None
-    if path is not None and path.is_file():
-        return json.loads(path.read_text()).get("sampling", {})
-    return {}
+    """The model's recommended sampling (a testbed's ``testbed.json``), if it has one."""
+    from .profiles import profile_of
+
+    return dict(profile_of(pipe).sampling)
 
 
 def check_prompt(pipe, prompt: str, what: str = "prompt") -> None:

@@ -12,7 +12,7 @@ from ..models import load_pipeline
 from .bench import bench
 from .commands import check_testbed, evaluate, export_pipeline, generate_grid, model_inputs
 from .demo import DEMO_ERASURES, DEMO_PROMPTS, run_demo
-from .erasing import check_request_text, check_vocabulary, erase, with_testbed_implicit
+from .erasing import check_request_text, erase
 from .judges import describe_labels, load_judge
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "bench",
     "check_request_text",
     "check_testbed",
-    "check_vocabulary",
     "describe_labels",
     "erase",
     "evaluate",
@@ -31,5 +30,4 @@ __all__ = [
     "load_pipeline",
     "model_inputs",
     "run_demo",
-    "with_testbed_implicit",
 ]

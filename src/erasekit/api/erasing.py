@@ -6,44 +6,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from pathlib import Path
 
 import torch
 
 from .. import models
-from .judges import load_judge
+from ..profiles import profile_of
 
 
 def _model_name(pipe, model: str | None) -> str:
     return str(model) if model is not None else str(getattr(pipe, "name_or_path", "") or type(pipe).__name__)
-
-
-def with_testbed_implicit(pipe, request):
-    """On a testbed model, a target naming one of the world's implicit concepts (``watermark``) and given
-    no prompts of its own is erased through its trigger prompts (see docs/erasure.md, implicit concepts)."""
-    from ..testbed.exact import pipe_is_testbed
-    from ..testbed.world import IMPLICIT_TRIGGERS
-
-    return request.with_implicit(IMPLICIT_TRIGGERS) if pipe_is_testbed(pipe) else request
-
-
-def check_vocabulary(pipe, request) -> None:
-    """On a closed-vocabulary testbed model, every word of the request must be one the model knows."""
-    from ..core.errors import ConfigError
-    from ..testbed.exact import pipe_is_testbed
-    from ..testbed.world import vocabulary
-
-    if not pipe_is_testbed(pipe):
-        return
-
-    vocab = set(vocabulary())
-    phrases = [p for t in request.targets for p in (*t.phrases(), t.anchor or "")] + list(request.preserve)
-    unknown = sorted({w for p in phrases for w in p.lower().split() if w not in vocab})
-    if unknown:
-        raise ConfigError(
-            f"not in the testbed's vocabulary: {', '.join(unknown)} (see docs/testbed.md for its {len(vocab)} words; "
-            "a concept no word names is erased through the prompts that show it: --trigger PROMPT)"
-        )
 
 
 def check_request_text(pipe, request) -> None:
@@ -68,8 +39,7 @@ def testbed_monitor(pipe, request, stop_at_ua: float, min_ira: float | None = No
     from ..core.errors import ConfigError
     from ..evaluation.monitor import TestbedMonitor
 
-    root = getattr(pipe, "name_or_path", None)
-    judge = load_judge(root) if root and Path(root).is_dir() else None
+    judge = profile_of(pipe).classifier()
     if judge is None:
         raise ConfigError("stop_at_ua (--stop-at-ua) measures UA with the testbed judge; this model has none")
     return TestbedMonitor(pipe, judge, request.concepts, stop_ua=stop_at_ua, min_ira=min_ira, report=tqdm.write)
@@ -124,16 +94,16 @@ def erase(
         raise UnsupportedModelError(
             f"method {method!r} does not support the {adapter.name} family (it supports: {', '.join(spec.families)})"
         )
-    request = with_testbed_implicit(pipe, request)
-    check_vocabulary(pipe, request)
+    profile = profile_of(pipe)  # what the model's world offers (the testbed's triggers, vocabulary, judge, masks)
+    request = profile.with_implicit(request)
+    profile.check_vocabulary(request)
     check_request_text(pipe, request)
-    extra = {}
+    extra: dict = {"profile": profile} if "profile" in spec.accepts else {}
     if "judge" in spec.accepts:
         if judge is None:
             from ..evaluation.judges import TestbedJudge
 
-            root = getattr(pipe, "name_or_path", None)
-            classifier = load_judge(root) if root and Path(root).is_dir() else None
+            classifier = profile.classifier()
             judge = TestbedJudge(classifier) if classifier is not None else None
         extra["judge"] = judge
     if spec.trains:

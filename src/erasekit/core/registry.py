@@ -47,7 +47,7 @@ class MethodResult:
 FAMILIES = ("sd", "sdxl", "sd3", "flux")
 KINDS = ("closed-form", "closed-form+lora", "fine-tuning", "adapter", "guard")
 #: Optional services a method may take, and the keyword parameters each brings.
-SERVICES = {"judge": ("judge",), "checkpoints": ("checkpoint_dir", "resume"), "monitor": ("monitor",)}
+SERVICES = {"judge": ("judge",), "checkpoints": ("checkpoint_dir", "resume"), "monitor": ("monitor",), "profile": ("profile",)}
 
 
 @dataclass

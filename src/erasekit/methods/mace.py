@@ -45,7 +45,6 @@ import torch
 from ..core.errors import ConfigError
 from ..core.registry import MethodResult, register_method
 from ..families.base import Conditioning
-from ..testbed.exact import concept_renders, pipe_is_testbed
 from ..training import TrainingConfig, Workbench, fit, trainable_parameters
 from ..training.attention import CrossAttentionProbe, concept_positions, mean_map
 from .closed_form import PROMPT_AUGMENTATIONS, as_f64, math_device, ridge_gain, solve_spd
@@ -107,8 +106,8 @@ class MACEObjective:
         return {"attention": total}
 
 
-@register_method("mace", MACEConfig, families=("sd", "sdxl"), kind="closed-form+lora")
-def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> MethodResult:
+@register_method("mace", MACEConfig, families=("sd", "sdxl"), kind="closed-form+lora", accepts=("profile",))
+def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True, profile=None) -> MethodResult:
     """MACE: closed-form refinement, one rank-1 LoRA per concept on masked attention, closed-form fusion."""
     refined, cfr_info = closed_form_refinement(pipe, adapter, request, config)
     tokenizer = pipe.tokenizer
@@ -128,8 +127,8 @@ def mace(pipe, request, config: MACEConfig, adapter, progress: bool = True) -> M
             handles = attn.install()
             try:
                 gen = torch.Generator().manual_seed(config.seed + 11 + ci)
-                if pipe_is_testbed(pipe):
-                    images, masks = concept_renders(target.concept, config.n_images, config.seed + ci)
+                if profile is not None and profile.has_exact_masks:
+                    images, masks = profile.concept_renders(target.concept, config.n_images, config.seed + ci)
                     latents = bench.encode_images(images)
                     source = "testbed world renders, exact masks"
                 else:

@@ -44,7 +44,6 @@ from ..attacks.soft_prompt import SoftPrompt, SoftPromptConfig, optimise_soft_pr
 from ..core.attachments import Attachment, get_module, register_attachment
 from ..core.errors import ConfigError, UnsupportedModelError
 from ..core.registry import MethodResult, register_method
-from ..testbed.exact import concept_renders, pipe_is_testbed
 from ..training import TrajectoryConfig, Workbench, esd_point, fit
 from ..training.attention import CrossAttentionProbe, concept_positions, layer_mask
 from ..training.diffusion import PipeView
@@ -220,9 +219,16 @@ class ReceleObjective:
         return terms
 
 
-@register_method("receler", ReceleConfig, families=("sd", "sdxl"), kind="adapter", accepts=("checkpoints",))
+@register_method("receler", ReceleConfig, families=("sd", "sdxl"), kind="adapter", accepts=("checkpoints", "profile"))
 def receler(
-    pipe, request, config: ReceleConfig, adapter, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False
+    pipe,
+    request,
+    config: ReceleConfig,
+    adapter,
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    profile=None,
 ) -> MethodResult:
     """Receler: zero-initialised erasers after each cross-attention, localised and adversarially trained."""
     if adapter.objective != "ddpm":
@@ -233,7 +239,8 @@ def receler(
         student = bench.student[adapter.denoiser]
         erasers = ReceleErasers.build(student, adapter.denoiser, config.rank)
         handles = erasers.install(PipeView(pipe, bench.student))
-        exact = _exact_masks(bench, request, prompts, config) if config.mask_source == "auto" and pipe_is_testbed(pipe) else None
+        use_exact = config.mask_source == "auto" and profile is not None and profile.has_exact_masks
+        exact = _exact_masks(bench, request, prompts, config, profile) if use_exact else None
         maps = None
         if exact is None:
             maps = CrossAttentionProbe(student)
@@ -250,11 +257,11 @@ def receler(
         return MethodResult(weights={}, info=result.info, attachment=ReceleErasers.restore(erasers.config(), erasers.tensors()))
 
 
-def _exact_masks(bench: Workbench, request, prompts: list[str], config: ReceleConfig) -> ExactMasks:
+def _exact_masks(bench: Workbench, request, prompts: list[str], config: ReceleConfig, profile) -> ExactMasks:
     """``n_images`` world renders per target with exact masks; each is run with its target's first prompt."""
     latents, masks, prompt_of = [], [], []
     for ti, t in enumerate(request.targets):
-        images, m = concept_renders(t.concept, config.n_images, config.seed + 31 + ti)
+        images, m = profile.concept_renders(t.concept, config.n_images, config.seed + 31 + ti)
         latents.append(bench.encode_images(images))
         masks.append(m)
         prompt_of += [prompts.index(t.phrases()[0])] * len(m)

@@ -6,18 +6,10 @@ region from cross-attention on real models; on the testbed the world generator k
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from . import world
-
-
-def pipe_is_testbed(pipe) -> bool:
-    """Was ``pipe`` loaded from a testbed directory (one with ``testbed.json`` beside the pipeline)?"""
-    root = getattr(pipe, "name_or_path", None)
-    return bool(root) and (Path(root) / "testbed.json").is_file()
 
 
 def concept_renders(phrase: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
