@@ -53,6 +53,8 @@ def test_methods_lists_every_method_with_parameters():
     for name in ("uce", "time", "rece", "speed"):
         assert name in result.output
     assert "lamb" in result.output and "closed-form" in result.output
+    esd_line = next(line for line in result.output.splitlines() if line.startswith("esd "))
+    assert "uses: checkpoints, monitor" in esd_line  # the services a method declares
 
 
 @pytest.mark.testbed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
@@ -109,6 +110,8 @@ def friendly(fn):
             typer.echo(f"error: {_one_line(str(e))}", err=True)
             raise typer.Exit(2) from None
         except OSError as e:  # the disk or the system said no: read-only, full, permission denied...
+            if e.errno == errno.EPIPE:  # the reader went away (`erasekit methods | head`): not an error to print
+                raise
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
             typer.echo(f"error: {e.strerror or _one_line(str(e)) or type(e).__name__}{where}", err=True)
             raise typer.Exit(2) from None
@@ -371,7 +374,8 @@ def methods() -> None:
     from .core.registry import all_methods
 
     for spec in all_methods():
-        typer.echo(f"{spec.name:<10} {spec.kind:<12} {spec.summary}  [families: {', '.join(spec.families)}]")
+        uses = f"; uses: {', '.join(sorted(spec.accepts))}" if spec.accepts else ""
+        typer.echo(f"{spec.name:<10} {spec.kind:<12} {spec.summary}  [families: {', '.join(spec.families)}{uses}]")
         for name, tp, default, help_ in spec.parameters():
             typer.echo(f"    {name:<16} {tp:<28} default {default!r:<10} {help_}")
 
