@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .core.errors import MissingFileError, ModelLoadError
+from .core.errors import MissingFileError, ModelLoadError, first_line
 
 TESTBED = "testbed"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -63,7 +63,7 @@ def pick_device(device: str | None = None) -> torch.device:
         try:
             dev = torch.device(device)
         except RuntimeError as e:
-            raise ModelLoadError(f"invalid device {device!r}: {str(e).splitlines()[0]}") from None
+            raise ModelLoadError(f"invalid device {device!r}: {first_line(e)}") from None
         if dev.type == "cuda":
             if not torch.cuda.is_available():
                 raise ModelLoadError(
@@ -102,13 +102,18 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[text]
 
 
+def check_placement(device: str | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype | None]:
+    """The device and precision a command will load its model on, checked before any other work
+    (:func:`pick_device`, :func:`parse_dtype`)."""
+    return pick_device(device), parse_dtype(dtype)
+
+
 def load_pipeline(model: str | os.PathLike = TESTBED, device: str | None = None, dtype: str | torch.dtype | None = None):
     """Load a diffusers pipeline (a fresh copy each call: callers may change its weights freely), on
     ``device`` (default: CUDA, else MPS, else CPU) in ``dtype`` (default: float32)."""
     from diffusers import DiffusionPipeline
 
-    target = pick_device(device)  # a device or dtype that is not there fails before the weights are read
-    torch_dtype = parse_dtype(dtype)
+    target, torch_dtype = check_placement(device, dtype)  # a device or dtype that is not there fails before reading weights
     source = resolve_model(model)
     kwargs = {}
     if torch_dtype is not None:
@@ -118,7 +123,6 @@ def load_pipeline(model: str | os.PathLike = TESTBED, device: str | None = None,
     try:
         pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     except (OSError, ValueError, EnvironmentError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"could not load {source!r} as a diffusers pipeline: {first}") from None
+        raise ModelLoadError(f"could not load {source!r} as a diffusers pipeline: {first_line(e)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(target)

@@ -48,8 +48,7 @@ def bench(
         get_method(m).make_config(kv)  # an unknown method or parameter, or a bad value, fails here (settings
         # for registered methods outside --methods are checked and kept for scripts that narrow --methods)
     out_dir = check_dir_output(out_dir, "bench", model_inputs(model), what="bench results directory")
-    models.pick_device(device)
-    models.parse_dtype(dtype)
+    models.check_placement(device, dtype)
     if report is not None:
         report = check_file_output(report, "results", (".md",), model_inputs(model), what="results table")
     for concept in concepts:

@@ -45,8 +45,7 @@ def generate_grid(
     out = check_file_output(
         out, "image", IMAGE_SUFFIXES, model_inputs(model), what="image grid"
     )  # fail fast, before anything heavy
-    models.pick_device(device)
-    models.parse_dtype(dtype)
+    models.check_placement(device, dtype)
     pipe = models.load_pipeline(model, device=device, dtype=dtype)
     judge = load_judge(model) if labels else None
     if judge is not None:
@@ -78,8 +77,7 @@ def check_testbed(
     if seeds < 1:
         raise InvalidInputError(f"seeds must be at least 1, got {seeds}")
     out = check_file_output(out, "gate", (".json",), model_inputs(model), what="gate report")
-    models.pick_device(device)
-    models.parse_dtype(dtype)
+    models.check_placement(device, dtype)
     judge = load_judge(model, classifier) if classifier is not None else None
     judge = judge or load_judge(model)
     if judge is None:
@@ -108,8 +106,7 @@ def export_pipeline(
     from ..core.outputs import write_manifest
 
     out = check_dir_output(out, "pipeline", [*model_inputs(model), erasure_dir], what="pipeline directory")
-    models.pick_device(device)
-    models.parse_dtype(dtype)
+    models.check_placement(device, dtype)
     erasure = Erasure.load(erasure_dir)
     if erasure.attachment is not None:
         raise IncompatibleErasureError(
@@ -165,8 +162,7 @@ def evaluate(
             out, "evaluation", (".json",), [] if loaded_pipe else model_inputs(model), what="evaluation report"
         )
     if not loaded_pipe:
-        models.pick_device(device)
-        models.parse_dtype(dtype)
+        models.check_placement(device, dtype)
     loaded = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
     targets = list(concepts or (loaded.request.concepts if loaded else []))
     if not targets:

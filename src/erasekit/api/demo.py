@@ -53,8 +53,7 @@ def run_demo(
     from ..testbed.gate import summary_lines
 
     out = check_dir_output(out, "demo", what="demo directory")
-    models.pick_device(device)
-    models.parse_dtype(dtype)
+    models.check_placement(device, dtype)
     for name in ("grid.png", "before_after.png"):
         check_file_output(out / name, "image", IMAGE_SUFFIXES)
     for name in ("gate.json", "demo.json", *(f"eval-{m}.json" for m, _, _ in DEMO_ERASURES)):

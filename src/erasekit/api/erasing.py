@@ -211,8 +211,7 @@ def erase_to(
             raise OutputPathError(f"the checkpoint directory {checkpoints} and the output {out} must not contain each other")
     if stop_at_ua is None and min_ira is not None:
         raise ConfigError("min_ira (--min-ira) only applies together with stop_at_ua (--stop-at-ua)")
-    models.pick_device(device)
-    models.parse_dtype(dtype)
+    models.check_placement(device, dtype)
     pipe = models.load_pipeline(model, device=device, dtype=dtype)
     result = erase(pipe, method, request, model=str(model), progress=progress, checkpoint_dir=checkpoints, resume=resume,
                    stop_at_ua=stop_at_ua, min_ira=min_ira, **params)  # fmt: skip

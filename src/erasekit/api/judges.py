@@ -23,8 +23,9 @@ def load_judge(model: str | os.PathLike = "testbed", classifier: str | os.PathLi
         return load_classifier(classifier)
     if is_testbed(model):
         return load_classifier(testbed_classifier_path())
-    candidate = Path(str(model)) / "classifier.safetensors"
-    return load_classifier(candidate) if candidate.is_file() else None
+    from ..profiles import ModelProfile
+
+    return ModelProfile(root=Path(str(model))).classifier()
 
 
 def describe_labels(pred: dict, i: int) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import CorruptFileError, MissingFileError
+from .errors import CorruptFileError, MissingFileError, first_line
 
 TMP_TAG = ".erasekit-tmp-"
 OLD_TAG = ".erasekit-old-"
@@ -137,7 +137,7 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise CorruptFileError(f"{path} is not valid JSON ({str(e).splitlines()[0]}); it is damaged or not erasekit's") from None
+        raise CorruptFileError(f"{path} is not valid JSON ({first_line(e)}); it is damaged or not erasekit's") from None
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -155,8 +155,9 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own SafetensorError, or OSError / ValueError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CorruptFileError(f"{path} is not a readable safetensors file ({first}); it is truncated or damaged") from None
+        raise CorruptFileError(
+            f"{path} is not a readable safetensors file ({first_line(e)}); it is truncated or damaged"
+        ) from None
 
 
 def tensors_metadata(path: str | Path) -> dict[str, str]:
@@ -167,9 +168,7 @@ def tensors_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:
-        raise CorruptFileError(
-            f"{path} is not a readable safetensors file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
-        ) from None
+        raise CorruptFileError(f"{path} is not a readable safetensors file ({first_line(e)})") from None
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

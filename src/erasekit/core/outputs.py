@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import OutputPathError
+from .io import atomic_path, write_json
 
 MANIFEST = ".erasekit-output.json"
 STAMP_KEY = "erasekit_output"
@@ -92,14 +93,23 @@ def _check_parent(p: Path, path: str | os.PathLike) -> None:
             return
 
 
+def _json_object(path: Path) -> dict | None:
+    """The JSON object in ``path``, or ``None`` when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 # -- stamps on files --------------------------------------------------------------------------------
 def stamp_of(path: Path) -> str | None:
     """The output kind erasekit stamped into ``path``, or ``None`` when erasekit did not write it."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return data.get(STAMP_KEY) if isinstance(data, dict) and isinstance(data.get(STAMP_KEY), str) else None
+            stamp = (_json_object(path) or {}).get(STAMP_KEY)
+            return stamp if isinstance(stamp, str) else None
         if suffix == ".md":
             with path.open(encoding="utf-8") as f:
                 first = f.readline().strip()
@@ -162,11 +172,8 @@ def check_file_output(
 # -- manifests of directories -----------------------------------------------------------------------
 def read_manifest(directory: Path) -> dict | None:
     """The manifest of an erasekit output directory, or ``None``."""
-    try:
-        data = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("kind"), str) else None
+    data = _json_object(directory / MANIFEST)
+    return data if data is not None and isinstance(data.get("kind"), str) else None
 
 
 def _legacy_kind(directory: Path) -> tuple[str | None, set[str]]:
@@ -174,12 +181,9 @@ def _legacy_kind(directory: Path) -> tuple[str | None, set[str]]:
     testbed training directories (``config.json`` beside stage markers ``*.done``)."""
     if (directory / "config.json").is_file() and any(directory.glob("*.done")):
         return "testbed-train", set()
-    try:
-        meta = json.loads((directory / "erasure.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None, set()
+    meta = _json_object(directory / "erasure.json")
     if (
-        isinstance(meta, dict)
+        meta is not None
         and str(meta.get("format", "")).startswith("erasekit-erasure-")
         and not (directory / "model_index.json").exists()
     ):
@@ -231,13 +235,13 @@ def check_dir_output(
 
 
 def write_manifest(directory: Path, kind: str, files: bool) -> None:
-    """Mark ``directory`` as erasekit's output of ``kind`` (with ``files``: listing every file in it)."""
+    """Mark ``directory`` as erasekit's output of ``kind`` (with ``files``: listing every file in it), atomically."""
     from .. import __version__
 
     data: dict = {"kind": kind, "erasekit_version": __version__}
     if files:
         data["files"] = sorted(_files(directory))
-    (directory / MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_json(directory / MANIFEST, data)
 
 
 def claim_collection(
@@ -256,8 +260,6 @@ def claim_collection(
 # -- writers of stamped outputs ---------------------------------------------------------------------
 def write_report(path: str | os.PathLike, data: dict, kind: str, protect: Iterable[str | os.PathLike] = ()) -> Path:
     """Write a JSON report stamped as erasekit's ``kind`` output (atomically; checked like any output)."""
-    from .io import write_json
-
     p = check_file_output(path, kind, (".json",), protect, what=f"{kind} report")
     write_json(p, {STAMP_KEY: kind, **{k: v for k, v in data.items() if k != STAMP_KEY}})
     return p
@@ -265,8 +267,6 @@ def write_report(path: str | os.PathLike, data: dict, kind: str, protect: Iterab
 
 def write_markdown(path: str | os.PathLike, text: str, kind: str) -> Path:
     """Write a Markdown file whose first line stamps it as erasekit's ``kind`` output (atomically)."""
-    from .io import atomic_path
-
     p = check_file_output(path, kind, (".md",), what=f"{kind} table")
     with atomic_path(p) as tmp:
         tmp.write_text(markdown_stamp(kind) + text, encoding="utf-8")
@@ -275,8 +275,6 @@ def write_markdown(path: str | os.PathLike, text: str, kind: str) -> Path:
 
 def write_image(image, path: str | os.PathLike, kind: str = "image") -> Path:
     """Save a PIL image (format from the suffix: PNG, JPEG or WebP) stamped as erasekit's ``kind`` output."""
-    from .io import atomic_path
-
     p = check_file_output(path, kind, IMAGE_SUFFIXES, what="image")
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[p.suffix.lower()]
     with atomic_path(p) as tmp:
