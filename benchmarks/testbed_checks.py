@@ -50,8 +50,12 @@ RECELER = {
 }
 SPM = {"ddim_steps": 20, "iterations": 200, "lr": 1e-2, "anchor_weight": 10, "negative_guidance": 1.0, "anchors": "vocabulary"}
 
+MACE = {"iterations": 50, "lr": 1e-3}  # the table's MACE settings but its refinement ridge (lamb 300)
+
 # name: (method, concept, params, seeds per prompt, question)
 CHECKS: dict[str, tuple[str, str, dict, int, str]] = {
+    "star-mace-lamb1e3": ("mace", "star", {**MACE, "lamb": 1e3}, 2, "the reference's ridge without caches, on a shape"),
+    "zorbo-mace-lamb0.5": ("mace", "zorbo", {**MACE, "lamb": 0.5}, 2, "the earlier ridge: what it costs the other characters"),
     "watermark-ablating-lr3e-4": (
         "ablating",
         "watermark",

@@ -18,9 +18,9 @@
 # advunlearn's retain term runs on the retain prompt's own trajectory and its attack draws a fresh point
 # per step; spm anchors on fresh random embeddings (the reference).
 # MACE's refinement ridge: the reference uses 1e3 without preservation caches (its object configs), sized
-# for SD's CLIP keys; on the testbed's keys 1e3 leaves shapes unerased (star UA 0) and 0.5 erases
-# everything nearby (zorbo's other characters IRA 6 %); 300 (star 100 / 93, zorbo 100 / 94 on quick
-# 2-seed runs) is the testbed setting.
+# for SD's CLIP keys; on the testbed's keys 1e3 leaves shapes unerased (star UA 0, check
+# star-mace-lamb1e3) and 0.5 erases everything nearby (zorbo's other characters IRA 6 %, check
+# zorbo-mace-lamb0.5); 300 is the testbed setting (the table: star 100 / 90, zorbo 100 / 94).
 # ANT keeps the reference's share of "early" steps (7 of 50 -> 3 of 20); star: UA 12 % at 3, 96 % at 1.
 # The single runs quoted here (other than the table's) are in benchmarks/results/testbed_checks.json
 # (python benchmarks/testbed_checks.py).

@@ -34,7 +34,8 @@ differences: the reference's celebrity, art and explicit-content configs keep CF
 and domain caches at λ 0; erasekit ships no such cache, so CFR uses the reference's setting without
 caches (its object configs): λ 1e3, plus the request's preserved prompts (η_p 0.1 by default). With λ
 0.5 and no cache, editing the EOS and padding keys every prompt shares cost the testbed's other
-characters most of their retention (zorbo: IRA 6 %); λ is relative to the keys' scale, and the
+characters most of their retention (zorbo: IRA 6 %, check ``zorbo-mace-lamb0.5`` of
+benchmarks/results/testbed_checks.json); λ is relative to the keys' scale, and the
 testbed's table uses 300 (``benchmarks/testbed_results.sh``). The fusion adds a tiny ridge δ toward ``W_cfr``
 so directions no concept touches keep ``W_cfr``. Timesteps
 are drawn uniformly (the reference's concept-focal importance sampling is not implemented).
