@@ -423,16 +423,32 @@ def testbed_train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoints in WORKDIR.")] = False,
     smoke: Annotated[bool, typer.Option("--smoke", help="A few steps of every stage (to check the set-up).")] = False,
     unet_steps: Annotated[Optional[int], typer.Option(min=1, help="Override the number of UNet training steps.")] = None,
+    exclude: Annotated[
+        Optional[list[str]],
+        typer.Option("--exclude", help="Leave every image of this concept out of the data (repeatable): trains an oracle."),
+    ] = None,
+    retrain_codec: Annotated[
+        bool, typer.Option("--retrain-codec", help="With --exclude: train the judge and VAE too instead of reusing the testbed's.")
+    ] = False,
 ) -> None:
-    """Train the testbed from scratch (judge, VAE, text encoder + UNet) on the CPU; over an hour on 2 cores."""
+    """Train the testbed from scratch (judge, VAE, text encoder + UNet) on the CPU; over an hour on 2 cores.
+
+    With --exclude, train an oracle: the same world without the excluded concepts' images. It reuses
+    the shipped testbed's judge and VAE (so both are judged alike) and retrains text encoder and UNet."""
     from .core.outputs import check_dir_output
-    from .testbed.train import TrainConfig, Trainer
+    from .models import resolve_model
+    from .testbed.train import TrainConfig, Trainer, check_exclusions
 
     check_dir_output(workdir, "testbed-train", what="testbed training directory")  # both checked before anything is written
     check_dir_output(out or workdir / "pipeline", "pipeline", what="testbed pipeline directory")
     cfg = TrainConfig.smoke() if smoke else TrainConfig()
     if unet_steps is not None:
         cfg.unet_steps = unet_steps
+    if exclude:
+        cfg.exclude = check_exclusions(exclude)
+        if not retrain_codec:
+            cfg.codec_from = "testbed"
+            resolve_model(cfg.codec_from)  # the shipped weights must be there before any work
     path = Trainer(workdir, cfg, log=lambda m: typer.echo(m, err=True)).run(resume=resume, out=out)
     typer.echo(f"testbed pipeline written to {path}")
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..core.errors import ConfigError
 from ..core.io import atomic_path, load_tensors, optimizer_tensors, restore_optimizer, save_tensors, write_json
 from ..core.outputs import check_dir_output, claim_collection, write_manifest
 from . import world
@@ -59,6 +60,13 @@ class TrainConfig:
     noise_offset: float = 0.0  # per-channel constant added to the noise (not needed with a zero-terminal-SNR schedule)
     ema_decay: float = 0.999
     checkpoint_every: int = 250
+    #: Concepts whose images are left out of the training data (an *oracle*: a model that never
+    #: learned them, the gold standard an erasure is compared with; world.showing says which images).
+    exclude: tuple[str, ...] = ()
+    #: A testbed pipeline directory whose judge and VAE are reused instead of trained (the oracle
+    #: shares the testbed's codec and judge, so the two are compared through the same image space and
+    #: judged by the same classifier; only the text encoder and UNet are retrained).
+    codec_from: str | None = None
 
     @staticmethod
     def smoke() -> "TrainConfig":
@@ -85,6 +93,12 @@ class Trainer:
         self.progress = progress
         self.log = log
         torch.manual_seed(cfg.seed)
+
+    def _codec(self) -> Path:
+        """The pipeline directory whose judge and VAE this run reuses (``codec_from``: a model name or path)."""
+        from ..models import resolve_model
+
+        return Path(resolve_model(self.cfg.codec_from))
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def done(self, stage: str) -> bool:
@@ -116,13 +130,17 @@ class Trainer:
 
     # -- stages ------------------------------------------------------------------------------------
     def stage_classifier(self, resume: bool) -> dict:
+        if self.cfg.codec_from:
+            source = self._codec() / "classifier.safetensors"
+            save_tensors(self.dir / "classifier.safetensors", load_tensors(source))
+            return {"reused": str(source)}
         model = train_classifier(self.cfg.classifier, progress=self.progress)
         save_classifier(model, self.dir / "classifier.safetensors")
         return {"accuracy": evaluate_classifier(model, n=2000)}
 
     def stage_data(self, resume: bool) -> dict:
         rng = np.random.default_rng(self.cfg.seed + 1)
-        labels = world.sample_labels(self.cfg.n_images, rng)
+        labels = world.sample_labels_without(self.cfg.n_images, rng, tuple(self.cfg.exclude))
         images = world.render_chunked(labels, rng, progress=self.progress)
         tensors = {f: torch.as_tensor(getattr(labels, f)) for f in labels.__dataclass_fields__}
         tensors["images"] = torch.from_numpy(images)
@@ -131,6 +149,7 @@ class Trainer:
             "images": int(len(images)),
             "watermarked": int(labels.watermark.sum()),
             "characters": int((labels.character >= 0).sum()),
+            **({"excluded": list(self.cfg.exclude)} if self.cfg.exclude else {}),
         }
 
     def _images(self) -> torch.Tensor:
@@ -138,6 +157,10 @@ class Trainer:
 
     def stage_vae(self, resume: bool) -> dict:
         cfg = self.cfg
+        if cfg.codec_from:
+            source = self._codec() / "vae" / "diffusion_pytorch_model.safetensors"
+            save_tensors(self.dir / "ckpt-vae.safetensors", load_tensors(source))
+            return {"reused": str(source)}
         x_all = self._images()
         vae = build_vae()
         opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
@@ -170,6 +193,8 @@ class Trainer:
     def stage_decoder(self, resume: bool) -> dict:
         """Refine the decoder on exact latents: z ~ q(z|x) from the frozen encoder, loss MSE + 0.5 L1."""
         cfg = self.cfg
+        if cfg.codec_from:
+            return {"reused": str(self._codec())}
         x_all = self._images()
         vae = build_vae()
         vae.load_state_dict(load_tensors(self.dir / "ckpt-vae.safetensors"))
@@ -219,6 +244,8 @@ class Trainer:
                 stds.append(dist.std)
         mean, std = torch.cat(means), torch.cat(stds)
         scaling = float(1.0 / torch.sqrt(mean.var() + (std**2).mean()))
+        if self.cfg.codec_from:  # the reused codec keeps its latent scale
+            scaling = float(json.loads((self._codec() / "vae" / "config.json").read_text())["scaling_factor"])
         save_tensors(self.dir / "latents.safetensors", {"mean": mean, "std": std}, metadata={"scaling_factor": repr(scaling)})
         return {"scaling_factor": scaling}
 
@@ -319,7 +346,12 @@ class Trainer:
             (tmp / "classifier.safetensors").write_bytes((self.dir / "classifier.safetensors").read_bytes())
             write_json(
                 tmp / "testbed.json",
-                {"world": "erasekit-shapes-v1", "sampling": RECOMMENDED_SAMPLING, "train_config": asdict(self.cfg)},
+                {
+                    "world": "erasekit-shapes-v1",
+                    "sampling": RECOMMENDED_SAMPLING,
+                    "train_config": asdict(self.cfg),
+                    **({"excluded": list(self.cfg.exclude)} if self.cfg.exclude else {}),
+                },
             )
             write_manifest(tmp, "pipeline", files=True)
         return {"pipeline": str(out)}
@@ -349,6 +381,26 @@ class Trainer:
         restore_optimizer(opt, load_tensors(self.dir / f"ckpt-{name}-optim.safetensors"), info)
         self.log(f"[{name}] resuming from step {info['step']}")
         return int(info["step"])
+
+
+def check_exclusions(concepts: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Canonical names of the concepts an oracle leaves out; a one-line error for anything the world lacks."""
+    names: list[str] = []
+    for c in concepts:
+        name = world.canonical(c.strip().lower()) or c.strip().lower()
+        try:
+            world.domain_of(name)
+        except KeyError:
+            raise ConfigError(
+                f"--exclude {c!r}: not a concept of the testbed world (a shape, style, colour or background, "
+                f"a character ({', '.join(world.CHARACTERS)}) or watermark)"
+            ) from None
+        if name not in names:
+            names.append(name)
+    for domain in world.DOMAINS:
+        if set(world.DOMAIN_VALUES[domain]) <= set(names):
+            raise ConfigError(f"--exclude removes every {domain} of the world; keep at least one")
+    return tuple(names)
 
 
 def min_snr_weights(sched, gamma: float) -> torch.Tensor:

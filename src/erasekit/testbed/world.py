@@ -256,6 +256,41 @@ def sample_labels(n: int, rng: np.random.Generator) -> LabelBatch:
     return LabelBatch(shape, style, colour, background, watermark, character, named)
 
 
+def showing(labels: LabelBatch, concept: str) -> np.ndarray:
+    """Boolean mask of the images in ``labels`` that show ``concept`` (a canonical word or a synonym).
+
+    A shape, style, colour or background: its attribute. A character: every image of its attribute
+    combination, whether captioned by the name or not (such an image *is* the character). The
+    watermark: the marked images.
+    """
+    name = canonical(concept) or concept
+    domain = domain_of(name)
+    if domain == "watermark":
+        return labels.watermark.astype(bool)
+    if domain == "character":
+        attrs = CHARACTERS[name]
+        return np.logical_and.reduce(
+            [getattr(labels, d) == value_index(d, getattr(attrs, d)) for d in DOMAINS]
+        ) | (labels.character == list(CHARACTERS).index(name))
+    return getattr(labels, domain) == value_index(domain, name)
+
+
+def sample_labels_without(n: int, rng: np.random.Generator, exclude: tuple[str, ...] = ()) -> LabelBatch:
+    """``n`` training labels drawn as :func:`sample_labels`, with every image that shows one of the
+    ``exclude`` concepts removed (rejection sampling: the rest of the world keeps its proportions)."""
+    if not exclude:
+        return sample_labels(n, rng)
+    parts: list[LabelBatch] = []
+    kept = 0
+    while kept < n:
+        batch = sample_labels(n, rng)
+        keep = ~np.logical_or.reduce([showing(batch, c) for c in exclude])
+        part = LabelBatch(*(getattr(batch, f)[keep] for f in batch.__dataclass_fields__))
+        parts.append(part)
+        kept += len(part)
+    return LabelBatch(*(np.concatenate([getattr(p, f) for p in parts])[:n] for f in LabelBatch.__dataclass_fields__))
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
