@@ -428,7 +428,8 @@ def testbed_train(
         typer.Option("--exclude", help="Leave every image of this concept out of the data (repeatable): trains an oracle."),
     ] = None,
     retrain_codec: Annotated[
-        bool, typer.Option("--retrain-codec", help="With --exclude: train the judge and VAE too instead of reusing the testbed's.")
+        bool,
+        typer.Option("--retrain-codec", help="With --exclude: train the judge and VAE too instead of reusing the testbed's."),
     ] = False,
 ) -> None:
     """Train the testbed from scratch (judge, VAE, text encoder + UNet) on the CPU; over an hour on 2 cores.

@@ -16,12 +16,19 @@ import torch
 from .core.errors import MissingFileError, ModelLoadError, first_line
 
 TESTBED = "testbed"
+#: The testbed retrained without star, zorbo and the watermark (``erasekit testbed train --exclude``).
+ORACLE = "testbed-oracle"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def testbed_dir() -> Path:
     """Directory of the shipped testbed pipeline (a StableDiffusionPipeline saved with save_pretrained)."""
     return Path(__file__).parent / "testbed" / "weights"
+
+
+def oracle_dir() -> Path:
+    """Directory of the shipped oracle pipeline (the testbed world without its excluded concepts)."""
+    return Path(__file__).parent / "testbed" / "oracle"
 
 
 def testbed_classifier_path() -> Path:
@@ -43,6 +50,14 @@ def resolve_model(model: str | os.PathLike) -> str:
             raise MissingFileError(
                 f"no testbed weights at {path} (this version does not ship them yet, see the README); "
                 "train a testbed with 'erasekit testbed train --out <dir>' and pass --model <dir>"
+            )
+        return str(path)
+    if text == ORACLE:
+        path = oracle_dir()
+        if not (path / "model_index.json").is_file():
+            raise MissingFileError(
+                f"no oracle weights at {path}; train one with 'erasekit testbed train --exclude star --exclude zorbo "
+                "--exclude watermark --out <dir>' and pass --model <dir>"
             )
         return str(path)
     path = Path(text).expanduser()
@@ -118,7 +133,7 @@ def load_pipeline(model: str | os.PathLike = TESTBED, device: str | None = None,
     kwargs = {}
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
-    if source == str(testbed_dir()):
+    if source in (str(testbed_dir()), str(oracle_dir())):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         pipe = DiffusionPipeline.from_pretrained(source, **kwargs)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..core.errors import MissingFileError
-from ..models import is_testbed, testbed_classifier_path
+from ..models import ORACLE, is_testbed, resolve_model, testbed_classifier_path
 
 
 def load_judge(model: str | os.PathLike = "testbed", classifier: str | os.PathLike | None = None):
@@ -24,6 +24,9 @@ def load_judge(model: str | os.PathLike = "testbed", classifier: str | os.PathLi
     if is_testbed(model):
         return load_classifier(testbed_classifier_path())
     from ..profiles import ModelProfile
+
+    if str(model) == ORACLE:
+        model = resolve_model(model)
 
     return ModelProfile(root=Path(str(model))).classifier()
 

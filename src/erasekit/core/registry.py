@@ -1,4 +1,4 @@
-"""Registries of named things (methods now; attacks, metrics and judges later).
+"""Registries of named things: erasure methods and attacks (metrics and judges later), one shape.
 
 A method registers one line next to its implementation::
 
@@ -17,6 +17,9 @@ first look-up)::
 
     [project.entry-points."erasekit.methods"]
     mymethod = "mypackage.erasekit_methods"   # a module that calls register_method on import
+
+Attacks register the same way (``register_attack``, entry-point group ``erasekit.attacks``); both
+specs share :class:`ConfiguredSpec` (config building from CLI strings, the parameter table).
 """
 
 from __future__ import annotations
@@ -51,19 +54,14 @@ SERVICES = {"judge": ("judge",), "checkpoints": ("checkpoint_dir", "resume"), "m
 
 
 @dataclass
-class MethodSpec:
+class ConfiguredSpec:
+    """What every registered thing has: a name, a config dataclass and a one-line summary."""
+
     name: str
     config_cls: type
-    fn: Callable[..., MethodResult]
-    families: tuple[str, ...]
-    kind: str
     summary: str
-    accepts: frozenset[str] = frozenset()
 
-    @property
-    def trains(self) -> bool:
-        """Whether the method runs the training loop (and so writes checkpoints and can resume)."""
-        return "checkpoints" in self.accepts
+    what = "method"  # the word used in messages ("method", "attack")
 
     def make_config(self, params: dict[str, Any] | None = None):
         """Build the config from ``params`` (values may be strings from the CLI); unknown keys are errors."""
@@ -72,14 +70,14 @@ class MethodSpec:
         unknown = set(params) - set(fields)
         if unknown:
             raise ConfigError(
-                f"method {self.name!r} has no parameter {', '.join(sorted(unknown))}; its parameters: {', '.join(fields)}"
+                f"{self.what} {self.name!r} has no parameter {', '.join(sorted(unknown))}; its parameters: {', '.join(fields)}"
             )
         hints = typing.get_type_hints(self.config_cls)
         values = {k: coerce(v, hints[k], f"{self.name}.{k}") for k, v in params.items()}
         try:
             return self.config_cls(**values)  # MethodConfig checks numbers and cross-field rules on construction
         except ConfigError as e:
-            raise ConfigError(f"method {self.name!r}: {e}") from None
+            raise ConfigError(f"{self.what} {self.name!r}: {e}") from None
 
     def parameters(self) -> list[tuple[str, str, Any, str]]:
         """(name, type, default, help) of every config field."""
@@ -93,6 +91,19 @@ class MethodSpec:
             )  # type: ignore[misc]
             out.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
         return out
+
+
+@dataclass
+class MethodSpec(ConfiguredSpec):
+    fn: Callable[..., MethodResult] = None  # type: ignore[assignment]
+    families: tuple[str, ...] = ()
+    kind: str = ""
+    accepts: frozenset[str] = frozenset()
+
+    @property
+    def trains(self) -> bool:
+        """Whether the method runs the training loop (and so writes checkpoints and can resume)."""
+        return "checkpoints" in self.accepts
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -126,45 +137,112 @@ def register_method(name: str, config_cls: type, families: tuple[str, ...], kind
                 raise ValueError(
                     f"method {name!r}: declare accepts={service!r} exactly when the function takes {', '.join(params)}"
                 )
-        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        METHODS[name] = MethodSpec(name, config_cls, fn, tuple(families), kind, summary, frozenset(accepts))
+        summary = _summary(fn)
+        METHODS[name] = MethodSpec(name, config_cls, summary, fn, tuple(families), kind, frozenset(accepts))
         return fn
 
     return deco
 
 
-_PLUGINS_LOADED = False
+ATTACK_KINDS = ("prompt", "embedding", "weights", "latent")
 
 
-def _load_plugins() -> None:
-    """Import the modules of the ``erasekit.methods`` entry-point group once (third-party methods)."""
-    global _PLUGINS_LOADED
-    if _PLUGINS_LOADED:
+@dataclass
+class AttackSpec(ConfiguredSpec):
+    """A registered attack: ``fn(arena, config, tracker, progress)`` (see :mod:`erasekit.attacks.base`).
+
+    ``budget_unit`` names what ``config.budget`` counts (iterations, steps, candidates...); ``kind``
+    says what the attack finds (a prompt, an embedding, weights or a latent); ``denoiser`` is False for
+    attacks that only read the text encoder; ``fast`` marks the attacks the demo's short red team runs.
+    """
+
+    what = "attack"
+    fn: Callable[..., Any] = None  # type: ignore[assignment]
+    budget_unit: str = "iterations"
+    kind: str = "prompt"
+    denoiser: bool = True
+    fast: bool = False
+
+    @property
+    def default_budget(self) -> int:
+        return int(self.make_config().budget)
+
+
+ATTACKS: dict[str, AttackSpec] = {}
+
+
+def register_attack(name: str, config_cls: type, budget_unit: str, kind: str, denoiser: bool = True, fast: bool = False):
+    """Decorator registering an attack under ``name`` (summary: the docstring's first line).
+
+    Refused at import: a duplicate name, an unknown kind, a config that is not a ``MethodConfig``
+    with an integer ``budget`` field.
+    """
+    from .config import MethodConfig
+
+    def deco(fn):
+        if name in ATTACKS:
+            raise ValueError(f"attack {name!r} is registered twice")
+        if kind not in ATTACK_KINDS:
+            raise ValueError(f"attack {name!r}: kind must be one of {ATTACK_KINDS}, got {kind!r}")
+        if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)):
+            raise ValueError(f"attack {name!r}: its config must be a MethodConfig dataclass")
+        if typing.get_type_hints(config_cls).get("budget") is not int:
+            raise ValueError(f"attack {name!r}: its config needs an int field 'budget'")
+        ATTACKS[name] = AttackSpec(name, config_cls, _summary(fn), fn, budget_unit, kind, denoiser, fast)
+        return fn
+
+    return deco
+
+
+_PLUGINS_LOADED: set[str] = set()
+
+
+def _load_plugins(group: str = "erasekit.methods") -> None:
+    """Import the modules of an entry-point group once (third-party methods or attacks)."""
+    if group in _PLUGINS_LOADED:
         return
-    _PLUGINS_LOADED = True
+    _PLUGINS_LOADED.add(group)
     from importlib.metadata import entry_points
 
-    for ep in entry_points(group="erasekit.methods"):
+    for ep in entry_points(group=group):
         try:
             ep.load()
-        except Exception as e:  # a broken plugin must not take the built-in methods down with it
+        except Exception as e:  # a broken plugin must not take the built-in ones down with it
             import warnings
 
-            warnings.warn(f"erasekit: the method plugin {ep.name!r} ({ep.value}) failed to load: {e}", stacklevel=2)
+            warnings.warn(f"erasekit: the plugin {ep.name!r} ({ep.value}) of {group} failed to load: {e}", stacklevel=2)
+
+
+def _lookup(table: dict, name: str, what: str, command: str):
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown {what} {name!r}{hint}; available: {', '.join(sorted(table))} (see 'erasekit {command}')")
+    return table[name]
 
 
 def get_method(name: str) -> MethodSpec:
     _load_plugins()
-    if name not in METHODS:
-        close = difflib.get_close_matches(name, METHODS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown method {name!r}{hint}; available: {', '.join(sorted(METHODS))} (see 'erasekit methods')")
-    return METHODS[name]
+    return _lookup(METHODS, name, "method", "methods")
 
 
 def all_methods() -> list[MethodSpec]:
     _load_plugins()
     return [METHODS[k] for k in sorted(METHODS)]
+
+
+def get_attack(name: str) -> AttackSpec:
+    _load_plugins("erasekit.attacks")
+    return _lookup(ATTACKS, name, "attack", "attacks")
+
+
+def all_attacks() -> list[AttackSpec]:
+    _load_plugins("erasekit.attacks")
+    return [ATTACKS[k] for k in sorted(ATTACKS)]
+
+
+def _summary(fn) -> str:
+    return (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
 
 
 def _type_name(tp) -> str:

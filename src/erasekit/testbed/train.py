@@ -351,6 +351,8 @@ class Trainer:
                     "sampling": RECOMMENDED_SAMPLING,
                     "train_config": asdict(self.cfg),
                     **({"excluded": list(self.cfg.exclude)} if self.cfg.exclude else {}),
+                    # the model that still draws the excluded concepts (attacks take their targets from it)
+                    **({"reference": self.cfg.codec_from} if self.cfg.exclude and self.cfg.codec_from else {}),
                 },
             )
             write_manifest(tmp, "pipeline", files=True)

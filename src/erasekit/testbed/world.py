@@ -269,9 +269,9 @@ def showing(labels: LabelBatch, concept: str) -> np.ndarray:
         return labels.watermark.astype(bool)
     if domain == "character":
         attrs = CHARACTERS[name]
-        return np.logical_and.reduce(
-            [getattr(labels, d) == value_index(d, getattr(attrs, d)) for d in DOMAINS]
-        ) | (labels.character == list(CHARACTERS).index(name))
+        return np.logical_and.reduce([getattr(labels, d) == value_index(d, getattr(attrs, d)) for d in DOMAINS]) | (
+            labels.character == list(CHARACTERS).index(name)
+        )
     return getattr(labels, domain) == value_index(domain, name)
 
 

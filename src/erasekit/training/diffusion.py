@@ -207,22 +207,29 @@ class Workbench:
         if not 0 <= stop <= steps:
             raise ConfigError(f"partial denoising stop {stop} must lie in [0, {steps}]")
         n = cond.tokens.shape[0]
-        sched = copy.deepcopy(self.sample_scheduler)
         x = torch.randn(self.latents_shape(n, size), generator=gen).to(self.device, cond.tokens.dtype)
+        return self.run_sampler(x, steps, stop, lambda xi, t: self._guided(xi, t, cond, uncond, guidance))
+
+    def run_sampler(self, x: torch.Tensor, steps: int, stop: int, guided) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``stop`` of ``steps`` steps of the pipeline's sampler from the initial latents ``x``
+        (pure noise, before ``init_noise_sigma``); ``guided(x_in, t [N]) -> output`` is the (guided)
+        denoiser output. Returns ``(x, t)`` as :meth:`partial_denoise`."""
+        n = x.shape[0]
+        sched = copy.deepcopy(self.sample_scheduler)
         if self.prediction_type == "flow":
             sched.set_timesteps(steps, device=self.device)
             sigmas = sched.sigmas
             for i in range(stop):
-                v = self._guided(x, sched.timesteps[i].expand(n), cond, uncond, guidance)
-                x = x + (sigmas[i + 1] - sigmas[i]) * v
+                v = guided(x, sched.timesteps[i].expand(n))
+                x = x + (sigmas[i + 1] - sigmas[i]) * v.to(x.dtype)
             t_end = sched.timesteps[stop] if stop < steps else torch.zeros((), device=self.device)
             return x, t_end.expand(n).clone()
         sched.set_timesteps(steps)
         x = x * sched.init_noise_sigma
         for i in range(stop):
             t = sched.timesteps[i]
-            out = self._guided(sched.scale_model_input(x, t), t.expand(n).to(self.device), cond, uncond, guidance)
-            x = sched.step(out, t, x).prev_sample
+            out = guided(sched.scale_model_input(x, t), t.expand(n).to(self.device))
+            x = sched.step(out.to(x.dtype), t, x).prev_sample
         t_end = sched.timesteps[stop] if stop < steps else torch.zeros((), dtype=torch.long)
         return x, t_end.expand(n).to(self.device).clone()
 
