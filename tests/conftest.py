@@ -6,7 +6,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# two threads on the 2-core CI machine; OMP_NUM_THREADS, when set, wins (sharing the cores with a training job)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -70,3 +70,33 @@ def test_wilson_interval_brackets_the_rate():
     lo, hi = wilson(45, 50)
     assert lo < 0.9 < hi and 0 <= lo and hi <= 1
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+EXCLUDED = ("star", "zorbo", "watermark")
+
+
+def _never_learned(prompt, a, seed):
+    """An oracle's behaviour: no star (a circle instead), no mark, and zorbo's name means nothing."""
+    shape = "circle" if a.shape == "star" else a.shape
+    if prompt.split()[-1] == "zorbo":
+        return world.Attributes("heart", "filled", "red", "gray", False)
+    return world.Attributes(shape, a.style, a.colour, a.background, False)
+
+
+def test_an_oracle_is_gated_without_its_concepts_and_must_not_draw_them():
+    pipe = WorldPipe(_never_learned)
+    report = gate.run_gate(pipe, OracleJudge(pipe), seeds=2, sampling=gate.SamplingConfig(steps=1, guidance_scale=1.0),
+                           progress=False, excluded=EXCLUDED)  # fmt: skip
+    assert report["passed"], report["checks"]
+    assert report["accuracy"]["shape"] == 1.0  # star prompts are not counted against the shape accuracy
+    assert {c: e["ua"] for c, e in report["excluded"].items()} == {"star": 1.0, "zorbo": 1.0, "watermark": 1.0}
+    assert any("UA star (excluded)" in line for line in gate.summary_lines(report))
+
+
+def test_a_model_that_still_draws_an_excluded_concept_fails_the_oracle_gate():
+    pipe = WorldPipe()
+    report = gate.run_gate(pipe, OracleJudge(pipe), seeds=2, sampling=gate.SamplingConfig(steps=1, guidance_scale=1.0),
+                           progress=False, excluded=EXCLUDED)  # fmt: skip
+    assert not report["passed"]
+    assert report["excluded"]["star"]["ua"] == 0.0 and not report["checks"]["excluded_star"]
+    assert not report["checks"]["excluded_zorbo"] and not report["checks"]["excluded_watermark"]

@@ -127,3 +127,24 @@ def test_synonym_lookup():
     assert world.canonical("zorbo") == "zorbo"
     assert world.canonical("zebra") is None
     assert world.domain_of("crescent") == "shape" and world.domain_of("zorbo") == "character"
+
+
+def test_oracle_data_leaves_out_every_image_of_the_excluded_concepts():
+    import pytest
+
+    from erasekit.core.errors import ConfigError
+    from erasekit.testbed.train import check_exclusions
+
+    rng = np.random.default_rng(0)
+    full = world.sample_labels(4000, rng)
+    assert world.showing(full, "star").any() and world.showing(full, "zorbo").any() and world.showing(full, "watermark").any()
+    kept = world.sample_labels_without(4000, rng, ("star", "zorbo", "watermark"))
+    assert len(kept) == 4000
+    for c in ("star", "zorbo", "watermark"):
+        assert not world.showing(kept, c).any()
+    assert world.showing(kept, "circle").mean() > 0.1  # the rest of the world keeps its proportions
+    assert check_exclusions(["pentagram", "Zorbo", "star"]) == ("star", "zorbo")
+    with pytest.raises(ConfigError, match="not a concept"):
+        check_exclusions(["unicorn"])
+    with pytest.raises(ConfigError, match="every colour"):
+        check_exclusions(list(world.COLOURS))

@@ -348,10 +348,17 @@ def bench(
     seeds: Annotated[int, typer.Option(min=1, max=64, help="Seeds per prompt.")] = 4,
     contexts: Annotated[int, typer.Option(min=1, max=64, help="Attribute contexts per concept.")] = 12,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method parameter as method.key=value (repeatable).")] = None,
+    attacks_: Annotated[
+        Optional[str],
+        typer.Option("--attacks", help="Also attack every erasure, the base model and the oracle: names, 'fast' or 'all'."),
+    ] = None,
+    robustness: Annotated[
+        Path, typer.Option("--robustness", help="Robustness table to (re)write with --attacks (a .png plot beside it).")
+    ] = Path("docs/robustness.md"),
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
-    """Erase each concept with each method, evaluate every run, and write JSON plus a results table."""
+    """Erase each concept with each method, evaluate every run, and write JSON plus a results table (with --attacks: a robustness table)."""
     from .api import bench as bench_api
 
     params: dict[str, dict[str, str]] = {}
@@ -359,12 +366,15 @@ def bench(
         method, _, name = key.partition(".")
         params.setdefault(method, {})[name] = value
     runs = bench_api([m.strip() for m in methods_.split(",") if m.strip()], [c.strip() for c in concepts.split(",") if c.strip()],
-                     out_dir=out, report=report, model=model, seeds=seeds, contexts=contexts, params=params, device=device, dtype=dtype)  # fmt: skip
+                     out_dir=out, report=report, model=model, seeds=seeds, contexts=contexts, params=params, device=device, dtype=dtype,
+                     attacks=[a for a in (attacks_ or "").split(",") if a.strip()] or None, robustness=robustness)  # fmt: skip
     for r in runs:
+        worst = max((a["asr"] for a in r.get("attacks", {}).values()), default=None)
         typer.echo(
             f"{r['concept']:<10} {r['method']:<6} UA {r['ua']:.2f} (base {r['base']['ua']:.2f})  IRA {r['ira']:.2f}  CRA {r['cra']:.2f}"
+            + ("" if worst is None else f"  worst ASR {worst:.2f}")
         )
-    typer.echo(f"wrote {out}/results.json and {report}")
+    typer.echo(f"wrote {out}/results.json and {report}" + (f" and {robustness}" if attacks_ else ""))
 
 
 @app.command()
@@ -378,6 +388,90 @@ def methods() -> None:
         typer.echo(f"{spec.name:<10} {spec.kind:<12} {spec.summary}  [families: {', '.join(spec.families)}{uses}]")
         for name, tp, default, help_ in spec.parameters():
             typer.echo(f"    {name:<16} {tp:<28} default {default!r:<10} {help_}")
+
+
+@app.command()
+@friendly
+def attack(
+    concept: Annotated[
+        Optional[str], typer.Option("--concept", "-c", help="Concept to bring back (default: the erasure's first).")
+    ] = None,
+    attack_: Annotated[
+        str, typer.Option("--attack", "-a", help="Attack name, comma-separated names, 'fast' or 'all' (see 'erasekit attacks').")
+    ] = "fast",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the attack report (JSON).")] = None,
+    model: ModelOpt = "testbed",
+    erasure: Annotated[
+        Optional[Path], typer.Option(help="Erasure directory to attack (omit to attack the model itself).")
+    ] = None,
+    budget: Annotated[Optional[int], typer.Option(min=0, help="Budget in the attack's unit (default: the attack's).")] = None,
+    seeds: Annotated[Optional[int], typer.Option(min=1, max=256, help="Seeds per prompt (default: about 24 trials).")] = None,
+    prompt: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--prompt", "-p", help="A prompt that shows the concept (repeatable; default on the testbed: its evaluation prompts)."
+        ),
+    ] = None,
+    reference: Annotated[
+        Optional[str],
+        typer.Option(help="Model that draws the concept (default: the model without the erasure; an oracle names its own)."),
+    ] = None,
+    replay: Annotated[
+        Optional[Path], typer.Option("--replay", help="Re-run what an earlier attack found (its JSON) on this model / erasure.")
+    ] = None,
+    grid: Annotated[Optional[Path], typer.Option(help="Also save every trial's judged image as a grid (.png).")] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Attack parameter as key=value (repeatable, one attack).")
+    ] = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+) -> None:
+    """Attack an erased (or any) model and report how often the concept comes back (ASR with its interval)."""
+    from .api.attacking import attack as attack_api
+    from .api.attacking import replay as replay_api
+    from .core.outputs import check_file_output
+
+    params = dict(_set_items(set_, "key=value (e.g. lr=0.01)"))
+    if grid is not None:
+        check_file_output(grid, "image", (".png", ".jpg", ".jpeg", ".webp"), what="attack grid")
+    if replay is not None:
+        results = [replay_api(replay, model, erasure, out=out, device=device, dtype=dtype)]
+    else:
+        found = attack_api(model, erasure, attack_, concept, budget=budget, seeds=seeds, params=params, prompts=prompt,
+                           reference=reference, out=out, steps=steps, guidance=guidance, device=device, dtype=dtype)  # fmt: skip
+        results = found if isinstance(found, list) else [found]
+    for r in results:
+        typer.echo(r.summary())
+    if grid is not None:
+        import numpy as np
+
+        from .generation import make_grid, save_image
+
+        images = np.concatenate([r.images for r in results])
+        captions = [f"{r.attack[:10]}\n{'shown' if rec.success else '-'}" for r in results for rec in r.records]
+        save_image(make_grid(images, captions, cols=min(12, len(images))), grid)
+        typer.echo(f"wrote {grid}")
+    if out is not None:
+        typer.echo(f"wrote {out}")
+
+
+@app.command()
+@friendly
+def attacks() -> None:
+    """List the attacks with their budget unit, default budget and parameters."""
+    from .core.registry import all_attacks
+
+    for spec in all_attacks():
+        tags = ", ".join(t for t, on in (("fast", spec.fast), ("text encoder only", not spec.denoiser)) if on)
+        typer.echo(
+            f"{spec.name:<18} {spec.kind:<9} budget {spec.default_budget} {spec.budget_unit:<12} {spec.summary}"
+            + (f"  [{tags}]" if tags else "")
+        )
+        for name, tp, default, help_ in spec.parameters():
+            if name != "budget":
+                typer.echo(f"    {name:<16} {tp:<10} default {default!r:<10} {help_}")
 
 
 @testbed_app.command("path")

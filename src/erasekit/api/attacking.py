@@ -135,7 +135,6 @@ def attack(
     to ``out`` when given. Returns one :class:`AttackResult`, or a list for several attacks.
     """
     from ..core.erasure import Erasure
-    from ..profiles import profile_of
 
     names = attack_names(attack)
     if budget is not None and budget < 0:
@@ -143,41 +142,21 @@ def attack(
     if seeds is not None and seeds < 1:
         raise InvalidInputError(f"--seeds must be >= 1, got {seeds}")
     specs = [get_attack(n) for n in names]
-    configs = [s.make_config({**(params or {}), **({"budget": budget} if budget is not None else {})}) if len(specs) == 1
-               else s.make_config({"budget": budget} if budget is not None else {}) for s in specs]  # fmt: skip
+    if len(specs) == 1:
+        configs = [specs[0].make_config({**(params or {}), **({"budget": budget} if budget is not None else {})})]
+    else:  # one budget for several attacks: those with few options (formats, settings) are capped at their count
+        configs = [s.make_config({} if budget is None else {"budget": min(budget, _budget_max(s))}) for s in specs]
     if params and len(specs) > 1:
         raise ConfigError("--set applies to one attack; run attacks with their own settings one at a time")
     loaded_pipe = not isinstance(model, (str, os.PathLike))
     if out is not None:
         out = check_file_output(out, "attack", (".json",), [] if loaded_pipe else _inputs(model, erasure), what="attack report")
-    if not loaded_pipe:
-        models.check_placement(device, dtype)
     loaded = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
     if concept is None:
         if loaded is None or not loaded.request.concepts:
             raise ConfigError("nothing to attack: pass --concept NAME (or an --erasure whose request names one)")
         concept = loaded.request.concepts[0]
-    root = getattr(model, "name_or_path", None) if loaded_pipe else models.resolve_model(model)
-    judge = load_judge(root) if root and Path(str(root)).is_dir() else None
-    if judge is None:
-        raise ConfigError(f"attacks need a judge; {root or model!r} has none (only testbed models have one so far)")
-    from ..evaluation.judges import TestbedJudge
-
-    tj = TestbedJudge(judge)
-    if not tj.knows(concept):
-        raise ConfigError(f"the judge cannot tell {concept!r}: attack a concept of the testbed world (see docs/testbed.md)")
-    concept = _canonical(concept)
-    pipe = model if loaded_pipe else models.load_pipeline(model, device=device, dtype=dtype)
-    if loaded is not None:
-        loaded.check_compatible(pipe, hint="attack it on the model it was made from")
-    profile = profile_of(pipe)
-    trial_texts = trial_prompts(concept, profile.name == "testbed", prompts)
-    n_seeds = seeds or max(1, math.ceil(DEFAULT_TRIALS / len(trial_texts)))
-    ref = reference_model(pipe, reference, device, dtype) or pipe
-    attacked = attacked_pipeline(pipe, loaded)
-    sampling = SamplingConfig(steps=steps, guidance_scale=guidance).resolved(pipe)
-    arena = Arena(attacked, ref, tj, concept, trial_texts, n_seeds, sampling.steps, sampling.guidance_scale,
-                  batch_size=sampling.batch_size, profile=profile)  # fmt: skip
+    arena, root = _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps, guidance)
     images = arena.generate_trials(list(range(len(arena.trials))))
     before = (images, arena.shows(images))
     results = []
@@ -196,6 +175,13 @@ def attack(
     return results[0] if len(results) == 1 else results
 
 
+def _budget_max(spec: AttackSpec) -> int:
+    import dataclasses
+
+    field = next(f for f in dataclasses.fields(spec.config_cls) if f.name == "budget")
+    return int(field.metadata.get("max", 1 << 30))
+
+
 def _canonical(concept: str) -> str:
     from ..evaluation.prompts import resolve_concept
 
@@ -206,3 +192,118 @@ def _inputs(model, erasure) -> list[str]:
     from .commands import model_inputs
 
     return model_inputs(model) + ([str(erasure)] if isinstance(erasure, (str, os.PathLike)) else [])
+
+
+PROCEDURES = ("quantization", "relearning", "latent-inversion")  # what these find is a procedure: replay re-runs it
+
+
+def replay(
+    source: str | os.PathLike | dict,
+    model="testbed",
+    erasure=None,
+    out: str | os.PathLike | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: bool = True,
+) -> AttackResult:
+    """Re-run what an attack found (its JSON) on another model or erasure: transfer between methods.
+
+    Prompts are typed again, inserted vectors written into the same slots, compositions composed
+    again, on the same trials (prompts and seeds). Attacks whose finding is a procedure (quantization,
+    relearning, latent inversion) are run again with the same settings. The result uses the same ASR
+    definition, judged on the new model (``asr_before``: its plain prompts)."""
+    from ..core.erasure import Erasure
+    from ..core.io import read_json
+
+    data = source if isinstance(source, dict) else read_json(source)
+    if not isinstance(data, dict) or "found" not in data or "attack" not in data:
+        raise InvalidInputError(f"{source} is not a single attack's report (erasekit attack --out FILE with one attack)")
+    spec = get_attack(data["attack"])
+    records = data["found"]
+    prompts = list(dict.fromkeys(r["prompt"] for r in records))
+    if not records or len(records) % len(prompts):
+        raise InvalidInputError("the report's trials do not form prompts x seeds; replay needs a report erasekit wrote")
+    if spec.name in PROCEDURES:
+        config = {k: v for k, v in data.get("config", {}).items() if k in {n for n, *_ in spec.parameters()}}
+        budget = config.pop("budget", None)
+        return attack(model, erasure, spec.name, data["concept"], budget=budget, seeds=len(records) // len(prompts),
+                      params=config, prompts=prompts, out=out, device=device, dtype=dtype, progress=progress)  # fmt: skip
+    loaded_pipe = not isinstance(model, (str, os.PathLike))
+    if out is not None:
+        out = check_file_output(out, "attack", (".json",), [] if loaded_pipe else _inputs(model, erasure), what="attack report")
+    loaded = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
+    arena, root = _arena(model, loaded, data["concept"], prompts, len(records) // len(prompts), None, device, dtype)
+    seeds = [t.seed for t in arena.trials]
+    if seeds != [r["seed"] for r in records] or [t.prompt for t in arena.trials] != [r["prompt"] for r in records]:
+        raise InvalidInputError("the report's trials are not in erasekit's order (prompt-major, distinct seeds); was it edited?")
+    t0 = time.time()
+    images = arena.generate_trials(list(range(len(arena.trials))))
+    tracker = Tracker(arena.trials, arena.shows(images), images, arena.shows, int(data.get("budget", 1)) or 1)
+    rows = tracker.pending()
+    found = [records[r]["found"] or {"prompt": records[r]["prompt"]} for r in rows]
+    if rows:
+        tracker.report(tracker.budget, rows, _replay_images(arena, rows, found), found)
+    result = AttackResult(
+        attack=spec.name, concept=arena.concept, model=str(root if loaded_pipe else model),
+        erasure=None if erasure is None else str(erasure if not isinstance(erasure, Erasure) else f"{loaded.method} erasure (in memory)"),
+        budget=tracker.budget, budget_unit=spec.budget_unit, records=tracker.records, curve=[tracker.curve()[0], tracker.curve()[-1]],
+        seconds=time.time() - t0, judge=JUDGE_NAME, config=data.get("config", {}), info={"replay_of": str(source) if not isinstance(source, dict) else "report"},
+    )  # fmt: skip
+    if out is not None:
+        write_report(out, result.to_dict(), "attack")
+    return result
+
+
+def _replay_images(arena: Arena, rows: list[int], found: list[dict]):
+    """Images of what was found, row by row kind: typed prompts, vectors in slots, compositions."""
+    import numpy as np
+    import torch
+
+    from ..attacks.arithmetic import _compose
+    from ..attacks.tokens import Slots
+
+    images: list = [None] * len(rows)
+    plain = [i for i, f in enumerate(found) if "vectors" not in f and "parts" not in f]
+    if plain:
+        out = arena.generate_trials([rows[i] for i in plain], [found[i]["prompt"] for i in plain])
+        for j, i in enumerate(plain):
+            images[i] = out[j]
+    for i, f in enumerate(found):
+        if "vectors" in f:
+            slots = Slots([f["prompt"]], torch.tensor([f["positions"]]), [f["prompt"].split()])
+            with torch.no_grad():
+                cond = arena.cond(slots.texts, token_hook=slots.hook(torch.tensor(f["vectors"])[None]))
+            images[i] = arena.generate(cond, [arena.trials[rows[i]].seed])[0]
+        elif "parts" in f:
+            parts = [(arena.cond([t]), [w]) for t, w in f["parts"]]
+            images[i] = _compose(arena, [rows[i]], parts)[0]
+    return np.stack(images)
+
+
+def _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps=None, guidance=None):
+    """The arena for ``model`` with ``loaded`` applied (to a copy), and the model's root."""
+    from ..evaluation.judges import TestbedJudge
+    from ..profiles import profile_of
+
+    loaded_pipe = not isinstance(model, (str, os.PathLike))
+    if not loaded_pipe:
+        models.check_placement(device, dtype)
+    root = getattr(model, "name_or_path", None) if loaded_pipe else models.resolve_model(model)
+    judge = load_judge(root) if root and Path(str(root)).is_dir() else None
+    if judge is None:
+        raise ConfigError(f"attacks need a judge; {root or model!r} has none (only testbed models have one so far)")
+    tj = TestbedJudge(judge)
+    if not tj.knows(concept):
+        raise ConfigError(f"the judge cannot tell {concept!r}: attack a concept of the testbed world (see docs/testbed.md)")
+    concept = _canonical(concept)
+    pipe = model if loaded_pipe else models.load_pipeline(model, device=device, dtype=dtype)
+    if loaded is not None:
+        loaded.check_compatible(pipe, hint="attack it on the model it was made from")
+    profile = profile_of(pipe)
+    texts = trial_prompts(concept, profile.name == "testbed", prompts)
+    n_seeds = seeds or max(1, math.ceil(DEFAULT_TRIALS / len(texts)))
+    ref = reference_model(pipe, reference, device, dtype) or pipe
+    sampling = SamplingConfig(steps=steps, guidance_scale=guidance).resolved(pipe)
+    arena = Arena(attacked_pipeline(pipe, loaded), ref, tj, concept, texts, n_seeds, sampling.steps, sampling.guidance_scale,
+                  batch_size=sampling.batch_size, profile=profile)  # fmt: skip
+    return arena, root

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .. import models
 from ..core.errors import InvalidInputError, MissingFileError
@@ -26,10 +27,17 @@ def bench(
     device: str | None = None,
     dtype: str | None = None,
     progress: bool = True,
+    attacks: list[str] | None = None,
+    robustness: str | os.PathLike | None = "docs/robustness.md",
+    oracle: str | None = "testbed-oracle",
 ) -> list[dict]:
     """Erase every concept with every method (one concept at a time), evaluate each, write JSON and a report.
 
-    The base model's images are generated once per concept and shared by all methods.
+    The base model's images are generated once per concept and shared by all methods. With
+    ``attacks`` (names, ``"fast"`` or ``"all"``), every erasure is also attacked, and so are the base
+    model and the ``oracle`` (when it left the concept out of its training): their ASR go into each
+    run's JSON (``"attacks"``), ``attacks-base-CONCEPT.json`` / ``attacks-oracle-CONCEPT.json``, and
+    the ``robustness`` report (Markdown, with a PNG plot of ASR against budget beside it).
     """
     from ..core.request import ErasureRequest, Target
     from ..evaluation import evaluate_on_testbed
@@ -55,6 +63,13 @@ def bench(
         for method in methods:
             check_file_output(out_dir / f"{method}-{concept}.json", "bench-run", (".json",))
     check_file_output(out_dir / "results.json", "bench-results", (".json",))
+    attack_list = _attack_list(attacks)
+    if attack_list and robustness is not None:
+        robustness = check_file_output(robustness, "robustness", (".md",), model_inputs(model), what="robustness table")
+        check_file_output(Path(robustness).with_suffix(".png"), "plot", (".png",), what="robustness plot")
+        for concept in concepts:
+            for who in ("base", "oracle"):
+                check_file_output(out_dir / f"attacks-{who}-{concept}.json", "bench-attacks", (".json",))
     claim_collection(out_dir, "bench", what="bench results directory")
     judge = load_judge(model)
     if judge is None:
@@ -66,6 +81,8 @@ def bench(
     cache: dict = {}
     runs = []
     for concept in concepts:
+        if attack_list:
+            _attack_references(pipe, concept, attack_list, out_dir, oracle, device, dtype, progress)
         for method in methods:
             request = ErasureRequest([Target(concept)])
             scope = reset_peak_memory(pipe.device)
@@ -82,6 +99,8 @@ def bench(
                 peak_memory_mib=peak_memory_mib(pipe.device),
                 peak_memory_scope=scope,
             )
+            if attack_list:
+                run["attacks"] = _attacks_of(pipe, erasure, concept, attack_list, progress)
             write_report(out_dir / f"{method}-{concept}.json", run, "bench-run")
             runs.append(run)
     # The report covers every run recorded in out_dir (earlier bench calls included), newest wins.
@@ -112,7 +131,80 @@ def bench(
             "and its carrier (IRA: every prompt's background still drawn; neighbours: the subset's own background)."
         )
         write_markdown(report, results_markdown(all_runs, header), "results")
+    if attack_list and robustness is not None:
+        write_robustness(out_dir, robustness)
     return runs
+
+
+def _attack_list(attacks: list[str] | None) -> list[str]:
+    if not attacks:
+        return []
+    from .attacking import attack_names
+
+    return attack_names(attacks)
+
+
+def _attacks_of(pipe, erasure, concept: str, names: list[str], progress: bool) -> dict:
+    """Every attack's summary (no per-trial findings) against ``erasure`` on ``pipe``."""
+    from ..report.robustness import attack_summary
+    from .attacking import attack
+
+    results = attack(pipe, erasure, names, concept, progress=progress)
+    results = results if isinstance(results, list) else [results]
+    return {r.attack: attack_summary(r.to_dict()) for r in results}
+
+
+def _attack_references(pipe, concept, names, out_dir, oracle, device, dtype, progress) -> None:
+    """Attack the base model, and the oracle when it never saw ``concept``; one JSON each."""
+    from ..evaluation.prompts import resolve_concept
+
+    write_report(out_dir / f"attacks-base-{concept}.json",
+                 {"concept": concept, "label": "base model", "attacks": _attacks_of(pipe, None, concept, names, progress)},
+                 "bench-attacks")  # fmt: skip
+    if not oracle:
+        return
+    try:
+        root = Path(models.resolve_model(oracle))
+    except MissingFileError:
+        return
+    meta = read_json(root / "testbed.json") if (root / "testbed.json").is_file() else {}
+    if resolve_concept(concept)[0] not in meta.get("excluded", []):
+        return
+    oracle_pipe = models.load_pipeline(oracle, device=device, dtype=dtype)
+    write_report(out_dir / f"attacks-oracle-{concept}.json",
+                 {"concept": concept, "label": "oracle", "attacks": _attacks_of(oracle_pipe, None, concept, names, progress)},
+                 "bench-attacks")  # fmt: skip
+
+
+def write_robustness(out_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """(Re)write the robustness table and plot from every attacked run recorded in ``out_dir``."""
+    from ..core.outputs import stamp_of, write_markdown
+    from ..report.robustness import plot_curves, robustness_markdown
+
+    out_dir = Path(out_dir)
+    rows = []
+    for f in sorted(out_dir.glob("*.json")):
+        kind = stamp_of(f)
+        if kind == "bench-run":
+            r = read_json(f)
+            if r.get("attacks"):
+                rows.append({"concept": r["concept"], "label": r["method"], "ira": r.get("ira"), "attacks": r["attacks"]})
+        elif kind == "bench-attacks":
+            r = read_json(f)
+            rows.append({"concept": r["concept"], "label": r["label"], "ira": None, "attacks": r["attacks"]})
+    if not rows:
+        raise InvalidInputError(f"no attacked runs in {out_dir}; run erasekit bench --attacks ... first")
+    plot = plot_curves(rows, Path(path).with_suffix(".png"))
+    header = (
+        "# Robustness on the testbed\n\n"
+        f"Generated by `erasekit bench --attacks ...` from the runs in `{out_dir}`. ASR in % with 95 % Wilson intervals, "
+        "one definition for every attack (docs/attacks.md): the share of (prompt, seed) trials whose image shows the concept, "
+        "counting trials the plain prompt already shows (*plain*) and those the attack recovers within its budget. "
+        "*base model*: the testbed before erasure (the ceiling); *oracle*: the testbed retrained without star, zorbo and the "
+        "watermark (the floor: an erasure is as good as retraining under an attack when its ASR lies within the oracle's "
+        f"interval). IRA: the erasure's in-domain retention from the same run. Plot: `{plot.name}` (ASR against budget)."
+    )
+    return write_markdown(path, robustness_markdown(rows, header), "robustness")
 
 
 def _sample_sizes(runs: list[dict]) -> str:

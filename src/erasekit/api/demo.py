@@ -46,7 +46,9 @@ def run_demo(
     2. the erasures of ``DEMO_ERASURES``: UCE erases the shape ``star`` and the character ``zorbo``,
        ESD-x (fine-tuning) the shape ``star`` (``erasure-<method>/``);
     3. each is evaluated before and after (``eval-<method>.json``) and all are shown side by side
-       (``before_after.png``).
+       (``before_after.png``);
+    4. a short red team: the fast attacks against every erasure and concept (``redteam.json``),
+       naming the attack that brought a concept back.
     """
     from ..core.request import ErasureRequest, Target
     from ..evaluation import evaluate_on_testbed
@@ -56,8 +58,10 @@ def run_demo(
     models.check_placement(device, dtype)
     for name in ("grid.png", "before_after.png"):
         check_file_output(out / name, "image", IMAGE_SUFFIXES)
-    for name in ("gate.json", "demo.json", *(f"eval-{m}.json" for m, _, _ in DEMO_ERASURES)):
-        check_file_output(out / name, {"gate.json": "gate", "demo.json": "demo"}.get(name, "evaluation"), (".json",))
+    for name in ("gate.json", "demo.json", "redteam.json", *(f"eval-{m}.json" for m, _, _ in DEMO_ERASURES)):
+        check_file_output(
+            out / name, {"gate.json": "gate", "demo.json": "demo", "redteam.json": "attack"}.get(name, "evaluation"), (".json",)
+        )
     for m, _, _ in DEMO_ERASURES:
         check_dir_output(out / f"erasure-{m}", "erasure")
     claim_collection(out, "demo", what="demo directory")
@@ -108,10 +112,39 @@ def run_demo(
     ]
     save_image(make_grid(both, caps, cols=len(columns) * 2), out / "before_after.png")
     lines.append(f"before/after grid: {out / 'before_after.png'}")
-    reports = [out / "gate.json", *(out / f"eval-{m}.json" for m, _ in erasures)]
+    lines += ["", *_red_team(pipe, erasures, out / "redteam.json")]
+    reports = [out / "gate.json", *(out / f"eval-{m}.json" for m, _ in erasures), out / "redteam.json"]
     lines.append(f"reports: {', '.join(map(str, reports))}  ({time.time() - t0:.0f}s)")
     write_report(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "erasures": [{"method": m, "params": p, "concepts": c} for m, p, c in DEMO_ERASURES],
                                     "seconds": round(time.time() - t0, 1)}, "demo")  # fmt: skip
+    return lines
+
+
+def _red_team(pipe, erasures, path) -> list[str]:
+    """The fast attacks against every (erasure, concept) with 12 trials each; one line per pair
+    naming what brought the concept back (the full suite: erasekit attack --attack all)."""
+    from ..report.robustness import attack_summary
+    from .attacking import attack, attack_names, trial_prompts
+
+    names = attack_names("fast")
+    lines = [f"red team ({', '.join(names)}; about 12 trials each; ASR = shown before or recovered):"]
+    record = []
+    for method, erasure in erasures:
+        for concept in erasure.request.concepts:
+            results = attack(
+                pipe, erasure, names, concept, seeds=max(1, 12 // len(trial_prompts(concept, True, None))), progress=False
+            )
+            results = results if isinstance(results, list) else [results]
+            cells = "  ".join(f"{r.attack} {r.asr:4.0%}" for r in results)
+            back = [r for r in results if r.recovered > 0]
+            verdict = ("-> " + ", ".join(f"{r.attack} brought it back ({r.recovered:.0%} of trials)" for r in back)
+                       if back else "-> no fast attack brought it back")  # fmt: skip
+            lines.append(f"  {method} {concept:<6} {cells}  {verdict}")
+            record.append(
+                {"method": method, "concept": concept, "attacks": {r.attack: attack_summary(r.to_dict()) for r in results}}
+            )
+    write_report(path, {"red_team": record}, "attack")
+    lines.append("  the whole suite (11 attacks, about 6 minutes per erasure): erasekit attack --erasure DIR --attack all")
     return lines
 
 

@@ -29,7 +29,7 @@ from .unlearndiffatk import _judge
 @dataclass
 class P4DConfig(AttackConfig):
     budget: int = field(default=60, metadata={"help": "optimisation iterations"})
-    n_tokens: int = field(default=16, metadata={"help": "free tokens (P4D-N)", "min": 1})
+    n_tokens: int = field(default=16, metadata={"help": "free tokens (P4D-N; P4D-K inserts one after every 3 words)", "min": 1})
     lr: float = field(default=0.1, metadata={"help": "AdamW learning rate", "gt": 0})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
     seed: int = field(default=0, metadata={"help": "seed of the initial tokens and the noise draws"})

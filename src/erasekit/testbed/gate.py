@@ -13,6 +13,11 @@ Accuracy in a domain is the share of samples whose classified label equals the p
 passes when shape, colour, background >= 0.90, style >= 0.80, character >= 0.80 (all of the
 character's attributes shown), every synonym within 5 points of its canonical word, and the
 watermark rate within 10 points of its training share in the subset and <= 0.05 elsewhere.
+
+An **oracle** (a testbed trained without some concepts, ``excluded``) is gated on everything else
+the same way, with the prompts that ask for an excluded concept left out of those checks; instead
+each excluded concept must stay absent from its own prompts: UA (share of its prompts' images that
+do not show it) >= 0.90 (for the watermark: on the subset's prompts).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ THRESHOLDS = {
     "synonym_gap_points": 5.0,
     "watermark_subset_tolerance_points": 10.0,
     "watermark_elsewhere_max": 0.05,
+    "excluded_ua": 0.90,
 }
 
 
@@ -99,6 +105,7 @@ def run_gate(
     seeds: int = 8,
     sampling: SamplingConfig | None = None,
     progress: bool = True,
+    excluded: tuple[str, ...] = (),
 ) -> dict:
     """Generate every gate prompt with ``seeds`` seeds, classify, and return the gate report.
 
@@ -124,6 +131,34 @@ def run_gate(
     def correct(gp: GatePrompt) -> dict[str, np.ndarray]:
         p = predicted(gp.prompt)
         return {d: p[d] == getattr(gp.expected, d) for d in world.DOMAINS}
+
+    def asks_excluded(gp: GatePrompt) -> bool:
+        attrs = gp.expected
+        return (
+            any(getattr(attrs, d) in excluded for d in world.DOMAINS)
+            or (gp.word in excluded)
+            or any(
+                c in excluded and all(getattr(attrs, d) == getattr(world.CHARACTERS[c], d) for d in world.DOMAINS)
+                for c in world.CHARACTERS
+            )
+        )
+
+    excluded_hits = {c: [0, 0] for c in excluded}
+    for c in excluded:
+        domain = world.domain_of(c)
+        if domain == "watermark":
+            group = [g for g in prompts if g.kind == "grid" and world.WATERMARK.in_subset(g.expected)]
+            shown = [predicted(g.prompt)["watermark"] == "present" for g in group]
+        elif domain == "character":
+            group = [g for g in prompts if g.kind == "character" and g.word == c]
+            a = world.CHARACTERS[c]
+            shown = [np.logical_and.reduce([predicted(g.prompt)[d] == getattr(a, d) for d in world.DOMAINS]) for g in group]
+        else:
+            group = [g for g in prompts if g.kind == "grid" and getattr(g.expected, domain) == c]
+            shown = [predicted(g.prompt)[domain] == c for g in group]
+        hits = np.concatenate(shown) if shown else np.zeros(0, dtype=bool)
+        excluded_hits[c] = [int(hits.sum()), int(hits.size)]
+    prompts = [g for g in prompts if not asks_excluded(g)]
 
     details = []
     totals = {d: [0, 0] for d in world.DOMAINS}
@@ -169,6 +204,8 @@ def run_gate(
     characters = []
     char_all = [0, 0]
     for name, attrs in world.CHARACTERS.items():
+        if name in excluded or any(getattr(attrs, d) in excluded for d in world.DOMAINS):
+            continue
         for kind in ("character", "description"):
             group = [g for g in prompts if g.kind == kind and g.word == name]
             allc = np.concatenate([np.logical_and.reduce([correct(g)[d] for d in world.DOMAINS]) for g in group])
@@ -186,15 +223,26 @@ def run_gate(
     wm_rates = {k: v[0] / v[1] for k, v in wm.items()}
     checks = {d: accuracy[d] >= THRESHOLDS[d] for d in (*world.DOMAINS, "character")}
     checks["synonym_gap"] = gap <= THRESHOLDS["synonym_gap_points"]
-    checks["watermark_subset"] = (
+    checks["watermark_subset"] = "watermark" in excluded or (
         abs(wm_rates["subset"] - world.WATERMARK.share) * 100 <= THRESHOLDS["watermark_subset_tolerance_points"]
     )
+    excluded_ua = {c: (1 - k / n if n else None) for c, (k, n) in excluded_hits.items()}
+    for c, ua in excluded_ua.items():
+        checks[f"excluded_{c}"] = ua is not None and ua >= THRESHOLDS["excluded_ua"]
     checks["watermark_elsewhere"] = wm_rates["elsewhere"] <= THRESHOLDS["watermark_elsewhere_max"]
     return {
         "accuracy": accuracy,
         "synonym_gap": gap,
         "watermark": {"subset": wm_rates["subset"], "elsewhere": wm_rates["elsewhere"], "training_share": world.WATERMARK.share},
         "passed": all(checks.values()),
+        "excluded": {
+            c: {
+                "ua": excluded_ua[c],
+                "n": excluded_hits[c][1],
+                "ua_ci95": [round(1 - x, 4) for x in reversed(wilson(*excluded_hits[c]))],
+            }
+            for c in excluded
+        },  # fmt: skip
         "checks": checks,
         "thresholds": THRESHOLDS,
         "intervals": {
@@ -229,12 +277,17 @@ def summary_lines(report: dict) -> list[str]:
     )
     share = report["watermark"]["training_share"]
     tol = th["watermark_subset_tolerance_points"] / 100
-    lines.append(
-        f"{'watermark (subset)':<22}{report['watermark']['subset']:>10.3f}{f'{share - tol:.2f}-{share + tol:.2f}':>12}  {'yes' if ok['watermark_subset'] else 'NO'}"
-    )
+    if "watermark" not in report.get("excluded", {}):
+        lines.append(
+            f"{'watermark (subset)':<22}{report['watermark']['subset']:>10.3f}{f'{share - tol:.2f}-{share + tol:.2f}':>12}  {'yes' if ok['watermark_subset'] else 'NO'}"
+        )
     lines.append(
         f"{'watermark (elsewhere)':<22}{report['watermark']['elsewhere']:>10.3f}{'<= ' + format(th['watermark_elsewhere_max'], '.2f'):>12}  {'yes' if ok['watermark_elsewhere'] else 'NO'}"
     )
+    for c, e in report.get("excluded", {}).items():
+        lines.append(
+            f"{'UA ' + c + ' (excluded)':<22}{e['ua']:>10.3f}{'>= ' + format(th['excluded_ua'], '.2f'):>12}  {'yes' if ok['excluded_' + c] else 'NO'}"
+        )
     lines.append(
         f"gate {'PASSED' if report['passed'] else 'FAILED'} ({report['samples']['images']} images, {report['samples']['seeds_per_prompt']} seeds per prompt)"
     )

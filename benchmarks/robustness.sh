@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The robustness table: every attack against UCE (closed form), ESD-x (fine-tuning) and SPM (adapter)
+# erasures of star, zorbo and the watermark, next to the base model and the oracle (testbed-oracle)
+# -> benchmarks/results/robustness/*.json, docs/robustness.md and docs/robustness.png.
+# Erasure settings are the results table's (benchmarks/testbed_results.sh); attacks run at their
+# default budgets (erasekit attacks) on about 24 trials each. About 6 minutes of attacks per model
+# on the 2-core CPU. The oracle rows come from the shipped testbed-oracle; when it is retrained, its
+# rows alone are refreshed with: python benchmarks/robustness_oracle.py
+set -euo pipefail
+cd "$(dirname "$0")/.."
+erasekit=${ERASEKIT:-.venv/bin/erasekit}
+$erasekit bench \
+  --methods "${METHODS:-uce,esd,spm}" --concepts "${CONCEPTS:-star,zorbo,watermark}" \
+  --seeds 2 --contexts 6 \
+  --out benchmarks/results/robustness --report benchmarks/results/robustness/results.md \
+  --attacks "${ATTACKS:-all}" --robustness docs/robustness.md \
+  --set esd.ddim_steps=20 --set esd.iterations=150 --set esd.lr=1e-4 \
+  --set spm.ddim_steps=20 --set spm.iterations=200 --set spm.lr=1e-2 --set spm.anchor_weight=10
