@@ -26,7 +26,7 @@ import torch
 import erasekit
 from erasekit import api
 from erasekit.core.io import write_json
-from erasekit.core.registry import all_methods, get_method
+from erasekit.core.registry import all_attacks, all_methods, get_method
 from erasekit.core.resources import peak_memory_mib, reset_peak_memory
 from erasekit.testing import tiny_params, tiny_pipeline
 
@@ -118,6 +118,14 @@ def command_cells(device: str, dtype: str) -> dict[str, dict]:
             return {"stopped_at": e.info["training"]["evaluations"][-1]["step"]}
 
         cells["monitor"] = run_cell(monitor, device)
+        for spec in all_attacks():  # every attack at budget 1 on two prompts (the red team on this device)
+
+            def attack(name=spec.name):
+                r = erasekit.attack(pipe, erasure, attack=name, concept="star", budget=1, seeds=1,
+                                    prompts=["a red filled star on a black background", "zorbo"], progress=False)  # fmt: skip
+                return {"asr": r.asr, "trials": r.trials}
+
+            cells[f"attack:{spec.name}"] = run_cell(attack, device)
     return cells
 
 

@@ -79,6 +79,29 @@ def esd_section() -> list[str]:
     return lines + ["", "![ESD time to UA](esd-time-to-ua.svg)", ""]
 
 
+def attack_speed_section() -> list[str]:
+    path = RESULTS / "attack_speed.json"
+    if not path.is_file():
+        return ["_attack-speed benchmark not run yet_", ""]
+    data = json.loads(path.read_text())
+    fast, full = data["suites"]["fast"], data["suites"]["all"]
+    target = data["targets_seconds"]
+    lines = [
+        f"The red team against a {data['method']} erasure of `{data['concept']}` on the testbed, device {data['device']}, "
+        f"{data['torch_threads']} torch threads on {data['cpu_count']} cores, torch {data['torch']}: the fast attacks took "
+        f"**{fast['seconds']:.0f} s** together (target {target['fast']} s), the whole suite **{full['seconds']:.0f} s** "
+        f"(target {target['all']} s), including the plain prompts' images once per suite.",
+        "",
+        "| attack | budget | trials | seconds | ASR |",
+        "|---|---|---|---|---|",
+    ]
+    for name, a in sorted(full["attacks"].items()):
+        lines.append(
+            f"| {name} | {a['budget']} {a['budget_unit']} | {a['trials']} | {a['seconds']:.0f} | {100 * a['asr']:.0f} % |"
+        )
+    return lines + [""]
+
+
 def device_matrix_section() -> list[str]:
     path = RESULTS / "device_matrix.json"
     if not path.is_file():
@@ -157,6 +180,9 @@ def main() -> None:
         "Target: UA >= 95 % on a testbed shape with IRA >= 85 % within 2 minutes on the 2-core CPU.",
         "",
         *esd_section(),
+        "## Red team: attack time on the testbed (`benchmarks/attack_speed.py`)",
+        "",
+        *attack_speed_section(),
         "## Devices and precisions (`benchmarks/device_matrix.py`)",
         "",
         "Target: every cell ok; on CUDA in float32 closed-form results within 1e-4 relative of the CPU's (Δcpu) and",

@@ -281,3 +281,31 @@ def test_attack_cli_end_to_end_with_grid(tmp_path):
     data = json.loads(out.read_text())
     assert data["concept"] == "zorbo" and data["trials"] == 4 and data["asr_before"] >= 0.75  # the base model draws zorbo
     assert grid.is_file() and "synonyms" in result.output
+
+
+@pytest.mark.testbed
+@pytest.mark.parametrize("method", ["spm", "esd"])
+def test_attacks_run_on_adapter_and_fine_tune_erasures_without_touching_the_model(method, testbed_pipe):
+    from erasekit.testing import tiny_params
+
+    erasure = erasekit.erase(testbed_pipe, method, {"targets": ["star"]}, progress=False, **tiny_params(method, "sd"))
+    x = torch.randn(1, testbed_pipe.unet.config.in_channels, 8, 8)
+    cond = testbed_pipe.text_encoder(testbed_pipe.tokenizer(["a star"], padding="max_length", return_tensors="pt").input_ids)[0]
+    with torch.no_grad():
+        before = testbed_pipe.unet(x, 10, cond).sample
+    result = erasekit.attack(testbed_pipe, erasure, attack="quantization", concept="star", budget=1, seeds=1, progress=False)
+    assert result.trials == 12 and result.records[0].found
+    with torch.no_grad():
+        assert torch.equal(testbed_pipe.unet(x, 10, cond).sample, before)  # no hook or weight left on the user's model
+
+
+@pytest.mark.testbed
+def test_every_attack_runs_on_a_bfloat16_pipeline():
+    """Half precision: the denoiser keeps its dtype, the attacks' own variables are float32."""
+    pipe = erasekit.load_pipeline("testbed", device="cpu", dtype="bfloat16")
+    erasure = erasekit.erase(pipe, "uce", {"targets": ["star"]}, progress=False)
+    results = erasekit.attack(pipe, erasure, attack="all", concept="star", budget=1, seeds=1,
+                              prompts=STAR_PROMPTS[:2], progress=False)  # fmt: skip
+    assert {r.attack for r in results} == set(ALL)
+    for r in results:
+        assert r.trials == 2 and len(r.curve) == 2 and all(np.isfinite(a) for _, a in r.curve)

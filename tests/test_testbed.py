@@ -103,7 +103,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "shape accuracy" in result.output and "uce erased star, zorbo" in result.output and "esd erased star" in result.output
     reports = next(line for line in result.output.splitlines() if line.startswith("reports: "))
     named = reports[len("reports: ") :].rsplit("  (", 1)[0].split(", ")
-    assert len(named) == 3 and all(os.path.isfile(p) for p in named), named  # the printed paths exist
+    assert len(named) == 4 and all(os.path.isfile(p) for p in named), named  # the printed paths exist
+    verdicts = [line for line in result.output.splitlines() if "brought it back" in line]
+    assert "red team (" in result.output and len(verdicts) == 3  # uce star, uce zorbo, esd star
     import json
 
     for method in ("uce", "esd"):

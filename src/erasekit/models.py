@@ -44,20 +44,13 @@ def resolve_model(model: str | os.PathLike) -> str:
     text = str(model).strip()
     if not text:
         raise ModelLoadError("empty model name: pass --model testbed, a local diffusers directory or a hub id")
-    if text == TESTBED:
-        path = testbed_dir()
+    if text in (TESTBED, ORACLE):
+        path = testbed_dir() if text == TESTBED else oracle_dir()
         if not (path / "model_index.json").is_file():
+            how = "" if text == TESTBED else " --exclude star --exclude zorbo --exclude watermark"
             raise MissingFileError(
-                f"no testbed weights at {path} (this version does not ship them yet, see the README); "
-                "train a testbed with 'erasekit testbed train --out <dir>' and pass --model <dir>"
-            )
-        return str(path)
-    if text == ORACLE:
-        path = oracle_dir()
-        if not (path / "model_index.json").is_file():
-            raise MissingFileError(
-                f"no oracle weights at {path}; train one with 'erasekit testbed train --exclude star --exclude zorbo "
-                "--exclude watermark --out <dir>' and pass --model <dir>"
+                f"no {text} weights at {path} (this installation does not ship them); train them with "
+                f"'erasekit testbed train{how} --out <dir>' and pass --model <dir>"
             )
         return str(path)
     path = Path(text).expanduser()

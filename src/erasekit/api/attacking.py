@@ -96,8 +96,12 @@ def run_attack(spec: AttackSpec, arena: Arena, config, progress: bool = True, be
     if before is None:
         images = arena.generate_trials(list(range(len(arena.trials))))
         before = (images, arena.shows(images))
-    tracker = Tracker(arena.trials, before[1], before[0], arena.shows, config.budget)
-    info = spec.fn(arena, config, tracker, progress=progress) if config.budget > 0 else None
+    from tqdm.auto import tqdm
+
+    with tqdm(total=config.budget, desc=f"{spec.name} ({spec.budget_unit})", disable=not progress or config.budget == 0,
+              leave=False, mininterval=1) as bar:  # fmt: skip
+        tracker = Tracker(arena.trials, before[1], before[0], arena.shows, config.budget, bar=bar)
+        info = spec.fn(arena, config, tracker, progress=progress) if config.budget > 0 else None
     from dataclasses import asdict
 
     return AttackResult(

@@ -154,13 +154,14 @@ def _attacks_of(pipe, erasure, concept: str, names: list[str], progress: bool) -
     return {r.attack: attack_summary(r.to_dict()) for r in results}
 
 
-def _attack_references(pipe, concept, names, out_dir, oracle, device, dtype, progress) -> None:
-    """Attack the base model, and the oracle when it never saw ``concept``; one JSON each."""
+def _attack_references(pipe, concept, names, out_dir, oracle, device, dtype, progress, base: bool = True) -> None:
+    """Attack the base model (``base``), and the oracle when it never saw ``concept``; one JSON each."""
     from ..evaluation.prompts import resolve_concept
 
-    write_report(out_dir / f"attacks-base-{concept}.json",
-                 {"concept": concept, "label": "base model", "attacks": _attacks_of(pipe, None, concept, names, progress)},
-                 "bench-attacks")  # fmt: skip
+    if base:
+        write_report(out_dir / f"attacks-base-{concept}.json",
+                     {"concept": concept, "label": "base model", "attacks": _attacks_of(pipe, None, concept, names, progress)},
+                     "bench-attacks")  # fmt: skip
     if not oracle:
         return
     try:

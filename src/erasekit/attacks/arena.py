@@ -142,6 +142,19 @@ class Arena:
             self._ref_latents = self.sample(parts, x, reference=True)
         return self._ref_latents
 
+    def reference_point(self, gen: torch.Generator, ref_cond: Conditioning):
+        """A fresh ``(x_t, t)`` for every trial, noised from the reference model's image of it, and the
+        reference model's prediction there for ``ref_cond`` (the target of P4D and the soft prompt)."""
+        b = self.bench.noised(self.reference_latents(), self.bench.sample_t(len(self.trials), gen), gen)
+        return b, self.ref.teacher_predict(b.xt, b.t, ref_cond)
+
+    def report_texts(self, tracker, spent: int, texts: list[str]) -> None:
+        """Judge every pending trial with ``texts[trial]`` typed as its prompt (one text per trial)."""
+        rows = tracker.pending()
+        if rows:
+            chosen = [texts[r] for r in rows]
+            tracker.report(spent, rows, self.generate_trials(rows, chosen), [{"prompt": t} for t in chosen])
+
     def reference_images(self) -> np.ndarray:
         return self.ref.decode_images(self.reference_latents())
 

@@ -26,7 +26,6 @@ them and keeps, per trial, the first success (or the last attempt).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,7 +86,9 @@ def checkpoints(budget: int, points: int = CURVE_POINTS) -> list[int]:
 class Tracker:
     """Judges an attack's attempts and keeps the first success per trial (see the module docstring)."""
 
-    def __init__(self, trials: list[Trial], before: np.ndarray, before_images: np.ndarray, judge, budget: int) -> None:
+    def __init__(self, trials: list[Trial], before: np.ndarray, before_images: np.ndarray, judge, budget: int,
+                 bar=None) -> None:  # fmt: skip
+        self.bar = bar  # a tqdm bar over the budget (advanced as the attack reports its progress)
         self.trials = trials
         self.judge = judge  # (images) -> bool [N]
         self.budget = budget
@@ -103,8 +104,14 @@ class Tracker:
         return [i for i, r in enumerate(self.records) if not r.success]
 
     def due(self, spent: int) -> bool:
-        """Whether ``spent`` units of budget is a checkpoint."""
+        """Whether ``spent`` units of budget is a checkpoint (attacks call it once per unit spent)."""
+        self._advance(spent)
         return spent in self.points
+
+    def _advance(self, spent: int) -> None:
+        if self.bar is not None and spent > self.bar.n:
+            self.bar.update(spent - self.bar.n)
+            self.bar.set_postfix(asr=f"{sum(r.success for r in self.records) / max(1, len(self.records)):.2f}", refresh=False)
 
     def report(self, spent: int, rows: list[int], images: np.ndarray, found: list[dict]) -> np.ndarray:
         """Judge ``images`` of trials ``rows`` after ``spent`` units; record first successes. Returns the
@@ -112,6 +119,7 @@ class Tracker:
         if len(rows) != len(images) or len(rows) != len(found):
             raise ValueError("report needs one image and one 'found' entry per trial row")
         self.calls += 1
+        self._advance(spent)
         ok = np.asarray(self.judge(images), dtype=bool) if len(rows) else np.zeros(0, dtype=bool)
         for r, hit, img, f in zip(rows, ok, images, found):
             rec = self.records[r]
@@ -209,13 +217,3 @@ class AttackResult:
             f"{self.attack:<18} ASR {self.asr:6.1%} [{lo:.2f}, {hi:.2f}]  before {self.asr_before:6.1%}  "
             f"recovered {self.recovered:+6.1%}  ({self.trials} trials, budget {self.budget} {self.budget_unit}, {self.seconds:.0f} s)"
         )
-
-
-class Stopwatch:
-    """Seconds since construction (attacks record their wall time)."""
-
-    def __init__(self) -> None:
-        self.t0 = time.time()
-
-    def __call__(self) -> float:
-        return time.time() - self.t0

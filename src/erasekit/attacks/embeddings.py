@@ -72,14 +72,12 @@ def soft_prompt(arena, config: SoftPromptAttackConfig, tracker, progress: bool =
     v = start.expand(len(rows), config.n_tokens, -1).clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
-    x0 = arena.reference_latents()
     ref_cond = arena.cond(prompts, reference=True)
     bench = arena.bench
     loss = torch.zeros(())
     with bench:
         for it in range(1, config.budget + 1):
-            b = bench.noised(x0, bench.sample_t(len(rows), gen), gen)
-            target = arena.ref.teacher_predict(b.xt, b.t, ref_cond)
+            b, target = arena.reference_point(gen, ref_cond)
             cond = arena.cond(slots.texts, token_hook=slots.hook(v), grad=True)
             loss = (bench.predict(b.xt, b.t, cond).float() - target).pow(2).mean()
             v.grad = torch.autograd.grad(loss, [v])[0]

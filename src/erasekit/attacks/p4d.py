@@ -23,7 +23,6 @@ import torch
 from ..core.registry import register_attack
 from .base import AttackConfig
 from .tokens import allowed_tokens, make_slots, project_to_tokens
-from .unlearndiffatk import _judge
 
 
 @dataclass
@@ -45,7 +44,6 @@ def run_p4d(arena, config: P4DConfig, tracker, layout: str) -> dict:
     start = torch.randint(0, len(ids), (len(rows), slots.k), generator=gen).to(arena.device)
     z = table[start].clone().requires_grad_(True)
     opt = torch.optim.AdamW([z], lr=config.lr, weight_decay=config.weight_decay)
-    x0 = arena.reference_latents()
     ref_cond = arena.cond(prompts, reference=True)
     bench = arena.bench
     loss = torch.zeros(())
@@ -54,15 +52,15 @@ def run_p4d(arena, config: P4DConfig, tracker, layout: str) -> dict:
             hard = table[project_to_tokens(z.detach(), table)]
             st = hard + z - z.detach()
             cond = arena.cond(slots.texts, token_hook=slots.hook(st), grad=True)
-            b = bench.noised(x0, bench.sample_t(len(rows), gen), gen)
-            target = arena.ref.teacher_predict(b.xt, b.t, ref_cond)
+            b, target = arena.reference_point(gen, ref_cond)
             pending = torch.tensor([not tracker.records[r].success for r in rows], device=arena.device, dtype=torch.float32)
             per = (bench.predict(b.xt, b.t, cond).float() - target).pow(2).flatten(1).mean(1)
             loss = (per * pending).sum() / pending.sum().clamp(min=1)
             z.grad = torch.autograd.grad(loss, [z])[0]
             opt.step()
             if tracker.due(it):
-                _judge(arena, tracker, it, slots, project_to_tokens(z.detach(), table), words)
+                choice = project_to_tokens(z.detach(), table).tolist()
+                arena.report_texts(tracker, it, slots.fill([[words[j] for j in row] for row in choice]))
             if not tracker.pending():
                 break
     return {"final_loss": float(loss.detach())}

@@ -91,10 +91,7 @@ def ring_a_bell(arena, config: RingABellConfig, tracker, progress: bool = True) 
         if tracker.due(gen_i):
             best = pop.gather(1, score.argmin(1)[:, None, None].expand(-1, 1, k))[:, 0]
             texts = [" ".join(words[j] for j in row.tolist()) for row in best]
-            rows = tracker.pending()
-            if rows:
-                chosen = [texts[arena.trials[r].prompt_index] for r in rows]
-                tracker.report(gen_i, rows, arena.generate_trials(rows, chosen), [{"prompt": t} for t in chosen])
+            arena.report_texts(tracker, gen_i, [texts[t.prompt_index] for t in arena.trials])
             if not tracker.pending():
                 break
     return {"best_distance": [round(float(x), 4) for x in score.min(1).values]}

@@ -79,10 +79,7 @@ def token_search(arena, config: TokenSearchConfig, tracker, progress: bool = Tru
         best = torch.where(better, s_best, best)
         if tracker.due(it):
             texts = [" ".join(words[x] for x in row.tolist()) for row in cur]
-            pend = tracker.pending()
-            if pend:
-                chosen = [texts[arena.trials[r].prompt_index] for r in pend]
-                tracker.report(it, pend, arena.generate_trials(pend, chosen), [{"prompt": t} for t in chosen])
+            arena.report_texts(tracker, it, [texts[t.prompt_index] for t in arena.trials])
             if not tracker.pending():
                 break
     return {"final_similarity": [round(1 - float(x), 4) for x in best]}

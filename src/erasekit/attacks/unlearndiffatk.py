@@ -64,17 +64,7 @@ def unlearndiffatk(arena, config: UnlearnDiffAtkConfig, tracker, progress: bool 
             with torch.no_grad():
                 probs.copy_(project_simplex(probs))
             if tracker.due(it):
-                _judge(arena, tracker, it, slots, probs.argmax(-1), words)
+                arena.report_texts(tracker, it, slots.fill([[words[j] for j in row] for row in probs.argmax(-1).tolist()]))
             if not tracker.pending():
                 break
     return {"final_loss": float(loss.detach())}
-
-
-def _judge(arena, tracker, spent: int, slots, choice: torch.Tensor, words: list[str]) -> None:
-    """Judge the pending trials' prompts with the chosen tokens (as text, as a user would type them)."""
-    rows = tracker.pending()
-    if not rows:
-        return
-    texts = slots.fill([[words[j] for j in choice[r].tolist()] for r in range(len(slots.texts))])
-    chosen = [texts[r] for r in rows]
-    tracker.report(spent, rows, arena.generate_trials(rows, chosen), [{"prompt": t} for t in chosen])
