@@ -309,3 +309,19 @@ def test_every_attack_runs_on_a_bfloat16_pipeline():
     assert {r.attack for r in results} == set(ALL)
     for r in results:
         assert r.trials == 2 and len(r.curve) == 2 and all(np.isfinite(a) for _, a in r.curve)
+
+
+@pytest.mark.testbed
+def test_the_oracle_never_draws_its_excluded_concepts_and_takes_the_testbed_as_reference():
+    from erasekit.api.attacking import reference_model
+    from erasekit.models import oracle_dir, testbed_dir
+
+    if not (oracle_dir() / "model_index.json").is_file():
+        pytest.skip("no shipped oracle")
+    oracle = erasekit.load_pipeline("testbed-oracle", device="cpu")
+    ref = reference_model(oracle, None, "cpu", None)
+    assert ref is not None and str(ref.name_or_path) == str(testbed_dir())
+    result = erasekit.attack(oracle, None, attack="synonyms", concept="star", budget=0, seeds=1, progress=False)
+    assert result.asr_before <= 0.1  # never learned: its plain star prompts show no star
+    circles = erasekit.attack(oracle, None, attack="synonyms", concept="circle", budget=0, seeds=1, progress=False)
+    assert circles.asr_before >= 0.9  # everything else it draws as the testbed does
