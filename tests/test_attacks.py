@@ -295,6 +295,13 @@ def test_attacks_run_on_adapter_and_fine_tune_erasures_without_touching_the_mode
         before = testbed_pipe.unet(x, 10, cond).sample
     result = erasekit.attack(testbed_pipe, erasure, attack="quantization", concept="star", budget=1, seeds=1, progress=False)
     assert result.trials == 12 and result.records[0].found
+    if erasure.attachment is not None:  # the adapter is attached again to the quantized copy, not dropped with its layers
+        from erasekit.attacks.quantization import quantized
+
+        arena = _arena(testbed_pipe, None, erasure=erasure)
+        arena.erasure, arena.base = erasure, testbed_pipe
+        hooked = [m for m in quantized(arena, "int8").unet.modules() if m._forward_hooks or m._forward_pre_hooks]
+        assert hooked and all(type(m).__name__.startswith("Q") for m in hooked if isinstance(m, torch.nn.Linear))
     with torch.no_grad():
         assert torch.equal(testbed_pipe.unet(x, 10, cond).sample, before)  # no hook or weight left on the user's model
 

@@ -3,7 +3,6 @@ report their attack success rates (see :mod:`erasekit.attacks.base` for the one 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 
 from .. import models
-from ..attacks.arena import Arena
+from ..attacks.arena import Arena, _with_copies
 from ..attacks.base import AttackResult, Tracker
 from ..core.errors import ConfigError, InvalidInputError
 from ..core.outputs import check_file_output, write_report
@@ -52,9 +51,7 @@ def attacked_pipeline(pipe, erasure):
     names = {k.split(".", 1)[0] for k in erasure.touched()}
     if erasure.attachment is not None:
         names |= set(adapter.trainable_components(pipe))
-    clone = copy.copy(pipe)
-    for name in sorted(names):
-        setattr(clone, name, copy.deepcopy(getattr(pipe, name)))
+    clone = _with_copies(pipe, sorted(names))
     erasure.applied(clone)  # stays applied: the clone exists only for this attack
     return clone
 
@@ -309,5 +306,5 @@ def _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, ste
     ref = reference_model(pipe, reference, device, dtype) or pipe
     sampling = SamplingConfig(steps=steps, guidance_scale=guidance).resolved(pipe)
     arena = Arena(attacked_pipeline(pipe, loaded), ref, tj, concept, texts, n_seeds, sampling.steps, sampling.guidance_scale,
-                  batch_size=sampling.batch_size, profile=profile)  # fmt: skip
+                  batch_size=sampling.batch_size, profile=profile, erasure=loaded, base=pipe)  # fmt: skip
     return arena, root

@@ -30,14 +30,23 @@ from ..training.diffusion import Workbench
 from .base import Trial
 
 
+def _with_copies(pipe, names: list[str]):
+    """A shallow copy of ``pipe`` with deep copies of the components ``names``."""
+    clone = copy.copy(pipe)
+    for name in names:
+        setattr(clone, name, copy.deepcopy(getattr(pipe, name)))
+    return clone
+
+
 class Arena:
     """See the module docstring."""
 
     def __init__(self, pipe, reference, judge, concept: str, prompts: list[str], seeds: int, steps: int,
-                 guidance: float, batch_size: int = 32, profile=None) -> None:  # fmt: skip
+                 guidance: float, batch_size: int = 32, profile=None, erasure=None, base=None) -> None:  # fmt: skip
         from ..profiles import ModelProfile
 
         self.pipe, self.reference = pipe, reference
+        self.erasure, self.base = erasure, base  # ``pipe`` is ``base`` with ``erasure`` applied (to copies)
         self.profile = profile or ModelProfile()
         self.adapter = get_adapter(pipe)
         self.bench = Workbench(pipe, self.adapter, [])
@@ -169,13 +178,26 @@ class Arena:
             other.ref = self.bench
         return other
 
-    def weights_copy(self, components: list[str] | None = None):
+    def weights_copy(self, components: list[str] | None = None, transform=None):
         """A pipeline sharing the attacked model's other parts, with private copies of ``components``
-        (default: the denoiser and the text encoders) an attack may change."""
+        (default: the denoiser and the text encoders) that an attack may change; ``transform(pipe)``
+        changes the copy's weights (quantization). An erasure that *adds* modules (an adapter) is
+        re-installed after the transform, as deployed adapters stay in their own precision: only
+        the weights of the model, with the erasure's weight edits, are transformed."""
         names = components or self.adapter.trainable_components(self.pipe)
-        clone = copy.copy(self.pipe)
-        for name in names:
-            setattr(clone, name, copy.deepcopy(getattr(self.pipe, name)))
+        attachment = getattr(self.erasure, "attachment", None)
+        if attachment is None or self.base is None:
+            clone = _with_copies(self.pipe, names)
+            if transform is not None:
+                transform(clone)
+            return clone
+        import dataclasses
+
+        clone = _with_copies(self.base, sorted(set(names) | set(self.adapter.trainable_components(self.base))))
+        dataclasses.replace(self.erasure, attachment=None, _applied={}).applied(clone)  # weight edits, LoRA deltas
+        if transform is not None:
+            transform(clone)
+        attachment.install(clone)
         return clone
 
     # -- helpers -------------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ Erasures whose weight updates are small against a quantizer's bin width can be u
 (Zhang et al. 2024, "Catastrophic Failure of LLM Unlearning via Quantization": updates 47–828x below
 the NF4 bin). The attacked model's denoiser and text encoders are quantized with ``optimum-quanto``
 (weight-only, symmetric per-channel int8; int4 in groups, quanto's defaults), then asked the plain
-prompts. Each budget unit adds one format, in order ``int8``, ``int4``. What it found: the format.
+prompts. An erasure that adds modules (SPM's and Receler's adapters) is attached again after the
+model is quantized, in its own precision, as adapters are deployed (QLoRA-style); replacing the
+model's linear layers must not silently drop it. Each budget unit adds one format, in order
+``int8``, ``int4``. What it found: the format.
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ class QuantizationConfig(AttackConfig):
 
 
 def quantized(arena, fmt: str):
-    """A copy of the attacked pipeline with its denoiser and text encoders' weights quantized to ``fmt``."""
+    """A copy of the attacked pipeline with its denoiser and text encoders' weights quantized to
+    ``fmt`` (an adapter erasure is attached again after quantizing, in its own precision)."""
     from optimum.quanto import freeze, qint4, qint8, quantize
 
-    clone = arena.weights_copy()
-    for name in arena.adapter.trainable_components(clone):
-        module = getattr(clone, name)
-        quantize(module, weights={"int8": qint8, "int4": qint4}[fmt])
-        freeze(module)
-    return clone
+    def transform(clone) -> None:
+        for name in arena.adapter.trainable_components(clone):
+            module = getattr(clone, name)
+            quantize(module, weights={"int8": qint8, "int4": qint4}[fmt])
+            freeze(module)
+
+    return arena.weights_copy(transform=transform)
 
 
 @register_attack("quantization", QuantizationConfig, budget_unit="formats", kind="weights", fast=True)

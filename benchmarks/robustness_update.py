@@ -1,0 +1,42 @@
+"""Re-run some attacks of recorded robustness runs (after an attack changed), keeping the others.
+
+Each run is erased again with the exact method settings its JSON records (``cost.params``; erasures
+are deterministic given their seed), the named attacks are run against it, their entries in the
+run's ``attacks`` are replaced (``attacks_rerun`` lists them with the date), and docs/robustness.md is
+rewritten from every run.
+
+    python benchmarks/robustness_update.py --runs spm-star,spm-zorbo,spm-watermark --attacks quantization
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+
+import erasekit
+from erasekit.api.attacking import attack_names
+from erasekit.api.bench import _attacks_of, write_robustness
+from erasekit.core.io import read_json
+from erasekit.core.outputs import STAMP_KEY, write_report
+from erasekit.core.request import ErasureRequest, Target
+
+OUT = Path("benchmarks/results/robustness")
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", required=True, help="comma-separated METHOD-CONCEPT names of runs in " + str(OUT))
+    ap.add_argument("--attacks", required=True)
+    ap.add_argument("--why", default="", help="recorded with the rerun")
+    args = ap.parse_args()
+    pipe = erasekit.load_pipeline("testbed")
+    names = attack_names(args.attacks)
+    for run_name in args.runs.split(","):
+        path = OUT / f"{run_name.strip()}.json"
+        run = {k: v for k, v in read_json(path).items() if k != STAMP_KEY}
+        erasure = erasekit.erase(pipe, run["method"], ErasureRequest([Target(run["concept"])]), **run["cost"]["params"])
+        run["attacks"].update(_attacks_of(pipe, erasure, run["concept"], names, progress=True))
+        run.setdefault("attacks_rerun", []).append({"attacks": names, "date": str(datetime.date.today()), "why": args.why})
+        write_report(path, run, "bench-run")
+        print("updated", path, {n: run["attacks"][n]["asr"] for n in names})
+    print("wrote", write_robustness(OUT, "docs/robustness.md"))
