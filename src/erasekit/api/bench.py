@@ -158,7 +158,7 @@ def _attack_references(pipe, concept, names, out_dir, oracle, device, dtype, pro
     """Attack the base model (``base``), and the oracle when it never saw ``concept``; one JSON each."""
     from ..evaluation.prompts import resolve_concept
 
-    if base:
+    if base and not _covered(out_dir / f"attacks-base-{concept}.json", names):
         write_report(out_dir / f"attacks-base-{concept}.json",
                      {"concept": concept, "label": "base model", "attacks": _attacks_of(pipe, None, concept, names, progress)},
                      "bench-attacks")  # fmt: skip
@@ -169,12 +169,20 @@ def _attack_references(pipe, concept, names, out_dir, oracle, device, dtype, pro
     except MissingFileError:
         return
     meta = read_json(root / "testbed.json") if (root / "testbed.json").is_file() else {}
-    if resolve_concept(concept)[0] not in meta.get("excluded", []):
+    if resolve_concept(concept)[0] not in meta.get("excluded", []) or _covered(out_dir / f"attacks-oracle-{concept}.json", names):
         return
     oracle_pipe = models.load_pipeline(oracle, device=device, dtype=dtype)
     write_report(out_dir / f"attacks-oracle-{concept}.json",
                  {"concept": concept, "label": "oracle", "attacks": _attacks_of(oracle_pipe, None, concept, names, progress)},
                  "bench-attacks")  # fmt: skip
+
+
+def _covered(path: Path, names: list[str]) -> bool:
+    """Whether a reference row recorded earlier already holds every attack in ``names`` (the base
+    model's and the oracle's rows do not depend on the methods benched; they are reused)."""
+    from ..core.outputs import stamp_of
+
+    return path.is_file() and stamp_of(path) == "bench-attacks" and set(names) <= set(read_json(path).get("attacks", {}))
 
 
 def write_robustness(out_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
