@@ -68,7 +68,7 @@ def ring_a_bell(arena, config: RingABellConfig, tracker, progress: bool = True) 
 
     def fitness(pop: torch.Tensor) -> torch.Tensor:  # [P, N], lower is better
         feats = encode_tokens(te, tok, ids[pop.reshape(-1, k)]).view(P, N, *target.shape[1:])
-        return (feats - target[:, None]).pow(2).flatten(2).sum(-1)
+        return (feats - target[:, None]).pow(2).flatten(2).sum(-1).cpu()  # the search itself runs on the CPU
 
     score = fitness(pop)
     for gen_i in range(1, config.budget + 1):

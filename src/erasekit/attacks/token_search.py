@@ -46,7 +46,7 @@ def token_search(arena, config: TokenSearchConfig, tracker, progress: bool = Tru
 
     def loss_of(choice: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         feats = encode_tokens(te, tok, ids[choice]).flatten(1)
-        return 1 - (torch.nn.functional.normalize(feats, dim=-1) * tgt).sum(-1)
+        return (1 - (torch.nn.functional.normalize(feats, dim=-1) * tgt).sum(-1)).cpu()  # the search runs on the CPU
 
     best = loss_of(cur, target)
     ids_dev = ids.to(table.device)

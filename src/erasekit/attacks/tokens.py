@@ -36,7 +36,7 @@ class Slots:
         """A token hook writing ``values [N, k, d]`` (or ``[k, d]`` for every row) into the slots."""
 
         def write(emb: torch.Tensor) -> torch.Tensor:
-            v = values.to(emb.dtype)
+            v = values.to(emb.device, emb.dtype)
             if v.dim() == 2:
                 v = v[None].expand(emb.shape[0], -1, -1)
             rows = torch.arange(emb.shape[0], device=emb.device)[:, None].expand_as(self.positions)
