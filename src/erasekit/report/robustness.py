@@ -71,6 +71,8 @@ def plot_curves(rows: list[dict], path: str | Path) -> Path:
 
     concepts = sorted({r["concept"] for r in rows})
     names = sorted({a for r in rows for a in r["attacks"]})
+    methods = sorted({r["label"] for r in rows} - set(ROW_ORDER))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}  # one colour per method in every panel
     fig, axes = plt.subplots(len(concepts), len(names), figsize=(2.2 * len(names), 2.0 * len(concepts)), squeeze=False,
                              sharey=True)  # fmt: skip
     for i, concept in enumerate(concepts):
@@ -83,7 +85,9 @@ def plot_curves(rows: list[dict], path: str | Path) -> Path:
                     continue
                 xs = [b for b, _ in a["curve"]]
                 ys = [100 * v for _, v in a["curve"]]
-                style = {"base model": dict(color="black", ls="--"), "oracle": dict(color="gray", ls=":")}.get(r["label"], {})
+                style = {"base model": dict(color="black", ls="--"), "oracle": dict(color="gray", ls=":")}.get(
+                    r["label"], dict(color=colours.get(r["label"]))
+                )
                 ax.plot(xs, ys, marker=".", label=r["label"], **style)
             ax.set_ylim(-3, 103)
             if i == 0:
