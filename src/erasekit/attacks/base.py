@@ -26,6 +26,7 @@ them and keeps, per trial, the first success (or the last attempt).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,6 +65,7 @@ class TrialRecord:
     budget_used: int | None = None  # budget spent at the first success (0 when shown before)
     found: dict = field(default_factory=dict)
     image: np.ndarray | None = None
+    seconds: float = 0.0  # attack time until the first success (or the last attempt); trials run batched
 
     def to_dict(self) -> dict:
         return {
@@ -72,6 +74,7 @@ class TrialRecord:
             "shown_before": self.before,
             "success": self.success,
             "budget_used": self.budget_used,
+            "seconds": round(self.seconds, 2),
             "found": self.found,
         }
 
@@ -89,6 +92,7 @@ class Tracker:
     def __init__(self, trials: list[Trial], before: np.ndarray, before_images: np.ndarray, judge, budget: int,
                  bar=None) -> None:  # fmt: skip
         self.bar = bar  # a tqdm bar over the budget (advanced as the attack reports its progress)
+        self.t0 = time.time()
         self.trials = trials
         self.judge = judge  # (images) -> bool [N]
         self.budget = budget
@@ -125,7 +129,7 @@ class Tracker:
             rec = self.records[r]
             if rec.success:
                 continue
-            rec.image, rec.found = img, f
+            rec.image, rec.found, rec.seconds = img, f, time.time() - self.t0
             if hit:
                 rec.success, rec.budget_used = True, int(spent)
         return ok
