@@ -144,7 +144,9 @@ def _red_team(pipe, erasures, path) -> list[str]:
                 {"method": method, "concept": concept, "attacks": {r.attack: attack_summary(r.to_dict()) for r in results}}
             )
     write_report(path, {"red_team": record}, "attack")
-    lines.append("  the whole suite (11 attacks, about 6 minutes per erasure): erasekit attack --erasure DIR --attack all")
+    lines.append(
+        f"  the whole suite ({len(attack_names('all'))} attacks, about 3 minutes per erasure on 2 cores): erasekit attack --erasure DIR --attack all"
+    )
     return lines
 
 
