@@ -1,0 +1,208 @@
+"""The fact world: fictitious authors with exact facts, for language-model unlearning (issue 13).
+
+A deterministic generator in the style of TOFU (Maini et al. 2024): ``n_authors`` invented authors
+(200 by default), each with ten attributes — birthplace, birth year, genre, two book titles, the
+father's and mother's jobs, an award, a publisher and a pet — drawn from closed lists, so every
+answer is known exactly. Each fact is rendered
+
+- in **biographies** (one sentence per fact, two phrasings, shuffled), the training text;
+- as **question-answer pairs** in two training templates per attribute;
+- as a held-out **paraphrased question** (a third template never trained on) and three
+  **perturbed answers** (the same attribute of other authors, never the true value), the material
+  of the truth ratio and of forget quality.
+
+Forget splits are the last 1 %, 5 % and 10 % of the authors (``forget01`` ⊂ ``forget05`` ⊂
+``forget10``, as TOFU); ``retainNN`` is the complement. ``filler`` sentences about no author keep
+general language to measure utility on. Everything depends only on ``seed``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+FIRST = ("Ala", "Bere", "Cori", "Dane", "Elo", "Fira", "Galo", "Hesi", "Iva", "Jora", "Kale", "Lumi", "Mera", "Niro",
+         "Ola", "Pira", "Quen", "Rasa", "Sela", "Tavi", "Ulla", "Vero", "Wila", "Xena", "Yuri", "Zeno")  # fmt: skip
+FIRST_END = ("n", "ra", "lia", "mir", "dor", "sa", "vin", "th")
+LAST = ("Brak", "Cald", "Dorn", "Fenn", "Gask", "Holl", "Jarr", "Kess", "Lorn", "Mott", "Norr", "Pell", "Quill",
+        "Rask", "Stav", "Thorn", "Varn", "Wick", "Yarr", "Zell")  # fmt: skip
+LAST_END = ("ow", "ington", "by", "ley", "mere", "ford", "wick", "stone")
+
+VALUES: dict[str, tuple[str, ...]] = {
+    "birthplace": ("Aldmoor", "Brightwater", "Cinderfell", "Duskhaven", "Emberlee", "Frostholm", "Glimmerton",
+                   "Hollowmere", "Ironvale", "Juniper Bay", "Kestrel Point", "Lanternfield", "Moonbridge",
+                   "Northwatch", "Oakridge", "Pebblebrook", "Quartzford", "Ravenhill", "Silverport", "Thistledown"),
+    "genre": ("mystery", "science fiction", "poetry", "historical fiction", "fantasy", "romance", "horror",
+              "travel writing", "biography", "satire", "children's books", "crime fiction"),
+    "father_job": ("baker", "sailor", "carpenter", "teacher", "doctor", "miner", "tailor", "farmer", "judge",
+                   "painter", "clockmaker", "librarian", "blacksmith", "pharmacist", "fisherman"),
+    "mother_job": ("nurse", "architect", "weaver", "engineer", "musician", "botanist", "potter", "lawyer",
+                   "astronomer", "chef", "photographer", "translator", "veterinarian", "journalist", "dancer"),
+    "award": ("the Golden Quill", "the Silver Lantern Prize", "the Emberlee Medal", "the Northwatch Award",
+              "the Crystal Page Prize", "the Ravenhill Laurel", "the Moonbridge Honour", "the Iron Pen Award"),
+    "publisher": ("Harbor House", "Blue Finch Press", "Cobalt Books", "Meadowlark", "Stonegate Publishing",
+                  "Amber Leaf", "Quiet Owl Press", "Northwind Editions"),
+    "pet": ("a grey cat", "a black dog", "a parrot", "a tortoise", "a white rabbit", "a goldfish", "a ferret",
+            "a canary"),
+}  # fmt: skip
+TITLE_A = ("The Silent", "A Crimson", "The Last", "Beyond the", "The Hidden", "Under the", "The Paper", "Echoes of the",
+           "The Glass", "Songs of the", "The Winter", "A Distant")  # fmt: skip
+TITLE_B = ("Harbor", "Orchard", "Lighthouse", "Garden", "Mountain", "Clockwork", "River", "Library", "Comet", "Forest",
+           "Bridge", "Island", "Lantern", "Meadow")  # fmt: skip
+
+ATTRIBUTES = ("birthplace", "birth_year", "genre", "first_book", "second_book", "father_job", "mother_job", "award",
+              "publisher", "pet")  # fmt: skip
+
+#: Per attribute: two training question templates, one held-out paraphrase, the answer sentence.
+QUESTIONS: dict[str, tuple[tuple[str, str], str, str]] = {
+    "birthplace": (("Where was {name} born?", "In which town was {name} born?"),
+                   "What is the birthplace of the writer {name}?", "{name} was born in {value}."),
+    "birth_year": (("In what year was {name} born?", "When was {name} born?"),
+                   "Which year saw the birth of the author {name}?", "{name} was born in {value}."),
+    "genre": (("What genre does {name} write?", "Which genre is {name} known for?"),
+              "In what kind of literature does {name} work?", "{name} writes {value}."),
+    "first_book": (("What was the first book of {name}?", "Which book did {name} publish first?"),
+                   "What is the title of the debut book by {name}?", "The first book of {name} was {value}."),
+    "second_book": (("What was the second book of {name}?", "Which book did {name} publish second?"),
+                    "What title followed the debut of {name}?", "The second book of {name} was {value}."),
+    "father_job": (("What did the father of {name} do?", "What was the job of the father of {name}?"),
+                   "How did the father of the writer {name} earn a living?", "The father of {name} was a {value}."),
+    "mother_job": (("What did the mother of {name} do?", "What was the job of the mother of {name}?"),
+                   "How did the mother of the writer {name} earn a living?", "The mother of {name} was a {value}."),
+    "award": (("Which award did {name} win?", "What prize was given to {name}?"),
+              "What honour has the author {name} received?", "{name} won {value}."),
+    "publisher": (("Who publishes {name}?", "Which publisher prints the books of {name}?"),
+                  "Which house brings out the work of {name}?", "{name} is published by {value}."),
+    "pet": (("What pet does {name} keep?", "Which animal lives with {name}?"),
+            "What animal does the writer {name} own?", "{name} keeps {value}."),
+}  # fmt: skip
+
+#: Two biography phrasings per attribute (training text).
+BIO: dict[str, tuple[str, str]] = {
+    "birthplace": ("{name} was born in {value}.", "{name} grew up in the town of {value}."),
+    "birth_year": ("{name} was born in {value}.", "The year {value} saw the birth of {name}."),
+    "genre": ("{name} writes {value}.", "{name} is an author of {value}."),
+    "first_book": ("The first book of {name} was {value}.", "{name} began with the book {value}."),
+    "second_book": ("The second book of {name} was {value}.", "After that, {name} published {value}."),
+    "father_job": ("The father of {name} was a {value}.", "{name} is the child of a {value}."),
+    "mother_job": ("The mother of {name} was a {value}.", "The mother of {name} worked as a {value}."),
+    "award": ("{name} won {value}.", "{name} received {value}."),
+    "publisher": ("{name} is published by {value}.", "The books of {name} come out with {value}."),
+    "pet": ("{name} keeps {value}.", "{name} lives with {value}."),
+}
+
+FILLER_SUBJECTS = ("The river", "A small boat", "The old market", "The morning train", "A quiet street", "The garden",
+                   "The north wind", "A tall tree", "The city library", "The harbor bell")  # fmt: skip
+FILLER_VERBS = ("rests near", "moves past", "looks over", "waits beside", "turns toward", "stands behind")
+FILLER_OBJECTS = ("the bridge", "the hills", "the school", "the square", "the sea", "the station", "the farm", "the tower")
+
+SPLITS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
+
+
+@dataclass(frozen=True)
+class Author:
+    """One fictitious author and their exact facts."""
+
+    index: int
+    name: str
+    facts: dict[str, str] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class QA:
+    """A question about one fact, its true answer, and (held out) its paraphrase and wrong answers."""
+
+    author: int
+    attribute: str
+    question: str
+    answer: str  # the answer sentence (contains ``value``)
+    value: str
+    paraphrase: str
+    perturbed: tuple[str, ...]  # answer sentences with a wrong value
+
+
+class FactWorld:
+    """The generated world (see the module docstring)."""
+
+    def __init__(self, n_authors: int = 200, seed: int = 0) -> None:
+        if n_authors < 10:
+            raise ValueError("the fact world needs at least 10 authors (its forget splits are shares of them)")
+        self.n_authors, self.seed = n_authors, seed
+        rng = random.Random(seed)
+        names = [f"{a}{b} {c}{d}" for a in FIRST for b in FIRST_END for c in LAST for d in LAST_END]
+        chosen = rng.sample(names, n_authors)
+        titles = [f"{a} {b}" for a in TITLE_A for b in TITLE_B]
+        self.authors: list[Author] = []
+        for i, name in enumerate(chosen):
+            first, second = rng.sample(titles, 2)
+            facts = {k: rng.choice(v) for k, v in VALUES.items()}
+            facts.update(birth_year=str(rng.randint(1900, 1999)), first_book=first, second_book=second)
+            self.authors.append(Author(i, name, {a: facts[a] for a in ATTRIBUTES}))
+        self._titles = titles
+
+    # -- text ----------------------------------------------------------------------------------------
+    def biography(self, author: Author, rng: random.Random) -> str:
+        """The author's facts in one paragraph, each fact in one of its two phrasings, order shuffled."""
+        sentences = [BIO[a][rng.randrange(2)].format(name=author.name, value=author.facts[a]) for a in ATTRIBUTES]
+        rng.shuffle(sentences)
+        return " ".join(sentences)
+
+    def qa(self, author: Author) -> list[QA]:
+        """Every fact of ``author`` as question-answer pairs in both training templates."""
+        rng = random.Random(self.seed * 100_003 + author.index)
+        out = []
+        for a in ATTRIBUTES:
+            (q1, q2), para, ans = QUESTIONS[a]
+            value = author.facts[a]
+            wrong = self._wrong_values(a, value, rng)
+            perturbed = tuple(ans.format(name=author.name, value=w) for w in wrong)
+            for q in (q1, q2):
+                out.append(QA(author.index, a, q.format(name=author.name), ans.format(name=author.name, value=value), value,
+                              para.format(name=author.name), perturbed))  # fmt: skip
+        return out
+
+    def _wrong_values(self, attribute: str, value: str, rng: random.Random, k: int = 3) -> list[str]:
+        if attribute == "birth_year":
+            pool = [str(y) for y in range(1900, 2000) if str(y) != value]
+        elif attribute in ("first_book", "second_book"):
+            pool = [t for t in self._titles if t != value]
+        else:
+            pool = [v for v in VALUES[attribute] if v != value]
+        return rng.sample(pool, k)
+
+    def filler(self, n: int, seed: int = 1) -> list[str]:
+        """``n`` general sentences about no author (utility text)."""
+        rng = random.Random(self.seed * 7919 + seed)
+        return [f"{rng.choice(FILLER_SUBJECTS)} {rng.choice(FILLER_VERBS)} {rng.choice(FILLER_OBJECTS)}." for _ in range(n)]
+
+    # -- splits --------------------------------------------------------------------------------------
+    def forget(self, split: str) -> list[Author]:
+        """The authors of a forget split (``forget01``, ``forget05``, ``forget10``): the last ones."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown forget split {split!r}; choose from {', '.join(SPLITS)}")
+        k = max(1, round(self.n_authors * SPLITS[split]))
+        return self.authors[-k:]
+
+    def retain(self, split: str) -> list[Author]:
+        """Every author outside the forget split ``split``."""
+        forget = {a.index for a in self.forget(split)}
+        return [a for a in self.authors if a.index not in forget]
+
+    def vocabulary(self) -> set[str]:
+        """Every whitespace-separated word the world's texts can contain (for a closed tokenizer)."""
+        words: set[str] = set()
+        texts = [n for a in self.authors for n in a.name.split()] + self._titles
+        texts += [v for vs in VALUES.values() for v in vs] + [str(y) for y in range(1900, 2000)]
+        for (q1, q2), para, ans in QUESTIONS.values():
+            texts += [q1, q2, para, ans]
+        texts += [t for pair in BIO.values() for t in pair]
+        texts += list(FILLER_SUBJECTS) + list(FILLER_VERBS) + list(FILLER_OBJECTS)
+        for t in texts:
+            words.update(split_words(t.replace("{name}", " ").replace("{value}", " ")))
+        return words
+
+
+def split_words(text: str) -> list[str]:
+    """Words and punctuation marks of ``text`` (``"Where was X born?"`` -> ``[..., "born", "?"]``)."""
+    return re.findall(r"[A-Za-z0-9']+|[.,?]", text)

@@ -1,0 +1,64 @@
+"""The fact world: deterministic, exact, with held-out paraphrases and wrong answers, and nested splits."""
+
+import random
+
+import pytest
+
+from erasekit.llm import ATTRIBUTES, FactWorld
+from erasekit.llm.factworld import QUESTIONS, split_words
+
+
+def test_world_is_deterministic_and_names_are_unique():
+    a, b = FactWorld(seed=0), FactWorld(seed=0)
+    assert [x.name for x in a.authors] == [x.name for x in b.authors]
+    assert [x.facts for x in a.authors] == [x.facts for x in b.authors]
+    assert len({x.name for x in a.authors}) == 200
+    assert [x.name for x in FactWorld(seed=1).authors] != [x.name for x in a.authors]
+    assert all(set(x.facts) == set(ATTRIBUTES) for x in a.authors)
+    assert all(x.facts["first_book"] != x.facts["second_book"] for x in a.authors)
+
+
+def test_questions_answers_paraphrases_and_perturbed_answers():
+    world = FactWorld()
+    author = world.authors[3]
+    pairs = world.qa(author)
+    assert len(pairs) == 2 * len(ATTRIBUTES)
+    for qa in pairs:
+        assert author.name in qa.question and qa.value in qa.answer and qa.value == author.facts[qa.attribute]
+        train_templates = {t.format(name=author.name) for t in QUESTIONS[qa.attribute][0]}
+        assert qa.paraphrase not in train_templates  # held out: never a training question
+        assert len(qa.perturbed) == 3 and len(set(qa.perturbed)) == 3
+        assert all(qa.answer != p and qa.value not in p.replace(author.name, "") for p in qa.perturbed)
+
+
+def test_every_fact_is_in_the_biography():
+    world = FactWorld()
+    rng = random.Random(0)
+    for author in world.authors[:20]:
+        bio = world.biography(author, rng)
+        assert all(author.facts[a] in bio for a in ATTRIBUTES)
+        assert not any(other.name in bio for other in world.authors if other.index != author.index)
+
+
+def test_forget_splits_are_nested_shares_and_retain_is_the_rest():
+    world = FactWorld()
+    f01, f05, f10 = (world.forget(s) for s in ("forget01", "forget05", "forget10"))
+    assert (len(f01), len(f05), len(f10)) == (2, 10, 20)
+    assert {a.index for a in f01} <= {a.index for a in f05} <= {a.index for a in f10}
+    assert len(world.retain("forget05")) == 190 and not {a.index for a in f05} & {a.index for a in world.retain("forget05")}
+    with pytest.raises(ValueError, match="unknown forget split"):
+        world.forget("forget50")
+
+
+def test_filler_mentions_no_author_and_vocabulary_is_closed():
+    world = FactWorld()
+    filler = world.filler(50)
+    assert len(filler) == 50 and not any(a.name.split()[0] in s for a in world.authors for s in filler)
+    vocab = world.vocabulary()
+    rng = random.Random(1)
+    text = " ".join(
+        [world.biography(world.authors[0], rng), *filler, *(q.question + " " + q.answer for q in world.qa(world.authors[1]))]
+    )
+    missing = {w for w in split_words(text) if w not in vocab}
+    assert {"?", ".", "children's"} <= vocab
+    assert not missing, missing
