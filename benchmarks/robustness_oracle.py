@@ -13,7 +13,7 @@ import argparse
 
 import erasekit
 from erasekit.api.attacking import attack_names
-from erasekit.api.bench import _attack_references, write_robustness
+from erasekit.api.bench import attack_references, write_robustness
 from erasekit.core.outputs import claim_collection
 
 OUT = "benchmarks/results/robustness"
@@ -29,6 +29,6 @@ if __name__ == "__main__":
     pipe = erasekit.load_pipeline("testbed", device=args.device)
     names = attack_names(args.attacks)
     for concept in args.concepts.split(","):
-        _attack_references(pipe, concept.strip(), names, out, "testbed-oracle", args.device, None, progress=True,
+        attack_references(pipe, concept.strip(), names, out, "testbed-oracle", args.device, None, progress=True,
                            base=not args.oracle_only)  # fmt: skip
     print("wrote", write_robustness(out, "docs/robustness.md"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import erasekit
 from erasekit.api.attacking import attack_names
-from erasekit.api.bench import _attacks_of, write_robustness
+from erasekit.api.bench import attacks_of, write_robustness
 from erasekit.core.io import read_json
 from erasekit.core.outputs import STAMP_KEY, write_report
 from erasekit.core.request import ErasureRequest, Target
@@ -35,7 +35,7 @@ if __name__ == "__main__":
         path = OUT / f"{run_name.strip()}.json"
         run = {k: v for k, v in read_json(path).items() if k != STAMP_KEY}
         erasure = erasekit.erase(pipe, run["method"], ErasureRequest([Target(run["concept"])]), **run["cost"]["params"])
-        run["attacks"].update(_attacks_of(pipe, erasure, run["concept"], names, progress=True))
+        run["attacks"].update(attacks_of(pipe, erasure, run["concept"], names, progress=True))
         run.setdefault("attacks_rerun", []).append({"attacks": names, "date": str(datetime.date.today()), "why": args.why})
         write_report(path, run, "bench-run")
         print("updated", path, {n: run["attacks"][n]["asr"] for n in names})

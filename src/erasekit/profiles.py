@@ -26,6 +26,9 @@ class ModelProfile:
     implicit_triggers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     vocabulary: frozenset[str] | None = None
     sampling: Mapping[str, float] = field(default_factory=dict)
+    #: An oracle's concepts left out of its training data, and the model that still draws them.
+    excluded: tuple[str, ...] = ()
+    reference: str | None = None
 
     @property
     def has_exact_masks(self) -> bool:
@@ -70,13 +73,18 @@ class ModelProfile:
 def profile_of(pipe) -> ModelProfile:
     """The profile of a loaded pipeline, from the files beside it (``testbed.json`` marks a testbed)."""
     root = getattr(pipe, "name_or_path", None)
-    root = Path(root) if root and Path(root).is_dir() else None
+    return profile_at(Path(root) if root and Path(root).is_dir() else None)
+
+
+def profile_at(root: Path | None) -> ModelProfile:
+    """The profile of the pipeline directory ``root`` (read from its ``testbed.json``, if any)."""
     if root is None or not (root / "testbed.json").is_file():
         return ModelProfile(root=root)
     from .testbed.world import IMPLICIT_TRIGGERS, vocabulary
 
     try:
-        sampling = json.loads((root / "testbed.json").read_text()).get("sampling", {})
+        meta = json.loads((root / "testbed.json").read_text())
     except (OSError, ValueError):
-        sampling = {}
-    return ModelProfile("testbed", root, dict(IMPLICIT_TRIGGERS), frozenset(vocabulary()), sampling)
+        meta = {}
+    return ModelProfile("testbed", root, dict(IMPLICIT_TRIGGERS), frozenset(vocabulary()), meta.get("sampling", {}),
+                        tuple(meta.get("excluded", ())), meta.get("reference"))  # fmt: skip

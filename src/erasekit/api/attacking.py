@@ -3,14 +3,13 @@ report their attack success rates (see :mod:`erasekit.attacks.base` for the one 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from pathlib import Path
 
 from .. import models
-from ..attacks.arena import Arena, _with_copies
+from ..attacks.arena import Arena, with_copies
 from ..attacks.base import AttackResult, Tracker
 from ..core.errors import ConfigError, InvalidInputError
 from ..core.outputs import check_file_output, write_report
@@ -51,7 +50,7 @@ def attacked_pipeline(pipe, erasure):
     names = {k.split(".", 1)[0] for k in erasure.touched()}
     if erasure.attachment is not None:
         names |= set(adapter.trainable_components(pipe))
-    clone = _with_copies(pipe, sorted(names))
+    clone = with_copies(pipe, sorted(names))
     erasure.applied(clone)  # stays applied: the clone exists only for this attack
     return clone
 
@@ -77,13 +76,10 @@ def reference_model(pipe, reference, device, dtype):
             if not isinstance(reference, (str, os.PathLike))
             else models.load_pipeline(reference, device=device, dtype=dtype)
         )
-    root = getattr(pipe, "name_or_path", None)
-    meta = Path(root) / "testbed.json" if root else None
-    if meta is not None and meta.is_file():
-        named = json.loads(meta.read_text()).get("reference")
-        if named:
-            return models.load_pipeline(named, device=device, dtype=dtype)
-    return None
+    from ..profiles import profile_of
+
+    named = profile_of(pipe).reference
+    return models.load_pipeline(named, device=device, dtype=dtype) if named else None
 
 
 def run_attack(spec: AttackSpec, arena: Arena, config, progress: bool = True, before=None) -> AttackResult:
@@ -135,24 +131,17 @@ def attack(
     concept (default: ``model`` without the erasure, or the testbed for an oracle). Writes the JSON
     to ``out`` when given. Returns one :class:`AttackResult`, or a list for several attacks.
     """
-    from ..core.erasure import Erasure
 
-    names = attack_names(attack)
-    if budget is not None and budget < 0:
-        raise InvalidInputError(f"--budget must be >= 0, got {budget}")
     if seeds is not None and seeds < 1:
         raise InvalidInputError(f"--seeds must be >= 1, got {seeds}")
-    specs = [get_attack(n) for n in names]
-    if len(specs) == 1:
-        configs = [specs[0].make_config({**(params or {}), **({"budget": budget} if budget is not None else {})})]
-    else:  # one budget for several attacks: those with few options (formats, settings) are capped at their count
-        configs = [s.make_config({} if budget is None else {"budget": min(budget, _budget_max(s))}) for s in specs]
+    specs = [get_attack(n) for n in attack_names(attack)]
     if params and len(specs) > 1:
         raise ConfigError("--set applies to one attack; run attacks with their own settings one at a time")
-    loaded_pipe = not isinstance(model, (str, os.PathLike))
-    if out is not None:
-        out = check_file_output(out, "attack", (".json",), [] if loaded_pipe else _inputs(model, erasure), what="attack report")
-    loaded = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
+    if len(specs) == 1:  # the config checks the budget (>= 0, and at most the options of a bounded attack)
+        configs = [specs[0].make_config({**(params or {}), **({"budget": budget} if budget is not None else {})})]
+    else:  # one budget for several attacks: those with few options (formats, settings) are capped at their count
+        configs = [s.make_config({} if budget is None else {"budget": min(budget, s.budget_max)}) for s in specs]
+    loaded_pipe, out, loaded = _inputs_checked(model, erasure, out)
     if concept is None:
         if loaded is None or not loaded.request.concepts:
             raise ConfigError("nothing to attack: pass --concept NAME (or an --erasure whose request names one)")
@@ -163,12 +152,7 @@ def attack(
     results = []
     for spec, config in zip(specs, configs):
         result = run_attack(spec, arena, config, progress=progress, before=before)
-        result.model = str(root if loaded_pipe else model)
-        result.erasure = (
-            None
-            if erasure is None
-            else (f"{loaded.method} erasure (in memory)" if isinstance(erasure, Erasure) else str(erasure))
-        )
+        result.model, result.erasure = str(root if loaded_pipe else model), _erasure_label(erasure, loaded)
         results.append(result)
     if out is not None:
         data = results[0].to_dict() if len(results) == 1 else {"attacks": [r.to_dict() for r in results]}
@@ -176,11 +160,23 @@ def attack(
     return results[0] if len(results) == 1 else results
 
 
-def _budget_max(spec: AttackSpec) -> int:
-    import dataclasses
+def _inputs_checked(model, erasure, out):
+    """``(loaded_pipe, out, loaded erasure)``: the output path checked (never one of the inputs) and
+    the erasure loaded, before any model is."""
+    from ..core.erasure import Erasure
 
-    field = next(f for f in dataclasses.fields(spec.config_cls) if f.name == "budget")
-    return int(field.metadata.get("max", 1 << 30))
+    loaded_pipe = not isinstance(model, (str, os.PathLike))
+    if out is not None:
+        out = check_file_output(out, "attack", (".json",), [] if loaded_pipe else _inputs(model, erasure), what="attack report")
+    loaded = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
+    return loaded_pipe, out, loaded
+
+
+def _erasure_label(erasure, loaded) -> str | None:
+    """How a report names the erasure: its directory, or its method for one passed in memory."""
+    if erasure is None:
+        return None
+    return str(erasure) if isinstance(erasure, (str, os.PathLike)) else f"{loaded.method} erasure (in memory)"
 
 
 def _canonical(concept: str) -> str:
@@ -213,7 +209,6 @@ def replay(
     again, on the same trials (prompts and seeds). Attacks whose finding is a procedure (quantization,
     relearning, latent inversion) are run again with the same settings. The result uses the same ASR
     definition, judged on the new model (``asr_before``: its plain prompts)."""
-    from ..core.erasure import Erasure
     from ..core.io import read_json
 
     data = source if isinstance(source, dict) else read_json(source)
@@ -229,10 +224,7 @@ def replay(
         budget = config.pop("budget", None)
         return attack(model, erasure, spec.name, data["concept"], budget=budget, seeds=len(records) // len(prompts),
                       params=config, prompts=prompts, out=out, device=device, dtype=dtype, progress=progress)  # fmt: skip
-    loaded_pipe = not isinstance(model, (str, os.PathLike))
-    if out is not None:
-        out = check_file_output(out, "attack", (".json",), [] if loaded_pipe else _inputs(model, erasure), what="attack report")
-    loaded = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
+    loaded_pipe, out, loaded = _inputs_checked(model, erasure, out)
     arena, root = _arena(model, loaded, data["concept"], prompts, len(records) // len(prompts), None, device, dtype)
     seeds = [t.seed for t in arena.trials]
     if seeds != [r["seed"] for r in records] or [t.prompt for t in arena.trials] != [r["prompt"] for r in records]:
@@ -245,8 +237,7 @@ def replay(
     if rows:
         tracker.report(tracker.budget, rows, _replay_images(arena, rows, found), found)
     result = AttackResult(
-        attack=spec.name, concept=arena.concept, model=str(root if loaded_pipe else model),
-        erasure=None if erasure is None else str(erasure if not isinstance(erasure, Erasure) else f"{loaded.method} erasure (in memory)"),
+        attack=spec.name, concept=arena.concept, model=str(root if loaded_pipe else model), erasure=_erasure_label(erasure, loaded),
         budget=tracker.budget, budget_unit=spec.budget_unit, records=tracker.records, curve=[tracker.curve()[0], tracker.curve()[-1]],
         seconds=time.time() - t0, judge=JUDGE_NAME, config=data.get("config", {}), info={"replay_of": str(source) if not isinstance(source, dict) else "report"},
     )  # fmt: skip
@@ -260,7 +251,7 @@ def _replay_images(arena: Arena, rows: list[int], found: list[dict]):
     import numpy as np
     import torch
 
-    from ..attacks.arithmetic import _compose
+    from ..attacks.arithmetic import compose_images
     from ..attacks.tokens import Slots
 
     images: list = [None] * len(rows)
@@ -277,7 +268,7 @@ def _replay_images(arena: Arena, rows: list[int], found: list[dict]):
             images[i] = arena.generate(cond, [arena.trials[rows[i]].seed])[0]
         elif "parts" in f:
             parts = [(arena.cond([t]), [w]) for t, w in f["parts"]]
-            images[i] = _compose(arena, [rows[i]], parts)[0]
+            images[i] = compose_images(arena, [rows[i]], parts)[0]
     return np.stack(images)
 
 

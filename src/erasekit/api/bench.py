@@ -82,7 +82,7 @@ def bench(
     runs = []
     for concept in concepts:
         if attack_list:
-            _attack_references(pipe, concept, attack_list, out_dir, oracle, device, dtype, progress)
+            attack_references(pipe, concept, attack_list, out_dir, oracle, device, dtype, progress)
         for method in methods:
             request = ErasureRequest([Target(concept)])
             scope = reset_peak_memory(pipe.device)
@@ -100,7 +100,7 @@ def bench(
                 peak_memory_scope=scope,
             )
             if attack_list:
-                run["attacks"] = _attacks_of(pipe, erasure, concept, attack_list, progress)
+                run["attacks"] = attacks_of(pipe, erasure, concept, attack_list, progress)
             write_report(out_dir / f"{method}-{concept}.json", run, "bench-run")
             runs.append(run)
     # The report covers every run recorded in out_dir (earlier bench calls included), newest wins.
@@ -144,7 +144,7 @@ def _attack_list(attacks: list[str] | None) -> list[str]:
     return attack_names(attacks)
 
 
-def _attacks_of(pipe, erasure, concept: str, names: list[str], progress: bool) -> dict:
+def attacks_of(pipe, erasure, concept: str, names: list[str], progress: bool) -> dict:
     """Every attack's summary (no per-trial findings) against ``erasure`` on ``pipe``."""
     from ..report.robustness import attack_summary
     from .attacking import attack
@@ -154,13 +154,13 @@ def _attacks_of(pipe, erasure, concept: str, names: list[str], progress: bool) -
     return {r.attack: attack_summary(r.to_dict()) for r in results}
 
 
-def _attack_references(pipe, concept, names, out_dir, oracle, device, dtype, progress, base: bool = True) -> None:
+def attack_references(pipe, concept, names, out_dir, oracle, device, dtype, progress, base: bool = True) -> None:
     """Attack the base model (``base``), and the oracle when it never saw ``concept``; one JSON each."""
     from ..evaluation.prompts import resolve_concept
 
     if base and not _covered(out_dir / f"attacks-base-{concept}.json", names):
         write_report(out_dir / f"attacks-base-{concept}.json",
-                     {"concept": concept, "label": "base model", "attacks": _attacks_of(pipe, None, concept, names, progress)},
+                     {"concept": concept, "label": "base model", "attacks": attacks_of(pipe, None, concept, names, progress)},
                      "bench-attacks")  # fmt: skip
     if not oracle:
         return
@@ -168,12 +168,15 @@ def _attack_references(pipe, concept, names, out_dir, oracle, device, dtype, pro
         root = Path(models.resolve_model(oracle))
     except MissingFileError:
         return
-    meta = read_json(root / "testbed.json") if (root / "testbed.json").is_file() else {}
-    if resolve_concept(concept)[0] not in meta.get("excluded", []) or _covered(out_dir / f"attacks-oracle-{concept}.json", names):
+    from ..profiles import profile_at
+
+    if resolve_concept(concept)[0] not in profile_at(root).excluded or _covered(
+        out_dir / f"attacks-oracle-{concept}.json", names
+    ):
         return
     oracle_pipe = models.load_pipeline(oracle, device=device, dtype=dtype)
     write_report(out_dir / f"attacks-oracle-{concept}.json",
-                 {"concept": concept, "label": "oracle", "attacks": _attacks_of(oracle_pipe, None, concept, names, progress)},
+                 {"concept": concept, "label": "oracle", "attacks": attacks_of(oracle_pipe, None, concept, names, progress)},
                  "bench-attacks")  # fmt: skip
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .. import models
 from ..core.errors import InvalidInputError, MissingFileError
-from ..core.io import read_json
 from ..core.outputs import IMAGE_SUFFIXES, check_dir_output, check_file_output, write_report
 from ..generation import SamplingConfig, generate, make_grid, save_image, warn_unknown_words
 from .judges import describe_labels, load_judge
@@ -84,10 +83,16 @@ def check_testbed(
     if judge is None:
         raise MissingFileError(f"no testbed classifier found for {model!r}; pass --classifier PATH")
     pipe = models.load_pipeline(model, device=device, dtype=dtype)
-    meta = Path(str(pipe.name_or_path)) / "testbed.json"
-    excluded = tuple(read_json(meta).get("excluded", [])) if meta.is_file() else ()  # an oracle is gated without its concepts
-    report = run_gate(pipe, judge, seeds=seeds, sampling=SamplingConfig(steps=steps, guidance_scale=guidance),
-                      progress=progress, excluded=excluded)  # fmt: skip
+    from ..profiles import profile_of
+
+    report = run_gate(
+        pipe,
+        judge,
+        seeds=seeds,
+        sampling=SamplingConfig(steps=steps, guidance_scale=guidance),
+        progress=progress,
+        excluded=profile_of(pipe).excluded,
+    )  # fmt: skip  (an oracle: gated without its concepts)
     report["model"] = str(model)
     write_report(out, report, "gate")
     return report

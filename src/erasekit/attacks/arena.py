@@ -30,7 +30,7 @@ from ..training.diffusion import Workbench
 from .base import Trial
 
 
-def _with_copies(pipe, names: list[str]):
+def with_copies(pipe, names: list[str]):
     """A shallow copy of ``pipe`` with deep copies of the components ``names``."""
     clone = copy.copy(pipe)
     for name in names:
@@ -90,8 +90,7 @@ class Arena:
     def initial_latents(self, seeds: list[int], reference: bool = False) -> torch.Tensor:
         """Each seed's initial noise as diffusers draws it (a CPU generator per image)."""
         bench = self.ref if reference else self.bench
-        shape = bench.latents_shape(1)
-        dtype = next(getattr(bench.pipe, bench.adapter.denoiser).parameters()).dtype
+        shape, dtype = bench.latents_shape(1), self.dtype_of(bench)
         noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=dtype) for s in seeds]
         return torch.cat(noise).to(bench.device)
 
@@ -132,7 +131,7 @@ class Arena:
         bench = self.ref if reference else self.bench
         if parts is None:
             c = self.cond(cond, reference=reference) if isinstance(cond, list) else cond
-            parts = [(c.to(self._dtype(bench)), 1.0)]
+            parts = [(c.to(self.dtype_of(bench)), 1.0)]
         x = self.initial_latents(seeds, reference) if x is None else x
         return bench.decode_images(self.sample(parts, x, reference, guidance))
 
@@ -187,13 +186,13 @@ class Arena:
         names = components or self.adapter.trainable_components(self.pipe)
         attachment = getattr(self.erasure, "attachment", None)
         if attachment is None or self.base is None:
-            clone = _with_copies(self.pipe, names)
+            clone = with_copies(self.pipe, names)
             if transform is not None:
                 transform(clone)
             return clone
         import dataclasses
 
-        clone = _with_copies(self.base, sorted(set(names) | set(self.adapter.trainable_components(self.base))))
+        clone = with_copies(self.base, sorted(set(names) | set(self.adapter.trainable_components(self.base))))
         dataclasses.replace(self.erasure, attachment=None, _applied={}).applied(clone)  # weight edits, LoRA deltas
         if transform is not None:
             transform(clone)
@@ -202,7 +201,8 @@ class Arena:
 
     # -- helpers -------------------------------------------------------------------------------------
     @staticmethod
-    def _dtype(bench: Workbench) -> torch.dtype:
+    def dtype_of(bench: Workbench) -> torch.dtype:
+        """The precision of ``bench``'s denoiser (initial noise and conditionings are cast to it)."""
         return next(getattr(bench.pipe, bench.adapter.denoiser).parameters()).dtype
 
     def text_encoder(self, reference: bool = False):

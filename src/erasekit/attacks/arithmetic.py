@@ -86,15 +86,15 @@ def arithmetic(arena, config: ArithmeticConfig, tracker, progress: bool = True) 
             cond = arena.cond([p[j][0] for p in padded])
             weights = [p[j][1] for p in padded]
             parts.append((cond, weights))
-        images = _compose(arena, rows, parts)
+        images = compose_images(arena, rows, parts)
         tracker.report(k + 1, rows, images, [{"parts": [[t, w] for t, w in p]} for p in parts_of])
 
 
-def _compose(arena, rows: list[int], parts) -> "object":
+def compose_images(arena, rows: list[int], parts) -> "object":
     """Images of ``rows`` under composed guidance with per-row weights (``parts = [(cond, [w_row])]``)."""
     import torch
 
-    dtype = arena._dtype(arena.bench)
+    dtype = arena.dtype_of(arena.bench)
     x = arena.initial_latents([arena.trials[r].seed for r in rows])
     weighted = [(c.to(dtype), torch.tensor(w, dtype=torch.float32).view(-1, 1, 1, 1)) for c, w in parts]
     return arena.bench.decode_images(arena.sample(weighted, x))

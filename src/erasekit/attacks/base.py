@@ -101,7 +101,6 @@ class Tracker:
             TrialRecord(t, bool(b), bool(b), 0 if b else None, {"prompt": t.prompt} if b else {}, before_images[i])
             for i, (t, b) in enumerate(zip(trials, before))
         ]
-        self.calls = 0
 
     def pending(self) -> list[int]:
         """Indices of the trials not yet successful."""
@@ -122,7 +121,6 @@ class Tracker:
         success mask of ``rows`` (trials already successful are left as they were)."""
         if len(rows) != len(images) or len(rows) != len(found):
             raise ValueError("report needs one image and one 'found' entry per trial row")
-        self.calls += 1
         self._advance(spent)
         ok = np.asarray(self.judge(images), dtype=bool) if len(rows) else np.zeros(0, dtype=bool)
         for r, hit, img, f in zip(rows, ok, images, found):
@@ -133,6 +131,14 @@ class Tracker:
             if hit:
                 rec.success, rec.budget_used = True, int(spent)
         return ok
+
+    def pending_loss(self, per_trial):
+        """Mean of ``per_trial`` losses (a tensor, one per trial) over the trials not yet successful: a
+        trial that succeeded stops pulling the shared optimisation."""
+        import torch
+
+        pending = torch.tensor([not r.success for r in self.records], device=per_trial.device, dtype=per_trial.dtype)
+        return (per_trial * pending).sum() / pending.sum().clamp(min=1)
 
     def curve(self) -> list[list[float]]:
         """``[[b, ASR(b)], ...]`` from 0 to the full budget (checkpoints only)."""

@@ -41,6 +41,12 @@ class ConceptInversionConfig(AttackConfig):
     seed: int = field(default=0, metadata={"help": "seed of the batches and noise draws"})
 
 
+def placeholder_vector(arena) -> torch.Tensor:
+    """The placeholder word's token embedding (float32): where the vectors start."""
+    emb = arena.text_encoder().get_input_embeddings().weight.detach()
+    return emb[arena.tokenizer()(PLACEHOLDER, add_special_tokens=False).input_ids[0]].float()
+
+
 def judge_vectors(arena, tracker, spent: int, layout: str, k: int, vectors: torch.Tensor) -> None:
     """Judge the pending trials' images with ``vectors`` (``[N, k, d]`` per trial or ``[k, d]``) in
     their slots; record the vectors as what was found."""
@@ -67,8 +73,7 @@ def soft_prompt(arena, config: SoftPromptAttackConfig, tracker, progress: bool =
     rows = list(range(len(arena.trials)))
     prompts = [arena.trials[r].prompt for r in rows]
     slots = make_slots(arena.tokenizer(), prompts, config.n_tokens, "prefix")
-    emb = arena.text_encoder().get_input_embeddings().weight.detach()
-    start = emb[arena.tokenizer()(PLACEHOLDER, add_special_tokens=False).input_ids[0]].float()
+    start = placeholder_vector(arena)
     v = start.expand(len(rows), config.n_tokens, -1).clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
@@ -94,8 +99,7 @@ def concept_inversion(arena, config: ConceptInversionConfig, tracker, progress: 
     """One new word embedding learned against the erased model on the original model's images (CCE)."""
     rows = list(range(len(arena.trials)))
     slots = make_slots(arena.tokenizer(), [arena.trials[r].prompt for r in rows], 1, "replace", concept=arena.concept)
-    emb = arena.text_encoder().get_input_embeddings().weight.detach()
-    start = emb[arena.tokenizer()(PLACEHOLDER, add_special_tokens=False).input_ids[0]].float()
+    start = placeholder_vector(arena)
     v = start[None].clone().requires_grad_(True)  # [1, d]: one word for every prompt
     opt = torch.optim.Adam([v], lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)

@@ -62,7 +62,7 @@ def latent_inversion(arena, config: LatentInversionConfig, tracker, progress: bo
         if not rows:
             break
         prompts = [arena.trials[r].prompt if text == "prompt" else "" for r in rows]
-        dtype = arena._dtype(arena.bench)
+        dtype = arena.dtype_of(arena.bench)
         cond = arena.cond(prompts).to(dtype)
         xT = invert(arena, x0_all[rows].to(dtype), cond)
         g = arena.guidance if guidance is None else guidance

@@ -53,9 +53,8 @@ def run_p4d(arena, config: P4DConfig, tracker, layout: str) -> dict:
             st = hard + z - z.detach()
             cond = arena.cond(slots.texts, token_hook=slots.hook(st), grad=True)
             b, target = arena.reference_point(gen, ref_cond)
-            pending = torch.tensor([not tracker.records[r].success for r in rows], device=arena.device, dtype=torch.float32)
             per = (bench.predict(b.xt, b.t, cond).float() - target).pow(2).flatten(1).mean(1)
-            loss = (per * pending).sum() / pending.sum().clamp(min=1)
+            loss = tracker.pending_loss(per)
             z.grad = torch.autograd.grad(loss, [z])[0]
             opt.step()
             if tracker.due(it):

@@ -36,7 +36,7 @@ def relearning(arena, config: RelearningConfig, tracker, progress: bool = True) 
     clone = arena.weights_copy([denoiser])
     other = arena.variant(clone)
     module = getattr(clone, denoiser)
-    params = [p for p in module.parameters()]
+    params = list(module.parameters())  # the clone's own: the user's model keeps its flags
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=config.lr)
@@ -62,6 +62,4 @@ def relearning(arena, config: RelearningConfig, tracker, progress: bool = True) 
                 )
             if not tracker.pending():
                 break
-    for p in params:
-        p.requires_grad_(False)
     return {"final_loss": losses[-1] if losses else None}

@@ -55,9 +55,8 @@ def unlearndiffatk(arena, config: UnlearnDiffAtkConfig, tracker, progress: bool 
             st = hard + probs - probs.detach()  # straight-through: real tokens forward, relaxed backward
             cond = arena.cond(slots.texts, token_hook=slots.hook(st @ table), grad=True)
             b = bench.noised(x0, bench.sample_t(len(rows), gen), gen)
-            pending = torch.tensor([not tracker.records[r].success for r in rows], device=arena.device, dtype=torch.float32)
             per = (bench.predict(b.xt, b.t, cond).float() - bench.target(b).float()).pow(2).flatten(1).mean(1)
-            loss = (per * pending).sum() / pending.sum().clamp(min=1)
+            loss = tracker.pending_loss(per)
             grad = torch.autograd.grad(loss, [probs])[0]
             probs.grad = grad
             opt.step()

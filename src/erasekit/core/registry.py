@@ -167,6 +167,12 @@ class AttackSpec(ConfiguredSpec):
     def default_budget(self) -> int:
         return int(self.make_config().budget)
 
+    @property
+    def budget_max(self) -> int:
+        """The largest budget the attack accepts (its number of options, for bounded attacks)."""
+        field_ = next(f for f in dataclasses.fields(self.config_cls) if f.name == "budget")
+        return int(field_.metadata.get("max", 1 << 30))
+
 
 ATTACKS: dict[str, AttackSpec] = {}
 
