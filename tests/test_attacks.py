@@ -332,3 +332,34 @@ def test_the_oracle_never_draws_its_excluded_concepts_and_takes_the_testbed_as_r
     assert result.asr_before <= 0.1  # never learned: its plain star prompts show no star
     circles = erasekit.attack(oracle, None, attack="synonyms", concept="circle", budget=0, seeds=1, progress=False)
     assert circles.asr_before >= 0.9  # everything else it draws as the testbed does
+
+
+@pytest.mark.testbed
+def test_quantization_really_rounds_the_weights(testbed_pipe, judge):
+    from erasekit.attacks.quantization import quantized
+
+    arena = _arena(testbed_pipe, judge)
+    clone = quantized(arena, "int4")
+    name = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    q, original = clone.unet.get_submodule(name), testbed_pipe.unet.get_submodule(name).weight.detach()
+    assert type(q).__name__ == "QLinear"
+    w = q.weight.dequantize() if hasattr(q.weight, "dequantize") else q.weight
+    error = (w.float() - original).abs()
+    assert error.max() > 0 and error.max() < 0.2 * original.abs().max()  # rounded, within int4's bin scale
+    assert (
+        isinstance(testbed_pipe.unet.get_submodule(name), torch.nn.Linear)
+        and type(testbed_pipe.unet.get_submodule(name)).__name__ == "Linear"
+    )
+
+
+@pytest.mark.testbed
+def test_latent_inversion_finds_the_noise_that_redraws_the_image(testbed_pipe, judge):
+    from erasekit.attacks.latent_inversion import invert
+
+    arena = _arena(testbed_pipe, judge, prompts=STAR_PROMPTS[:2])
+    x0 = arena.reference_latents()
+    cond = arena.cond(STAR_PROMPTS[:2])
+    xT = invert(arena, x0, cond)
+    again = arena.sample([(cond, 1.0)], xT, guidance=1.0)
+    assert (xT - x0).abs().mean() > 0.5  # a noise latent, not the image
+    assert (again - x0).abs().mean() < 0.25 * x0.abs().mean()  # sampling it back redraws the image
