@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
 
 from .. import models
 from ..attacks.arena import Arena, with_copies
@@ -15,7 +14,7 @@ from ..core.errors import ConfigError, InvalidInputError
 from ..core.outputs import check_file_output, write_report
 from ..core.registry import AttackSpec, all_attacks, get_attack
 from ..generation import SamplingConfig
-from .judges import load_judge
+from .judges import model_judge
 
 #: Trials per attack when ``seeds`` is not given: seeds are chosen so prompts x seeds reaches this.
 DEFAULT_TRIALS = 24
@@ -280,10 +279,7 @@ def _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, ste
     loaded_pipe = not isinstance(model, (str, os.PathLike))
     if not loaded_pipe:
         models.check_placement(device, dtype)
-    root = getattr(model, "name_or_path", None) if loaded_pipe else models.resolve_model(model)
-    judge = load_judge(root) if root and Path(str(root)).is_dir() else None
-    if judge is None:
-        raise ConfigError(f"attacks need a judge; {root or model!r} has none (only testbed models have one so far)")
+    root, judge = model_judge(model, "an attack")
     tj = TestbedJudge(judge)
     if not tj.knows(concept):
         raise ConfigError(f"the judge cannot tell {concept!r}: attack a concept of the testbed world (see docs/testbed.md)")

@@ -9,7 +9,7 @@ from .. import models
 from ..core.errors import InvalidInputError, MissingFileError
 from ..core.outputs import IMAGE_SUFFIXES, check_dir_output, check_file_output, write_report
 from ..generation import SamplingConfig, generate, make_grid, save_image, warn_unknown_words
-from .judges import describe_labels, load_judge
+from .judges import describe_labels, load_judge, model_judge
 
 
 def model_inputs(model: str | os.PathLike) -> list[str]:
@@ -178,10 +178,7 @@ def evaluate(
         raise ConfigError("nothing to evaluate: pass --erasure DIR, or --concept NAME to measure the base model")
     for t in targets:
         resolve_concept(t)
-    root = getattr(model, "name_or_path", None) if loaded_pipe else models.resolve_model(model)
-    judge = load_judge(root) if root and (not loaded_pipe or Path(root).is_dir()) else None
-    if judge is None:
-        raise ConfigError(f"evaluation needs a testbed judge; {root or model!r} has none (real-model judges come later)")
+    root, judge = model_judge(model, "evaluation")
     pipe = model if loaded_pipe else models.load_pipeline(model, device=device, dtype=dtype)
     if loaded is not None:  # before any image is generated
         loaded.check_compatible(pipe, hint="evaluate it on the model it was made from")

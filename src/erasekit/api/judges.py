@@ -31,6 +31,19 @@ def load_judge(model: str | os.PathLike = "testbed", classifier: str | os.PathLi
     return ModelProfile(root=Path(str(model))).classifier()
 
 
+def model_judge(model, what: str):
+    """``(root, judge)`` for ``model`` (a name, directory or loaded pipeline): the judge of its world,
+    or a one-line error saying that ``what`` needs one."""
+    from ..core.errors import ConfigError
+
+    loaded = not isinstance(model, (str, os.PathLike))
+    root = getattr(model, "name_or_path", None) if loaded else resolve_model(model)
+    judge = load_judge(root) if root and (not loaded or Path(str(root)).is_dir()) else None
+    if judge is None:
+        raise ConfigError(f"{what} needs a judge; {root or model!r} has none (only testbed models have one so far)")
+    return root, judge
+
+
 def describe_labels(pred: dict, i: int) -> str:
     """Two short caption lines for image ``i`` from classifier predictions."""
     from ..testbed.classifier import LABEL_NAMES
