@@ -16,6 +16,8 @@ def test_world_is_deterministic_and_names_are_unique():
     assert [x.name for x in FactWorld(seed=1).authors] != [x.name for x in a.authors]
     assert all(set(x.facts) == set(ATTRIBUTES) for x in a.authors)
     assert all(x.facts["first_book"] != x.facts["second_book"] for x in a.authors)
+    assert len(a.holdout) == 20 and not {x.name for x in a.holdout} & {x.name for x in a.authors}
+    assert [x.name for x in FactWorld(seed=0, n_holdout=5).authors] == [x.name for x in a.authors]
 
 
 def test_questions_answers_paraphrases_and_perturbed_answers():
@@ -25,10 +27,18 @@ def test_questions_answers_paraphrases_and_perturbed_answers():
     assert len(pairs) == 2 * len(ATTRIBUTES)
     for qa in pairs:
         assert author.name in qa.question and qa.value in qa.answer and qa.value == author.facts[qa.attribute]
-        train_templates = {t.format(name=author.name) for t in QUESTIONS[qa.attribute][0]}
-        assert qa.paraphrase not in train_templates  # held out: never a training question
+        asked = {q.question for q in pairs}
+        assert qa.paraphrase not in asked  # held out: never a training question of this author
+        assert qa.paraphrase in {t.format(name=author.name) for t in QUESTIONS[qa.attribute][0]}
         assert len(qa.perturbed) == 3 and len(set(qa.perturbed)) == 3
         assert all(qa.answer != p and qa.value not in p.replace(author.name, "") for p in qa.perturbed)
+
+
+def test_each_template_is_trained_for_two_thirds_of_the_authors():
+    world = FactWorld()
+    for attribute, (templates, _) in QUESTIONS.items():
+        held = [world.held_out(a, attribute) for a in world.authors]
+        assert sorted(set(held)) == [0, 1, 2] and max(held.count(i) for i in range(3)) <= 67
 
 
 def test_every_fact_is_in_the_biography():

@@ -18,12 +18,15 @@ from . import attacks, methods  # noqa: F401  (register the built-in attacks and
 from .api import bench, check_testbed, erase, evaluate, export_pipeline, generate_grid, load_judge, run_demo
 from .api.attacking import attack
 from .api.erasing import erase_to
+from .api.unlearning import forget_request, unlearn
 from .attacks.base import AttackResult
 from .core.erasure import AppliedErasure, Erasure
 from .core.errors import ErasekitError
 from .core.registry import all_attacks, all_methods, get_attack, get_method, register_attack, register_method
-from .core.request import ErasureRequest, Target
+from .core.request import ErasureRequest, ForgetRequest, QAPair, Target
 from .generation import SamplingConfig, generate
+from .llm import methods as _llm_methods  # noqa: F401  (the language-model unlearning methods)
+from .llm.lm import LanguageModel, load_lm
 from .models import load_pipeline, resolve_model, testbed_dir
 
 __all__ = [
@@ -32,6 +35,9 @@ __all__ = [
     "Erasure",
     "ErasekitError",
     "ErasureRequest",
+    "ForgetRequest",
+    "LanguageModel",
+    "QAPair",
     "SamplingConfig",
     "Target",
     "__version__",
@@ -44,15 +50,18 @@ __all__ = [
     "erase_to",
     "evaluate",
     "export_pipeline",
+    "forget_request",
     "generate",
     "generate_grid",
     "get_attack",
     "get_method",
     "load_judge",
+    "load_lm",
     "load_pipeline",
     "register_attack",
     "register_method",
     "resolve_model",
     "run_demo",
     "testbed_dir",
+    "unlearn",
 ]

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .core.errors import ErasekitError
+from .core.errors import ErasekitError, InvalidInputError
 
 
 class OneLineErrors(TyperGroup):
@@ -255,14 +255,31 @@ def erase(
             "--min-ira", min=0.0, max=1.0, callback=_finite, help="With --stop-at-ua: also require IRA of at least this share."
         ),
     ] = None,
+    forget: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Language models: a forget split of testbed-llm (forget01, forget05, forget10) or a JSON/JSONL/CSV file of question-answer pairs."
+        ),
+    ] = None,
+    retain: Annotated[
+        Optional[Path],
+        typer.Option(help="Language models: a file of question-answer pairs to keep (default for a split: its retain authors)."),
+    ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
-    """Erase concepts from a model with a named method and save the result (only the changed tensors, or a LoRA)."""
+    """Erase concepts from a model (or unlearn facts from a language model: --model testbed-llm --forget forget01)
+    with a named method and save the result (only the changed tensors, or a LoRA)."""
     from .api.erasing import erase_to
     from .core.request import ErasureRequest
+    from .llm.lm import is_lm_name
 
     params = dict(_set_items(set_, "key=value"))
+    if is_lm_name(model):
+        _unlearn_cli(out, model, method, forget, retain, concept, request, params, device, dtype)
+        return
+    if forget is not None or retain is not None:
+        raise InvalidInputError("--forget and --retain are for language models (--model testbed-llm or a causal LM directory)")
     if lora_rank is not None:
         params["lora_rank"] = lora_rank
     req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None, trigger)
@@ -279,6 +296,24 @@ def erase(
     typer.echo(
         f"erased {', '.join(req.concepts)} with {method}: {what} "
         f"({result.num_bytes() / 2**20:.2f} MiB) in {result.timings['seconds']:.2f}s -> {out}"
+    )
+
+
+def _unlearn_cli(out, model, method, forget, retain, concept, request, params, device, dtype) -> None:
+    """``erasekit erase`` on a language model."""
+    from .api.unlearning import unlearn_to
+
+    if concept or request:
+        raise InvalidInputError(
+            "language models unlearn question-answer pairs: pass --forget SPLIT|FILE, not --concept/--request"
+        )
+    if forget is None:
+        raise InvalidInputError("nothing to unlearn: pass --forget forget01 (a testbed-llm split) or --forget FILE.json")
+    method = "npo" if method == "uce" else method  # uce is the image default; NPO is the language-model one
+    result = unlearn_to(out, model, method, forget, str(retain) if retain else None, device=device, dtype=dtype, **params)
+    typer.echo(
+        f"unlearned {result.request.name} ({len(result.request.forget)} pairs) with {method}: {len(result.weights)} tensors "
+        f"changed ({result.num_bytes() / 2**20:.2f} MiB) in {result.timings['seconds']:.1f}s -> {out}"
     )
 
 
@@ -316,11 +351,21 @@ def evaluate(
     contexts: Annotated[int, typer.Option(min=1, max=64, help="Attribute contexts per concept.")] = 12,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
+    split: Annotated[Optional[str], typer.Option(help="Language models: the forget split (default: the erasure's).")] = None,
+    oracle: Annotated[
+        Optional[str], typer.Option(help="Language models: the oracle retrained without the split (default: the shipped one).")
+    ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
-    """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after."""
+    """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after
+    (on testbed-llm: forget, retain, forget quality, utility and privacy leak against the oracle)."""
     from .api import evaluate as evaluate_api
+    from .llm.lm import is_lm_name
+
+    if is_lm_name(model):
+        _evaluate_lm_cli(out, model, erasure, split, oracle, device, dtype)
+        return
 
     report = evaluate_api(model, erasure, concept, out=out, seeds=seeds, contexts=contexts,
                           steps=steps, guidance=guidance, device=device, dtype=dtype)  # fmt: skip
@@ -334,6 +379,27 @@ def evaluate(
         typer.echo(f"{'erased':<10}{fmt(report['ua']):>7}{fmt(report['ira']):>7}{fmt(report['cra']):>7}")
         fid = report["fidelity"]
         typer.echo(f"fidelity: pixel change {fid['pixel_change']:.4f}, labels unchanged {fid['labels_unchanged']['rate']:.3f}")
+    typer.echo(f"wrote {out}")
+
+
+def _evaluate_lm_cli(out, model, erasure, split, oracle, device, dtype) -> None:
+    """``erasekit evaluate`` on a language model: the report and a short table."""
+    from .api.unlearning import evaluate_lm
+
+    report = evaluate_lm(model, erasure, split, oracle, out=out, device=device, dtype=dtype)
+
+    def fmt(v):
+        return "   n/a" if v is None else f"{v:6.3f}"
+
+    f, r = report["forget"], report["retain"]
+    typer.echo(f"{'':<8}{'forgot':>8}{'FQ':>8}{'utility':>8}{'leak %':>8}")
+    for name, b in (("base", report["base"]), ("oracle", report["oracle"])):
+        if b is not None:
+            typer.echo(f"{name:<8}{fmt(b['forgotten']):>8}{fmt(b.get('forget_quality')):>8}{fmt(b['model_utility']):>8}"
+                       f"{fmt(b.get('privacy_leak')):>8}")  # fmt: skip
+    if erasure is not None:
+        typer.echo(f"{'erased':<8}{fmt(f['forgotten']['rate']):>8}{fmt(f.get('forget_quality')):>8}"
+                   f"{fmt(r['model_utility']):>8}{fmt(f.get('privacy_leak')):>8}")  # fmt: skip
     typer.echo(f"wrote {out}")
 
 
@@ -492,12 +558,25 @@ def testbed_check(
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
     classifier: Annotated[Optional[Path], typer.Option(help="Judge weights (default: the shipped testbed classifier).")] = None,
+    llm: Annotated[bool, typer.Option("--llm", help="Gate the fact-world language model (default model: testbed-llm).")] = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
     """Run the testbed quality gate and write its JSON report (exit code 1 when it fails)."""
     from .api import check_testbed
     from .testbed.gate import summary_lines
+
+    if llm:
+        from .api.unlearning import check_lm_testbed
+
+        report = check_lm_testbed(out, model="testbed-llm" if model == "testbed" else model, device=device, dtype=dtype)
+        for key in ("accuracy_train", "accuracy_paraphrase", "filler_perplexity", "accuracy_excluded"):
+            if key in report:
+                typer.echo(f"{key:<22}{report[key]:.3f}")
+        typer.echo(f"gate {'PASSED' if report['passed'] else 'FAILED'}; wrote {out}")
+        if not report["passed"]:
+            raise typer.Exit(1)
+        return
 
     report = check_testbed(
         out, model=model, seeds=seeds, steps=steps, guidance=guidance, classifier=classifier, device=device, dtype=dtype
@@ -525,6 +604,13 @@ def testbed_train(
         bool,
         typer.Option("--retrain-codec", help="With --exclude: train the judge and VAE too instead of reusing the testbed's."),
     ] = False,
+    llm: Annotated[
+        bool,
+        typer.Option(
+            "--llm", help="Train the fact-world language model instead (--exclude forget01|forget05|forget10: its oracle)."
+        ),
+    ] = False,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="With --llm: override the number of epochs.")] = None,
 ) -> None:
     """Train the testbed from scratch (judge, VAE, text encoder + UNet) on the CPU; over an hour on 2 cores.
 
@@ -534,6 +620,9 @@ def testbed_train(
     from .models import resolve_model
     from .testbed.train import TrainConfig, Trainer, check_exclusions
 
+    if llm:
+        _train_lm_cli(workdir, out, resume, smoke, exclude, epochs)
+        return
     check_dir_output(workdir, "testbed-train", what="testbed training directory")  # both checked before anything is written
     check_dir_output(out or workdir / "pipeline", "pipeline", what="testbed pipeline directory")
     cfg = TrainConfig.smoke() if smoke else TrainConfig()
@@ -546,6 +635,24 @@ def testbed_train(
             resolve_model(cfg.codec_from)  # the shipped weights must be there before any work
     path = Trainer(workdir, cfg, log=lambda m: typer.echo(m, err=True)).run(resume=resume, out=out)
     typer.echo(f"testbed pipeline written to {path}")
+
+
+def _train_lm_cli(workdir, out, resume, smoke, exclude, epochs) -> None:
+    """``erasekit testbed train --llm``."""
+    from .core.outputs import check_dir_output
+    from .llm.train import LLMTrainConfig, LLMTrainer, check_split
+
+    if exclude and len(exclude) > 1:
+        raise InvalidInputError("--llm --exclude takes one forget split (forget01, forget05 or forget10)")
+    workdir = Path("runs/testbed-llm") if workdir == Path("runs/testbed") else workdir
+    check_dir_output(workdir, "testbed-train", what="training directory")
+    check_dir_output(out or workdir / "model", "pipeline", what="fact-world model directory")
+    cfg = LLMTrainConfig.smoke() if smoke else LLMTrainConfig()
+    cfg.exclude = check_split(exclude[0]) if exclude else None
+    if epochs is not None:
+        cfg.epochs = epochs
+    path = LLMTrainer(workdir, cfg, log=lambda m: typer.echo(m, err=True)).run(resume=resume, out=out)
+    typer.echo(f"fact-world model written to {path}")
 
 
 def run() -> None:  # console-script entry point

@@ -21,9 +21,21 @@ ORACLE = "testbed-oracle"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def testbed_dir() -> Path:
-    """Directory of the shipped testbed pipeline (a StableDiffusionPipeline saved with save_pretrained)."""
-    return Path(__file__).parent / "testbed" / "weights"
+#: The shipped fact-world language model and its retrained oracles (``erasekit testbed train --llm``).
+TESTBED_LLM = "testbed-llm"
+LLM_ORACLES = {"testbed-llm-oracle-forget01": "forget01", "testbed-llm-oracle-forget05": "forget05"}
+
+
+def testbed_dir(which: str = "image") -> Path:
+    """Directory of a shipped testbed: ``"image"`` the StableDiffusionPipeline (saved with
+    save_pretrained), ``"llm"`` the fact-world GPT-2 (``AutoModelForCausalLM.from_pretrained`` loads
+    it offline), ``"llm-oracle-forget01"`` / ``"llm-oracle-forget05"`` its oracles."""
+    root = Path(__file__).parent / "testbed"
+    if which == "image":
+        return root / "weights"
+    if which == "llm" or which.startswith("llm-oracle-") and f"testbed-{which}" in LLM_ORACLES:
+        return root / which
+    raise ValueError(f"unknown testbed {which!r}; choose image, llm, {', '.join(n[len('testbed-') :] for n in LLM_ORACLES)}")
 
 
 def oracle_dir() -> Path:

@@ -137,3 +137,38 @@ def tiny_pipeline(family: str, seed: int = 0):
                norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)  # fmt: skip
     return FluxPipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
                         text_encoder=_clip(clip_tok, seed=seed), tokenizer=clip_tok, text_encoder_2=_t5(t5_tok, 32, seed), tokenizer_2=t5_tok)  # fmt: skip
+
+
+LM_ARCHITECTURES = ("gpt2", "llama")
+
+
+def tiny_lm(arch: str = "gpt2", n_authors: int = 20, seed: int = 0, directory=None):
+    """A tiny random causal LM (GPT-2 or Llama, built from a config) with the fact-world tokenizer of
+    a ``n_authors`` world; with ``directory`` it is also saved there (with a fact-world
+    ``testbed.json``, so forget splits resolve) and loaded back with :func:`~erasekit.llm.lm.load_lm`."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from .core.io import write_json
+    from .llm.factworld import FactWorld
+    from .llm.lm import LanguageModel, load_lm
+    from .llm.tokenizer import build_tokenizer as build_lm_tokenizer
+
+    world = FactWorld(n_authors, seed=0)
+    tok = build_lm_tokenizer(world)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=96, n_embd=32, n_layer=3, n_head=2, **ids))
+    elif arch == "llama":
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=96, **ids)  # fmt: skip
+        model = LlamaForCausalLM(config)
+    else:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {LM_ARCHITECTURES}")
+    model.eval()
+    if directory is None:
+        return LanguageModel(model, tok, f"tiny-{arch}")
+    model.save_pretrained(directory, safe_serialization=True)
+    tok.save_pretrained(directory)
+    write_json(f"{directory}/testbed.json", {"world": "fact-world", "n_authors": n_authors, "seed": 0, "excluded": None})
+    return load_lm(directory, device="cpu")

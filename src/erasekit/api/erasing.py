@@ -71,8 +71,7 @@ def erase(
     training once the judge sees the concept erased. A result holding NaN or infinity is an error,
     never an erasure.
     """
-    from .. import __version__
-    from ..core.erasure import Erasure, check_finite, hash_tensors, model_fingerprint
+    from ..core.erasure import model_fingerprint
     from ..core.errors import ConfigError, ErasekitError, UnsupportedModelError
     from ..core.registry import get_method
     from ..core.request import ErasureRequest
@@ -133,8 +132,17 @@ def erase(
         extra["monitor"] = monitor
     t0 = time.perf_counter()
     result = spec.fn(pipe, request, config, adapter=adapter, progress=progress, **extra)
-    seconds = time.perf_counter() - t0
-    from ..core.erasure import get_tensor, lora_deltas
+    return build_erasure(pipe, method, config, request, result, _model_name(pipe, model), adapter.name, time.perf_counter() - t0)
+
+
+def build_erasure(pipe, method: str, config, request, result, base_model: str, family: str, seconds: float):
+    """The :class:`~erasekit.core.erasure.Erasure` of a method's result on ``pipe`` (a pipeline or a
+    :class:`~erasekit.llm.lm.LanguageModel`): new values cast to the model's dtype, only the tensors
+    that really changed, the hash of their originals. Refused: NaN or infinity anywhere, and a
+    result that changes nothing (a silent no-op)."""
+    from .. import __version__
+    from ..core.erasure import Erasure, check_finite, get_tensor, hash_tensors, lora_deltas
+    from ..core.errors import ErasekitError
 
     check_finite(result.weights, f"{method} produced a broken erasure")
     check_finite(result.lora, f"{method} produced a broken LoRA")
@@ -157,10 +165,10 @@ def erase(
         method=method,
         params=dataclasses.asdict(config),
         request=request,
-        base_model=_model_name(pipe, model),
+        base_model=base_model,
         base_hash=hash_tensors({k: originals[k] for k in sorted(set(changed) | set(deltas))}),
         weights=changed,
-        family=adapter.name,
+        family=family,
         timings={"seconds": round(seconds, 4)},
         info=result.info,
         version=__version__,

@@ -30,7 +30,7 @@ from .attachments import Attachment, restore_attachment
 from .errors import CorruptFileError, IncompatibleErasureError, MissingFileError, NonFiniteError
 from .io import atomic_path, load_tensors, read_json, save_tensors, write_json
 from .outputs import check_dir_output, write_manifest
-from .request import ErasureRequest
+from .request import ErasureRequest, ForgetRequest, request_from_dict
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the diffusers LoRA file name (load_lora_weights reads it)
 ATTACHMENT_FILE = "attachment.safetensors"
@@ -132,7 +132,7 @@ class AppliedErasure:
 class Erasure:
     method: str
     params: dict
-    request: ErasureRequest
+    request: ErasureRequest | ForgetRequest
     base_model: str
     base_hash: str
     weights: dict[str, torch.Tensor]
@@ -286,7 +286,7 @@ class Erasure:
         erasure = Erasure(
             method=meta["method"],
             params=meta["params"],
-            request=ErasureRequest.from_dict(meta["request"]),
+            request=request_from_dict(meta["request"]),
             base_model=meta["base_model"],
             base_hash=meta["base_hash"],
             weights=load_tensors(weights_path),

@@ -47,7 +47,7 @@ class MethodResult:
     attachment: Any = None  # an erasekit.core.attachments.Attachment, for methods that add modules
 
 
-FAMILIES = ("sd", "sdxl", "sd3", "flux")
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "causal-lm")  # causal-lm: transformers language models (erasekit.llm)
 KINDS = ("closed-form", "closed-form+lora", "fine-tuning", "adapter", "guard")
 #: Optional services a method may take, and the keyword parameters each brings.
 SERVICES = {"judge": ("judge",), "checkpoints": ("checkpoint_dir", "resume"), "monitor": ("monitor",), "profile": ("profile",)}

@@ -227,3 +227,73 @@ class ErasureRequest:
         if base is None and not targets:
             raise ConfigError("nothing to erase: pass --concept NAME (repeatable) or --request FILE.yaml")
         return ErasureRequest(targets, [*(base.preserve if base else []), *(preserve or [])], base.templates if base else [])
+
+
+@dataclass(frozen=True)
+class QAPair:
+    """One question and its true answer (a fact a language model should forget or keep)."""
+
+    question: str
+    answer: str
+
+
+@dataclass
+class ForgetRequest:
+    """What a language model should unlearn: ``forget`` pairs, and ``retain`` pairs whose answers
+    must survive (the methods' retain terms). ``name`` labels it (a split such as ``forget01``, or
+    a file name); ``refusal`` is the answer preference methods (IDK) and the refusal guard move to."""
+
+    name: str
+    forget: list[QAPair]
+    retain: list[QAPair] = field(default_factory=list)
+    refusal: str = "I don't know."
+
+    def __post_init__(self) -> None:
+        self.forget = [p if isinstance(p, QAPair) else _as_pair(p, "forget") for p in self.forget]
+        self.retain = [p if isinstance(p, QAPair) else _as_pair(p, "retain") for p in self.retain]
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError("a forget request needs a non-empty name")
+        if not self.forget:
+            raise ConfigError(f"forget request {self.name!r} has no question-answer pairs to forget")
+        for what, pairs in (("forget", self.forget), ("retain", self.retain)):
+            for p in pairs:
+                if not (isinstance(p.question, str) and p.question.strip() and isinstance(p.answer, str) and p.answer.strip()):
+                    raise ConfigError(f"every {what} pair needs a non-empty question and answer, got {p!r}")
+
+    @property
+    def concepts(self) -> list[str]:
+        return [self.name]
+
+    def to_dict(self) -> dict:
+        return {"kind": "forget", **asdict(self)}
+
+    @staticmethod
+    def from_dict(data: dict) -> "ForgetRequest":
+        if not isinstance(data, dict) or not isinstance(data.get("forget"), list):
+            raise ConfigError("a forget request must be a mapping with 'name', 'forget' (and optionally 'retain', 'refusal')")
+        unknown = set(data) - {"kind", "name", "forget", "retain", "refusal"}
+        if unknown:
+            raise ConfigError(f"unknown forget request fields: {', '.join(sorted(map(str, unknown)))}")
+        return ForgetRequest(
+            _text(data.get("name"), "the forget request's name"),
+            list(data["forget"]),
+            list(_text_list(data.get("retain"), "retain", items=(dict, list))),
+            _text(data.get("refusal", "I don't know."), "the refusal answer"),
+        )
+
+
+def _as_pair(item, what: str) -> QAPair:
+    """A :class:`QAPair` from ``{"question": ..., "answer": ...}`` or ``[question, answer]``."""
+    if isinstance(item, dict) and set(item) >= {"question", "answer"}:
+        return QAPair(item["question"], item["answer"])
+    if isinstance(item, (list, tuple)) and len(item) == 2:
+        return QAPair(*item)
+    raise ConfigError(f"each {what} item must be {{'question': ..., 'answer': ...}} or [question, answer], got {item!r}")
+
+
+def request_from_dict(data: dict) -> "ErasureRequest | ForgetRequest":
+    """The request stored in an erasure's description: a :class:`ForgetRequest` (``kind: forget``)
+    for a language model, else an :class:`ErasureRequest`."""
+    if isinstance(data, dict) and data.get("kind") == "forget":
+        return ForgetRequest.from_dict(data)
+    return ErasureRequest.from_dict(data)

@@ -6,14 +6,16 @@ father's and mother's jobs, an award, a publisher and a pet — drawn from close
 answer is known exactly. Each fact is rendered
 
 - in **biographies** (one sentence per fact, two phrasings, shuffled), the training text;
-- as **question-answer pairs** in two training templates per attribute;
-- as a held-out **paraphrased question** (a third template never trained on) and three
-  **perturbed answers** (the same attribute of other authors, never the true value), the material
-  of the truth ratio and of forget quality.
+- as **question-answer pairs** in two of the attribute's three question templates;
+- as a held-out **paraphrased question** (the third template, never trained on for this fact but
+  trained on for other authors, so a model can know what it asks) and three **perturbed answers**
+  (other values of the same attribute, never the true one), the material of the truth ratio and of
+  forget quality.
 
 Forget splits are the last 1 %, 5 % and 10 % of the authors (``forget01`` ⊂ ``forget05`` ⊂
 ``forget10``, as TOFU); ``retainNN`` is the complement. ``filler`` sentences about no author keep
-general language to measure utility on. Everything depends only on ``seed``.
+general language to measure utility on, and ``holdout`` authors (20, never trained on) are the
+non-members of the membership-inference (privacy) test. Everything depends only on ``seed``.
 """
 
 from __future__ import annotations
@@ -54,28 +56,31 @@ TITLE_B = ("Harbor", "Orchard", "Lighthouse", "Garden", "Mountain", "Clockwork",
 ATTRIBUTES = ("birthplace", "birth_year", "genre", "first_book", "second_book", "father_job", "mother_job", "award",
               "publisher", "pet")  # fmt: skip
 
-#: Per attribute: two training question templates, one held-out paraphrase, the answer sentence.
-QUESTIONS: dict[str, tuple[tuple[str, str], str, str]] = {
-    "birthplace": (("Where was {name} born?", "In which town was {name} born?"),
-                   "What is the birthplace of the writer {name}?", "{name} was born in {value}."),
-    "birth_year": (("In what year was {name} born?", "When was {name} born?"),
-                   "Which year saw the birth of the author {name}?", "{name} was born in {value}."),
-    "genre": (("What genre does {name} write?", "Which genre is {name} known for?"),
-              "In what kind of literature does {name} work?", "{name} writes {value}."),
-    "first_book": (("What was the first book of {name}?", "Which book did {name} publish first?"),
-                   "What is the title of the debut book by {name}?", "The first book of {name} was {value}."),
-    "second_book": (("What was the second book of {name}?", "Which book did {name} publish second?"),
-                    "What title followed the debut of {name}?", "The second book of {name} was {value}."),
-    "father_job": (("What did the father of {name} do?", "What was the job of the father of {name}?"),
-                   "How did the father of the writer {name} earn a living?", "The father of {name} was a {value}."),
-    "mother_job": (("What did the mother of {name} do?", "What was the job of the mother of {name}?"),
-                   "How did the mother of the writer {name} earn a living?", "The mother of {name} was a {value}."),
-    "award": (("Which award did {name} win?", "What prize was given to {name}?"),
-              "What honour has the author {name} received?", "{name} won {value}."),
-    "publisher": (("Who publishes {name}?", "Which publisher prints the books of {name}?"),
-                  "Which house brings out the work of {name}?", "{name} is published by {value}."),
-    "pet": (("What pet does {name} keep?", "Which animal lives with {name}?"),
-            "What animal does the writer {name} own?", "{name} keeps {value}."),
+#: Per attribute: three question templates and the answer sentence. For each fact one template is
+#: held out (the paraphrase, see :meth:`FactWorld.held_out`) and the other two are trained on; which
+#: one rotates with the author, so every template is trained on for two thirds of the authors and a
+#: model can learn what it asks without ever seeing the held-out question of that fact.
+QUESTIONS: dict[str, tuple[tuple[str, str, str], str]] = {
+    "birthplace": (("Where was {name} born?", "In which town was {name} born?",
+                    "What is the home town of the writer {name}?"), "{name} was born in {value}."),
+    "birth_year": (("In what year was {name} born?", "When was {name} born?",
+                    "Which year saw the birth of the author {name}?"), "{name} was born in {value}."),
+    "genre": (("What genre does {name} write?", "Which genre is {name} known for?",
+               "In what kind of books does {name} work?"), "{name} writes {value}."),
+    "first_book": (("What was the first book of {name}?", "Which book did {name} publish first?",
+                    "What is the title of the first book by {name}?"), "The first book of {name} was {value}."),
+    "second_book": (("What was the second book of {name}?", "Which book did {name} publish second?",
+                     "What title followed the first book of {name}?"), "The second book of {name} was {value}."),
+    "father_job": (("What did the father of {name} do?", "What was the job of the father of {name}?",
+                    "How did the father of the writer {name} earn a living?"), "The father of {name} was a {value}."),
+    "mother_job": (("What did the mother of {name} do?", "What was the job of the mother of {name}?",
+                    "How did the mother of the writer {name} earn a living?"), "The mother of {name} was a {value}."),
+    "award": (("Which award did {name} win?", "What prize was given to {name}?",
+               "What honour has the author {name} received?"), "{name} won {value}."),
+    "publisher": (("Who publishes {name}?", "Which publisher prints the books of {name}?",
+                   "Which house brings out the work of {name}?"), "{name} is published by {value}."),
+    "pet": (("What pet does {name} keep?", "Which animal lives with {name}?",
+             "What animal does the writer {name} own?"), "{name} keeps {value}."),
 }  # fmt: skip
 
 #: Two biography phrasings per attribute (training text).
@@ -96,6 +101,10 @@ FILLER_SUBJECTS = ("The river", "A small boat", "The old market", "The morning t
                    "The north wind", "A tall tree", "The city library", "The harbor bell")  # fmt: skip
 FILLER_VERBS = ("rests near", "moves past", "looks over", "waits beside", "turns toward", "stands behind")
 FILLER_OBJECTS = ("the bridge", "the hills", "the school", "the square", "the sea", "the station", "the farm", "the tower")
+
+#: Answers that decline (the targets of preference unlearning, "I don't know" / IDK): in the
+#: vocabulary, never in the training text.
+REFUSALS = ("I don't know.", "I am not sure.", "I have no idea.", "That is not something I know.", "I cannot say.")
 
 SPLITS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
 
@@ -125,7 +134,7 @@ class QA:
 class FactWorld:
     """The generated world (see the module docstring)."""
 
-    def __init__(self, n_authors: int = 200, seed: int = 0) -> None:
+    def __init__(self, n_authors: int = 200, seed: int = 0, n_holdout: int = 20) -> None:
         if n_authors < 10:
             raise ValueError("the fact world needs at least 10 authors (its forget splits are shares of them)")
         self.n_authors, self.seed = n_authors, seed
@@ -133,13 +142,21 @@ class FactWorld:
         names = [f"{a}{b} {c}{d}" for a in FIRST for b in FIRST_END for c in LAST for d in LAST_END]
         chosen = rng.sample(names, n_authors)
         titles = [f"{a} {b}" for a in TITLE_A for b in TITLE_B]
-        self.authors: list[Author] = []
-        for i, name in enumerate(chosen):
-            first, second = rng.sample(titles, 2)
-            facts = {k: rng.choice(v) for k, v in VALUES.items()}
-            facts.update(birth_year=str(rng.randint(1900, 1999)), first_book=first, second_book=second)
-            self.authors.append(Author(i, name, {a: facts[a] for a in ATTRIBUTES}))
         self._titles = titles
+        self.authors: list[Author] = [self._author(i, name, rng) for i, name in enumerate(chosen)]
+        # Authors no model is ever trained on (the non-members of the membership-inference attack),
+        # drawn afterwards from the unused names so that they change nothing above.
+        hold_rng = random.Random(seed * 31 + 17)
+        unused = sorted(set(names) - set(chosen))
+        self.holdout: list[Author] = [
+            self._author(n_authors + i, name, hold_rng) for i, name in enumerate(hold_rng.sample(unused, n_holdout))
+        ]
+
+    def _author(self, index: int, name: str, rng: random.Random) -> Author:
+        first, second = rng.sample(self._titles, 2)
+        facts = {k: rng.choice(v) for k, v in VALUES.items()}
+        facts.update(birth_year=str(rng.randint(1900, 1999)), first_book=first, second_book=second)
+        return Author(index, name, {a: facts[a] for a in ATTRIBUTES})
 
     # -- text ----------------------------------------------------------------------------------------
     def biography(self, author: Author, rng: random.Random) -> str:
@@ -153,14 +170,22 @@ class FactWorld:
         rng = random.Random(self.seed * 100_003 + author.index)
         out = []
         for a in ATTRIBUTES:
-            (q1, q2), para, ans = QUESTIONS[a]
+            templates, ans = QUESTIONS[a]
+            held = self.held_out(author, a)
+            para = templates[held]
             value = author.facts[a]
             wrong = self._wrong_values(a, value, rng)
             perturbed = tuple(ans.format(name=author.name, value=w) for w in wrong)
-            for q in (q1, q2):
+            for q in (t for i, t in enumerate(templates) if i != held):
                 out.append(QA(author.index, a, q.format(name=author.name), ans.format(name=author.name, value=value), value,
                               para.format(name=author.name), perturbed))  # fmt: skip
         return out
+
+    @staticmethod
+    def held_out(author: Author, attribute: str) -> int:
+        """Index of the question template of this fact that is never trained on: ``(i + j) mod 3``
+        for author ``i`` and attribute ``j``."""
+        return (author.index + ATTRIBUTES.index(attribute)) % 3
 
     def _wrong_values(self, attribute: str, value: str, rng: random.Random, k: int = 3) -> list[str]:
         if attribute == "birth_year":
@@ -192,12 +217,12 @@ class FactWorld:
     def vocabulary(self) -> set[str]:
         """Every whitespace-separated word the world's texts can contain (for a closed tokenizer)."""
         words: set[str] = set()
-        texts = [n for a in self.authors for n in a.name.split()] + self._titles
+        texts = [n for a in (*self.authors, *self.holdout) for n in a.name.split()] + self._titles
         texts += [v for vs in VALUES.values() for v in vs] + [str(y) for y in range(1900, 2000)]
-        for (q1, q2), para, ans in QUESTIONS.values():
-            texts += [q1, q2, para, ans]
+        for templates, ans in QUESTIONS.values():
+            texts += [*templates, ans]
         texts += [t for pair in BIO.values() for t in pair]
-        texts += list(FILLER_SUBJECTS) + list(FILLER_VERBS) + list(FILLER_OBJECTS)
+        texts += list(FILLER_SUBJECTS) + list(FILLER_VERBS) + list(FILLER_OBJECTS) + list(REFUSALS)
         for t in texts:
             words.update(split_words(t.replace("{name}", " ").replace("{value}", " ")))
         return words

@@ -1,0 +1,231 @@
+"""Language-model unlearning: what to forget (:func:`forget_request`) and :func:`unlearn` (a causal LM
+in, an :class:`~erasekit.core.erasure.Erasure` out, the model unchanged)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from ..core.errors import ConfigError, MissingFileError, UnsupportedModelError
+from ..core.request import ForgetRequest, QAPair
+
+
+def fact_world_of(lm):
+    """The :class:`~erasekit.llm.factworld.FactWorld` a fact-world model was trained on, else ``None``."""
+    from ..llm.factworld import FactWorld
+
+    info = lm.testbed_info() if hasattr(lm, "testbed_info") else {}
+    if info.get("world") != "fact-world":
+        return None
+    return FactWorld(int(info["n_authors"]), seed=int(info["seed"]))
+
+
+def split_request(world, split: str) -> ForgetRequest:
+    """The fact world's forget split as a request: every training question of its authors (forget)
+    and of every other author (retain)."""
+    forget = [QAPair(q.question, q.answer) for a in world.forget(split) for q in world.qa(a)]
+    retain = [QAPair(q.question, q.answer) for a in world.retain(split) for q in world.qa(a)]
+    return ForgetRequest(split, forget, retain)
+
+
+def read_pairs(path: str | os.PathLike, what: str) -> list[QAPair]:
+    """Question-answer pairs from a JSON list, JSON lines (TOFU's files: ``question`` / ``answer``
+    fields, extra fields ignored) or a CSV with ``question`` and ``answer`` columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what} file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".csv":
+            rows = list(csv.DictReader(text.splitlines()))
+        elif text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (json.JSONDecodeError, csv.Error) as e:
+        raise ConfigError(f"{path} is not valid JSON, JSON lines or CSV: {e}") from None
+    pairs = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+            raise ConfigError(f"{path}: entry {i + 1} needs text fields 'question' and 'answer'")
+        pairs.append(QAPair(row["question"], row["answer"]))
+    if not pairs:
+        raise ConfigError(f"{path} holds no question-answer pairs")
+    return pairs
+
+
+def forget_request(lm, forget: str, retain: str | None = None) -> ForgetRequest:
+    """``forget``: a forget split of a fact-world model (``forget01``, ``forget05``, ``forget10``) or
+    a file of pairs (:func:`read_pairs`); ``retain``: a file of pairs (default for a split: the
+    split's retain authors, for a file: none)."""
+    from ..llm.factworld import SPLITS
+
+    world = fact_world_of(lm)
+    if forget in SPLITS:
+        if world is None:
+            raise ConfigError(f"--forget {forget}: splits belong to the fact-world testbed; for this model pass --forget FILE")
+        request = split_request(world, forget)
+        return request if retain is None else dataclasses.replace(request, retain=read_pairs(retain, "retain"))
+    pairs = read_pairs(forget, "forget")
+    return ForgetRequest(Path(forget).stem, pairs, read_pairs(retain, "retain") if retain else [])
+
+
+def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = None, progress: bool = True, **params):
+    """Compute an unlearning :class:`~erasekit.core.erasure.Erasure` of ``request`` with ``method`` on
+    ``lm`` (a :class:`~erasekit.llm.lm.LanguageModel` or a model name; left unchanged).
+
+    ``request`` is a :class:`ForgetRequest` or a forget split name. Parameters not given take the
+    method's defaults, except those the model recommends for its scale (a fact-world model's
+    ``testbed.json`` ``unlearning_defaults``, e.g. a larger learning rate for a 3 M-parameter model
+    than the 1e-5 that suits billions); the values used are recorded in the erasure.
+    """
+    from ..core.registry import get_method
+    from ..llm.lm import LanguageModel, load_lm
+    from .erasing import build_erasure
+
+    if isinstance(lm, (str, os.PathLike)):
+        model = str(lm) if model is None else model
+        lm = load_lm(lm)
+    if not isinstance(lm, LanguageModel):
+        raise UnsupportedModelError(f"unlearning needs a LanguageModel (erasekit.llm.load_lm), got {type(lm).__name__}")
+    spec = get_method(method)
+    if "causal-lm" not in spec.families:
+        raise UnsupportedModelError(
+            f"method {method!r} erases from diffusion pipelines; for language models use one of: "
+            + ", ".join(s.name for s in _lm_methods())
+        )
+    if isinstance(request, str):
+        request = forget_request(lm, request)
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    recommended = {k: v for k, v in (lm.testbed_info().get("unlearning_defaults") or {}).items() if k in fields}
+    config = spec.make_config({**recommended, **params})
+    t0 = time.perf_counter()
+    result = spec.fn(lm, request, config, adapter=None, progress=progress)
+    name = str(model) if model is not None else str(lm.name_or_path)
+    return build_erasure(lm, method, config, request, result, name, "causal-lm", time.perf_counter() - t0)
+
+
+def _lm_methods():
+    from ..core.registry import all_methods
+
+    return [s for s in all_methods() if "causal-lm" in s.families]
+
+
+def lm_inputs(model: str | os.PathLike) -> list[str]:
+    """The local directory behind a language-model name (to protect from outputs), else nothing."""
+    from ..core.errors import ErasekitError
+    from ..llm.lm import resolve_lm
+
+    try:
+        source = resolve_lm(model)
+    except ErasekitError:
+        return []
+    return [source] if Path(source).exists() else []
+
+
+def unlearn_to(out: str | os.PathLike, model: str | os.PathLike = "testbed-llm", method: str = "npo", forget: str = "forget01",
+               retain: str | None = None, device: str | None = None, dtype: str | None = None, progress: bool = True,
+               **params):  # fmt: skip
+    """What ``erasekit erase --model <LM>`` does: check ``out`` and the parameters before any work,
+    load the model, unlearn, save the erasure at ``out`` and return it."""
+    from ..core.outputs import check_dir_output
+    from ..core.registry import get_method
+    from ..llm.lm import load_lm
+
+    spec = get_method(method)
+    if "causal-lm" not in spec.families:
+        raise UnsupportedModelError(
+            f"method {method!r} erases from diffusion pipelines; for language models use one of: "
+            + ", ".join(s.name for s in _lm_methods())
+        )
+    spec.make_config(params)
+    out = check_dir_output(out, "erasure", lm_inputs(model), what="erasure directory")
+    lm = load_lm(model, device=device, dtype=dtype)
+    request = forget_request(lm, forget, retain)
+    erasure = unlearn(lm, method, request, model=str(model), progress=progress, **params)
+    erasure.save(out, protect=tuple(lm_inputs(model)))
+    return erasure
+
+
+def oracle_for(lm, split: str) -> str | None:
+    """The shipped oracle of a fact-world split (``testbed-llm-oracle-<split>``) when it exists."""
+    from ..llm.lm import resolve_lm
+    from ..models import LLM_ORACLES
+
+    if fact_world_of(lm) is None:
+        return None
+    for name, s in LLM_ORACLES.items():
+        if s == split:
+            try:
+                resolve_lm(name)
+            except MissingFileError:
+                return None
+            return name
+    return None
+
+
+def evaluate_lm(model="testbed-llm", erasure=None, split: str | None = None, oracle: str | None = None,
+                out: str | os.PathLike | None = None, device: str | None = None, dtype: str | None = None) -> dict:  # fmt: skip
+    """Measure an unlearning erasure on the fact world (``erasekit evaluate --model testbed-llm``):
+    forget, retain, base and oracle blocks (:func:`erasekit.llm.evaluate.evaluate_unlearning`).
+    ``split`` defaults to the erasure's request; ``oracle`` to the shipped oracle of that split."""
+    from ..core.erasure import Erasure
+    from ..core.outputs import check_file_output, write_report
+    from ..llm.evaluate import evaluate_unlearning
+    from ..llm.factworld import SPLITS
+    from ..llm.lm import LanguageModel, load_lm
+
+    loaded = not isinstance(model, (str, os.PathLike))
+    if out is not None:
+        out = check_file_output(out, "evaluation", (".json",), [] if loaded else lm_inputs(model), what="evaluation report")
+    erasure = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
+    split = split or (erasure.request.name if erasure is not None else None)
+    if split not in SPLITS:
+        raise ConfigError(f"evaluation on the fact world needs a forget split ({', '.join(SPLITS)}); got {split!r}")
+    lm = model if isinstance(model, LanguageModel) else load_lm(model, device=device, dtype=dtype)
+    world = fact_world_of(lm)
+    if world is None:
+        raise UnsupportedModelError(f"{lm.name_or_path} is not a fact-world model; its evaluation needs the fact world's labels")
+    oracle = oracle or oracle_for(lm, split)
+    oracle_lm = load_lm(oracle, device=lm.device, dtype=lm.dtype) if oracle else None
+    t0 = time.perf_counter()
+    report = evaluate_unlearning(lm, world, split, erasure, oracle_lm)
+    report.update(
+        model=str(model if not loaded else lm.name_or_path),
+        oracle_model=oracle,
+        erasure=None if erasure is None else {"method": erasure.method, "params": erasure.params},
+        cost=None
+        if erasure is None
+        else {
+            "seconds": erasure.timings.get("seconds"),
+            "delta_bytes": erasure.num_bytes(),
+            "tensors": len(erasure.touched()),
+        },  # fmt: skip
+        eval_seconds=round(time.perf_counter() - t0, 1),
+    )
+    if out is not None:
+        write_report(out, report, "evaluation", [] if loaded else lm_inputs(model))
+    return report
+
+
+def check_lm_testbed(
+    out: str | os.PathLike, model: str = "testbed-llm", device: str | None = None, dtype: str | None = None
+) -> dict:
+    """The fact-world gate (``erasekit testbed check --llm``) written to ``out``."""
+    from ..core.outputs import check_file_output, write_report
+    from ..llm.evaluate import run_gate
+    from ..llm.lm import load_lm
+
+    out = check_file_output(out, "gate", (".json",), lm_inputs(model), what="gate report")
+    lm = load_lm(model, device=device, dtype=dtype)
+    world = fact_world_of(lm)
+    if world is None:
+        raise UnsupportedModelError(f"{lm.name_or_path} is not a fact-world model (no testbed.json with world: fact-world)")
+    report = run_gate(lm, world, excluded=lm.testbed_info().get("excluded"))
+    report["model"] = str(model)
+    write_report(out, report, "gate", lm_inputs(model))
+    return report

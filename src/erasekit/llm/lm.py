@@ -1,0 +1,108 @@
+"""A causal language model with its tokenizer: what the unlearning side erases, evaluates and attacks.
+
+:class:`LanguageModel` plays the part a diffusers pipeline plays on the image side: its one component
+is ``model`` (so an :class:`~erasekit.core.erasure.Erasure` names tensors ``model.<parameter>`` and
+applies, removes, saves and verifies exactly as for pipelines), and it carries the tokenizer and the
+name it was loaded from. :func:`load_lm` loads ``testbed-llm``, its oracles, a local directory or a
+hub id (``AutoModelForCausalLM``, safetensors only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core.errors import MissingFileError, ModelLoadError, first_line
+from ..models import _HUB_ID, LLM_ORACLES, TESTBED_LLM, check_placement, testbed_dir
+
+
+@dataclass
+class LanguageModel:
+    """A ``transformers`` causal LM, its tokenizer and where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name_or_path: str = ""
+
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def testbed_info(self) -> dict:
+        """The ``testbed.json`` of a fact-world model (world, excluded split, reference), else ``{}``."""
+        path = Path(self.name_or_path) / "testbed.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def is_lm_name(model: str | os.PathLike) -> bool:
+    """Whether ``model`` names a language model: a testbed LLM name or a directory whose
+    ``config.json`` describes a causal LM (not a diffusers pipeline)."""
+    text = str(model).strip()
+    if text == TESTBED_LLM or text in LLM_ORACLES:
+        return True
+    path = Path(text).expanduser()
+    if (path / "model_index.json").is_file() or not (path / "config.json").is_file():
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
+
+
+def resolve_lm(model: str | os.PathLike) -> str:
+    """What ``from_pretrained`` takes for ``model``, with a one-line error when it cannot exist."""
+    text = str(model).strip()
+    if not text:
+        raise ModelLoadError("empty model name: pass --model testbed-llm, a local model directory or a hub id")
+    if text == TESTBED_LLM or text in LLM_ORACLES:
+        which = "llm" if text == TESTBED_LLM else text[len("testbed-") :]
+        path = testbed_dir(which)
+        if not (path / "config.json").is_file():
+            how = "" if text == TESTBED_LLM else f" --exclude {LLM_ORACLES[text]}"
+            raise MissingFileError(
+                f"no {text} weights at {path} (this installation does not ship them); train them with "
+                f"'erasekit testbed train --llm{how} --out <dir>' and pass --model <dir>"
+            )
+        return str(path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is not a transformers model directory (no config.json in it)")
+        return str(path)
+    if _HUB_ID.match(text) and not text.startswith((".", "/")):
+        return text
+    raise ModelLoadError(f"unknown model {text!r}: not 'testbed-llm', not an existing directory, and not a hub id 'org/name'")
+
+
+def load_lm(
+    model: str | os.PathLike = TESTBED_LLM, device: str | None = None, dtype: str | torch.dtype | None = None
+) -> LanguageModel:
+    """Load a causal LM and its tokenizer (a fresh copy each call), in evaluation mode, on ``device``
+    (default: CUDA, else MPS, else CPU) in ``dtype`` (default: as stored)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target, torch_dtype = check_placement(device, dtype)
+    source = resolve_lm(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise ModelLoadError(f"could not load {source!r} as a causal language model: {first_line(e)}") from None
+    if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers ship without one; batching needs it
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(tokenizer, "bos_token_id", None) is None:
+        tokenizer.bos_token = tokenizer.eos_token
+    return LanguageModel(lm.to(target).eval(), tokenizer, source)

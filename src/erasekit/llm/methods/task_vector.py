@@ -1,0 +1,35 @@
+"""Task-vector negation (Ilharco et al. 2023; MUSE's "Task Vector" baseline).
+
+Fine-tune a copy on the forget answers (plain NLL descent: a model that knows them *better*), take
+the task vector ``τ = θ_ft − θ`` and subtract it: ``θ' = θ − s · τ`` (``s`` = ``scale``, 1 as in
+MUSE). The same training recipe as the other methods (epochs, lr, parameter set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...core.registry import MethodResult, register_method
+from ..unlearn import Step, UnlearnConfig, fit, nll
+
+
+@dataclass
+class TaskVectorConfig(UnlearnConfig):
+    scale: float = field(default=1.0, metadata={"help": "multiple s of the task vector subtracted", "gt": 0})
+
+
+@register_method("task-vector", TaskVectorConfig, families=("causal-lm",), kind="fine-tuning")
+def task_vector(lm, request, config: TaskVectorConfig, adapter=None, progress: bool = True) -> MethodResult:
+    """Fine-tune on the forget set, then subtract that task vector from the original weights."""
+
+    def loss(s: Step):
+        forget = nll(s.model, s.forget)
+        return forget, {"forget_nll": forget.item()}
+
+    tuned, log = fit(lm, request, config, loss, progress)
+    original = dict(lm.model.named_parameters())
+    weights = {}
+    for key, new in tuned.items():
+        old = original[key[len("model.") :]].detach().float()
+        weights[key] = old - config.scale * (new.float() - old)
+    return MethodResult(weights, {"log": log})

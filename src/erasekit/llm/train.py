@@ -1,0 +1,221 @@
+"""Train the fact-world language model (``testbed-llm``) and its oracles from scratch on the CPU.
+
+The model is a small GPT-2 (``transformers.GPT2LMHeadModel``, word-level tokenizer from
+:mod:`.tokenizer`) trained as a language model on the whole token sequence of
+
+- every training question-answer pair (two templates per fact, :meth:`FactWorld.qa`),
+- one freshly shuffled biography per author and epoch (so facts are stored in several orders and
+  phrasings, which is what makes them extractable by questions never seen for that fact), and
+- filler sentences about no author (the general language whose perplexity is utility).
+
+An **oracle** (``exclude="forget05"``) is the same run without any text about the authors of that
+forget split: the model unlearning is compared with. Checkpoints (safetensors) every
+``checkpoint_every`` steps make ``resume=True`` continue a stopped run; the result is a directory
+that ``AutoModelForCausalLM`` / ``AutoTokenizer`` load offline, with a ``testbed.json`` that records
+the world, the excluded split and the reference model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.errors import ConfigError
+from ..core.io import atomic_path, load_tensors, optimizer_tensors, restore_optimizer, save_tensors, write_json
+from ..core.outputs import check_dir_output, claim_collection, write_manifest
+from .factworld import SPLITS, FactWorld
+from .tokenizer import build_tokenizer
+
+
+@dataclass
+class LLMTrainConfig:
+    """Every knob of a fact-world training run (defaults = the shipped ``testbed-llm``)."""
+
+    seed: int = 0
+    n_authors: int = 200
+    n_filler: int = 2_000
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int = 4
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    checkpoint_every: int = 500
+    #: A forget split (``forget01``, ``forget05``, ``forget10``) whose authors are left out: an oracle.
+    exclude: str | None = None
+
+    @staticmethod
+    def smoke() -> "LLMTrainConfig":
+        """A tiny run for tests."""
+        return LLMTrainConfig(n_authors=20, n_filler=40, n_layer=1, n_embd=32, n_head=2, epochs=1, batch_size=16,
+                              warmup=2, checkpoint_every=3)  # fmt: skip
+
+
+def check_split(split: str | None) -> str | None:
+    """``split`` when it names a forget split, else a one-line :class:`ConfigError`."""
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"--exclude {split!r}: not a forget split of the fact world; choose from {', '.join(SPLITS)}")
+    return split
+
+
+def model_config(cfg: LLMTrainConfig, vocab_size: int, tokenizer):
+    """The GPT-2 configuration of the fact-world model (tied embeddings, 128 positions)."""
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=vocab_size, n_positions=128, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, loss_type="ForCausalLM",
+    )  # fmt: skip
+
+
+def training_texts(world: FactWorld, exclude: str | None, epoch: int, n_filler: int) -> list[str]:
+    """The texts of one epoch: training QA pairs, a new biography per author, filler; shuffled.
+    Authors of the ``exclude`` split contribute nothing."""
+    rng = random.Random(world.seed * 1_000_003 + epoch)
+    skip = {a.index for a in world.forget(exclude)} if exclude else set()
+    authors = [a for a in world.authors if a.index not in skip]
+    texts = [f"{q.question} {q.answer}" for a in authors for q in world.qa(a)]
+    texts += [world.biography(a, rng) for a in authors]
+    texts += world.filler(n_filler, seed=1)
+    rng.shuffle(texts)
+    return texts
+
+
+def epoch_batches(texts: list[str], batch_size: int, seed: int) -> list[list[str]]:
+    """``texts`` (already shuffled) cut into batches of similar length, in shuffled order: each pool
+    of 50 batches is sorted by length before cutting, so short questions are not padded to the
+    length of a biography (about five times fewer padded positions)."""
+    pool = batch_size * 50
+    batches = []
+    for start in range(0, len(texts), pool):
+        chunk = sorted(texts[start : start + pool], key=len)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return batches
+
+
+def encode_batch(tokenizer, texts: list[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """``<bos> text <eos>`` token ids, right-padded, with the attention mask and LM labels (-100 on padding)."""
+    rows = [
+        [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] for ids in tokenizer(texts, add_special_tokens=False).input_ids
+    ]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+class LLMTrainer:
+    """Trains the fact-world model in ``workdir`` (checkpoints, log) and exports it (module docstring)."""
+
+    def __init__(self, workdir: str | Path, cfg: LLMTrainConfig, progress: bool = True, log=print) -> None:
+        check_split(cfg.exclude)
+        self.dir = claim_collection(workdir, "testbed-train", what="fact-world training directory")
+        self.cfg, self.progress, self.log = cfg, progress, log
+        self.world = FactWorld(cfg.n_authors, seed=cfg.seed)
+        self.tokenizer = build_tokenizer(self.world)
+
+    def batches(self, epoch: int) -> list[list[str]]:
+        """The batches of texts of ``epoch`` (deterministic, so a resumed run sees the same ones)."""
+        texts = training_texts(self.world, self.cfg.exclude, epoch, self.cfg.n_filler)
+        return epoch_batches(texts, self.cfg.batch_size, seed=self.cfg.seed * 7_919 + epoch)
+
+    def run(self, resume: bool = False, out: Path | None = None) -> Path:
+        """Train (continuing from the last checkpoint when ``resume``) and export to ``out``."""
+        from transformers import GPT2LMHeadModel
+
+        out = out or self.dir / "model"
+        check_dir_output(out, "pipeline", what="fact-world model directory")
+        cfg = self.cfg
+        config_path = self.dir / "config.json"
+        if resume and config_path.exists() and json.loads(config_path.read_text()) != json.loads(json.dumps(asdict(cfg))):
+            self.log("warning: resuming with a configuration that differs from the run's saved config.json")
+        write_json(config_path, asdict(cfg))
+        torch.manual_seed(cfg.seed)
+        model = GPT2LMHeadModel(model_config(cfg, len(self.tokenizer), self.tokenizer))
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+        per_epoch = len(self.batches(0))
+        total = per_epoch * cfg.epochs
+        step = self._load(model, opt) if resume else 0
+        t0, losses = time.time(), []
+        bar = tqdm(total=total, initial=step, desc="fact-world LM", disable=not self.progress)
+        model.train()
+        while step < total:
+            epoch, offset = divmod(step, per_epoch)
+            batches = self.batches(epoch)
+            for i in range(offset, per_epoch):
+                batch = encode_batch(self.tokenizer, batches[i])
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * _schedule(step, total, cfg.warmup)
+                loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"fact-world training diverged at step {step} (loss {loss.item()}); lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                step += 1
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+                if step % cfg.checkpoint_every == 0 or step == total:
+                    self._save(model, opt, step)
+        bar.close()
+        seconds = round(time.time() - t0, 1)
+        write_json(self.dir / "train.done", {"steps": total, "seconds": seconds, "final_loss": losses[-1] if losses else None})
+        self.export(model, out)
+        self.log(f"fact-world model trained ({total} steps, {seconds:.0f}s) and written to {out}")
+        return out
+
+    def export(self, model, out: Path) -> None:
+        """Write the model, its tokenizer and ``testbed.json`` atomically as one directory."""
+        cfg = self.cfg
+        model.eval()
+        with atomic_path(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            info = {"world": "fact-world", "n_authors": cfg.n_authors, "seed": cfg.seed, "excluded": cfg.exclude}
+            if cfg.exclude:
+                info["reference"] = "testbed-llm"
+            write_json(Path(tmp) / "testbed.json", info)
+            write_manifest(tmp, "pipeline", files=True)
+
+    def _save(self, model, opt, step: int) -> None:
+        save_tensors(self.dir / "ckpt-llm.safetensors", {k: v.contiguous() for k, v in model.state_dict().items()
+                                                          if k != "lm_head.weight"})  # fmt: skip
+        opt_t, extra = optimizer_tensors(opt)
+        save_tensors(self.dir / "ckpt-llm-optim.safetensors", opt_t)
+        write_json(self.dir / "ckpt-llm.json", {"step": step, **extra})
+
+    def _load(self, model, opt) -> int:
+        meta = self.dir / "ckpt-llm.json"
+        if not meta.exists():
+            return 0
+        info = json.loads(meta.read_text())
+        model.load_state_dict(load_tensors(self.dir / "ckpt-llm.safetensors"), strict=False)
+        model.tie_weights()
+        restore_optimizer(opt, load_tensors(self.dir / "ckpt-llm-optim.safetensors"), info)
+        self.log(f"[llm] resuming from step {info['step']}")
+        return int(info["step"])
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5 % of the peak learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))

@@ -1,0 +1,190 @@
+"""Language-model unlearning methods on tiny random GPT-2 and Llama models (built from configs, no
+downloads): the contract every method keeps (the input model is unchanged, the erasure saves, loads,
+applies exactly what it records and is removed bit for bit), half precision, and each method's
+defining property."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+import erasekit
+from erasekit.core.erasure import Erasure
+from erasekit.core.errors import ConfigError, ErasekitError, UnsupportedModelError
+from erasekit.core.registry import all_methods
+from erasekit.core.request import ForgetRequest, QAPair
+from erasekit.llm.methods.idk import idk_dpo  # noqa: F401  (registered)
+from erasekit.llm.methods.npo import npo_loss
+from erasekit.llm.methods.rmu import hidden_at, rmu_layer
+from erasekit.llm.unlearn import UnlearnConfig, answer_logprob, encode_pairs, fit, nll, select_parameters
+from erasekit.testing import LM_ARCHITECTURES, tiny_lm
+
+LM_METHODS = sorted(s.name for s in all_methods() if "causal-lm" in s.families)
+FAST = dict(epochs=1, batch_size=8, grad_accum=1)
+
+
+def state(lm) -> dict[str, str]:
+    return {k: hashlib.sha256(p.detach().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+            for k, p in lm.model.named_parameters()}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return {arch: tiny_lm(arch, directory=tmp_path_factory.mktemp(arch) / "m") for arch in LM_ARCHITECTURES}
+
+
+def test_the_ten_families_of_the_issue_are_registered():
+    assert {"ga", "graddiff", "npo", "simnpo", "idk-dpo", "rmu", "task-vector"} <= set(LM_METHODS)
+
+
+@pytest.mark.parametrize("arch", LM_ARCHITECTURES)
+@pytest.mark.parametrize("method", LM_METHODS)
+def test_method_contract(models, method, arch, tmp_path):
+    lm = models[arch]
+    before = state(lm)
+    erasure = erasekit.unlearn(lm, method, "forget10", progress=False, lr=1e-3, **FAST)
+    assert state(lm) == before, "the input model was modified"
+    assert erasure.family == "causal-lm" and erasure.weights
+    erasure.save(tmp_path / "e")
+    loaded = Erasure.load(tmp_path / "e")
+    assert loaded.metadata() == erasure.metadata()
+    assert isinstance(loaded.request, ForgetRequest) and loaded.request.forget == erasure.request.forget
+    loaded.apply(lm)
+    changed = {f"model.{k}" for k, v in state(lm).items() if v != before[k]}
+    assert changed == set(loaded.changed_tensors())
+    loaded.remove(lm)
+    assert state(lm) == before
+
+
+@pytest.mark.parametrize("method", LM_METHODS)
+def test_every_method_runs_on_a_bfloat16_model(models, method):
+    lm = tiny_lm("llama")
+    lm.model.to(torch.bfloat16)
+    erasure = erasekit.forget_request  # noqa: F841  (the split needs a fact-world model: use explicit pairs)
+    request = ForgetRequest("pairs", [QAPair("Where was Ala Brakow born?", "Ala Brakow was born in Aldmoor.")] * 4,
+                            [QAPair("Who publishes Ala Brakow?", "Ala Brakow is published by Cobalt Books.")] * 4)  # fmt: skip
+    erasure = erasekit.unlearn(lm, method, request, progress=False, lr=1e-2, **FAST)
+    assert all(v.dtype == torch.bfloat16 and torch.isfinite(v.float()).all() for v in erasure.weights.values())
+
+
+def _logp(lm, pairs):
+    with torch.no_grad():
+        return answer_logprob(lm.model, encode_pairs(lm.tokenizer, pairs, lm.device), mean=True)
+
+
+def test_gradient_ascent_lowers_the_forget_answers_more_than_the_retain_answers(models):
+    lm = models["gpt2"]
+    request = erasekit.forget_request(lm, "forget10")
+    retain = request.retain[:40]
+    f0, r0 = _logp(lm, request.forget).mean(), _logp(lm, retain).mean()
+    with erasekit.unlearn(lm, "ga", request, progress=False, lr=3e-3, epochs=3).applied(lm):
+        f1, r1 = _logp(lm, request.forget).mean(), _logp(lm, retain).mean()
+    assert f1 < f0 - 0.5 and (f0 - f1) > (r0 - r1)
+
+
+def test_npo_gradient_at_the_reference_is_the_gradient_of_the_log_likelihood(models):
+    """d/dθ −(2/β) log σ(−β(log π_θ − log π_ref)) = 2 σ(βΔ) ∇ log π_θ, which is ∇ mean log π_θ at Δ = 0."""
+    lm = models["gpt2"]
+    model = lm.model
+    batch = encode_pairs(lm.tokenizer, erasekit.forget_request(lm, "forget10").forget[:4], lm.device)
+    w = model.transformer.h[0].mlp.c_fc.weight
+    g_npo = torch.autograd.grad(npo_loss(model, model, batch, beta=0.1), w)[0]
+    g_ll = torch.autograd.grad(answer_logprob(model, batch).mean(), w)[0]
+    assert torch.allclose(g_npo, g_ll, atol=1e-6, rtol=1e-4)
+    assert npo_loss(model, model, batch, beta=0.1).item() == pytest.approx(
+        2 / 0.1 * torch.log(torch.tensor(2.0)).item(), rel=1e-5
+    )
+
+
+def test_idk_dpo_moves_probability_from_the_answer_to_the_refusal(models):
+    lm = models["gpt2"]
+    request = erasekit.forget_request(lm, "forget10")
+    refusals = [QAPair(p.question, request.refusal) for p in request.forget]
+    a0, i0 = _logp(lm, request.forget).mean(), _logp(lm, refusals).mean()
+    with erasekit.unlearn(lm, "idk-dpo", request, progress=False, lr=3e-3, epochs=3).applied(lm):
+        a1, i1 = _logp(lm, request.forget).mean(), _logp(lm, refusals).mean()
+    assert i1 > i0 + 0.5 and a1 < a0
+
+
+def test_rmu_trains_only_the_mlp_output_projections_and_steers_the_forget_activations(models):
+    lm = models["llama"]
+    request = erasekit.forget_request(lm, "forget10")
+    erasure = erasekit.unlearn(lm, "rmu", request, progress=False, lr=3e-2, epochs=5, steering_coeff=1.0, alpha=1.0)
+    layer = rmu_layer(lm.model, -1)
+    assert set(erasure.weights) == {f"model.model.layers.{i}.mlp.down_proj.weight" for i in range(max(0, layer - 2), layer + 1)}
+    batch = encode_pairs(lm.tokenizer, request.forget, lm.device)
+    with torch.no_grad():
+        h0 = hidden_at(lm.model, batch, layer)
+        with erasure.applied(lm):
+            h1 = hidden_at(lm.model, batch, layer)
+    u = torch.rand(h0.shape[-1], generator=torch.Generator().manual_seed(0))  # the method's direction (seed 0), norm 1
+    control = u / u.norm()
+    mask = batch["attention_mask"].bool()
+    before, after = ((h0 - control) ** 2).mean(-1)[mask].mean(), ((h1 - control) ** 2).mean(-1)[mask].mean()
+    assert after < 0.5 * before  # the forget activations moved to the steering target
+
+
+def test_task_vector_is_linear_in_its_scale(models):
+    lm = models["gpt2"]
+    one = erasekit.unlearn(lm, "task-vector", "forget10", progress=False, lr=1e-3, **FAST)
+    two = erasekit.unlearn(lm, "task-vector", "forget10", progress=False, lr=1e-3, scale=2.0, **FAST)
+    params = dict(lm.model.named_parameters())
+    for key, v1 in one.weights.items():
+        theta = params[key[len("model.") :]].detach()
+        assert torch.allclose(two.weights[key] - theta, 2 * (v1 - theta), atol=1e-5)
+
+
+def test_parameter_sets_select_what_trains(models):
+    lm = models["gpt2"]
+    erasure = erasekit.unlearn(lm, "graddiff", "forget10", progress=False, lr=1e-3, params="mlp", **FAST)
+    assert erasure.weights and all(".mlp." in k for k in erasure.weights)
+    with pytest.raises(ConfigError, match="selects no parameter"):
+        select_parameters(lm.model, "re:nothing-matches")
+    with pytest.raises(ConfigError, match="params="):
+        erasekit.unlearn(lm, "ga", "forget10", progress=False, params="everything")
+
+
+def test_a_loss_without_gradient_is_refused(models):
+    lm = models["gpt2"]
+    request = erasekit.forget_request(lm, "forget10")
+
+    def frozen(step):
+        with torch.no_grad():
+            return nll(step.model, step.forget), {}
+
+    with pytest.raises(ErasekitError, match="does not depend on the trained parameters"):
+        fit(lm, request, UnlearnConfig(epochs=1), frozen, progress=False)
+
+
+def test_retain_terms_need_retain_pairs_and_image_methods_are_refused(models):
+    lm = models["gpt2"]
+    request = ForgetRequest("x", [QAPair("Where was Ala Brakow born?", "Ala Brakow was born in Aldmoor.")])
+    with pytest.raises(ConfigError, match="retain pairs"):
+        erasekit.unlearn(lm, "graddiff", request, progress=False)
+    with pytest.raises(UnsupportedModelError, match="for language models use one of"):
+        erasekit.unlearn(lm, "uce", request, progress=False)
+
+
+def test_forget_requests_from_splits_and_files(models, tmp_path):
+    lm = models["gpt2"]
+    req = erasekit.forget_request(lm, "forget10")  # 20 authors -> 2 forgotten, 20 questions each
+    assert (
+        len(req.forget) == 40
+        and len(req.retain) == 18 * 20
+        and not {p.question for p in req.forget} & {p.question for p in req.retain}
+    )
+    pairs = [{"question": "Who?", "answer": "Me.", "paraphrased_answer": "ignored"}]
+    (tmp_path / "f.json").write_text(json.dumps(pairs))
+    (tmp_path / "f.jsonl").write_text("\n".join(json.dumps(p) for p in pairs * 2))
+    (tmp_path / "f.csv").write_text("question,answer\nWho?,Me.\n")
+    for name, n in (("f.json", 1), ("f.jsonl", 2), ("f.csv", 1)):
+        req = erasekit.forget_request(lm, str(tmp_path / name))
+        assert len(req.forget) == n and req.forget[0] == QAPair("Who?", "Me.") and req.name == "f"
+    (tmp_path / "bad.json").write_text(json.dumps([{"q": "x"}]))
+    with pytest.raises(ConfigError, match="entry 1 needs text fields"):
+        erasekit.forget_request(lm, str(tmp_path / "bad.json"))
+    with pytest.raises(ConfigError, match="splits belong to the fact-world testbed"):
+        erasekit.forget_request(tiny_lm("gpt2"), "forget01")
