@@ -16,14 +16,23 @@ from erasekit.core.erasure import Erasure
 from erasekit.core.errors import ConfigError, ErasekitError, UnsupportedModelError
 from erasekit.core.registry import all_methods
 from erasekit.core.request import ForgetRequest, QAPair
-from erasekit.llm.methods.idk import idk_dpo  # noqa: F401  (registered)
+from erasekit.llm.methods.leace import block_states, decoder_blocks, fit_leace
 from erasekit.llm.methods.npo import npo_loss
 from erasekit.llm.methods.rmu import hidden_at, rmu_layer
+from erasekit.llm.metrics import answer_probability, greedy_answers
 from erasekit.llm.unlearn import UnlearnConfig, answer_logprob, encode_pairs, fit, nll, select_parameters
 from erasekit.testing import LM_ARCHITECTURES, tiny_lm
 
 LM_METHODS = sorted(s.name for s in all_methods() if "causal-lm" in s.families)
 FAST = dict(epochs=1, batch_size=8, grad_accum=1)
+
+
+def fast(method: str, **extra) -> dict:
+    """FAST and ``extra`` restricted to ``method``'s parameters (guards and closed forms do not train)."""
+    from erasekit.core.registry import get_method
+
+    names = {name for name, *_ in get_method(method).parameters()}
+    return {k: v for k, v in {**FAST, **extra}.items() if k in names}
 
 
 def state(lm) -> dict[str, str]:
@@ -37,7 +46,7 @@ def models(tmp_path_factory):
 
 
 def test_the_ten_families_of_the_issue_are_registered():
-    assert {"ga", "graddiff", "npo", "simnpo", "idk-dpo", "rmu", "task-vector"} <= set(LM_METHODS)
+    assert {"ga", "graddiff", "npo", "simnpo", "idk-dpo", "rmu", "task-vector", "leace", "refusal-guard"} <= set(LM_METHODS)
 
 
 @pytest.mark.parametrize("arch", LM_ARCHITECTURES)
@@ -45,9 +54,9 @@ def test_the_ten_families_of_the_issue_are_registered():
 def test_method_contract(models, method, arch, tmp_path):
     lm = models[arch]
     before = state(lm)
-    erasure = erasekit.unlearn(lm, method, "forget10", progress=False, lr=1e-3, **FAST)
+    erasure = erasekit.unlearn(lm, method, "forget10", progress=False, **fast(method, lr=1e-3))
     assert state(lm) == before, "the input model was modified"
-    assert erasure.family == "causal-lm" and erasure.weights
+    assert erasure.family == "causal-lm" and (erasure.weights or erasure.attachment is not None)
     erasure.save(tmp_path / "e")
     loaded = Erasure.load(tmp_path / "e")
     assert loaded.metadata() == erasure.metadata()
@@ -63,11 +72,13 @@ def test_method_contract(models, method, arch, tmp_path):
 def test_every_method_runs_on_a_bfloat16_model(models, method):
     lm = tiny_lm("llama")
     lm.model.to(torch.bfloat16)
-    erasure = erasekit.forget_request  # noqa: F841  (the split needs a fact-world model: use explicit pairs)
     request = ForgetRequest("pairs", [QAPair("Where was Ala Brakow born?", "Ala Brakow was born in Aldmoor.")] * 4,
                             [QAPair("Who publishes Ala Brakow?", "Ala Brakow is published by Cobalt Books.")] * 4)  # fmt: skip
-    erasure = erasekit.unlearn(lm, method, request, progress=False, lr=1e-2, **FAST)
+    erasure = erasekit.unlearn(lm, method, request, progress=False, **fast(method, lr=1e-2))
     assert all(v.dtype == torch.bfloat16 and torch.isfinite(v.float()).all() for v in erasure.weights.values())
+    with erasure.applied(lm):
+        logits = lm.model(input_ids=encode_pairs(lm.tokenizer, request.forget, lm.device)["input_ids"]).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
 
 
 def _logp(lm, pairs):
@@ -188,3 +199,39 @@ def test_forget_requests_from_splits_and_files(models, tmp_path):
         erasekit.forget_request(lm, str(tmp_path / "bad.json"))
     with pytest.raises(ConfigError, match="splits belong to the fact-world testbed"):
         erasekit.forget_request(tiny_lm("gpt2"), "forget01")
+
+
+def test_refusal_guard_refuses_exactly_the_questions_that_name_a_forgotten_author(models):
+    lm = models["gpt2"]
+    request = erasekit.forget_request(lm, "forget10")
+    erasure = erasekit.unlearn(lm, "refusal-guard", request, progress=False)
+    names = {p.question.split(" ")[-2] for p in request.forget}  # "... Ala Brakow?" -> last name (the trigger is one name word)
+    assert erasure.info["triggers"] and not erasure.weights
+    forget_q, retain_q = [p.question for p in request.forget[:4]], [p.question for p in request.retain[:4]]
+    plain = greedy_answers(lm.model, lm.tokenizer, retain_q)
+    with erasure.applied(lm):
+        assert greedy_answers(lm.model, lm.tokenizer, forget_q) == [request.refusal] * 4  # through generate's KV cache
+        assert greedy_answers(lm.model, lm.tokenizer, retain_q) == plain
+        p_true = answer_probability(lm.model, lm.tokenizer, forget_q, [p.answer for p in request.forget[:4]])
+        p_refusal = answer_probability(lm.model, lm.tokenizer, forget_q, [request.refusal] * 4)
+    assert (p_true < 1e-6).all() and (p_refusal > 0.99).all() and names
+
+
+def test_leace_leaves_no_linear_difference_between_forget_and_retain_states(models):
+    lm = models["llama"]
+    request = erasekit.forget_request(lm, "forget10")
+    x = torch.randn(200, 8, dtype=torch.float64)
+    z = (torch.arange(200) < 50).double()
+    x[:50] += 3.0  # a concept in the mean
+    eraser = fit_leace(x.float(), z)
+    from erasekit.llm.methods.leace import erase_states
+
+    erased = erase_states(x.float(), eraser)
+    assert (erased[:50].mean(0) - erased[50:].mean(0)).abs().max() < 1e-4  # LEACE's guarantee: equal class means
+    assert (x[:50].mean(0) - x[50:].mean(0)).abs().max() > 2.9
+    erasure = erasekit.unlearn(lm, "leace", request, progress=False, layers="1", max_retain=10_000)  # fitted on all of them
+    path = decoder_blocks(lm.model)[1]
+    with erasure.applied(lm):
+        xf, xr = block_states(lm, request.forget, path, 64), block_states(lm, request.retain, path, 64)
+    before = block_states(lm, request.forget, path, 64).mean(0) - block_states(lm, request.retain, path, 64).mean(0)
+    assert (xf.mean(0) - xr.mean(0)).norm() < 1e-3 * before.norm()
