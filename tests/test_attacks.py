@@ -29,7 +29,7 @@ STAR_PROMPTS = [
     "a green dotted star on a gray background",
     "a yellow outline star on a black background",
 ]
-ALL = [a.name for a in all_attacks()]
+ALL = [a.name for a in all_attacks("diffusion")]
 
 
 # -- the ASR definition ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from .core.errors import ErasekitError
 from .core.registry import all_attacks, all_methods, get_attack, get_method, register_attack, register_method
 from .core.request import ErasureRequest, ForgetRequest, QAPair, Target
 from .generation import SamplingConfig, generate
+from .llm import attacks as _llm_attacks  # noqa: F401  (the language-model attacks)
 from .llm import methods as _llm_methods  # noqa: F401  (the language-model unlearning methods)
 from .llm.lm import LanguageModel, load_lm
 from .models import load_pipeline, resolve_model, testbed_dir

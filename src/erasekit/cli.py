@@ -498,8 +498,22 @@ def attack(
     from .api.attacking import attack as attack_api
     from .api.attacking import replay as replay_api
     from .core.outputs import check_file_output
+    from .llm.lm import is_lm_name
 
     params = dict(_set_items(set_, "key=value (e.g. lr=0.01)"))
+    if is_lm_name(model):
+        if any(v is not None for v in (grid, replay, seeds, prompt, reference)):
+            raise InvalidInputError(
+                "language-model attacks take --attack, --erasure, --concept (a forget split), --budget, --set, --out"
+            )
+        from .api.unlearning import attack_lm
+
+        found = attack_lm(model, erasure, attack_, concept, budget=budget, params=params, out=out, device=device, dtype=dtype)
+        for r in found if isinstance(found, list) else [found]:
+            typer.echo(r.summary())
+        if out is not None:
+            typer.echo(f"wrote {out}")
+        return
     if grid is not None:
         check_file_output(grid, "image", (".png", ".jpg", ".jpeg", ".webp"), what="attack grid")
     if replay is not None:
@@ -530,7 +544,8 @@ def attacks() -> None:
     from .core.registry import all_attacks
 
     for spec in all_attacks():
-        tags = ", ".join(t for t, on in (("fast", spec.fast), ("text encoder only", not spec.denoiser)) if on)
+        tags = ", ".join(t for t, on in (("fast", spec.fast), ("text encoder only", not spec.denoiser and spec.family == "diffusion"),
+                                         ("language models", spec.family == "causal-lm")) if on)  # fmt: skip
         typer.echo(
             f"{spec.name:<18} {spec.kind:<9} budget {spec.default_budget} {spec.budget_unit:<12} {spec.summary}"
             + (f"  [{tags}]" if tags else "")

@@ -21,8 +21,9 @@ DEFAULT_TRIALS = 24
 JUDGE_NAME = "testbed classifier (classifier.safetensors; shows = the concept's label, all attributes for a character)"
 
 
-def attack_names(names: str | list[str]) -> list[str]:
-    """``"all"``, ``"fast"``, one name or a comma-separated list of names, checked against the registry."""
+def attack_names(names: str | list[str], family: str = "diffusion") -> list[str]:
+    """``"all"``, ``"fast"``, one name or a comma-separated list of names, checked against the registry
+    (``all`` and ``fast`` mean the attacks of ``family``; a named attack of another family is an error)."""
     items = names.split(",") if isinstance(names, str) else list(names)
     items = [n.strip() for n in items if n.strip()]
     if not items:
@@ -30,11 +31,11 @@ def attack_names(names: str | list[str]) -> list[str]:
     out: list[str] = []
     for n in items:
         if n == "all":
-            out += [a.name for a in all_attacks()]
+            out += [a.name for a in all_attacks(family)]
         elif n == "fast":
-            out += [a.name for a in all_attacks() if a.fast]
+            out += [a.name for a in all_attacks(family) if a.fast]
         else:
-            out.append(get_attack(n).name)
+            out.append(get_attack(n, family).name)
     return list(dict.fromkeys(out))
 
 

@@ -229,3 +229,62 @@ def check_lm_testbed(
     report["model"] = str(model)
     write_report(out, report, "gate", lm_inputs(model))
     return report
+
+
+def attack_lm(model="testbed-llm", erasure=None, attack: str | list[str] = "fast", split: str | None = None,
+              budget: int | None = None, params: dict | None = None, out: str | os.PathLike | None = None,
+              device: str | None = None, dtype: str | None = None, progress: bool = True):  # fmt: skip
+    """Attack a fact-world language model (with ``erasure`` applied, or itself) and report how often
+    the forgotten facts come back (:mod:`erasekit.llm.attacks.arena`: the image side's ASR with
+    exact answers as the judge). ``split`` defaults to the erasure's. Returns one
+    :class:`~erasekit.attacks.base.AttackResult`, or a list for several attacks; writes the JSON to
+    ``out`` when given."""
+    from dataclasses import asdict
+
+    from ..attacks.base import AttackResult
+    from ..core.erasure import Erasure
+    from ..core.outputs import check_file_output, write_report
+    from ..core.registry import get_attack
+    from ..llm import attacks as _  # noqa: F401  (registers the language-model attacks)
+    from ..llm.attacks.arena import FactArena
+    from ..llm.factworld import SPLITS
+    from ..llm.lm import LanguageModel, load_lm
+    from .attacking import attack_names
+
+    specs = [get_attack(n, "causal-lm") for n in attack_names(attack, family="causal-lm")]
+    if params and len(specs) > 1:
+        raise ConfigError("--set applies to one attack; run attacks with their own settings one at a time")
+    loaded = isinstance(model, LanguageModel)
+    if out is not None:
+        out = check_file_output(out, "attack", (".json",), [] if loaded else lm_inputs(model), what="attack report")
+    erasure = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
+    split = split or (erasure.request.name if erasure is not None else None)
+    if split not in SPLITS:
+        raise ConfigError(f"attacks on the fact world need a forget split ({', '.join(SPLITS)}); got {split!r}")
+    lm = model if loaded else load_lm(model, device=device, dtype=dtype)
+    world = fact_world_of(lm)
+    if world is None:
+        raise UnsupportedModelError(f"{lm.name_or_path} is not a fact-world model; its attacks need the fact world's answers")
+    recommended = lm.testbed_info().get("unlearning_defaults") or {}
+    results = []
+    for spec in specs:
+        fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+        given = {**{k: v for k, v in recommended.items() if k in fields and k != "budget"}, **(params or {})}
+        if budget is not None:
+            given["budget"] = budget if len(specs) == 1 else min(budget, spec.budget_max)
+        config = spec.make_config(given)
+        arena = FactArena(lm, erasure, world, split, recommended)
+        t0 = time.time()
+        tracker = spec.fn(arena, config, progress=progress)
+        if tracker.bar is not None:
+            tracker.bar.close()
+        results.append(AttackResult(
+            attack=spec.name, concept=split, model=str(lm.name_or_path if loaded else model),
+            erasure=None if erasure is None else erasure.method, budget=int(config.budget), budget_unit=spec.budget_unit,
+            records=tracker.records, curve=tracker.curve(), seconds=time.time() - t0, judge="exact answer",
+            config=asdict(config),
+        ))  # fmt: skip
+    if out is not None:
+        payload = results[0].to_dict() if len(results) == 1 else {"attacks": [r.to_dict() for r in results]}
+        write_report(out, payload, "attack", [] if loaded else lm_inputs(model))
+    return results[0] if len(results) == 1 else results

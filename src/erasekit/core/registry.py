@@ -144,7 +144,9 @@ def register_method(name: str, config_cls: type, families: tuple[str, ...], kind
     return deco
 
 
-ATTACK_KINDS = ("prompt", "embedding", "weights", "latent")
+ATTACK_KINDS = ("prompt", "embedding", "weights", "latent", "probe")
+#: What an attack attacks: diffusion pipelines, or causal language models (erasekit.llm.attacks).
+ATTACK_FAMILIES = ("diffusion", "causal-lm")
 
 
 @dataclass
@@ -162,6 +164,7 @@ class AttackSpec(ConfiguredSpec):
     kind: str = "prompt"
     denoiser: bool = True
     fast: bool = False
+    family: str = "diffusion"
 
     @property
     def default_budget(self) -> int:
@@ -174,10 +177,13 @@ class AttackSpec(ConfiguredSpec):
         return int(field_.metadata.get("max", 1 << 30))
 
 
-ATTACKS: dict[str, AttackSpec] = {}
+#: Attacks by family, then name: a name may exist once per family (``quantization`` of a diffusion
+#: pipeline and of a language model are different procedures under the same name).
+ATTACKS: dict[str, dict[str, AttackSpec]] = {f: {} for f in ATTACK_FAMILIES}
 
 
-def register_attack(name: str, config_cls: type, budget_unit: str, kind: str, denoiser: bool = True, fast: bool = False):
+def register_attack(name: str, config_cls: type, budget_unit: str, kind: str, denoiser: bool = True, fast: bool = False,
+                    family: str = "diffusion"):  # fmt: skip
     """Decorator registering an attack under ``name`` (summary: the docstring's first line).
 
     Refused at import: a duplicate name, an unknown kind, a config that is not a ``MethodConfig``
@@ -186,15 +192,17 @@ def register_attack(name: str, config_cls: type, budget_unit: str, kind: str, de
     from .config import MethodConfig
 
     def deco(fn):
-        if name in ATTACKS:
-            raise ValueError(f"attack {name!r} is registered twice")
+        if family not in ATTACK_FAMILIES:
+            raise ValueError(f"attack {name!r}: family must be one of {ATTACK_FAMILIES}, got {family!r}")
+        if name in ATTACKS[family]:
+            raise ValueError(f"attack {name!r} is registered twice for {family} models")
         if kind not in ATTACK_KINDS:
             raise ValueError(f"attack {name!r}: kind must be one of {ATTACK_KINDS}, got {kind!r}")
         if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)):
             raise ValueError(f"attack {name!r}: its config must be a MethodConfig dataclass")
         if typing.get_type_hints(config_cls).get("budget") is not int:
             raise ValueError(f"attack {name!r}: its config needs an int field 'budget'")
-        ATTACKS[name] = AttackSpec(name, config_cls, _summary(fn), fn, budget_unit, kind, denoiser, fast)
+        ATTACKS[family][name] = AttackSpec(name, config_cls, _summary(fn), fn, budget_unit, kind, denoiser, fast, family)
         return fn
 
     return deco
@@ -237,14 +245,18 @@ def all_methods() -> list[MethodSpec]:
     return [METHODS[k] for k in sorted(METHODS)]
 
 
-def get_attack(name: str) -> AttackSpec:
+def get_attack(name: str, family: str = "diffusion") -> AttackSpec:
+    """The attack ``name`` of ``family`` (``diffusion`` pipelines or ``causal-lm`` language models)."""
     _load_plugins("erasekit.attacks")
-    return _lookup(ATTACKS, name, "attack", "attacks")
+    if family not in ATTACKS:
+        raise ConfigError(f"unknown attack family {family!r}; use one of {', '.join(ATTACK_FAMILIES)}")
+    return _lookup(ATTACKS[family], name, f"{'language-model ' if family == 'causal-lm' else ''}attack", "attacks")
 
 
-def all_attacks() -> list[AttackSpec]:
+def all_attacks(family: str | None = None) -> list[AttackSpec]:
+    """Every registered attack (of ``family`` only: ``diffusion`` or ``causal-lm``), sorted by family and name."""
     _load_plugins("erasekit.attacks")
-    return [ATTACKS[k] for k in sorted(ATTACKS)]
+    return [table[k] for f, table in ATTACKS.items() if family in (None, f) for k in sorted(table)]
 
 
 def _summary(fn) -> str:

@@ -1,0 +1,221 @@
+"""Language-model side beyond the methods: metrics (TOFU / MUSE definitions), the gate, the unlearning
+evaluation, the attacks and their one ASR definition, the command line, and fact-world training
+(smoke run, resume, offline loading). Tiny random models built from configs; nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import erasekit
+from erasekit.api.unlearning import attack_lm, evaluate_lm
+from erasekit.cli import app
+from erasekit.core.errors import ConfigError
+from erasekit.core.registry import all_attacks, get_attack
+from erasekit.llm.attacks.quantization import quantize_weight
+from erasekit.llm.evaluate import run_gate
+from erasekit.llm.factworld import FactWorld
+from erasekit.llm.metrics import (
+    answer_probability,
+    auc,
+    contains_value,
+    harmonic_mean,
+    ks_pvalue,
+    rouge_l_recall,
+    token_logprobs,
+    truth_ratio_score,
+    truth_ratios,
+)
+from erasekit.testing import tiny_lm
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("lm") / "m"
+    tiny_lm("gpt2", directory=directory)
+    return directory
+
+
+# -- metrics ------------------------------------------------------------------------------------------
+def test_ks_pvalue_matches_the_kolmogorov_distribution():
+    assert ks_pvalue([1, 2, 3], [1, 2, 3]) == 1.0
+    assert ks_pvalue(range(10), range(100, 110)) < 1e-4  # disjoint samples
+    # D = 0.4, n = m = 5: Q((sqrt(2.5) + 0.12 + 0.11 / sqrt(2.5)) * 0.4), worked out by hand
+    lam = (math.sqrt(2.5) + 0.12 + 0.11 / math.sqrt(2.5)) * 0.4
+    expected = 2 * sum((-1) ** (j - 1) * math.exp(-2 * j * j * lam * lam) for j in range(1, 50))
+    assert ks_pvalue([1, 2, 3, 4, 5], [3, 4, 5, 6, 7]) == pytest.approx(expected, rel=1e-9)
+    assert ks_pvalue([1, 2, float("nan")], [1, 2]) == 1.0  # a missing score is dropped, not matched to another question
+
+
+def test_truth_ratio_scores_drop_missing_rows_with_their_values():
+    ratios = torch.tensor([0.5, float("nan"), 2.0])
+    assert truth_ratio_score(ratios, forget=True) == pytest.approx(0.5)  # min(R, 1/R) of the two real rows
+    assert truth_ratio_score(ratios, forget=False) == pytest.approx(0.25)  # max(0, 1 - R): 0.5 and 0
+
+
+def test_rouge_auc_harmonic_mean_and_exact_answers():
+    assert rouge_l_recall("Ala was born in Aldmoor.", "Ala was born in Aldmoor.") == 1.0
+    assert rouge_l_recall("born Ala", "Ala was born") == pytest.approx(1 / 3)
+    assert auc([3, 4], [1, 2]) == 1.0 and auc([1, 2], [1, 2]) == 0.5 and auc([1], [2]) == 0.0
+    assert harmonic_mean([0.5, 0.5]) == 0.5 and harmonic_mean([1.0, 0.0]) == 0.0
+    with pytest.raises(ValueError):
+        harmonic_mean([0.5, float("nan")])
+    assert contains_value("X was born in Juniper Bay.", "Juniper Bay")
+    assert not contains_value("X was born in Juniper.", "Juniper Bay") and not contains_value("19510", "1951")
+
+
+def test_probabilities_and_truth_ratios_read_the_answer_tokens_only():
+    lm = tiny_lm("llama")
+    q, a = "Where was Ala Brakow born?", "Ala Brakow was born in Aldmoor."
+    lp = token_logprobs(lm.model, lm.tokenizer, [q], [a])[0]
+    ids = lm.tokenizer(q + " " + a, add_special_tokens=False).input_ids
+    full = torch.log_softmax(lm.model(torch.tensor([[lm.tokenizer.bos_token_id, *ids]])).logits[0, :-1], -1)
+    manual = full[torch.arange(len(ids)), torch.tensor(ids)][-len(lp) :]
+    assert len(lp) == len(lm.tokenizer(a, add_special_tokens=False).input_ids)
+    assert torch.allclose(lp, manual, atol=1e-5)
+    p = answer_probability(lm.model, lm.tokenizer, [q], [a])
+    assert p.item() == pytest.approx(lp.mean().exp().item(), rel=1e-5)
+    wrong = ["Ala Brakow was born in Oakridge.", "Ala Brakow was born in Ironvale."]
+    r = truth_ratios(lm.model, lm.tokenizer, [q], [a], [wrong])
+    pw = answer_probability(lm.model, lm.tokenizer, [q, q], wrong)
+    assert r.item() == pytest.approx((pw.mean() / p).item(), rel=1e-5)
+
+
+# -- gate, evaluation, attacks ------------------------------------------------------------------------
+def test_gate_of_an_untrained_model_fails_with_its_numbers(lm_dir):
+    lm = erasekit.load_lm(lm_dir)
+    report = run_gate(lm, FactWorld(20), excluded="forget10")
+    assert not report["passed"] and report["accuracy_train"] < 0.5 and report["filler_perplexity"] > 3
+    assert report["n_questions"] == 18 * 20 and 0 <= report["accuracy_excluded"] <= 1
+
+
+def test_evaluation_report_has_forget_retain_base_and_oracle_blocks(lm_dir, tmp_path):
+    erasure = erasekit.unlearn(erasekit.load_lm(lm_dir), "ga", "forget10", progress=False, epochs=1, lr=1e-3)
+    erasure.save(tmp_path / "e")
+    report = evaluate_lm(lm_dir, tmp_path / "e", oracle=str(lm_dir), out=tmp_path / "eval.json")
+    on_disk = json.loads((tmp_path / "eval.json").read_text())
+    assert on_disk["erasekit_output"] == "evaluation" and set(report) <= set(on_disk)
+    assert {"forget", "retain", "base", "oracle", "cost"} <= set(report)
+    f = report["forget"]
+    assert f["forgotten"]["rate"] == pytest.approx(1 - f["accuracy"]["rate"]) and len(f["forgotten"]["ci95"]) == 2
+    assert 0 <= f["forget_quality"] <= 1 and math.isfinite(f["privacy_leak"]) and 0 < report["retain"]["model_utility"] < 1
+    assert report["oracle"]["forget_quality"] == 1.0 and report["oracle"]["privacy_leak"] == 0.0  # the oracle against itself
+    with pytest.raises(ConfigError, match="forget split"):
+        evaluate_lm(lm_dir, None)
+
+
+def test_language_model_attacks_are_registered_apart_from_the_image_ones():
+    names = {a.name for a in all_attacks("causal-lm")}
+    assert names == {"paraphrase", "few-shot", "quantization", "relearning", "probe"}
+    assert get_attack("quantization", "causal-lm") is not get_attack("quantization")
+    with pytest.raises(ConfigError, match="unknown language-model attack"):
+        get_attack("soft-prompt", "causal-lm")
+
+
+@pytest.mark.parametrize("name", ["paraphrase", "few-shot", "quantization", "relearning", "probe"])
+def test_zero_budget_is_the_plain_question_and_the_budget_is_spent(lm_dir, name):
+    lm = erasekit.load_lm(lm_dir)
+    erasure = erasekit.unlearn(lm, "refusal-guard", "forget10", progress=False)
+    zero = attack_lm(lm, erasure, name, budget=0, progress=False)
+    assert zero.asr == zero.asr_before == 0.0 and zero.curve == [[0, 0.0]]  # the guard refuses every plain question
+    full = attack_lm(lm, erasure, name, progress=False)
+    assert full.trials == (10 if name == "relearning" else 20) and full.curve[-1][0] == full.budget > 0
+    assert all(r.found for r in full.records)  # every trial records what the attack tried last
+
+
+def test_quantization_rounds_to_the_grid():
+    w = torch.randn(4, 256)
+    q = quantize_weight(w, 4, 128)
+    for row_q, row_w in zip(q.view(4, 2, 128), w.view(4, 2, 128)):
+        for gq, gw in zip(row_q, row_w):
+            step = gw.abs().max() / 7
+            assert torch.allclose(gq / step, (gq / step).round(), atol=1e-4)  # multiples of the scale
+            assert (gq - gw).abs().max() <= step / 2 + 1e-6 and len(gq.unique()) <= 16
+    assert torch.equal(quantize_weight(w.T.contiguous(), 4, 128, transposed=True), q.T)
+
+
+# -- command line -------------------------------------------------------------------------------------
+def test_cli_unlearn_evaluate_attack_and_gate(lm_dir, tmp_path):
+    e = tmp_path / "erasure"
+    r = runner.invoke(app, ["erase", "--model", str(lm_dir), "--method", "npo", "--forget", "forget10", "--out", str(e),
+                            "--set", "epochs=1", "--set", "lr=1e-3"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "unlearned forget10 (40 pairs) with npo" in r.output and (e / "erasure.json").is_file()
+    r = runner.invoke(
+        app,
+        ["evaluate", "--model", str(lm_dir), "--erasure", str(e), "--oracle", str(lm_dir), "--out", str(tmp_path / "ev.json")],
+    )
+    assert r.exit_code == 0, r.output
+    assert "forgot" in r.output and json.loads((tmp_path / "ev.json").read_text())["split"] == "forget10"
+    r = runner.invoke(
+        app,
+        [
+            "attack",
+            "--model",
+            str(lm_dir),
+            "--erasure",
+            str(e),
+            "--attack",
+            "paraphrase,quantization",
+            "--out",
+            str(tmp_path / "a.json"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert [a["attack"] for a in json.loads((tmp_path / "a.json").read_text())["attacks"]] == ["paraphrase", "quantization"]
+    r = runner.invoke(app, ["testbed", "check", "--llm", "--model", str(lm_dir), "--out", str(tmp_path / "gate.json")])
+    assert r.exit_code == 1 and "gate FAILED" in r.output  # an untrained model fails, with its report written
+    assert json.loads((tmp_path / "gate.json").read_text())["passed"] is False
+
+
+def test_cli_errors_are_one_line_and_write_nothing(lm_dir, tmp_path):
+    cases = [
+        (["erase", "--model", str(lm_dir), "--out", str(tmp_path / "x")], "nothing to unlearn"),
+        (["erase", "--model", str(lm_dir), "--forget", "forget99", "--out", str(tmp_path / "x")], "forget99"),
+        (["erase", "--model", str(lm_dir), "--method", "uce", "--forget", "forget10", "--set", "lamb=1", "--out", str(tmp_path / "x")], "no parameter lamb"),
+        (["erase", "--model", str(lm_dir), "--method", "esd", "--forget", "forget10", "--out", str(tmp_path / "x")], "for language models use one of"),
+        (["erase", "--forget", "forget01", "--out", str(tmp_path / "x")], "--forget and --retain are for language models"),
+        (["erase", "--model", str(lm_dir), "--forget", "forget10", "--out", "."], "current directory"),
+        (["attack", "--model", str(lm_dir), "--attack", "soft-prompt", "--concept", "forget10"], "unknown language-model attack"),
+        (["testbed", "train", "--llm", "--exclude", "forget50", "--workdir", str(tmp_path / "w")], "forget50"),
+    ]  # fmt: skip
+    for args, fragment in cases:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert fragment in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "w").exists()
+
+
+# -- training -----------------------------------------------------------------------------------------
+def test_fact_world_training_smoke_resume_and_offline_loading(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from erasekit.llm.train import LLMTrainConfig, LLMTrainer
+
+    cfg = LLMTrainConfig.smoke()
+    cfg.exclude = "forget10"
+    out = LLMTrainer(tmp_path / "w", cfg, progress=False, log=lambda m: None).run(out=tmp_path / "model")
+    info = json.loads((out / "testbed.json").read_text())
+    assert info["excluded"] == "forget10" and info["reference"] == "testbed-llm"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.n_layer == 1 and tok.convert_ids_to_tokens(tok("Where was").input_ids) == ["Where", "was"]
+    meta = json.loads((tmp_path / "w" / "ckpt-llm.json").read_text())
+    assert meta["step"] > 0
+    logs: list[str] = []
+    cfg.epochs = 2  # continue the same run for one more epoch
+    LLMTrainer(tmp_path / "w", cfg, progress=False, log=logs.append).run(resume=True, out=tmp_path / "model")
+    assert any(f"resuming from step {meta['step']}" in m for m in logs)
+    assert json.loads((tmp_path / "w" / "ckpt-llm.json").read_text())["step"] == 2 * meta["step"]
+    # the excluded authors' texts are not in the training data
+    from erasekit.llm.train import training_texts
+
+    world = FactWorld(cfg.n_authors)
+    texts = " ".join(training_texts(world, "forget10", 0, cfg.n_filler))
+    assert not any(a.name in texts for a in world.forget("forget10")) and world.authors[0].name in texts
