@@ -44,12 +44,17 @@ class LLMTrainConfig:
     n_layer: int = 4
     n_embd: int = 256
     n_head: int = 4
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 200
     weight_decay: float = 0.01
     checkpoint_every: int = 500
+    #: The learning rate this model recommends to unlearning methods and to the relearning attack
+    #: (``testbed.json`` ``unlearning_defaults``): the papers' 1e-5 suits billions of parameters, not
+    #: 3 M (a scan of GA / NPO / GradDiff on forget01 at 1e-4, 3e-4 and 1e-3: 3e-4 forgets 80 % of the
+    #: facts while keeping 75-85 % of the retain answers).
+    unlearning_lr: float = 3e-4
     #: A forget split (``forget01``, ``forget05``, ``forget10``) whose authors are left out: an oracle.
     exclude: str | None = None
 
@@ -188,7 +193,8 @@ class LLMTrainer:
         with atomic_path(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            info = {"world": "fact-world", "n_authors": cfg.n_authors, "seed": cfg.seed, "excluded": cfg.exclude}
+            info = {"world": "fact-world", "n_authors": cfg.n_authors, "seed": cfg.seed, "excluded": cfg.exclude,
+                    "unlearning_defaults": {"lr": cfg.unlearning_lr}}  # fmt: skip
             if cfg.exclude:
                 info["reference"] = "testbed-llm"
             write_json(Path(tmp) / "testbed.json", info)
