@@ -219,3 +219,22 @@ def test_fact_world_training_smoke_resume_and_offline_loading(tmp_path):
     world = FactWorld(cfg.n_authors)
     texts = " ".join(training_texts(world, "forget10", 0, cfg.n_filler))
     assert not any(a.name in texts for a in world.forget("forget10")) and world.authors[0].name in texts
+
+
+def test_bench_writes_runs_and_the_language_model_sections(lm_dir, tmp_path):
+    from erasekit.api.bench_llm import bench_llm
+    from erasekit.core.outputs import write_markdown
+
+    write_markdown(tmp_path / "results.md", "# Results on the testbed\n\nimage rows\n", "results")
+    runs = bench_llm(str(lm_dir), ["ga", "refusal-guard"], ["forget10"], "paraphrase", {"ga": {"epochs": 1}},
+                     out_dir=tmp_path / "runs", report=tmp_path / "results.md", robustness=tmp_path / "robustness.md",
+                     progress=False, oracle=str(lm_dir))  # fmt: skip
+    assert [r["label"] for r in runs] == ["base", "oracle", "ga", "refusal-guard"]
+    assert sorted(p.name for p in (tmp_path / "runs").glob("forget10-*.json")) == [
+        "forget10-base.json", "forget10-ga.json", "forget10-oracle.json", "forget10-refusal-guard.json"]  # fmt: skip
+    text = (tmp_path / "results.md").read_text()
+    assert "image rows" in text and "## Language models" in text and "| forget10 | refusal-guard |" in text
+    robust = (tmp_path / "robustness.md").read_text()
+    assert "| forget10 | *oracle* |" in robust and "paraphrase" in robust
+    write_markdown(tmp_path / "results.md", "# Results on the testbed\n\nimage rows v2\n", "results")  # the image bench
+    assert "| forget10 | refusal-guard |" in (tmp_path / "results.md").read_text()  # keeps the language-model section

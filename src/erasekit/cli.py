@@ -424,13 +424,33 @@ def bench(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
-    """Erase each concept with each method, evaluate every run, and write JSON plus a results table (with --attacks: a robustness table)."""
+    """Erase each concept with each method, evaluate every run, and write JSON plus a results table (with --attacks: a robustness table).
+
+    With --model testbed-llm: unlearn each forget split (--concepts, default forget01,forget05) with each
+    language-model method (--methods, default all), evaluate against the base model and the oracle, and write
+    the "language models" sections of the tables."""
     from .api import bench as bench_api
+    from .llm.lm import is_lm_name
 
     params: dict[str, dict[str, str]] = {}
     for key, value in _set_items(set_, "method.key=value (e.g. esd.iterations=100)", scoped=True):
         method, _, name = key.partition(".")
         params.setdefault(method, {})[name] = value
+    if is_lm_name(model):
+        from .api.bench_llm import bench_llm
+
+        image_defaults = methods_ == "uce,time,rece,speed", concepts == "star,striped,red,zorbo"
+        llm_runs = bench_llm(
+            model, None if image_defaults[0] else [m.strip() for m in methods_.split(",") if m.strip()],
+            None if image_defaults[1] else [c.strip() for c in concepts.split(",") if c.strip()], attacks_ or None, params,
+            out_dir=Path("benchmarks/results/llm") if out == Path("benchmarks/results/testbed") else out, report=report,
+            robustness=robustness,
+        )  # fmt: skip
+        for r in llm_runs:
+            e = r["eval"]
+            forgotten = e["oracle"]["forgotten"] if r["label"] == "oracle" else e["forget"]["forgotten"]["rate"]
+            typer.echo(f"{r['split']:<9} {r['label']:<14} forgotten {forgotten:.2f}")
+        return
     runs = bench_api([m.strip() for m in methods_.split(",") if m.strip()], [c.strip() for c in concepts.split(",") if c.strip()],
                      out_dir=out, report=report, model=model, seeds=seeds, contexts=contexts, params=params, device=device, dtype=dtype,
                      attacks=[a for a in (attacks_ or "").split(",") if a.strip()] or None, robustness=robustness)  # fmt: skip

@@ -169,10 +169,13 @@ def oracle_for(lm, split: str) -> str | None:
 
 
 def evaluate_lm(model="testbed-llm", erasure=None, split: str | None = None, oracle: str | None = None,
-                out: str | os.PathLike | None = None, device: str | None = None, dtype: str | None = None) -> dict:  # fmt: skip
+                out: str | os.PathLike | None = None, device: str | None = None, dtype: str | None = None,
+                cache: dict | None = None) -> dict:  # fmt: skip
     """Measure an unlearning erasure on the fact world (``erasekit evaluate --model testbed-llm``):
     forget, retain, base and oracle blocks (:func:`erasekit.llm.evaluate.evaluate_unlearning`).
-    ``split`` defaults to the erasure's request; ``oracle`` to the shipped oracle of that split."""
+    ``split`` defaults to the erasure's request; ``oracle`` to the shipped oracle of that split.
+    ``cache``: a dict in which the base model's and the oracle's reports are kept between calls (a
+    bench evaluates many erasures of one model)."""
     from ..core.erasure import Erasure
     from ..core.outputs import check_file_output, write_report
     from ..llm.evaluate import evaluate_unlearning
@@ -191,9 +194,16 @@ def evaluate_lm(model="testbed-llm", erasure=None, split: str | None = None, ora
     if world is None:
         raise UnsupportedModelError(f"{lm.name_or_path} is not a fact-world model; its evaluation needs the fact world's labels")
     oracle = oracle or oracle_for(lm, split)
-    oracle_lm = load_lm(oracle, device=lm.device, dtype=lm.dtype) if oracle else None
+    from ..llm.evaluate import model_report
+
+    cache = {} if cache is None else cache
     t0 = time.perf_counter()
-    report = evaluate_unlearning(lm, world, split, erasure, oracle_lm)
+    base_key, oracle_key = ("base", lm.name_or_path, split), ("oracle", oracle, split)
+    if base_key not in cache:
+        cache[base_key] = model_report(lm, world, split)
+    if oracle and oracle_key not in cache:
+        cache[oracle_key] = model_report(load_lm(oracle, device=lm.device, dtype=lm.dtype), world, split)
+    report = evaluate_unlearning(lm, world, split, erasure, base_report=cache[base_key], oracle_report=cache.get(oracle_key))
     report.update(
         model=str(model if not loaded else lm.name_or_path),
         oracle_model=oracle,

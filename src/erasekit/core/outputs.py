@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -265,11 +266,38 @@ def write_report(path: str | os.PathLike, data: dict, kind: str, protect: Iterab
     return p
 
 
+_SECTION = re.compile(r"<!-- section: ([\w-]+) -->\n.*?<!-- /section: \1 -->\n", re.S)
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The named sections (``<!-- section: NAME -->`` ... ``<!-- /section: NAME -->``) of a Markdown text."""
+    return {m.group(1): m.group(0) for m in _SECTION.finditer(text)}
+
+
 def write_markdown(path: str | os.PathLike, text: str, kind: str) -> Path:
-    """Write a Markdown file whose first line stamps it as erasekit's ``kind`` output (atomically)."""
+    """Write a Markdown file whose first line stamps it as erasekit's ``kind`` output (atomically).
+    Named sections that another writer keeps in the existing file (:func:`write_section`) and
+    ``text`` does not hold are carried over at its end."""
     p = check_file_output(path, kind, (".md",), what=f"{kind} table")
+    old = _sections(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    kept = "".join(block for name, block in old.items() if name not in _sections(text))
     with atomic_path(p) as tmp:
-        tmp.write_text(markdown_stamp(kind) + text, encoding="utf-8")
+        tmp.write_text(markdown_stamp(kind) + text + ("\n" + kept if kept else ""), encoding="utf-8")
+    return p
+
+
+def write_section(path: str | os.PathLike, name: str, text: str, kind: str) -> Path:
+    """Put ``text`` as the section ``name`` of the Markdown output ``path`` (replacing that section,
+    else appending it; a new file holds only the section), leaving the rest of the file as it is."""
+    p = check_file_output(path, kind, (".md",), what=f"{kind} table")
+    block = f"<!-- section: {name} -->\n{text.rstrip()}\n<!-- /section: {name} -->\n"
+    body = p.read_text(encoding="utf-8") if p.is_file() else markdown_stamp(kind)
+    if name in _sections(body):
+        body = body.replace(_sections(body)[name], block)
+    else:
+        body = body.rstrip("\n") + "\n\n" + block
+    with atomic_path(p) as tmp:
+        tmp.write_text(body, encoding="utf-8")
     return p
 
 
