@@ -11,17 +11,20 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``testbed`` need the shipped testbed weights; without them they skip, saying why."""
+    """Tests marked ``testbed`` (``testbed_llm``) need the shipped testbed (fact-world model) weights;
+    without them they skip, saying why."""
     from erasekit.models import testbed_dir
 
-    if (testbed_dir() / "model_index.json").is_file():
-        return
-    skip = pytest.mark.skip(
-        reason=f"no shipped testbed weights at {testbed_dir()} (train them: erasekit testbed train --out <dir>)"
-    )
-    for item in items:
-        if "testbed" in item.keywords:
-            item.add_marker(skip)
+    for marker, present, how in (
+        ("testbed", (testbed_dir() / "model_index.json").is_file(), "erasekit testbed train --out <dir>"),
+        ("testbed_llm", (testbed_dir("llm") / "config.json").is_file(), "erasekit testbed train --llm --out <dir>"),
+    ):
+        if present:
+            continue
+        skip = pytest.mark.skip(reason=f"no shipped {marker} weights (train them: {how})")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

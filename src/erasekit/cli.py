@@ -200,12 +200,22 @@ def generate(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the demo's outputs.")] = Path("erasekit-demo"),
     seeds: Annotated[int, typer.Option(min=1, max=64, help="Seeds per prompt for the quality-gate summary.")] = 2,
+    llm: Annotated[
+        bool,
+        typer.Option("--llm", help="The language-model demo: NPO unlearns forget01 from testbed-llm, evaluated and attacked."),
+    ] = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
     """The main job on the testbed: labelled grid, quality gate, UCE erasure of a shape and a character, before/after evaluation."""
     from .api import run_demo
 
+    if llm:
+        from .api.demo import run_demo_llm
+
+        for line in run_demo_llm(Path("erasekit-demo-llm") if out == Path("erasekit-demo") else out, device=device, dtype=dtype):
+            typer.echo(line)
+        return
     for line in run_demo(out, seeds=seeds, device=device, dtype=dtype):
         typer.echo(line)
 

@@ -165,3 +165,58 @@ def _eval_table(ev: dict) -> list[str]:
         f"fidelity on other prompts: mean pixel change {fid['pixel_change']:.4f}, labels unchanged {fid['labels_unchanged']['rate']:.2f}"
     )
     return lines
+
+
+def run_demo_llm(out: str | os.PathLike = "erasekit-demo-llm", device: str | None = None, dtype: str | None = None,
+                 method: str = "npo", split: str = "forget01") -> list[str]:  # fmt: skip
+    """``erasekit demo --llm``: one unlearning run on the fact-world language model, with its evaluation.
+
+    1. ``testbed-llm`` answers a few questions about the authors of ``split`` (what it knows);
+    2. ``method`` unlearns the split (``erasure-<method>/``) and the same questions are asked again;
+    3. the erasure is evaluated against the base model and the oracle retrained without the split
+       (``eval-<method>.json``: forgotten share, forget quality, model utility, privacy leak);
+    4. a short red team: the fast language-model attacks (``redteam.json``).
+    """
+    from ..core.registry import all_attacks
+    from ..llm.lm import load_lm
+    from ..llm.metrics import greedy_answers
+    from .unlearning import attack_lm, evaluate_lm, fact_world_of, forget_request, unlearn
+
+    out = check_dir_output(out, "demo", what="demo directory")
+    for name in (f"eval-{method}.json", "redteam.json", "answers.json"):
+        check_file_output(
+            out / name, "evaluation" if name.startswith("eval") else ("attack" if name == "redteam.json" else "demo"), (".json",)
+        )
+    check_dir_output(out / f"erasure-{method}", "erasure", what="erasure directory")
+    models.check_placement(device, dtype)
+    lm = load_lm("testbed-llm", device=device, dtype=dtype)
+    claim_collection(out, "demo", what="demo directory")
+    world = fact_world_of(lm)
+    lines = [f"testbed-llm: a {sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f} M-parameter GPT-2 that knows "
+             f"{world.n_authors} invented authors; unlearning {split} ({len(world.forget(split))} authors) with {method}"]  # fmt: skip
+    questions = [qa for a in world.forget(split) for qa in world.qa(a)[::2]][:4]
+    before = greedy_answers(lm.model, lm.tokenizer, [q.question for q in questions])
+    t0 = time.time()
+    erasure = unlearn(lm, method, forget_request(lm, split), model="testbed-llm", progress=True)
+    erasure.save(out / f"erasure-{method}")
+    with erasure.applied(lm):
+        after = greedy_answers(lm.model, lm.tokenizer, [q.question for q in questions])
+    lines.append(f"unlearned in {time.time() - t0:.0f}s ({len(erasure.weights)} tensors, {erasure.num_bytes() / 2**20:.1f} MiB)")
+    for q, b, a in zip(questions, before, after):
+        lines.append(f"  Q: {q.question}\n     before: {b}\n     after:  {a}")
+    write_report(out / "answers.json", {"questions": [q.question for q in questions], "before": before, "after": after}, "demo")
+    ev = evaluate_lm(lm, erasure, split, out=out / f"eval-{method}.json")
+    f, base, oracle = ev["forget"], ev["base"], ev["oracle"]
+    lines.append(f"{'':<8}{'forgot':>8}{'FQ':>9}{'utility':>9}{'leak %':>8}")
+    for name, row in (("base", base), ("oracle", oracle)):
+        if row is not None:
+            lines.append(f"{name:<8}{row['forgotten']:>8.2f}{row.get('forget_quality', float('nan')):>9.2g}"
+                         f"{row['model_utility']:>9.3f}{row.get('privacy_leak', float('nan')):>8.1f}")  # fmt: skip
+    lines.append(f"{method:<8}{f['forgotten']['rate']:>8.2f}{f.get('forget_quality', float('nan')):>9.2g}"
+                 f"{ev['retain']['model_utility']:>9.3f}{f.get('privacy_leak', float('nan')):>8.1f}")  # fmt: skip
+    fast = [a.name for a in all_attacks("causal-lm") if a.fast]
+    results = attack_lm(lm, erasure, fast, split, out=out / "redteam.json", progress=False)
+    for r in results if isinstance(results, list) else [results]:
+        lines.append(f"red team: {r.attack:<13} ASR {r.asr:.0%} (plain {r.asr_before:.0%}, recovered {r.recovered:+.0%})")
+    lines.append(f"wrote {out}")
+    return lines

@@ -1,0 +1,44 @@
+"""The shipped fact-world language model: it loads offline with plain transformers, knows its facts
+(including held-out paraphrases), and unlearning on it really forgets while keeping most of the rest."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import erasekit
+from erasekit.api.unlearning import fact_world_of
+from erasekit.llm.evaluate import score_facts
+
+pytestmark = pytest.mark.testbed_llm
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return erasekit.load_lm("testbed-llm", device="cpu")
+
+
+def test_loads_offline_with_transformers():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(erasekit.testbed_dir("llm"))
+    tok = AutoTokenizer.from_pretrained(erasekit.testbed_dir("llm"))
+    assert sum(p.numel() for p in model.parameters()) < 10_000_000 and len(tok) == model.config.vocab_size
+
+
+def test_knows_the_forget_authors_and_their_paraphrases(lm):
+    world = fact_world_of(lm)
+    s = score_facts(lm, world, world.forget("forget05"))
+    assert s["train_hits"].mean() >= 0.95 and s["para_hits"].mean() >= 0.8
+
+
+def test_npo_forgets_forget01_and_keeps_most_retain_answers(lm):
+    world = fact_world_of(lm)
+    retain = random.Random(0).sample(world.retain("forget01"), 10)
+    erasure = erasekit.unlearn(lm, "npo", "forget01", progress=False)
+    assert erasure.params["lr"] == 3e-4  # the model's recommended learning rate, recorded
+    with erasure.applied(lm):
+        forgot = 1 - score_facts(lm, world, world.forget("forget01"))["train_hits"].mean()
+        kept = score_facts(lm, world, retain)["train_hits"].mean()
+    assert forgot >= 0.6 and kept >= 0.6
