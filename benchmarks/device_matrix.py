@@ -3,7 +3,7 @@
 Usage: python benchmarks/device_matrix.py [--devices cpu,cuda] [--out benchmarks/results/device_matrix.json]
 
 Cells: each registered method on every family it claims (the testbed for SD, tiny random pipelines for
-the others) with tiny budgets (``erasekit.testing.TINY_BUDGET``), on every device present (CPU; CUDA
+the others, the fact-world ``testbed-llm`` for language-model methods, with its evaluation and attacks) with tiny budgets (``erasekit.testing.TINY_BUDGET``), on every device present (CPU; CUDA
 when torch sees one) and precision (CPU: float32, bfloat16; CUDA: float32, float16, bfloat16), plus the
 commands around them on the testbed (generate, evaluate, export, the early-stopping monitor). A cell
 records ok / the error's first line, seconds and peak memory (CUDA allocations or CPU resident memory).
@@ -69,7 +69,34 @@ def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     return worst
 
 
+def lm_method_cell(method: str, device: str, dtype: str) -> dict:
+    """A language-model method on the shipped fact-world model (forget01, one epoch), applied and removed."""
+    lm = erasekit.load_lm("testbed-llm", device=device, dtype=dtype)
+    names = {name for name, *_ in get_method(method).parameters()}
+    erasure = erasekit.unlearn(lm, method, "forget01", progress=False, **({"epochs": 1} if "epochs" in names else {}))
+    with erasure.applied(lm):
+        pass
+    return {"tensors": len(erasure.touched()), "attachment": erasure.attachment is not None}
+
+
+def lm_command_cells(device: str, dtype: str) -> dict[str, dict]:
+    """Evaluation and every language-model attack (budget 1) against an NPO erasure of forget01."""
+    from erasekit.api.unlearning import attack_lm, evaluate_lm
+
+    cells = {}
+    lm = erasekit.load_lm("testbed-llm", device=device, dtype=dtype)
+    erasure = erasekit.unlearn(lm, "npo", "forget01", progress=False, epochs=1)
+    cells["llm:evaluate"] = run_cell(lambda: {"forgotten": evaluate_lm(lm, erasure)["forget"]["forgotten"]["rate"]}, device)
+    for spec in all_attacks("causal-lm"):
+        cells[f"llm-attack:{spec.name}"] = run_cell(
+            lambda name=spec.name: {"asr": attack_lm(lm, erasure, name, budget=1, progress=False).asr}, device
+        )
+    return cells
+
+
 def method_cell(method: str, family: str, device: str, dtype: str) -> dict:
+    if family == "causal-lm":
+        return lm_method_cell(method, device, dtype)
     pipe, request = model_for(family, device, dtype)
     params = tiny_params(method, family)
     spec = get_method(method)
@@ -118,7 +145,7 @@ def command_cells(device: str, dtype: str) -> dict[str, dict]:
             return {"stopped_at": e.info["training"]["evaluations"][-1]["step"]}
 
         cells["monitor"] = run_cell(monitor, device)
-        for spec in all_attacks():  # every attack at budget 1 on two prompts (the red team on this device)
+        for spec in all_attacks("diffusion"):  # every attack at budget 1 on two prompts (the red team on this device)
 
             def attack(name=spec.name):
                 r = erasekit.attack(pipe, erasure, attack=name, concept="star", budget=1, seeds=1,
@@ -148,8 +175,9 @@ def main() -> None:
                         f"{device:5} {dtype:9} {family:5} {method:11} {'ok' if cell['ok'] else 'FAIL ' + cell['error']} {cell['seconds']}s",
                         flush=True,
                     )
-            for name, cell in command_cells(device, dtype).items():
-                rows.append({"what": name, "family": "sd", "device": device, "dtype": dtype, **cell})
+            for name, cell in [*command_cells(device, dtype).items(), *lm_command_cells(device, dtype).items()]:
+                family = "causal-lm" if name.startswith("llm") else "sd"
+                rows.append({"what": name, "family": family, "device": device, "dtype": dtype, **cell})
                 print(
                     f"{device:5} {dtype:9} sd    {name:11} {'ok' if cell['ok'] else 'FAIL ' + cell['error']} {cell['seconds']}s",
                     flush=True,
