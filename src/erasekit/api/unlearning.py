@@ -176,23 +176,12 @@ def evaluate_lm(model="testbed-llm", erasure=None, split: str | None = None, ora
     ``split`` defaults to the erasure's request; ``oracle`` to the shipped oracle of that split.
     ``cache``: a dict in which the base model's and the oracle's reports are kept between calls (a
     bench evaluates many erasures of one model)."""
-    from ..core.erasure import Erasure
-    from ..core.outputs import check_file_output, write_report
+    from ..core.outputs import write_report
     from ..llm.evaluate import evaluate_unlearning
-    from ..llm.factworld import SPLITS
     from ..llm.lm import LanguageModel, load_lm
 
-    loaded = not isinstance(model, (str, os.PathLike))
-    if out is not None:
-        out = check_file_output(out, "evaluation", (".json",), [] if loaded else lm_inputs(model), what="evaluation report")
-    erasure = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
-    split = split or (erasure.request.name if erasure is not None else None)
-    if split not in SPLITS:
-        raise ConfigError(f"evaluation on the fact world needs a forget split ({', '.join(SPLITS)}); got {split!r}")
-    lm = model if isinstance(model, LanguageModel) else load_lm(model, device=device, dtype=dtype)
-    world = fact_world_of(lm)
-    if world is None:
-        raise UnsupportedModelError(f"{lm.name_or_path} is not a fact-world model; its evaluation needs the fact world's labels")
+    loaded = isinstance(model, LanguageModel)
+    lm, world, erasure, split, out = _fact_world_job(model, erasure, split, out, "evaluation", device, dtype)
     oracle = oracle or oracle_for(lm, split)
     from ..llm.evaluate import model_report
 
@@ -220,6 +209,29 @@ def evaluate_lm(model="testbed-llm", erasure=None, split: str | None = None, ora
     if out is not None:
         write_report(out, report, "evaluation", [] if loaded else lm_inputs(model))
     return report
+
+
+def _fact_world_job(model, erasure, split: str | None, out, kind: str, device: str | None, dtype: str | None):
+    """The checked inputs of an evaluation or attack on a fact-world model, in the order that fails
+    before expensive work: the output path, the erasure (loaded), the split (default: the erasure's),
+    then the model (loaded unless given) and its world -> ``(lm, world, erasure, split, out)``."""
+    from ..core.erasure import Erasure
+    from ..core.outputs import check_file_output
+    from ..llm.factworld import SPLITS
+    from ..llm.lm import LanguageModel, load_lm
+
+    loaded = isinstance(model, LanguageModel)
+    if out is not None:
+        out = check_file_output(out, kind, (".json",), [] if loaded else lm_inputs(model), what=f"{kind} report")
+    erasure = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
+    split = split or (erasure.request.name if erasure is not None else None)
+    if split not in SPLITS:
+        raise ConfigError(f"{kind} on the fact world needs a forget split ({', '.join(SPLITS)}); got {split!r}")
+    lm = model if loaded else load_lm(model, device=device, dtype=dtype)
+    world = fact_world_of(lm)
+    if world is None:
+        raise UnsupportedModelError(f"{lm.name_or_path} is not a fact-world model; its {kind} needs the fact world's answers")
+    return lm, world, erasure, split, out
 
 
 def check_lm_testbed(
@@ -252,29 +264,18 @@ def attack_lm(model="testbed-llm", erasure=None, attack: str | list[str] = "fast
     from dataclasses import asdict
 
     from ..attacks.base import AttackResult
-    from ..core.erasure import Erasure
-    from ..core.outputs import check_file_output, write_report
+    from ..core.outputs import write_report
     from ..core.registry import get_attack
     from ..llm import attacks as _  # noqa: F401  (registers the language-model attacks)
     from ..llm.attacks.arena import FactArena
-    from ..llm.factworld import SPLITS
-    from ..llm.lm import LanguageModel, load_lm
+    from ..llm.lm import LanguageModel
     from .attacking import attack_names
 
     specs = [get_attack(n, "causal-lm") for n in attack_names(attack, family="causal-lm")]
     if params and len(specs) > 1:
         raise ConfigError("--set applies to one attack; run attacks with their own settings one at a time")
     loaded = isinstance(model, LanguageModel)
-    if out is not None:
-        out = check_file_output(out, "attack", (".json",), [] if loaded else lm_inputs(model), what="attack report")
-    erasure = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
-    split = split or (erasure.request.name if erasure is not None else None)
-    if split not in SPLITS:
-        raise ConfigError(f"attacks on the fact world need a forget split ({', '.join(SPLITS)}); got {split!r}")
-    lm = model if loaded else load_lm(model, device=device, dtype=dtype)
-    world = fact_world_of(lm)
-    if world is None:
-        raise UnsupportedModelError(f"{lm.name_or_path} is not a fact-world model; its attacks need the fact world's answers")
+    lm, world, erasure, split, out = _fact_world_job(model, erasure, split, out, "attack", device, dtype)
     recommended = lm.testbed_info().get("unlearning_defaults") or {}
     results = []
     for spec in specs:

@@ -125,6 +125,20 @@ def retain_loss(kind: str, model, reference, batch) -> torch.Tensor:
 
 
 @dataclass
+class RetainConfig(UnlearnConfig):
+    """Options of methods whose loss is ``γ · L_forget + α · L_retain``."""
+
+    gamma: float = field(default=1.0, metadata={"help": "weight γ of the forget term"})
+    alpha: float = field(default=1.0, metadata={"help": "weight α of the retain term (0: none)"})
+    retain_loss: str = field(default="NLL", metadata={"help": "NLL (of retain answers) or KL (to the frozen model)"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.retain_loss not in ("NLL", "KL"):
+            raise ConfigError(f"retain_loss={self.retain_loss!r}: use NLL or KL")
+
+
+@dataclass
 class Step:
     """What a method's loss sees at one micro-step: the forget and retain batches, the model being
     trained, the frozen reference, and the step counter."""
@@ -135,6 +149,18 @@ class Step:
     reference: torch.nn.Module
     step: int
     pairs: list[QAPair]
+
+
+def with_retain(forget: torch.Tensor, name: str, config: RetainConfig, s: "Step") -> tuple[torch.Tensor, dict[str, float]]:
+    """``γ · forget + α · L_retain`` (the retain term only when α > 0 and the step has retain pairs),
+    with the parts for the progress bar."""
+    parts = {name: forget.item()}
+    total = config.gamma * forget
+    if config.alpha and s.retain is not None:
+        retain = retain_loss(config.retain_loss, s.model, s.reference, s.retain)
+        total = total + config.alpha * retain
+        parts["retain"] = retain.item()
+    return total, parts
 
 
 LossFn = Callable[[Step], tuple[torch.Tensor, dict[str, float]]]

@@ -7,24 +7,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ...core.registry import MethodResult, register_method
-from ..unlearn import Step, UnlearnConfig, fit, nll, retain_loss
+from ..unlearn import RetainConfig, Step, fit, nll, with_retain
 
 
 @dataclass
-class GradDiffConfig(UnlearnConfig):
-    gamma: float = field(default=1.0, metadata={"help": "weight γ of the forget (ascent) term"})
-    alpha: float = field(default=1.0, metadata={"help": "weight α of the retain term"})
-    retain_loss: str = field(default="NLL", metadata={"help": "NLL (of retain answers) or KL (to the frozen model)"})
-
-    def validate(self) -> None:
-        super().validate()
-        if self.retain_loss not in ("NLL", "KL"):
-            from ...core.errors import ConfigError
-
-            raise ConfigError(f"retain_loss={self.retain_loss!r}: use NLL or KL")
+class GradDiffConfig(RetainConfig):
+    pass
 
 
 @register_method("graddiff", GradDiffConfig, families=("causal-lm",), kind="fine-tuning")
@@ -32,9 +23,7 @@ def gradient_difference(lm, request, config: GradDiffConfig, adapter=None, progr
     """Gradient difference: ascent on forget answers, NLL or KL descent on the retain set."""
 
     def loss(s: Step):
-        forget = nll(s.model, s.forget)
-        retain = retain_loss(config.retain_loss, s.model, s.reference, s.retain)
-        return -config.gamma * forget + config.alpha * retain, {"forget_nll": forget.item(), "retain": retain.item()}
+        return with_retain(-nll(s.model, s.forget), "neg_forget_nll", config, s)
 
-    weights, log = fit(lm, request, config, loss, progress, needs_retain=True)
+    weights, log = fit(lm, request, config, loss, progress, needs_retain=config.alpha > 0)
     return MethodResult(weights, {"log": log})

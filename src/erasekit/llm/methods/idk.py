@@ -16,15 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from ...core.registry import MethodResult, register_method
-from ..unlearn import Step, UnlearnConfig, answer_logprob, encode_pairs, fit, retain_loss
+from ..unlearn import RetainConfig, Step, answer_logprob, encode_pairs, fit, with_retain
 
 
 @dataclass
-class IDKConfig(UnlearnConfig):
+class IDKConfig(RetainConfig):
     beta: float = field(default=0.1, metadata={"help": "inverse temperature β", "gt": 0})
-    gamma: float = field(default=1.0, metadata={"help": "weight γ of the preference term"})
-    alpha: float = field(default=1.0, metadata={"help": "weight α of the retain term (0: none)"})
-    retain_loss: str = field(default="NLL", metadata={"help": "NLL or KL"})
 
 
 @register_method("idk-dpo", IDKConfig, families=("causal-lm",), kind="fine-tuning")
@@ -40,13 +37,7 @@ def idk_dpo(lm, request, config: IDKConfig, adapter=None, progress: bool = True)
             win_ref, lose_ref = answer_logprob(s.reference, win_batch), answer_logprob(s.reference, s.forget)
         margin = (win - win_ref) - (lose - lose_ref)
         forget = -(2.0 / config.beta) * F.logsigmoid(config.beta * margin).mean()
-        parts = {"dpo": forget.item()}
-        total = config.gamma * forget
-        if config.alpha and s.retain is not None:
-            retain = retain_loss(config.retain_loss, s.model, s.reference, s.retain)
-            total = total + config.alpha * retain
-            parts["retain"] = retain.item()
-        return total, parts
+        return with_retain(forget, "dpo", config, s)
 
     weights, log = fit(lm, request, config, loss, progress, needs_retain=config.alpha > 0)
     return MethodResult(weights, {"log": log})

@@ -15,15 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from ...core.registry import MethodResult, register_method
-from ..unlearn import Step, UnlearnConfig, answer_logprob, fit, retain_loss
+from ..unlearn import RetainConfig, Step, answer_logprob, fit, with_retain
 
 
 @dataclass
-class NPOConfig(UnlearnConfig):
+class NPOConfig(RetainConfig):
     beta: float = field(default=0.1, metadata={"help": "inverse temperature β", "gt": 0})
-    gamma: float = field(default=1.0, metadata={"help": "weight γ of the forget term"})
-    alpha: float = field(default=1.0, metadata={"help": "weight α of the retain term (0: none)"})
-    retain_loss: str = field(default="NLL", metadata={"help": "NLL or KL"})
 
 
 def npo_loss(model, reference, batch, beta: float) -> torch.Tensor:
@@ -40,13 +37,7 @@ def npo(lm, request, config: NPOConfig, adapter=None, progress: bool = True) -> 
 
     def loss(s: Step):
         forget = npo_loss(s.model, s.reference, s.forget, config.beta)
-        parts = {"npo": forget.item()}
-        total = config.gamma * forget
-        if config.alpha and s.retain is not None:
-            retain = retain_loss(config.retain_loss, s.model, s.reference, s.retain)
-            total = total + config.alpha * retain
-            parts["retain"] = retain.item()
-        return total, parts
+        return with_retain(forget, "npo", config, s)
 
     weights, log = fit(lm, request, config, loss, progress, needs_retain=config.alpha > 0)
     return MethodResult(weights, {"log": log})

@@ -14,16 +14,14 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 
 from ...core.registry import MethodResult, register_method
-from ..unlearn import Step, UnlearnConfig, answer_logprob, fit, retain_loss
+from ..unlearn import RetainConfig, Step, answer_logprob, fit, with_retain
 
 
 @dataclass
-class SimNPOConfig(UnlearnConfig):
+class SimNPOConfig(RetainConfig):
     beta: float = field(default=4.5, metadata={"help": "inverse temperature β", "gt": 0})
     delta: float = field(default=0.0, metadata={"help": "margin δ"})
     gamma: float = field(default=0.125, metadata={"help": "weight γ of the forget term"})
-    alpha: float = field(default=1.0, metadata={"help": "weight α of the retain term (0: none)"})
-    retain_loss: str = field(default="NLL", metadata={"help": "NLL or KL"})
 
 
 @register_method("simnpo", SimNPOConfig, families=("causal-lm",), kind="fine-tuning")
@@ -33,13 +31,7 @@ def simnpo(lm, request, config: SimNPOConfig, adapter=None, progress: bool = Tru
     def loss(s: Step):
         mean_nll = -answer_logprob(s.model, s.forget, mean=True)
         forget = -(2.0 / config.beta) * F.logsigmoid(config.beta * mean_nll - config.delta).mean()
-        parts = {"simnpo": forget.item()}
-        total = config.gamma * forget
-        if config.alpha and s.retain is not None:
-            retain = retain_loss(config.retain_loss, s.model, s.reference, s.retain)
-            total = total + config.alpha * retain
-            parts["retain"] = retain.item()
-        return total, parts
+        return with_retain(forget, "simnpo", config, s)
 
     weights, log = fit(lm, request, config, loss, progress, needs_retain=config.alpha > 0)
     return MethodResult(weights, {"log": log})
