@@ -184,6 +184,7 @@ def test_cli_errors_are_one_line_and_write_nothing(lm_dir, tmp_path):
         (["erase", "--model", str(lm_dir), "--forget", "forget10", "--out", "."], "current directory"),
         (["attack", "--model", str(lm_dir), "--attack", "soft-prompt", "--concept", "forget10"], "unknown language-model attack"),
         (["testbed", "train", "--llm", "--exclude", "forget50", "--workdir", str(tmp_path / "w")], "forget50"),
+        (["erase", "--model", "no-org/no-model", "--forget", "forget01", "--out", str(tmp_path / "x")], "as a causal language model"),
     ]  # fmt: skip
     for args, fragment in cases:
         r = runner.invoke(app, args)

@@ -285,7 +285,7 @@ def erase(
     from .llm.lm import is_lm_name
 
     params = dict(_set_items(set_, "key=value"))
-    if is_lm_name(model):
+    if is_lm_name(model, hub=forget is not None):
         _unlearn_cli(out, model, method, forget, retain, concept, request, params, device, dtype)
         return
     if forget is not None or retain is not None:

@@ -46,13 +46,16 @@ class LanguageModel:
         return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def is_lm_name(model: str | os.PathLike) -> bool:
-    """Whether ``model`` names a language model: a testbed LLM name or a directory whose
-    ``config.json`` describes a causal LM (not a diffusers pipeline)."""
+def is_lm_name(model: str | os.PathLike, hub: bool = False) -> bool:
+    """Whether ``model`` names a language model: a testbed LLM name, a directory whose
+    ``config.json`` describes a causal LM (not a diffusers pipeline), or (``hub``: the command has
+    language-model inputs such as ``--forget``) a hub id ``org/name``."""
     text = str(model).strip()
     if text == TESTBED_LLM or text in LLM_ORACLES:
         return True
     path = Path(text).expanduser()
+    if hub and not path.exists() and _HUB_ID.match(text):
+        return True
     if (path / "model_index.json").is_file() or not (path / "config.json").is_file():
         return False
     try:
