@@ -1,7 +1,9 @@
 """Linear-probe attack: is the forgotten answer still linearly decodable from the hidden states?
 
-For each attribute, a ridge-regression probe maps the hidden state at the last token of a question
-to the one-hot value of the answer. It is fitted on retain authors (their facts, asked with the same
+For each attribute, a ridge-regression probe maps a hidden state to the one-hot value of the answer:
+the state at the last token of the question followed by its answer sentence cut before the value
+(``"Where was X born? X was born in"``), the position where the model produces the value (at the
+question mark it has not retrieved it yet: probes there read chance on the base model). It is fitted on retain authors (their facts, asked with the same
 question template as the trials) and read on the forget facts; a trial succeeds when the probe's
 top value is the true one. The states are those of the attacked model (erasure applied, including
 attachments such as LEACE). One budget unit probes one more block, from the last down; a trial
@@ -27,6 +29,11 @@ from .arena import FactArena, answer_items
 class ProbeConfig(AttackConfig):
     budget: int = field(default=4, metadata={"help": "blocks probed, from the last down"})
     n_authors: int = field(default=120, metadata={"help": "retain authors the probes are fitted on", "min": 10})
+
+
+def cloze(qa) -> str:
+    """The question and its answer sentence up to the value (``"... born? X was born in"``)."""
+    return f"{qa.question} {qa.answer[: qa.answer.index(qa.value)].strip()}"
 
 
 @torch.no_grad()
@@ -68,8 +75,8 @@ def probe(arena: FactArena, config: ProbeConfig, progress: bool = True):
     train = [qa for a in donors for qa in arena.world.qa(a)[::2]]
     test = [arena.fact(t) for t in tracker.trials]
     with arena.attacked() as lm:
-        x_train = question_states(lm, [q.question for q in train])
-        x_test = question_states(lm, [q.question for q in test])
+        x_train = question_states(lm, [cloze(q) for q in train])
+        x_test = question_states(lm, [cloze(q) for q in test])
     depth = n_layers(arena.lm.model)
     for b in range(1, min(config.budget, depth) + 1):
         layer = depth + 1 - b  # hidden_states index: depth = after the last block
