@@ -116,7 +116,8 @@ def device_matrix_section() -> list[str]:
     lines = [
         f"{ok} of {len(cells)} cells ok; devices {', '.join(data['devices'])}{gpu}; torch {data['torch']}. "
         "Each cell: seconds and peak memory (MiB; CUDA allocations or CPU resident memory). Methods run with the tiny "
-        "budgets of `erasekit.testing.TINY_BUDGET` on the testbed (sd) and the tiny SDXL / SD3 / Flux pipelines.",
+        "budgets of `erasekit.testing.TINY_BUDGET` on the testbed (sd) and the tiny SDXL / SD3 / Flux pipelines; "
+        "language-model methods (causal-lm) one epoch on `testbed-llm` (forget01), with its evaluation and attacks.",
         "",
         "| what | family | " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(columns),
