@@ -42,3 +42,19 @@ def test_npo_forgets_forget01_and_keeps_most_retain_answers(lm):
         forgot = 1 - score_facts(lm, world, world.forget("forget01"))["train_hits"].mean()
         kept = score_facts(lm, world, retain)["train_hits"].mean()
     assert forgot >= 0.6 and kept >= 0.6
+
+
+def test_attacks_find_what_a_refusal_hides_and_not_what_retraining_removed(lm):
+    """Relearning on half of the facts brings back the other half after IDK-DPO (which only learned to
+    refuse) but not from the oracle; probes read the facts behind the refusal guard well above the
+    oracle's floor."""
+    from erasekit.api.unlearning import attack_lm
+
+    idk = erasekit.unlearn(lm, "idk-dpo", "forget01", progress=False)
+    relearned = attack_lm(lm, idk, "relearning", progress=False)
+    floor = attack_lm("testbed-llm-oracle-forget01", None, "relearning", "forget01", progress=False)
+    assert relearned.asr_before <= 0.2 and relearned.asr >= 0.6 and floor.asr <= 0.2
+    guard = erasekit.unlearn(lm, "refusal-guard", "forget05", progress=False)
+    probed = attack_lm(lm, guard, "probe", progress=False)
+    probe_floor = attack_lm("testbed-llm-oracle-forget05", None, "probe", "forget05", progress=False)
+    assert probed.asr_before == 0.0 and probed.asr >= probe_floor.asr + 0.15
