@@ -239,3 +239,21 @@ def test_bench_writes_runs_and_the_language_model_sections(lm_dir, tmp_path):
     assert "| forget10 | *oracle* |" in robust and "paraphrase" in robust
     write_markdown(tmp_path / "results.md", "# Results on the testbed\n\nimage rows v2\n", "results")  # the image bench
     assert "| forget10 | refusal-guard |" in (tmp_path / "results.md").read_text()  # keeps the language-model section
+
+
+def test_export_writes_a_plain_transformers_model_and_refuses_hooks(lm_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    lm = erasekit.load_lm(lm_dir)
+    erasure = erasekit.unlearn(lm, "ga", "forget10", progress=False, epochs=1, lr=1e-3)
+    erasure.save(tmp_path / "e")
+    r = runner.invoke(app, ["export", str(tmp_path / "e"), "--model", str(lm_dir), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    with erasure.applied(lm):
+        for name, p in lm.model.named_parameters():
+            assert torch.equal(exported.get_parameter(name), p), name
+    assert (tmp_path / "m" / "testbed.json").is_file() and (tmp_path / "m" / "erasure.json").is_file()
+    erasekit.unlearn(lm, "refusal-guard", "forget10", progress=False).save(tmp_path / "g")
+    r = runner.invoke(app, ["export", str(tmp_path / "g"), "--model", str(lm_dir), "--out", str(tmp_path / "m2")])
+    assert r.exit_code == 2 and "cannot hold" in r.output and not (tmp_path / "m2").exists()

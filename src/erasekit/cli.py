@@ -339,10 +339,16 @@ def export(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
-    """Apply an erasure to its base model and write a complete pipeline directory (loadable with from_pretrained)."""
+    """Apply an erasure to its base model and write a complete pipeline (or transformers model) directory, loadable with from_pretrained."""
     from .api import export_pipeline
+    from .llm.lm import is_lm_name
 
-    path = export_pipeline(erasure, model, out, force=force, device=device, dtype=dtype)
+    if is_lm_name(model):
+        from .api.unlearning import export_lm
+
+        path = export_lm(erasure, model, out, force=force, device=device, dtype=dtype)
+    else:
+        path = export_pipeline(erasure, model, out, force=force, device=device, dtype=dtype)
     typer.echo(f"wrote {path}")
 
 

@@ -299,3 +299,36 @@ def attack_lm(model="testbed-llm", erasure=None, attack: str | list[str] = "fast
         payload = results[0].to_dict() if len(results) == 1 else {"attacks": [r.to_dict() for r in results]}
         write_report(out, payload, "attack", [] if loaded else lm_inputs(model))
     return results[0] if len(results) == 1 else results
+
+
+def export_lm(erasure_dir: str | os.PathLike, model: str, out: str | os.PathLike, force: bool = False,
+              device: str | None = None, dtype: str | None = None) -> Path:  # fmt: skip
+    """Apply a saved language-model erasure to ``model`` and write a complete ``transformers`` model
+    directory at ``out`` (weights, tokenizer, a fact-world model's ``testbed.json``, and the erasure's
+    description as ``erasure.json``). Erasures that add modules (guards, LEACE) cannot be merged into
+    plain weights and are refused."""
+    import shutil
+
+    from ..core.erasure import Erasure
+    from ..core.errors import IncompatibleErasureError
+    from ..core.io import atomic_path, write_json
+    from ..core.outputs import check_dir_output, write_manifest
+    from ..llm.lm import load_lm
+
+    out = check_dir_output(out, "pipeline", [*lm_inputs(model), erasure_dir], what="model directory")
+    erasure = Erasure.load(erasure_dir)
+    if erasure.attachment is not None:
+        raise IncompatibleErasureError(
+            f"{erasure_dir} adds {erasure.attachment.kind} hooks to the model, which a plain transformers model cannot hold; "
+            "apply it with erasekit instead: Erasure.load(dir).apply(erasekit.load_lm(...))"
+        )
+    lm = load_lm(model, device=device, dtype=dtype)
+    erasure.apply(lm, force=force)
+    with atomic_path(out) as tmp:
+        lm.model.save_pretrained(tmp, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp)
+        if (Path(lm.name_or_path) / "testbed.json").is_file():  # still a fact-world model: evaluation and attacks work on it
+            shutil.copyfile(Path(lm.name_or_path) / "testbed.json", Path(tmp) / "testbed.json")
+        write_json(Path(tmp) / "erasure.json", erasure.metadata())
+        write_manifest(tmp, "pipeline", files=True)
+    return out
