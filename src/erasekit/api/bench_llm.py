@@ -19,7 +19,8 @@ def bench_llm(model: str = "testbed-llm", methods: list[str] | None = None, spli
               robustness: str | os.PathLike | None = "docs/robustness.md", progress: bool = True,
               oracle: str | None = None) -> list[dict]:  # fmt: skip
     """Run, record and tabulate (module docstring). ``params``: per-method parameters
-    (``{"npo": {"epochs": 5}}``); ``attacks``: ``None``, ``"all"``, ``"fast"`` or names; ``oracle``:
+    (``{"npo": {"epochs": 5}}``); a method named ``name@variant`` runs ``name`` with the parameters
+    given for ``name@variant`` and is recorded as its own row (a second configuration of one method); ``attacks``: ``None``, ``"all"``, ``"fast"`` or names; ``oracle``:
     the oracle model for every split (default: the shipped oracle of each split)."""
     from ..core.outputs import check_file_output, claim_collection, stamp_of, write_report, write_section
     from ..core.registry import get_method
@@ -32,7 +33,7 @@ def bench_llm(model: str = "testbed-llm", methods: list[str] | None = None, spli
     methods = methods or ["ga", "graddiff", "npo", "simnpo", "idk-dpo", "rmu", "task-vector", "leace", "refusal-guard"]
     splits = splits or ["forget01", "forget05"]
     for m in methods:
-        if "causal-lm" not in get_method(m).families:
+        if "causal-lm" not in get_method(m.partition("@")[0]).families:
             raise ConfigError(f"method {m!r} is not a language-model method")
     for s in splits:
         if s not in SPLITS:
@@ -58,7 +59,9 @@ def bench_llm(model: str = "testbed-llm", methods: list[str] | None = None, spli
             found = {n: attack_lm(target, None, n, split, progress=progress).to_dict() for n in names}
             runs.append(_record(out, f"{split}-{label}", {"split": split, "label": label, "eval": ev, "attacks": found}))
         for method in methods:
-            erasure = unlearn(lm, method, split, model=model, progress=progress, **(params or {}).get(method, {}))
+            erasure = unlearn(
+                lm, method.partition("@")[0], split, model=model, progress=progress, **(params or {}).get(method, {})
+            )
             ev = evaluate_lm(lm, erasure, split, oracle, cache=cache)
             found = {n: attack_lm(lm, erasure, n, split, progress=progress).to_dict() for n in names}
             run = {"split": split, "label": method, "params": erasure.params, "eval": ev, "attacks": found}
