@@ -257,3 +257,18 @@ def test_export_writes_a_plain_transformers_model_and_refuses_hooks(lm_dir, tmp_
     erasekit.unlearn(lm, "refusal-guard", "forget10", progress=False).save(tmp_path / "g")
     r = runner.invoke(app, ["export", str(tmp_path / "g"), "--model", str(lm_dir), "--out", str(tmp_path / "m2")])
     assert r.exit_code == 2 and "cannot hold" in r.output and not (tmp_path / "m2").exists()
+
+
+def test_model_names_and_directories_resolve_with_clear_errors(tmp_path):
+    from erasekit.core.errors import ModelLoadError
+    from erasekit.llm.lm import is_lm_name, resolve_lm
+
+    assert erasekit.testbed_dir("llm").name == "llm" and erasekit.testbed_dir("llm-oracle-forget05").name == "llm-oracle-forget05"
+    with pytest.raises(ValueError, match="unknown testbed"):
+        erasekit.testbed_dir("llm-oracle-forget10")
+    assert is_lm_name("testbed-llm") and not is_lm_name("testbed") and not is_lm_name(str(tmp_path))
+    assert is_lm_name("org/model", hub=True) and not is_lm_name("org/model")
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_lm(tmp_path)
+    with pytest.raises(ModelLoadError, match="unknown model"):
+        resolve_lm("not a model")
