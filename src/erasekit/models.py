@@ -51,15 +51,17 @@ def is_testbed(model: str | os.PathLike) -> bool:
     return str(model) == TESTBED or Path(model).resolve() == testbed_dir().resolve()
 
 
-def resolve_model(model: str | os.PathLike) -> str:
-    """Map ``model`` to what ``from_pretrained`` takes, with a clear error when it cannot exist."""
+def resolve_source(model: str | os.PathLike, shipped: dict[str, tuple[Path, str]], marker: str, kind: str) -> str:
+    """What ``from_pretrained`` takes for ``model``: a shipped name (``shipped``: name -> its directory
+    and the training flags that make it), an existing directory holding ``marker``, or a hub id
+    ``org/name``; anything else is a one-line error naming what ``model`` is not."""
     text = str(model).strip()
+    names = " or ".join(repr(n) for n in shipped)
     if not text:
-        raise ModelLoadError("empty model name: pass --model testbed, a local diffusers directory or a hub id")
-    if text in (TESTBED, ORACLE):
-        path = testbed_dir() if text == TESTBED else oracle_dir()
-        if not (path / "model_index.json").is_file():
-            how = "" if text == TESTBED else " --exclude star --exclude zorbo --exclude watermark"
+        raise ModelLoadError(f"empty model name: pass --model {next(iter(shipped))}, a local {kind} directory or a hub id")
+    if text in shipped:
+        path, how = shipped[text]
+        if not (path / marker).is_file():
             raise MissingFileError(
                 f"no {text} weights at {path} (this installation does not ship them); train them with "
                 f"'erasekit testbed train{how} --out <dir>' and pass --model <dir>"
@@ -67,14 +69,20 @@ def resolve_model(model: str | os.PathLike) -> str:
         return str(path)
     path = Path(text).expanduser()
     if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise ModelLoadError(f"{path} is not a diffusers pipeline directory (no model_index.json in it)")
+        if not (path / marker).is_file():
+            raise ModelLoadError(f"{path} is not a {kind} directory (no {marker} in it)")
         return str(path)
     if _HUB_ID.match(text) and not text.startswith((".", "/")):
         return text
     raise ModelLoadError(
-        f"unknown model {text!r}: not 'testbed', not an existing directory, and not a hub id of the form 'org/name'"
+        f"unknown model {text!r}: not {names}, not an existing directory, and not a hub id of the form 'org/name'"
     )
+
+
+def resolve_model(model: str | os.PathLike) -> str:
+    """Map a diffusion model name to what ``from_pretrained`` takes (:func:`resolve_source`)."""
+    shipped = {TESTBED: (testbed_dir(), ""), ORACLE: (oracle_dir(), " --exclude star --exclude zorbo --exclude watermark")}
+    return resolve_source(model, shipped, "model_index.json", "diffusers pipeline")
 
 
 def pick_device(device: str | None = None) -> torch.device:

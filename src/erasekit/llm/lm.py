@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import MissingFileError, ModelLoadError, first_line
-from ..models import _HUB_ID, LLM_ORACLES, TESTBED_LLM, check_placement, testbed_dir
+from ..core.errors import ModelLoadError, first_line
+from ..models import _HUB_ID, LLM_ORACLES, TESTBED_LLM, check_placement, resolve_source, testbed_dir
 
 
 @dataclass
@@ -66,28 +66,12 @@ def is_lm_name(model: str | os.PathLike, hub: bool = False) -> bool:
 
 
 def resolve_lm(model: str | os.PathLike) -> str:
-    """What ``from_pretrained`` takes for ``model``, with a one-line error when it cannot exist."""
-    text = str(model).strip()
-    if not text:
-        raise ModelLoadError("empty model name: pass --model testbed-llm, a local model directory or a hub id")
-    if text == TESTBED_LLM or text in LLM_ORACLES:
-        which = "llm" if text == TESTBED_LLM else text[len("testbed-") :]
-        path = testbed_dir(which)
-        if not (path / "config.json").is_file():
-            how = "" if text == TESTBED_LLM else f" --exclude {LLM_ORACLES[text]}"
-            raise MissingFileError(
-                f"no {text} weights at {path} (this installation does not ship them); train them with "
-                f"'erasekit testbed train --llm{how} --out <dir>' and pass --model <dir>"
-            )
-        return str(path)
-    path = Path(text).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} is not a transformers model directory (no config.json in it)")
-        return str(path)
-    if _HUB_ID.match(text) and not text.startswith((".", "/")):
-        return text
-    raise ModelLoadError(f"unknown model {text!r}: not 'testbed-llm', not an existing directory, and not a hub id 'org/name'")
+    """What ``from_pretrained`` takes for a language-model name (:func:`~erasekit.models.resolve_source`)."""
+    shipped = {TESTBED_LLM: (testbed_dir("llm"), " --llm")}
+    shipped.update(
+        {name: (testbed_dir(name[len("testbed-") :]), f" --llm --exclude {split}") for name, split in LLM_ORACLES.items()}
+    )
+    return resolve_source(model, shipped, "config.json", "transformers model")
 
 
 def load_lm(
