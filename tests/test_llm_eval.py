@@ -106,6 +106,12 @@ def test_evaluation_report_has_forget_retain_base_and_oracle_blocks(lm_dir, tmp_
     assert f["forgotten"]["rate"] == pytest.approx(1 - f["accuracy"]["rate"]) and len(f["forgotten"]["ci95"]) == 2
     assert 0 <= f["forget_quality"] <= 1 and math.isfinite(f["privacy_leak"]) and 0 < report["retain"]["model_utility"] < 1
     assert report["oracle"]["forget_quality"] == 1.0 and report["oracle"]["privacy_leak"] == 0.0  # the oracle against itself
+    for block in ("base", "oracle"):  # rates carry their intervals in every block
+        assert set(report[block]["forgotten"]) == {"rate", "n", "ci95"} and set(report[block]["retain_accuracy"]) == {
+            "rate",
+            "n",
+            "ci95",
+        }
     with pytest.raises(ConfigError, match="forget split"):
         evaluate_lm(lm_dir, None)
 

@@ -411,7 +411,7 @@ def _evaluate_lm_cli(out, model, erasure, split, oracle, device, dtype) -> None:
     typer.echo(f"{'':<8}{'forgot':>8}{'FQ':>8}{'utility':>8}{'leak %':>8}")
     for name, b in (("base", report["base"]), ("oracle", report["oracle"])):
         if b is not None:
-            typer.echo(f"{name:<8}{fmt(b['forgotten']):>8}{fmt(b.get('forget_quality')):>8}{fmt(b['model_utility']):>8}"
+            typer.echo(f"{name:<8}{fmt(b['forgotten']['rate']):>8}{fmt(b.get('forget_quality')):>8}{fmt(b['model_utility']):>8}"
                        f"{fmt(b.get('privacy_leak')):>8}")  # fmt: skip
     if erasure is not None:
         typer.echo(f"{'erased':<8}{fmt(f['forgotten']['rate']):>8}{fmt(f.get('forget_quality')):>8}"
@@ -464,7 +464,7 @@ def bench(
         )  # fmt: skip
         for r in llm_runs:
             e = r["eval"]
-            forgotten = e["oracle"]["forgotten"] if r["label"] == "oracle" else e["forget"]["forgotten"]["rate"]
+            forgotten = (e["oracle"] if r["label"] == "oracle" else e["forget"])["forgotten"]["rate"]
             typer.echo(f"{r['split']:<9} {r['label']:<14} forgotten {forgotten:.2f}")
         return
     runs = bench_api([m.strip() for m in methods_.split(",") if m.strip()], [c.strip() for c in concepts.split(",") if c.strip()],

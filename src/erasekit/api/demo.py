@@ -210,7 +210,7 @@ def run_demo_llm(out: str | os.PathLike = "erasekit-demo-llm", device: str | Non
     lines.append(f"{'':<8}{'forgot':>8}{'FQ':>9}{'utility':>9}{'leak %':>8}")
     for name, row in (("base", base), ("oracle", oracle)):
         if row is not None:
-            lines.append(f"{name:<8}{row['forgotten']:>8.2f}{row.get('forget_quality', float('nan')):>9.2g}"
+            lines.append(f"{name:<8}{row['forgotten']['rate']:>8.2f}{row.get('forget_quality', float('nan')):>9.2g}"
                          f"{row['model_utility']:>9.3f}{row.get('privacy_leak', float('nan')):>8.1f}")  # fmt: skip
     lines.append(f"{method:<8}{f['forgotten']['rate']:>8.2f}{f.get('forget_quality', float('nan')):>9.2g}"
                  f"{ev['retain']['model_utility']:>9.3f}{f.get('privacy_leak', float('nan')):>8.1f}")  # fmt: skip

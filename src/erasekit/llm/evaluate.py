@@ -164,10 +164,8 @@ def evaluate_unlearning(lm, world: FactWorld, split: str, erasure=None, oracle=N
     else:
         after = base
     f = after["forget"]
-    forgotten = {"rate": 1 - f["accuracy"]["rate"], "n": f["accuracy"]["n"],
-                 "ci95": [round(1 - f["accuracy"]["ci95"][1], 4), round(1 - f["accuracy"]["ci95"][0], 4)]}  # fmt: skip
     forget_block = {
-        "forgotten": forgotten,
+        "forgotten": _complement(f["accuracy"]),
         "forgotten_paraphrase": 1 - f["accuracy_paraphrase"]["rate"],
         **f,
     }
@@ -185,14 +183,21 @@ def evaluate_unlearning(lm, world: FactWorld, split: str, erasure=None, oracle=N
     }
 
 
+def _complement(r: dict) -> dict:
+    """``1 − rate`` of a :func:`~erasekit.core.stats.rate` record, with its interval mirrored."""
+    lo, hi = r["ci95"]
+    return {"rate": 1 - r["rate"], "n": r["n"], "ci95": [round(1 - hi, 4), round(1 - lo, 4)]}
+
+
 def _brief(report: dict, ref: dict | None) -> dict:
-    """The headline numbers of a model's report (for the ``base`` and ``oracle`` blocks)."""
+    """The headline numbers of a model's report (for the ``base`` and ``oracle`` blocks); rates carry
+    their Wilson intervals as in the ``forget`` block."""
     out = {
-        "forgotten": 1 - report["forget"]["accuracy"]["rate"],
+        "forgotten": _complement(report["forget"]["accuracy"]),
         "truth_ratio_forget": report["forget"]["truth_ratio_forget"],
         "model_utility": report["retain"]["model_utility"],
         "membership_auc": report["membership_auc"],
-        "retain_accuracy": report["retain"]["accuracy"]["rate"],
+        "retain_accuracy": report["retain"]["accuracy"],
     }
     if ref is not None:
         out["forget_quality"] = ks_pvalue(report["forget_ratios"], ref["forget_ratios"])

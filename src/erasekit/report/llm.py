@@ -29,8 +29,8 @@ def llm_results_markdown(runs: list[dict], header: str) -> str:
         if r["label"] in ("base", "oracle"):
             b = e["base"] if r["label"] == "base" else e["oracle"]
             lines.append(
-                f"| {r['split']} | *{r['label']}* | {_pct(b['forgotten'])} | | {_num(b['truth_ratio_forget'])} | "
-                f"{_num(b.get('forget_quality'), '{:.3g}')} | {_num(b['model_utility'])} | {_pct(b['retain_accuracy'])} | "
+                f"| {r['split']} | *{r['label']}* | {_ci(b['forgotten'])} | | {_num(b['truth_ratio_forget'])} | "
+                f"{_num(b.get('forget_quality'), '{:.3g}')} | {_num(b['model_utility'])} | {_pct(b['retain_accuracy']['rate'])} | "
                 f"{_num(b.get('privacy_leak'), '{:+.1f}')} | | |"
             )
             continue
