@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The language-model results of docs/results.md and docs/robustness.md ("Language models" sections):
+# every method at its defaults on forget01 and forget05 of testbed-llm, attacked with every attack,
+# then RMU in open-unlearning's TOFU configuration as the extra row rmu@tofu (docs/unlearning.md).
+# About 8 minutes on 2 CPU cores. Runs: benchmarks/results/llm/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/erasekit bench --model testbed-llm --attacks all
+.venv/bin/erasekit bench --model testbed-llm --methods rmu@tofu --attacks all --set rmu@tofu.params=all \
+    --set rmu@tofu.steering_coeff=2 --set rmu@tofu.alpha=1 --set rmu@tofu.lr=1e-3
