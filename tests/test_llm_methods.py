@@ -46,7 +46,9 @@ def models(tmp_path_factory):
 
 
 def test_the_ten_families_of_the_issue_are_registered():
-    assert {"ga", "graddiff", "npo", "simnpo", "idk-dpo", "rmu", "task-vector", "leace", "refusal-guard"} <= set(LM_METHODS)
+    assert {"ga", "graddiff", "npo", "simnpo", "idk-dpo", "rmu", "task-vector", "leace", "refusal-guard", "undial"} <= set(
+        LM_METHODS
+    )
 
 
 @pytest.mark.parametrize("arch", LM_ARCHITECTURES)
@@ -235,3 +237,23 @@ def test_leace_leaves_no_linear_difference_between_forget_and_retain_states(mode
         xf, xr = block_states(lm, request.forget, path, 64), block_states(lm, request.retain, path, 64)
     before = block_states(lm, request.forget, path, 64).mean(0) - block_states(lm, request.retain, path, 64).mean(0)
     assert (xf.mean(0) - xr.mean(0)).norm() < 1e-3 * before.norm()
+
+
+def test_undial_targets_lower_only_the_true_token_and_the_loss_is_minimal_at_the_target(models):
+    from erasekit.llm.methods.undial import undial_loss, undial_targets
+
+    z = torch.tensor([[2.0, 1.0, 0.0]])
+    q = undial_targets(z, torch.tensor([0]), beta=10.0)
+    assert torch.allclose(q, torch.softmax(torch.tensor([[-8.0, 1.0, 0.0]]), -1))  # only the label's logit moves
+    lm = models["gpt2"]
+    batch = encode_pairs(lm.tokenizer, erasekit.forget_request(lm, "forget10").forget[:4], lm.device)
+    at_zero = undial_loss(lm.model, lm.model, batch, beta=0.0)  # β = 0: the target is the model itself
+    labels = batch["labels"][:, 1:]
+    logits = lm.model(input_ids=batch["input_ids"]).logits[:, :-1][labels != -100]
+    entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1).mean()
+    assert at_zero.item() == pytest.approx(entropy.item(), rel=1e-5)  # CE(p, p) = H(p)
+    w = lm.model.transformer.h[0].mlp.c_fc.weight
+    assert torch.autograd.grad(at_zero, w)[0].abs().max() < 1e-6  # the target is the model: nothing to learn
+    g = torch.autograd.grad(undial_loss(lm.model, lm.model, batch, beta=10.0), w)[0]
+    g_ll = torch.autograd.grad(answer_logprob(lm.model, batch).sum(), w)[0]
+    assert (g * g_ll).sum() > 0  # descending the UNDIAL loss lowers the answers' log-likelihood
