@@ -179,7 +179,7 @@ def main() -> None:
                 family = "causal-lm" if name.startswith("llm") else "sd"
                 rows.append({"what": name, "family": family, "device": device, "dtype": dtype, **cell})
                 print(
-                    f"{device:5} {dtype:9} sd    {name:11} {'ok' if cell['ok'] else 'FAIL ' + cell['error']} {cell['seconds']}s",
+                    f"{device:5} {dtype:9} {family:5} {name:11} {'ok' if cell['ok'] else 'FAIL ' + cell['error']} {cell['seconds']}s",
                     flush=True,
                 )
     write_json(
