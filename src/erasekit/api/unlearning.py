@@ -100,13 +100,18 @@ def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = N
         )
     if isinstance(request, str):
         request = forget_request(lm, request)
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    recommended = {k: v for k, v in (lm.testbed_info().get("unlearning_defaults") or {}).items() if k in fields}
-    config = spec.make_config({**recommended, **params})
+    config = spec.make_config({**recommended_params(lm, spec.config_cls), **params})
     t0 = time.perf_counter()
     result = spec.fn(lm, request, config, adapter=None, progress=progress)
     name = str(model) if model is not None else str(lm.name_or_path)
     return build_erasure(lm, method, config, request, result, name, "causal-lm", time.perf_counter() - t0)
+
+
+def recommended_params(lm, config_cls) -> dict:
+    """The parameters a fact-world model recommends for its scale (``testbed.json``
+    ``unlearning_defaults``) that ``config_cls`` has (never a budget); ``{}`` for other models."""
+    fields = {f.name for f in dataclasses.fields(config_cls)} - {"budget"}
+    return {k: v for k, v in (lm.testbed_info().get("unlearning_defaults") or {}).items() if k in fields}
 
 
 def _lm_methods():
@@ -276,15 +281,13 @@ def attack_lm(model="testbed-llm", erasure=None, attack: str | list[str] = "fast
         raise ConfigError("--set applies to one attack; run attacks with their own settings one at a time")
     loaded = isinstance(model, LanguageModel)
     lm, world, erasure, split, out = _fact_world_job(model, erasure, split, out, "attack", device, dtype)
-    recommended = lm.testbed_info().get("unlearning_defaults") or {}
     results = []
     for spec in specs:
-        fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-        given = {**{k: v for k, v in recommended.items() if k in fields and k != "budget"}, **(params or {})}
+        given = {**recommended_params(lm, spec.config_cls), **(params or {})}
         if budget is not None:
             given["budget"] = budget if len(specs) == 1 else min(budget, spec.budget_max)
         config = spec.make_config(given)
-        arena = FactArena(lm, erasure, world, split, recommended)
+        arena = FactArena(lm, erasure, world, split)
         t0 = time.time()
         tracker = spec.fn(arena, config, progress=progress)
         if tracker.bar is not None:

@@ -51,7 +51,6 @@ class FactArena:
     erasure: object | None
     world: FactWorld
     split: str
-    recommended: dict
 
     def __post_init__(self) -> None:
         self.facts: list[QA] = [qa for a in self.world.forget(self.split) for qa in self.world.qa(a)[::2]]
