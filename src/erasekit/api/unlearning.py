@@ -231,7 +231,10 @@ def _fact_world_job(model, erasure, split: str | None, out, kind: str, device: s
     erasure = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
     split = split or (erasure.request.name if erasure is not None else None)
     if split not in SPLITS:
-        raise ConfigError(f"{kind} on the fact world needs a forget split ({', '.join(SPLITS)}); got {split!r}")
+        raise ConfigError(
+            f"{kind} measures exact answers on the fact world, so it needs a forget split ({', '.join(SPLITS)}) and got "
+            f"{split!r}; pass --split, or measure an erasure of a fact-world model (testbed-llm)"
+        )
     lm = model if loaded else load_lm(model, device=device, dtype=dtype)
     world = fact_world_of(lm)
     if world is None:
