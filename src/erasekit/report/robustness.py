@@ -72,7 +72,8 @@ def plot_curves(rows: list[dict], path: str | Path) -> Path:
     concepts = sorted({r["concept"] for r in rows})
     names = sorted({a for r in rows for a in r["attacks"]})
     methods = sorted({r["label"] for r in rows} - set(ROW_ORDER))
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}  # one colour per method in every panel
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colours = {m: palette(i % palette.N) for i, m in enumerate(methods)}  # one colour per method in every panel
     fig, axes = plt.subplots(len(concepts), len(names), figsize=(2.2 * len(names), 2.0 * len(concepts)), squeeze=False,
                              sharey=True)  # fmt: skip
     for i, concept in enumerate(concepts):
