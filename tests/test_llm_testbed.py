@@ -58,3 +58,15 @@ def test_attacks_find_what_a_refusal_hides_and_not_what_retraining_removed(lm):
     probed = attack_lm(lm, guard, "probe", progress=False)
     probe_floor = attack_lm("testbed-llm-oracle-forget05", None, "probe", "forget05", progress=False)
     assert probed.asr_before == 0.0 and probed.asr >= probe_floor.asr + 0.15
+
+
+def test_forget_quality_and_privacy_leak_separate_the_base_model_from_its_oracle(lm):
+    from erasekit.api.unlearning import evaluate_lm
+
+    report = evaluate_lm(lm, None, "forget01")  # the base model itself, against the shipped oracle
+    assert report["oracle_model"] == "testbed-llm-oracle-forget01"
+    base, oracle = report["base"], report["oracle"]
+    assert base["forget_quality"] < 1e-3 and oracle["forget_quality"] == 1.0  # KS: the base is far from retraining
+    assert base["privacy_leak"] > 20 and oracle["privacy_leak"] == 0.0  # the base remembers its training texts
+    assert base["forgotten"]["rate"] == 0.0 and oracle["forgotten"]["rate"] >= 0.9
+    assert abs(base["model_utility"] - oracle["model_utility"]) < 0.05  # retraining without two authors costs nothing else
