@@ -16,11 +16,12 @@ from erasekit.core.erasure import Erasure
 from erasekit.core.errors import ConfigError, ErasekitError, UnsupportedModelError
 from erasekit.core.registry import all_methods
 from erasekit.core.request import ForgetRequest, QAPair
+from erasekit.llm.batches import encode_pairs
 from erasekit.llm.methods.leace import block_states, decoder_blocks, fit_leace
 from erasekit.llm.methods.npo import npo_loss
 from erasekit.llm.methods.rmu import hidden_at, rmu_layer
 from erasekit.llm.metrics import answer_probability, greedy_answers
-from erasekit.llm.unlearn import UnlearnConfig, answer_logprob, encode_pairs, fit, nll, select_parameters
+from erasekit.llm.unlearn import UnlearnConfig, answer_logprob, fit, nll, select_parameters
 from erasekit.testing import LM_ARCHITECTURES, tiny_lm
 
 LM_METHODS = sorted(s.name for s in all_methods() if "causal-lm" in s.families)

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..core.request import QAPair
+from .batches import answer_token_logprobs, encode_pairs, pad_rows
 from .factworld import split_words
 
 
@@ -41,23 +43,11 @@ def token_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[s
     """Per pair, the log-probabilities of the answer's tokens given ``<bos> prompt`` (float32, CPU)."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-    p_ids, a_ids = _ids(tokenizer, prompts), _ids(tokenizer, answers)
+    pairs = [QAPair(p, a) for p, a in zip(prompts, answers)]
     out: list[torch.Tensor] = []
-    device = _device(model)
-    for start in range(0, len(p_ids), batch_size):
-        rows = [
-            [tokenizer.bos_token_id, *p, *a] for p, a in zip(p_ids[start : start + batch_size], a_ids[start : start + batch_size])
-        ]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-        for i, (p, a) in enumerate(zip(p_ids[start : start + batch_size], a_ids[start : start + batch_size])):
-            first = len(p)  # position of the first answer token among the targets (targets start at ids[1])
-            out.append(logp[i, first : first + len(a)].clone())
+    for start in range(0, len(pairs), batch_size):
+        lp, valid = answer_token_logprobs(model, encode_pairs(tokenizer, pairs[start : start + batch_size], _device(model)))
+        out += [row[keep].cpu() for row, keep in zip(lp, valid)]
     return out
 
 
@@ -75,11 +65,8 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     p_ids = _ids(tokenizer, prompts)
     for start in range(0, len(p_ids), batch_size):
         rows = [[tokenizer.bos_token_id, *p] for p in p_ids[start : start + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):  # left padding: every prompt ends where generation starts
-            ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
+        ids, mask = pad_rows(rows, tokenizer.pad_token_id, left=True)  # every prompt ends where generation starts
+        width = ids.shape[1]
         gen = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,

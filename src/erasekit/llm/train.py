@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..core.errors import ConfigError
 from ..core.io import atomic_path, load_tensors, optimizer_tensors, restore_optimizer, save_tensors, write_json
 from ..core.outputs import check_dir_output, claim_collection, write_manifest
+from .batches import encode_texts
 from .factworld import SPLITS, FactWorld
 from .tokenizer import build_tokenizer
 
@@ -109,21 +110,6 @@ def epoch_batches(texts: list[str], batch_size: int, seed: int) -> list[list[str
     return batches
 
 
-def encode_batch(tokenizer, texts: list[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """``<bos> text <eos>`` token ids, right-padded, with the attention mask and LM labels (-100 on padding)."""
-    rows = [
-        [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] for ids in tokenizer(texts, add_special_tokens=False).input_ids
-    ]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    labels = ids.masked_fill(mask == 0, -100)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
-
-
 class LLMTrainer:
     """Trains the fact-world model in ``workdir`` (checkpoints, log) and exports it (module docstring)."""
 
@@ -163,7 +149,7 @@ class LLMTrainer:
             epoch, offset = divmod(step, per_epoch)
             batches = self.batches(epoch)
             for i in range(offset, per_epoch):
-                batch = encode_batch(self.tokenizer, batches[i])
+                batch = encode_texts(self.tokenizer, batches[i])
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * _schedule(step, total, cfg.warmup)
                 loss = model(**batch).loss

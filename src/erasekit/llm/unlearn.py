@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..core.config import MethodConfig
 from ..core.errors import ConfigError, ErasekitError, NonFiniteError
 from ..core.request import ForgetRequest, QAPair
+from .batches import answer_token_logprobs, encode_pairs
 
 
 @dataclass
@@ -71,30 +72,9 @@ def select_parameters(model: torch.nn.Module, params: str) -> dict[str, torch.nn
     return chosen
 
 
-# -- batches --------------------------------------------------------------------------------------
-def encode_pairs(tokenizer, pairs: Sequence[QAPair], device: torch.device) -> dict[str, torch.Tensor]:
-    """``<bos> question answer`` ids (right-padded), the attention mask, and ``labels`` that are the
-    answer's ids and -100 everywhere else (question, padding)."""
-    q_ids = tokenizer([p.question for p in pairs], add_special_tokens=False).input_ids
-    a_ids = tokenizer([p.answer for p in pairs], add_special_tokens=False).input_ids
-    rows = [([tokenizer.bos_token_id, *q], a) for q, a in zip(q_ids, a_ids)]
-    width = max(len(q) + len(a) for q, a in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
-    for i, (q, a) in enumerate(rows):
-        ids[i, : len(q) + len(a)] = torch.tensor(q + a)
-        labels[i, len(q) : len(q) + len(a)] = torch.tensor(a)
-        mask[i, : len(q) + len(a)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
-
-
 def answer_logprob(model: torch.nn.Module, batch: dict[str, torch.Tensor], mean: bool = False) -> torch.Tensor:
     """``log π(answer | question)`` per row: the sum over answer tokens (``mean``: divided by their number)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    targets = batch["labels"][:, 1:]
-    valid = targets != -100
-    lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0] * valid
+    lp, valid = answer_token_logprobs(model, batch)
     total = lp.sum(dim=1)
     return total / valid.sum(dim=1).clamp(min=1) if mean else total
 

@@ -21,6 +21,7 @@ import torch
 
 from ...attacks.base import AttackConfig
 from ...core.registry import register_attack
+from ..batches import pad_rows
 from ..methods.rmu import n_layers
 from .arena import FactArena, answer_items
 
@@ -42,11 +43,7 @@ def question_states(lm, questions: list[str], batch_size: int = 64) -> torch.Ten
     tok, out = lm.tokenizer, []
     for i in range(0, len(questions), batch_size):
         rows = [[tok.bos_token_id, *ids] for ids in tok(questions[i : i + batch_size], add_special_tokens=False).input_ids]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, r in enumerate(rows):
-            ids[j, : len(r)], mask[j, : len(r)] = torch.tensor(r), 1
+        ids, mask = pad_rows(rows, tok.pad_token_id)
         hs = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), output_hidden_states=True).hidden_states
         last = mask.sum(1) - 1
         out.append(torch.stack([h.float().cpu()[torch.arange(len(rows)), last] for h in hs]))

@@ -17,7 +17,8 @@ import torch
 from ...attacks.base import AttackConfig
 from ...core.registry import register_attack
 from ...core.request import QAPair
-from ..unlearn import encode_pairs, nll
+from ..batches import encode_pairs
+from ..unlearn import nll
 from .arena import FactArena, answer_items
 
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ...core.registry import MethodResult, register_method
-from ..unlearn import RetainConfig, Step, answer_logprob, encode_pairs, fit, with_retain
+from ..batches import encode_pairs
+from ..unlearn import RetainConfig, Step, answer_logprob, fit, with_retain
 
 
 @dataclass

@@ -27,7 +27,7 @@ from ...core.attachments import Attachment, get_module, register_attachment
 from ...core.config import MethodConfig
 from ...core.errors import ConfigError, UnsupportedModelError
 from ...core.registry import MethodResult, register_method
-from ..unlearn import encode_pairs
+from ..batches import encode_pairs
 
 
 @dataclass
