@@ -190,6 +190,57 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     opt.load_state_dict({"state": state, "param_groups": extra["param_groups"]})
 
 
+def _unique_state(module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """A module's state dict without the entries that share storage with an earlier one (tied
+    weights, which safetensors refuses to store twice), and the names of those left out."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    tied: set[str] = set()
+    for key, value in module.state_dict().items():
+        ptr = value.untyped_storage().data_ptr() if value.numel() else id(value)
+        if ptr in seen:
+            tied.add(key)
+            continue
+        seen.add(ptr)
+        kept[key] = value.contiguous()
+    return kept, tied
+
+
+def save_checkpoint(
+    directory: Path, name: str, step: int, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer
+) -> None:
+    """A training checkpoint ``ckpt-NAME``: the modules' weights (keys prefixed by module name when
+    there are several; tied weights stored once), the optimizer state and the step."""
+    tensors: dict[str, torch.Tensor] = {}
+    for k, m in modules.items():
+        state, _ = _unique_state(m)
+        tensors.update(state if len(modules) == 1 else {f"{k}.{p}": v for p, v in state.items()})
+    save_tensors(directory / f"ckpt-{name}.safetensors", tensors)
+    opt_t, extra = optimizer_tensors(opt)
+    save_tensors(directory / f"ckpt-{name}-optim.safetensors", opt_t)
+    write_json(directory / f"ckpt-{name}.json", {"step": step, **extra})
+
+
+def load_checkpoint(directory: Path, name: str, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer) -> int:
+    """Restore :func:`save_checkpoint`'s ``ckpt-NAME`` into ``modules`` and ``opt``; the step it holds
+    (0 when there is none). Every weight must be there except the tied ones, which are re-tied."""
+    meta = directory / f"ckpt-{name}.json"
+    if not meta.exists():
+        return 0
+    info = read_json(meta)
+    tensors = load_tensors(directory / f"ckpt-{name}.safetensors")
+    for k, m in modules.items():
+        state = tensors if len(modules) == 1 else {p[len(k) + 1 :]: v for p, v in tensors.items() if p.startswith(k + ".")}
+        _, tied = _unique_state(m)
+        result = m.load_state_dict(state, strict=False)
+        if set(result.missing_keys) - tied or result.unexpected_keys:
+            raise CorruptFileError(f"{directory}/ckpt-{name}.safetensors does not match the model being trained; start a new run")
+        if tied and hasattr(m, "tie_weights"):
+            m.tie_weights()
+    restore_optimizer(opt, load_tensors(directory / f"ckpt-{name}-optim.safetensors"), info)
+    return int(info["step"])
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.errors import ConfigError
-from ..core.io import atomic_path, load_tensors, optimizer_tensors, restore_optimizer, save_tensors, write_json
+from ..core.io import atomic_path, load_checkpoint, save_checkpoint, write_json
 from ..core.outputs import check_dir_output, claim_collection, write_manifest
 from .batches import encode_texts
 from .factworld import SPLITS, FactWorld
@@ -187,22 +187,13 @@ class LLMTrainer:
             write_manifest(tmp, "pipeline", files=True)
 
     def _save(self, model, opt, step: int) -> None:
-        save_tensors(self.dir / "ckpt-llm.safetensors", {k: v.contiguous() for k, v in model.state_dict().items()
-                                                          if k != "lm_head.weight"})  # fmt: skip
-        opt_t, extra = optimizer_tensors(opt)
-        save_tensors(self.dir / "ckpt-llm-optim.safetensors", opt_t)
-        write_json(self.dir / "ckpt-llm.json", {"step": step, **extra})
+        save_checkpoint(self.dir, "llm", step, {"model": model}, opt)
 
     def _load(self, model, opt) -> int:
-        meta = self.dir / "ckpt-llm.json"
-        if not meta.exists():
-            return 0
-        info = json.loads(meta.read_text())
-        model.load_state_dict(load_tensors(self.dir / "ckpt-llm.safetensors"), strict=False)
-        model.tie_weights()
-        restore_optimizer(opt, load_tensors(self.dir / "ckpt-llm-optim.safetensors"), info)
-        self.log(f"[llm] resuming from step {info['step']}")
-        return int(info["step"])
+        step = load_checkpoint(self.dir, "llm", {"model": model}, opt)
+        if step:
+            self.log(f"[llm] resuming from step {step}")
+        return step
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..core.errors import ConfigError
-from ..core.io import atomic_path, load_tensors, optimizer_tensors, restore_optimizer, save_tensors, write_json
+from ..core.io import atomic_path, load_checkpoint, load_tensors, save_checkpoint, save_tensors, write_json
 from ..core.outputs import check_dir_output, claim_collection, write_manifest
 from . import world
 from .classifier import ClassifierTrainConfig, evaluate_classifier, save_classifier, train_classifier
@@ -360,29 +360,13 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _save_ckpt(self, name: str, step: int, modules: dict, opt: torch.optim.Optimizer) -> None:
-        if len(modules) == 1:
-            tensors = dict(next(iter(modules.values())).state_dict())
-        else:
-            tensors = {f"{k}.{p}": v for k, m in modules.items() for p, v in m.state_dict().items()}
-        save_tensors(self.dir / f"ckpt-{name}.safetensors", tensors)
-        opt_t, extra = optimizer_tensors(opt)
-        save_tensors(self.dir / f"ckpt-{name}-optim.safetensors", opt_t)
-        write_json(self.dir / f"ckpt-{name}.json", {"step": step, **extra})
+        save_checkpoint(self.dir, name, step, modules, opt)
 
     def _load_ckpt(self, name: str, modules: dict, opt: torch.optim.Optimizer) -> int:
-        meta = self.dir / f"ckpt-{name}.json"
-        if not meta.exists():
-            return 0
-        info = json.loads(meta.read_text())
-        tensors = load_tensors(self.dir / f"ckpt-{name}.safetensors")
-        if len(modules) == 1:
-            next(iter(modules.values())).load_state_dict(tensors)
-        else:
-            for k, m in modules.items():
-                m.load_state_dict({p[len(k) + 1 :]: v for p, v in tensors.items() if p.startswith(k + ".")})
-        restore_optimizer(opt, load_tensors(self.dir / f"ckpt-{name}-optim.safetensors"), info)
-        self.log(f"[{name}] resuming from step {info['step']}")
-        return int(info["step"])
+        step = load_checkpoint(self.dir, name, modules, opt)
+        if step:
+            self.log(f"[{name}] resuming from step {step}")
+        return step
 
 
 def check_exclusions(concepts: list[str] | tuple[str, ...]) -> tuple[str, ...]:
