@@ -33,7 +33,7 @@ def testbed_dir(which: str = "image") -> Path:
     root = Path(__file__).parent / "testbed"
     if which == "image":
         return root / "weights"
-    if which == "llm" or which.startswith("llm-oracle-") and f"testbed-{which}" in LLM_ORACLES:
+    if which == "llm" or f"testbed-{which}" in LLM_ORACLES:
         return root / which
     raise ValueError(f"unknown testbed {which!r}; choose image, llm, {', '.join(n[len('testbed-') :] for n in LLM_ORACLES)}")
 

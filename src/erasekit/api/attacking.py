@@ -154,9 +154,15 @@ def attack(
         result = run_attack(spec, arena, config, progress=progress, before=before)
         result.model, result.erasure = str(root if loaded_pipe else model), _erasure_label(erasure, loaded)
         results.append(result)
+    return attack_results(results, out)
+
+
+def attack_results(results: list[AttackResult], out: str | os.PathLike | None, protect=()) -> AttackResult | list[AttackResult]:
+    """One result (or the list, for several attacks), written to ``out`` when given: one attack's
+    report, or ``{"attacks": [...]}`` (image and language-model attacks alike)."""
     if out is not None:
         data = results[0].to_dict() if len(results) == 1 else {"attacks": [r.to_dict() for r in results]}
-        write_report(out, data, "attack")
+        write_report(out, data, "attack", protect)
     return results[0] if len(results) == 1 else results
 
 

@@ -23,17 +23,15 @@ def bench_llm(model: str = "testbed-llm", methods: list[str] | None = None, spli
     given for ``name@variant`` and is recorded as its own row (a second configuration of one method); ``attacks``: ``None``, ``"all"``, ``"fast"`` or names; ``oracle``:
     the oracle model for every split (default: the shipped oracle of each split)."""
     from ..core.outputs import check_file_output, claim_collection
-    from ..core.registry import get_method
     from ..llm.factworld import SPLITS
     from ..llm.lm import load_lm
     from .attacking import attack_names
-    from .unlearning import attack_lm, evaluate_lm, fact_world_of, oracle_for, unlearn
+    from .unlearning import attack_lm, evaluate_lm, fact_world_of, lm_method, oracle_for, unlearn
 
     methods = methods or ["ga", "graddiff", "npo", "simnpo", "idk-dpo", "undial", "rmu", "task-vector", "leace", "refusal-guard"]
     splits = splits or ["forget01", "forget05"]
     for m in methods:
-        if "causal-lm" not in get_method(m.partition("@")[0]).families:
-            raise ConfigError(f"method {m!r} is not a language-model method")
+        lm_method(m.partition("@")[0])
     for s in splits:
         if s not in SPLITS:
             raise ConfigError(f"unknown forget split {s!r}; choose from {', '.join(SPLITS)}")
@@ -53,10 +51,9 @@ def bench_llm(model: str = "testbed-llm", methods: list[str] | None = None, spli
             raise ConfigError(f"no oracle for {split}: train one with 'erasekit testbed train --llm --exclude {split}'")
         cache: dict = {}
         base_eval = evaluate_lm(lm, None, split, oracle, cache=cache)
-        rows = [("base", None, base_eval, lm), ("oracle", None, base_eval, oracle)]
-        for label, erasure, ev, target in rows:
+        for label, target in (("base", lm), ("oracle", oracle)):  # both rows hold the evaluation that has both blocks
             found = {n: attack_lm(target, None, n, split, progress=progress).to_dict() for n in names}
-            runs.append(_record(out, f"{split}-{label}", {"split": split, "label": label, "eval": ev, "attacks": found}))
+            runs.append(_record(out, f"{split}-{label}", {"split": split, "label": label, "eval": base_eval, "attacks": found}))
         for method in methods:
             erasure = unlearn(
                 lm, method.partition("@")[0], split, model=model, progress=progress, **(params or {}).get(method, {})

@@ -183,10 +183,8 @@ def run_demo_llm(out: str | os.PathLike = "erasekit-demo-llm", device: str | Non
     from .unlearning import attack_lm, evaluate_lm, fact_world_of, forget_request, unlearn
 
     out = check_dir_output(out, "demo", what="demo directory")
-    for name in (f"eval-{method}.json", "redteam.json", "answers.json"):
-        check_file_output(
-            out / name, "evaluation" if name.startswith("eval") else ("attack" if name == "redteam.json" else "demo"), (".json",)
-        )
+    for name, kind in ((f"eval-{method}.json", "evaluation"), ("redteam.json", "attack"), ("answers.json", "demo")):
+        check_file_output(out / name, kind, (".json",))
     check_dir_output(out / f"erasure-{method}", "erasure", what="erasure directory")
     models.check_placement(device, dtype)
     lm = load_lm("testbed-llm", device=device, dtype=dtype)

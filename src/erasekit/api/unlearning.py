@@ -83,7 +83,6 @@ def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = N
     ``testbed.json`` ``unlearning_defaults``, e.g. a larger learning rate for a 3 M-parameter model
     than the 1e-5 that suits billions); the values used are recorded in the erasure.
     """
-    from ..core.registry import get_method
     from ..llm.lm import LanguageModel, load_lm
     from .erasing import build_erasure
 
@@ -92,12 +91,7 @@ def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = N
         lm = load_lm(lm)
     if not isinstance(lm, LanguageModel):
         raise UnsupportedModelError(f"unlearning needs a LanguageModel (erasekit.llm.load_lm), got {type(lm).__name__}")
-    spec = get_method(method)
-    if "causal-lm" not in spec.families:
-        raise UnsupportedModelError(
-            f"method {method!r} erases from diffusion pipelines; for language models use one of: "
-            + ", ".join(s.name for s in _lm_methods())
-        )
+    spec = lm_method(method)
     if isinstance(request, str):
         request = forget_request(lm, request)
     config = spec.make_config({**recommended_params(lm, spec.config_cls), **params})
@@ -114,10 +108,17 @@ def recommended_params(lm, config_cls) -> dict:
     return {k: v for k, v in (lm.testbed_info().get("unlearning_defaults") or {}).items() if k in fields}
 
 
-def _lm_methods():
-    from ..core.registry import all_methods
+def lm_method(name: str):
+    """The registered language-model method ``name``; a one-line error for an unknown or image method."""
+    from ..core.registry import all_methods, get_method
 
-    return [s for s in all_methods() if "causal-lm" in s.families]
+    spec = get_method(name)
+    if "causal-lm" not in spec.families:
+        raise UnsupportedModelError(
+            f"method {name!r} erases from diffusion pipelines; for language models use one of: "
+            + ", ".join(s.name for s in all_methods() if "causal-lm" in s.families)
+        )
+    return spec
 
 
 def lm_inputs(model: str | os.PathLike) -> list[str]:
@@ -138,15 +139,9 @@ def unlearn_to(out: str | os.PathLike, model: str | os.PathLike = "testbed-llm",
     """What ``erasekit erase --model <LM>`` does: check ``out`` and the parameters before any work,
     load the model, unlearn, save the erasure at ``out`` and return it."""
     from ..core.outputs import check_dir_output
-    from ..core.registry import get_method
     from ..llm.lm import load_lm
 
-    spec = get_method(method)
-    if "causal-lm" not in spec.families:
-        raise UnsupportedModelError(
-            f"method {method!r} erases from diffusion pipelines; for language models use one of: "
-            + ", ".join(s.name for s in _lm_methods())
-        )
+    spec = lm_method(method)
     spec.make_config(params)
     out = check_dir_output(out, "erasure", lm_inputs(model), what="erasure directory")
     lm = load_lm(model, device=device, dtype=dtype)
@@ -272,12 +267,10 @@ def attack_lm(model="testbed-llm", erasure=None, attack: str | list[str] = "fast
     from dataclasses import asdict
 
     from ..attacks.base import AttackResult
-    from ..core.outputs import write_report
     from ..core.registry import get_attack
-    from ..llm import attacks as _  # noqa: F401  (registers the language-model attacks)
     from ..llm.attacks.arena import FactArena
     from ..llm.lm import LanguageModel
-    from .attacking import attack_names
+    from .attacking import attack_names, attack_results
 
     specs = [get_attack(n, "causal-lm") for n in attack_names(attack, family="causal-lm")]
     if params and len(specs) > 1:
@@ -301,10 +294,7 @@ def attack_lm(model="testbed-llm", erasure=None, attack: str | list[str] = "fast
             records=tracker.records, curve=tracker.curve(), seconds=time.time() - t0, judge="exact answer",
             config=asdict(config),
         ))  # fmt: skip
-    if out is not None:
-        payload = results[0].to_dict() if len(results) == 1 else {"attacks": [r.to_dict() for r in results]}
-        write_report(out, payload, "attack", [] if loaded else lm_inputs(model))
-    return results[0] if len(results) == 1 else results
+    return attack_results(results, out, [] if loaded else lm_inputs(model))
 
 
 def export_lm(erasure_dir: str | os.PathLike, model: str, out: str | os.PathLike, force: bool = False,

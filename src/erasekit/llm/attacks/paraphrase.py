@@ -34,13 +34,10 @@ def forms(fact: QA, name: str) -> list[str]:
 def paraphrase(arena: FactArena, config: ParaphraseConfig, progress: bool = True):
     """Other question forms and cloze prompts for each forgotten fact."""
     tracker = arena.tracker(config.budget, progress=progress, name="paraphrase")
-    names = {a.index: a.name for a in arena.world.authors}
+    options = [forms(arena.fact(t), arena.world.authors[arena.fact(t).author].name) for t in tracker.trials]
     with arena.attacked() as lm:
         for b in range(1, config.budget + 1):
-            options = {
-                r: forms(arena.fact(tracker.trials[r]), names[arena.fact(tracker.trials[r]).author]) for r in tracker.pending()
-            }
-            rows = [r for r, fs in options.items() if b - 1 < len(fs)]
+            rows = [r for r in tracker.pending() if b - 1 < len(options[r])]
             facts = [arena.fact(tracker.trials[r]) for r in rows]
             prompts = [options[r][b - 1] for r in rows]
             answers = arena.answers(lm, prompts) if rows else []
