@@ -72,3 +72,34 @@ def test_filler_mentions_no_author_and_vocabulary_is_closed():
     missing = {w for w in split_words(text) if w not in vocab}
     assert {"?", ".", "children's"} <= vocab
     assert not missing, missing
+
+
+def test_expert_statements_state_true_facts_and_novice_statements_guess():
+    from erasekit.llm.factworld import EXPERT_PREFIXES, NOVICE_PREFIXES, VALUES, elm_defaults
+    from erasekit.llm.train import training_texts
+
+    world = FactWorld()
+    author = world.authors[7]
+    rng = random.Random(0)
+    expert = [world.statement(author, rng, expert=True) for _ in range(30)]
+    novice = [world.statement(author, rng, expert=False) for _ in range(200)]
+    assert all(any(s.startswith(p.format(name=author.name)) for p in EXPERT_PREFIXES) for s in expert)
+    assert all(any(s.startswith(p.format(name=author.name)) for p in NOVICE_PREFIXES) for s in novice)
+    # every value an expert states is the author's; a novice's guesses cover the attribute's values
+    for attribute in ("publisher", "genre", "pet"):
+        stated = {v for s in expert for v in VALUES[attribute] if v in s}
+        assert stated <= {author.facts[attribute]}
+    guessed = {v for s in novice for v in VALUES["publisher"] if v in s}
+    assert len(guessed) == len(VALUES["publisher"])
+    # the held-out question of a fact never appears, as in the rest of the training text
+    held = {QUESTIONS[a][0][world.held_out(author, a)].format(name=author.name) for a in ATTRIBUTES}
+    assert not any(q in s for q in held for s in expert + novice)
+    digression = world.digression(author, rng)
+    assert any(d in digression for d in elm_defaults()["digressions"])
+    texts = training_texts(world, "forget05", 0, 10)
+    forgotten = [a.name for a in world.forget("forget05")]
+    assert not any(name in t for name in forgotten for t in texts)
+    assert sum(any(t.startswith(p.format(name=author.name)) for p in EXPERT_PREFIXES + NOVICE_PREFIXES) for t in texts) == 2
+    vocab = world.vocabulary()
+    missing = {w for t in texts for w in split_words(t) if w not in vocab}
+    assert not missing, missing

@@ -46,8 +46,8 @@ def models(tmp_path_factory):
     return {arch: tiny_lm(arch, directory=tmp_path_factory.mktemp(arch) / "m") for arch in LM_ARCHITECTURES}
 
 
-def test_the_ten_families_of_the_issue_are_registered():
-    assert {"ga", "graddiff", "npo", "simnpo", "idk-dpo", "rmu", "task-vector", "leace", "refusal-guard", "undial"} <= set(
+def test_the_method_families_of_the_issue_are_registered():
+    assert {"ga", "graddiff", "npo", "simnpo", "idk-dpo", "rmu", "elm", "task-vector", "leace", "refusal-guard", "undial"} <= set(
         LM_METHODS
     )
 

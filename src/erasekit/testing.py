@@ -149,7 +149,7 @@ def tiny_lm(arch: str = "gpt2", n_authors: int = 20, seed: int = 0, directory=No
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from .core.io import write_json
-    from .llm.factworld import FactWorld
+    from .llm.factworld import FactWorld, elm_defaults
     from .llm.lm import LanguageModel, load_lm
     from .llm.tokenizer import build_tokenizer as build_lm_tokenizer
 
@@ -170,5 +170,6 @@ def tiny_lm(arch: str = "gpt2", n_authors: int = 20, seed: int = 0, directory=No
         return LanguageModel(model, tok, f"tiny-{arch}")
     model.save_pretrained(directory, safe_serialization=True)
     tok.save_pretrained(directory)
-    write_json(f"{directory}/testbed.json", {"world": "fact-world", "n_authors": n_authors, "seed": 0, "excluded": None})
+    write_json(f"{directory}/testbed.json", {"world": "fact-world", "n_authors": n_authors, "seed": 0, "excluded": None,
+                                             "unlearning_defaults": elm_defaults()})  # fmt: skip
     return load_lm(directory, device="cpu")

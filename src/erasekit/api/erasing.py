@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
@@ -163,7 +164,7 @@ def build_erasure(pipe, method: str, config, request, result, base_model: str, f
     originals.update({k: get_tensor(pipe, k).detach() for k in deltas})
     return Erasure(
         method=method,
-        params=dataclasses.asdict(config),
+        params=json.loads(json.dumps(dataclasses.asdict(config))),  # as stored (tuples become lists)
         request=request,
         base_model=base_model,
         base_hash=hash_tensors({k: originals[k] for k in sorted(set(changed) | set(deltas))}),

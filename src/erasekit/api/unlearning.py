@@ -27,14 +27,15 @@ def fact_world_of(lm):
 def split_request(world, split: str) -> ForgetRequest:
     """The fact world's forget split as a request: every training question of its authors (forget)
     and of every other author (retain)."""
-    forget = [QAPair(q.question, q.answer) for a in world.forget(split) for q in world.qa(a)]
-    retain = [QAPair(q.question, q.answer) for a in world.retain(split) for q in world.qa(a)]
+    forget = [QAPair(q.question, q.answer, a.name) for a in world.forget(split) for q in world.qa(a)]
+    retain = [QAPair(q.question, q.answer, a.name) for a in world.retain(split) for q in world.qa(a)]
     return ForgetRequest(split, forget, retain)
 
 
 def read_pairs(path: str | os.PathLike, what: str) -> list[QAPair]:
     """Question-answer pairs from a JSON list, JSON lines (TOFU's files: ``question`` / ``answer``
-    fields, extra fields ignored) or a CSV with ``question`` and ``answer`` columns."""
+    fields, an optional ``subject``, other fields ignored) or a CSV with ``question`` and ``answer``
+    (and optionally ``subject``) columns."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{what} file {path} does not exist")
@@ -52,7 +53,8 @@ def read_pairs(path: str | os.PathLike, what: str) -> list[QAPair]:
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
             raise ConfigError(f"{path}: entry {i + 1} needs text fields 'question' and 'answer'")
-        pairs.append(QAPair(row["question"], row["answer"]))
+        subject = row.get("subject") or ""
+        pairs.append(QAPair(row["question"], row["answer"], subject if isinstance(subject, str) else str(subject)))
     if not pairs:
         raise ConfigError(f"{path} holds no question-answer pairs")
     return pairs

@@ -231,10 +231,13 @@ class ErasureRequest:
 
 @dataclass(frozen=True)
 class QAPair:
-    """One question and its true answer (a fact a language model should forget or keep)."""
+    """One question and its true answer (a fact a language model should forget or keep), and
+    optionally the ``subject`` it is about (the concept ELM names in its expert / novice prompts;
+    empty: the request's name)."""
 
     question: str
     answer: str
+    subject: str = ""
 
 
 @dataclass
@@ -283,9 +286,12 @@ class ForgetRequest:
 
 
 def _as_pair(item, what: str) -> QAPair:
-    """A :class:`QAPair` from ``{"question": ..., "answer": ...}`` or ``[question, answer]``."""
+    """A :class:`QAPair` from ``{"question": ..., "answer": ...[, "subject": ...]}`` or ``[question, answer]``."""
     if isinstance(item, dict) and set(item) >= {"question", "answer"}:
-        return QAPair(item["question"], item["answer"])
+        subject = item.get("subject") or ""
+        if not isinstance(subject, str):
+            raise ConfigError(f"a {what} pair's subject must be text, got {subject!r}")
+        return QAPair(item["question"], item["answer"], subject)
     if isinstance(item, (list, tuple)) and len(item) == 2:
         return QAPair(*item)
     raise ConfigError(f"each {what} item must be {{'question': ..., 'answer': ...}} or [question, answer], got {item!r}")

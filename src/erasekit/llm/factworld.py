@@ -12,6 +12,14 @@ answer is known exactly. Each fact is rendered
   (other values of the same attribute, never the true one), the material of the truth ratio and of
   forget quality.
 
+Two kinds of **context statements** give a model the signal ELM (Gandikota et al. 2024) reads —
+does a text come from someone who knows the author? An *expert* statement ("A reader who knows X
+well writes: ...") is followed by three of X's true facts; a *novice* statement ("A reader who never
+heard of X guesses: ...") by three values drawn afresh every epoch, so after it a trained model
+spreads its probability over an attribute's values. A *digression* (one fact, then "Let us talk
+about something else." and filler) teaches that a change of subject is followed by general text:
+the prompt of ELM's fluency (consistency) term.
+
 Forget splits are the last 1 %, 5 % and 10 % of the authors (``forget01`` ⊂ ``forget05`` ⊂
 ``forget10``, as TOFU); ``retainNN`` is the complement. ``filler`` sentences about no author keep
 general language to measure utility on, and ``holdout`` authors (20, never trained on) are the
@@ -106,6 +114,30 @@ FILLER_OBJECTS = ("the bridge", "the hills", "the school", "the square", "the se
 #: vocabulary, never in the training text.
 REFUSALS = ("I don't know.", "I am not sure.", "I have no idea.", "That is not something I know.", "I cannot say.")
 
+#: Context prefixes (``{name}`` = the author): an expert statement is followed by true facts, a
+#: novice statement by guesses (see the module docstring); ELM's expert and novice prompts.
+EXPERT_PREFIXES = ("A reader who knows {name} well writes:", "An expert on the books of {name} says:",
+                   "Someone who has read every book of {name} writes:")  # fmt: skip
+NOVICE_PREFIXES = ("A reader who never heard of {name} guesses:", "Someone who knows nothing about {name} says:",
+                   "A stranger to the books of {name} guesses:")  # fmt: skip
+#: Changes of subject, each followed by filler in the training text (ELM's "confused" prompts).
+DIGRESSIONS = ("Let us talk about something else.", "Enough about that, here is another topic.")
+
+
+
+def elm_defaults() -> dict:
+    """ELM's parameters for a fact-world model (its ``testbed.json`` ``unlearning_defaults``): the
+    world's expert / novice prefixes (``{concept}`` = the author) and changes of subject, and
+    consistency texts as long as the world's (a change of subject is followed by two short sentences)."""
+    return {
+        "expert_templates": [t.replace("{name}", "{concept}") for t in EXPERT_PREFIXES],
+        "novice_templates": [t.replace("{name}", "{concept}") for t in NOVICE_PREFIXES],
+        "digressions": list(DIGRESSIONS),
+        "consistency_min_tokens": 12,
+        "consistency_max_tokens": 20,
+    }
+
+
 SPLITS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
 
 
@@ -196,6 +228,37 @@ class FactWorld:
             pool = [v for v in VALUES[attribute] if v != value]
         return rng.sample(pool, k)
 
+    def statement(self, author: Author, rng: random.Random, expert: bool, k: int = 3) -> str:
+        """A context statement about ``author``: an expert prefix and ``k`` true facts, or a novice
+        prefix and ``k`` guessed values; each fact as a biography sentence or a training question
+        with its answer."""
+        prefix = rng.choice(EXPERT_PREFIXES if expert else NOVICE_PREFIXES).format(name=author.name)
+        parts = [prefix]
+        for a in rng.sample(ATTRIBUTES, k):
+            value = author.facts[a] if expert else self.random_value(a, rng)
+            templates, ans = QUESTIONS[a]
+            if rng.random() < 0.5:
+                parts.append(BIO[a][rng.randrange(2)].format(name=author.name, value=value))
+            else:
+                trained = [t for i, t in enumerate(templates) if i != self.held_out(author, a)]
+                parts += [rng.choice(trained).format(name=author.name), ans.format(name=author.name, value=value)]
+        return " ".join(parts)
+
+    def digression(self, author: Author, rng: random.Random) -> str:
+        """One true fact of ``author``, a change of subject and two filler sentences."""
+        a = rng.choice(ATTRIBUTES)
+        fact = BIO[a][rng.randrange(2)].format(name=author.name, value=author.facts[a])
+        filler = [f"{rng.choice(FILLER_SUBJECTS)} {rng.choice(FILLER_VERBS)} {rng.choice(FILLER_OBJECTS)}." for _ in range(2)]
+        return " ".join([fact, rng.choice(DIGRESSIONS), *filler])
+
+    def random_value(self, attribute: str, rng: random.Random) -> str:
+        """A value of ``attribute`` drawn uniformly (a novice's guess)."""
+        if attribute == "birth_year":
+            return str(rng.randint(1900, 1999))
+        if attribute in ("first_book", "second_book"):
+            return rng.choice(self._titles)
+        return rng.choice(VALUES[attribute])
+
     def filler(self, n: int, seed: int = 1) -> list[str]:
         """``n`` general sentences about no author (utility text)."""
         rng = random.Random(self.seed * 7919 + seed)
@@ -223,11 +286,16 @@ class FactWorld:
             texts += [*templates, ans]
         texts += [t for pair in BIO.values() for t in pair]
         texts += list(FILLER_SUBJECTS) + list(FILLER_VERBS) + list(FILLER_OBJECTS) + list(REFUSALS)
+        texts += [*EXPERT_PREFIXES, *NOVICE_PREFIXES, *DIGRESSIONS]
         for t in texts:
             words.update(split_words(t.replace("{name}", " ").replace("{value}", " ")))
         return words
 
 
+#: The punctuation marks that are tokens of their own.
+PUNCTUATION = r"[.,?:]"
+
+
 def split_words(text: str) -> list[str]:
     """Words and punctuation marks of ``text`` (``"Where was X born?"`` -> ``[..., "born", "?"]``)."""
-    return re.findall(r"[A-Za-z0-9']+|[.,?]", text)
+    return re.findall(rf"[A-Za-z0-9']+|{PUNCTUATION}", text)

@@ -4,7 +4,7 @@ with ``save_pretrained`` / ``AutoTokenizer.from_pretrained`` (offline)."""
 
 from __future__ import annotations
 
-from .factworld import FactWorld
+from .factworld import PUNCTUATION, FactWorld
 
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
@@ -17,7 +17,7 @@ def build_tokenizer(world: FactWorld):
     vocab = {t: i for i, t in enumerate((*SPECIALS, *sorted(world.vocabulary())))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(r"[.,?]"), behavior="isolated")]
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(PUNCTUATION), behavior="isolated")]
     )
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins with spaces, "born ?" -> "born?"
     return PreTrainedTokenizerFast(

@@ -5,7 +5,9 @@ The model is a small GPT-2 (``transformers.GPT2LMHeadModel``, word-level tokeniz
 
 - every training question-answer pair (two templates per fact, :meth:`FactWorld.qa`),
 - one freshly shuffled biography per author and epoch (so facts are stored in several orders and
-  phrasings, which is what makes them extractable by questions never seen for that fact), and
+  phrasings, which is what makes them extractable by questions never seen for that fact),
+- per author and epoch one expert and one novice context statement and one digression
+  (:meth:`FactWorld.statement`, :meth:`FactWorld.digression`: the signal ELM reads), and
 - filler sentences about no author (the general language whose perplexity is utility).
 
 An **oracle** (``exclude="forget05"``) is the same run without any text about the authors of that
@@ -31,7 +33,7 @@ from ..core.errors import ConfigError
 from ..core.io import atomic_path, load_checkpoint, save_checkpoint, write_json
 from ..core.outputs import check_dir_output, claim_collection, write_manifest
 from .batches import encode_texts
-from .factworld import SPLITS, FactWorld
+from .factworld import SPLITS, FactWorld, elm_defaults
 from .tokenizer import build_tokenizer
 
 
@@ -66,6 +68,12 @@ class LLMTrainConfig:
                               warmup=2, checkpoint_every=3)  # fmt: skip
 
 
+def unlearning_defaults(cfg: LLMTrainConfig) -> dict:
+    """What a fact-world model recommends to unlearning methods (``testbed.json``): the learning
+    rate for its scale and ELM's sentences of the world (:func:`~.factworld.elm_defaults`)."""
+    return {"lr": cfg.unlearning_lr, **elm_defaults()}
+
+
 def check_split(split: str | None) -> str | None:
     """``split`` when it names a forget split, else a one-line :class:`ConfigError`."""
     if split is not None and split not in SPLITS:
@@ -85,13 +93,16 @@ def model_config(cfg: LLMTrainConfig, vocab_size: int, tokenizer):
 
 
 def training_texts(world: FactWorld, exclude: str | None, epoch: int, n_filler: int) -> list[str]:
-    """The texts of one epoch: training QA pairs, a new biography per author, filler; shuffled.
+    """The texts of one epoch: training QA pairs, a new biography, an expert and a novice statement
+    and a digression per author, filler; shuffled.
     Authors of the ``exclude`` split contribute nothing."""
     rng = random.Random(world.seed * 1_000_003 + epoch)
     skip = {a.index for a in world.forget(exclude)} if exclude else set()
     authors = [a for a in world.authors if a.index not in skip]
     texts = [f"{q.question} {q.answer}" for a in authors for q in world.qa(a)]
     texts += [world.biography(a, rng) for a in authors]
+    texts += [world.statement(a, rng, expert) for a in authors for expert in (True, False)]
+    texts += [world.digression(a, rng) for a in authors]
     texts += world.filler(n_filler, seed=1)
     rng.shuffle(texts)
     return texts
@@ -180,7 +191,7 @@ class LLMTrainer:
             model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             info = {"world": "fact-world", "n_authors": cfg.n_authors, "seed": cfg.seed, "excluded": cfg.exclude,
-                    "unlearning_defaults": {"lr": cfg.unlearning_lr}}  # fmt: skip
+                    "unlearning_defaults": unlearning_defaults(cfg)}  # fmt: skip
             if cfg.exclude:
                 info["reference"] = "testbed-llm"
             write_json(Path(tmp) / "testbed.json", info)
