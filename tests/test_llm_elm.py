@@ -104,7 +104,15 @@ def test_training_moves_the_model_towards_its_target_on_the_chosen_blocks_only(m
     assert list(elm_blocks(lm.model, "")) == [0]
     assert sorted(blocks.weights) == sorted(
         f"model.model.layers.0.{m}.weight"
-        for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+        for m in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
     )
     # A random tiny model cannot sharpen its output through block 0 alone (its head is tiny), so the
     # effect is measured with every parameter training.
@@ -138,7 +146,9 @@ def test_consistency_text_starts_with_a_change_of_subject_and_fits_the_context(m
     digression = tok("Let us talk about something else.", add_special_tokens=False).input_ids
 
     def sample(seed):
-        return consistency_texts(lm.model, tok, texts, ["Ala Brakow"] * 4, cfg, random.Random(0), torch.Generator().manual_seed(seed))
+        return consistency_texts(
+            lm.model, tok, texts, ["Ala Brakow"] * 4, cfg, random.Random(0), torch.Generator().manual_seed(seed)
+        )
 
     first = sample(0)
     assert first == sample(0) and first != sample(1)

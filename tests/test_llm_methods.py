@@ -204,6 +204,25 @@ def test_forget_requests_from_splits_and_files(models, tmp_path):
         erasekit.forget_request(tiny_lm("gpt2"), "forget01")
 
 
+def test_forget_requests_from_a_saved_dataset_directory(models, tmp_path):
+    """TOFU from the hub, saved with datasets' save_to_disk, is read offline (Dataset or a DatasetDict of one split)."""
+    from datasets import Dataset, DatasetDict
+
+    rows = {"question": ["Who wrote it?", "Where?"], "answer": ["Ala did.", "Aldmoor."], "paraphrased_answer": ["x", "y"]}
+    Dataset.from_dict(rows).save_to_disk(str(tmp_path / "tofu"))
+    DatasetDict({"train": Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "dict"))
+    DatasetDict({"train": Dataset.from_dict(rows), "test": Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "two"))
+    for name in ("tofu", "dict"):
+        req = erasekit.forget_request(models["gpt2"], str(tmp_path / name))
+        assert [(p.question, p.answer) for p in req.forget] == [("Who wrote it?", "Ala did."), ("Where?", "Aldmoor.")]
+    with pytest.raises(ConfigError, match="holds the splits train, test; pass one of them"):
+        erasekit.forget_request(models["gpt2"], str(tmp_path / "two"))
+    assert len(erasekit.forget_request(models["gpt2"], str(tmp_path / "two" / "test")).forget) == 2
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ConfigError, match="is not a saved dataset"):
+        erasekit.forget_request(models["gpt2"], str(tmp_path / "plain"))
+
+
 def test_refusal_guard_refuses_exactly_the_questions_that_name_a_forgotten_author(models):
     lm = models["gpt2"]
     request = erasekit.forget_request(lm, "forget10")

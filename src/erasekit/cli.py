@@ -268,12 +268,15 @@ def erase(
     forget: Annotated[
         Optional[str],
         typer.Option(
-            help="Language models: a forget split of testbed-llm (forget01, forget05, forget10) or a JSON/JSONL/CSV file of question-answer pairs."
+            help="Language models: a forget split of testbed-llm (forget01, forget05, forget10), a JSON/JSONL/CSV file of "
+            "question-answer pairs, or a datasets save_to_disk directory (TOFU)."
         ),
     ] = None,
     retain: Annotated[
         Optional[Path],
-        typer.Option(help="Language models: a file of question-answer pairs to keep (default for a split: its retain authors)."),
+        typer.Option(
+            help="Language models: question-answer pairs to keep, a file or dataset directory (default for a split: its retain authors)."
+        ),
     ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,

@@ -34,9 +34,13 @@ def split_request(world, split: str) -> ForgetRequest:
 
 def read_pairs(path: str | os.PathLike, what: str) -> list[QAPair]:
     """Question-answer pairs from a JSON list, JSON lines (TOFU's files: ``question`` / ``answer``
-    fields, an optional ``subject``, other fields ignored) or a CSV with ``question`` and ``answer``
-    (and optionally ``subject``) columns."""
+    fields, an optional ``subject``, other fields ignored), a CSV with ``question`` and ``answer``
+    (and optionally ``subject``) columns, or a directory written by ``datasets``' ``save_to_disk``
+    (TOFU from the hub: ``load_dataset("locuslab/TOFU", "forget01")["train"].save_to_disk(DIR)``;
+    a saved ``DatasetDict`` of one split is read too). Nothing is downloaded."""
     path = Path(path)
+    if path.is_dir():
+        return _pairs_of(_dataset_rows(path, what), path)
     if not path.is_file():
         raise MissingFileError(f"{what} file {path} does not exist")
     text = path.read_text(encoding="utf-8")
@@ -49,6 +53,32 @@ def read_pairs(path: str | os.PathLike, what: str) -> list[QAPair]:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (json.JSONDecodeError, csv.Error) as e:
         raise ConfigError(f"{path} is not valid JSON, JSON lines or CSV: {e}") from None
+    return _pairs_of(rows, path)
+
+
+def _dataset_rows(path: Path, what: str) -> list:
+    """The rows of a ``datasets`` directory (``save_to_disk``), read with ``load_from_disk``."""
+    if not ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
+        raise ConfigError(f"{what} directory {path} is not a saved dataset (no dataset_info.json or dataset_dict.json)")
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError:
+        raise ConfigError(
+            f"reading the dataset directory {path} needs the datasets package: pip install 'erasekit[datasets]'"
+        ) from None
+    data = load_from_disk(str(path))
+    if isinstance(data, DatasetDict):
+        if len(data) != 1:
+            raise ConfigError(f"{path} holds the splits {', '.join(data)}; pass one of them, e.g. {path / next(iter(data))}")
+        data = next(iter(data.values()))
+    return list(data)
+
+
+def _pairs_of(rows, path: Path) -> list[QAPair]:
+    """:class:`QAPair` of every row (``question``, ``answer``, optional ``subject``); a one-line error
+    naming the first bad row."""
+    if not isinstance(rows, list):
+        raise ConfigError(f"{path} must hold a list of question-answer entries")
     pairs = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):

@@ -124,7 +124,6 @@ NOVICE_PREFIXES = ("A reader who never heard of {name} guesses:", "Someone who k
 DIGRESSIONS = ("Let us talk about something else.", "Enough about that, here is another topic.")
 
 
-
 def elm_defaults() -> dict:
     """ELM's parameters for a fact-world model (its ``testbed.json`` ``unlearning_defaults``): the
     world's expert / novice prefixes (``{concept}`` = the author) and changes of subject, and

@@ -126,7 +126,9 @@ class ELMConfig(UnlearnConfig):
     consistency_min_tokens: int = field(default=100, metadata={"help": "shortest generated consistency text", "min": 1})
     consistency_max_tokens: int = field(default=300, metadata={"help": "longest generated consistency text", "min": 1})
     layers: str = field(default="", metadata={"help": "blocks 'start,end' (end excluded) of params=elm; '': [n/8, n/4)"})
-    params: str = field(default="elm", metadata={"help": "elm (attention + MLP projections of the layers), all, mlp, attn, re:<regex>"})
+    params: str = field(
+        default="elm", metadata={"help": "elm (attention + MLP projections of the layers), all, mlp, attn, re:<regex>"}
+    )
     expert_templates: tuple[str, ...] = field(default=EXPERT_TEMPLATES, metadata={"help": "expert prefixes with {concept}"})
     novice_templates: tuple[str, ...] = field(default=NOVICE_TEMPLATES, metadata={"help": "novice prefixes with {concept}"})
     digressions: tuple[str, ...] = field(default=DIGRESSIONS, metadata={"help": "changes of subject before the consistency text"})
@@ -177,7 +179,9 @@ def text_ids(tokenizer, pairs: Sequence[QAPair]) -> list[list[int]]:
     return [[*x, *y] for x, y in zip(q, a)]
 
 
-def aligned_logits(model, tokenizer, texts: list[list[int]], prefixes: list[list[int]] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def aligned_logits(
+    model, tokenizer, texts: list[list[int]], prefixes: list[list[int]] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32, ``[N, L, V]``) at the ``n_i + 1`` positions of ``<bos> prefix_i text_i`` that
     predict ``text_i``'s ``n_i`` tokens and the one after it (``L = max n_i + 1``), and the mask of
     real positions. Without prefixes the rows are ``<bos> text_i``."""
@@ -221,7 +225,9 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torch.
     return (ce * valid).sum() / valid.sum().clamp(min=1)
 
 
-def prefix_ids(tokenizer, templates: Sequence[str], concepts: Sequence[str], rng: random.Random, strip: bool = False) -> list[list[int]]:
+def prefix_ids(
+    tokenizer, templates: Sequence[str], concepts: Sequence[str], rng: random.Random, strip: bool = False
+) -> list[list[int]]:
     """One template per concept (drawn with ``rng``), filled in and tokenised; ``strip`` drops its
     trailing colon and whitespace (the reference's generation prompts)."""
     texts = [rng.choice(templates).format(concept=c) for c in concepts]
@@ -308,7 +314,9 @@ def elm(lm, request, config: ELMConfig, adapter=None, progress: bool = True) -> 
     if config.params == "elm":
         blocks = elm_blocks(lm.model, config.layers)
         numbers = "|".join(str(i) for i in blocks)
-        config = type(config)(**{**config.__dict__, "params": rf"re:\.(h|layers)\.({numbers})\.(attn|self_attn|mlp)\.[^.]+\.weight$"})
+        config = type(config)(
+            **{**config.__dict__, "params": rf"re:\.(h|layers)\.({numbers})\.(attn|self_attn|mlp)\.[^.]+\.weight$"}
+        )
     tok = lm.tokenizer
     rng = random.Random(config.seed)
     concept = {p: p.subject or request.name for p in request.forget}
@@ -329,7 +337,9 @@ def elm(lm, request, config: ELMConfig, adapter=None, progress: bool = True) -> 
                 expert, _ = aligned_logits(s.reference, tok, texts, prefix_ids(tok, config.expert_templates, concepts, rng))
                 novice, _ = aligned_logits(s.reference, tok, texts, prefix_ids(tok, config.novice_templates, concepts, rng))
                 lengths = torch.tensor([len(t) for t in texts], device=plain.device)
-                target = elm_targets(plain, expert, novice, eta_ramp(lengths, config.eta, plain.shape[1]), config.temperature, config.top_k)
+                target = elm_targets(
+                    plain, expert, novice, eta_ramp(lengths, config.eta, plain.shape[1]), config.temperature, config.top_k
+                )
             student, _ = aligned_logits(s.model, tok, texts, None)
             erase = soft_cross_entropy(student, target, valid)
             total, parts["erase"] = total + config.erase_scale * erase, erase.item()
