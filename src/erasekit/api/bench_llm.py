@@ -26,7 +26,7 @@ def bench_llm(model: str = "testbed-llm", methods: list[str] | None = None, spli
     from ..llm.factworld import SPLITS
     from ..llm.lm import load_lm
     from .attacking import attack_names
-    from .unlearning import attack_lm, evaluate_lm, fact_world_of, lm_method, oracle_for, unlearn
+    from .unlearning import evaluate_lm, fact_world_of, lm_method, oracle_for, unlearn
 
     methods = methods or ["ga", "graddiff", "npo", "simnpo", "idk-dpo", "undial", "rmu", "elm", "task-vector", "leace", "refusal-guard"]
     splits = splits or ["forget01", "forget05"]
@@ -52,14 +52,14 @@ def bench_llm(model: str = "testbed-llm", methods: list[str] | None = None, spli
         cache: dict = {}
         base_eval = evaluate_lm(lm, None, split, oracle, cache=cache)
         for label, target in (("base", lm), ("oracle", oracle)):  # both rows hold the evaluation that has both blocks
-            found = {n: attack_lm(target, None, n, split, progress=progress).to_dict() for n in names}
+            found = _attacks(target, None, names, split, progress)
             runs.append(_record(out, f"{split}-{label}", {"split": split, "label": label, "eval": base_eval, "attacks": found}))
         for method in methods:
             erasure = unlearn(
                 lm, method.partition("@")[0], split, model=model, progress=progress, **(params or {}).get(method, {})
             )
             ev = evaluate_lm(lm, erasure, split, oracle, cache=cache)
-            found = {n: attack_lm(lm, erasure, n, split, progress=progress).to_dict() for n in names}
+            found = _attacks(lm, erasure, names, split, progress)
             run = {"split": split, "label": method, "params": erasure.params, "eval": ev, "attacks": found}
             runs.append(_record(out, f"{split}-{method}", run))
             if progress:
@@ -109,6 +109,18 @@ def render_llm_tables(out_dir: str | os.PathLike, report: str | os.PathLike | No
             f"Plot: `{plot.name}` (ASR against budget)."
         )
         write_section(robustness, SECTION, llm_robustness_markdown(attacked, all_names, header_a), "robustness")
+
+
+def _attacks(model, erasure, names: list[str], split: str, progress: bool) -> dict[str, dict]:
+    """``{attack: result}`` of every attack in ``names`` against ``model`` (one call, so a model given
+    by name, such as the oracle, is loaded once)."""
+    from .unlearning import attack_lm
+
+    if not names:
+        return {}
+    results = attack_lm(model, erasure, names, split, progress=progress)
+    results = results if isinstance(results, list) else [results]
+    return {r.attack: r.to_dict() for r in results}
 
 
 def _record(out: Path, name: str, run: dict) -> dict:
