@@ -1,9 +1,12 @@
-"""The two hyperparameter scans quoted in docs/testbed.md and docs/unlearning.md, on testbed-llm / forget01.
+"""The hyperparameter scans quoted in docs/testbed.md and docs/unlearning.md, on testbed-llm / forget01.
 
 1. learning rate (the model's recommended ``unlearning_defaults``): GA, NPO, GradDiff at 1e-4, 3e-4, 1e-3;
 2. RMU: WMDP's form (MLP output projections) at several steering coefficients and learning rates, and
    open-unlearning's TOFU form (every parameter, c = 2, alpha = 1); plus the residual-stream norms at
-   RMU's block that explain why c = 20 cannot work on this model.
+   RMU's block that explain why c = 20 cannot work on this model;
+3. ELM: its defaults, a weaker and a stronger η, every block instead of [n/8, n/4), and without its
+   retain or consistency term; plus the signal it reads (how much likelier the forget answers are
+   after the world's expert prefix than after its novice prefix, in nats per answer).
 
 Each row: the share of forget01's training questions no longer answered exactly, and the retain
 accuracy on 10 retain authors (seed 0). Usage: python benchmarks/llm_scans.py [--out benchmarks/results/llm_scans.json]
@@ -29,6 +32,24 @@ RMU_SCAN = [("rmu", {"steering_coeff": c, "lr": lr}) for c in (100, 300, 600, 12
     ("rmu", {"params": "all", "steering_coeff": 2, "alpha": 1}),
     ("rmu", {"params": "all", "steering_coeff": 2, "alpha": 1, "lr": 1e-3}),
 ]
+ELM_SCAN = [("elm", {}), ("elm", {"eta": 10}), ("elm", {"eta": 100}), ("elm", {"layers": "0,4"}),
+            ("elm", {"retain_scale": 0}), ("elm", {"consistency_scale": 0})]  # fmt: skip
+
+
+def elm_signal(lm, world) -> dict:
+    """Mean ``log p(answer | expert prefix, question) − log p(answer | novice prefix, question)`` over
+    forget01's training pairs (nats per answer), with the world's first expert and novice prefixes."""
+    from erasekit.llm.factworld import EXPERT_PREFIXES, NOVICE_PREFIXES
+    from erasekit.llm.metrics import token_logprobs
+
+    pairs = [(a, q) for a in world.forget("forget01") for q in world.qa(a)]
+    answers = [q.answer for _, q in pairs]
+    out = {}
+    for name, prefix in (("plain", ""), ("expert", EXPERT_PREFIXES[0]), ("novice", NOVICE_PREFIXES[0])):
+        prompts = [f"{prefix.format(name=a.name)} {q.question}".strip() for a, q in pairs]
+        out[name] = float(torch.stack([lp.sum() for lp in token_logprobs(lm.model, lm.tokenizer, prompts, answers)]).mean())
+    out["expert_minus_novice"] = out["expert"] - out["novice"]
+    return {k: round(v, 3) for k, v in out.items()}
 
 
 def main() -> None:
@@ -39,12 +60,13 @@ def main() -> None:
     world = fact_world_of(lm)
     retain = random.Random(0).sample(world.retain("forget01"), 10)
     rows = []
-    for method, params in LR_SCAN + RMU_SCAN:
+    for method, params in LR_SCAN + RMU_SCAN + ELM_SCAN:
         erasure = erasekit.unlearn(lm, method, "forget01", progress=False, **params)
         with erasure.applied(lm):
             forgotten = 1 - float(score_facts(lm, world, world.forget("forget01"))["train_hits"].mean())
             kept = float(score_facts(lm, world, retain)["train_hits"].mean())
-        rows.append({"method": method, "params": params, "forgotten": round(forgotten, 4), "retain_accuracy": round(kept, 4)})
+        rows.append({"method": method, "params": params, "forgotten": round(forgotten, 4), "retain_accuracy": round(kept, 4),
+                     "seconds": erasure.timings.get("seconds")})  # fmt: skip
         print(f"{method:9} {params}  forgotten {forgotten:.2f}  retain accuracy {kept:.2f}", flush=True)
     request = erasekit.forget_request(lm, "forget01")
     layer = rmu_layer(lm.model, -1)
@@ -53,8 +75,10 @@ def main() -> None:
         norms = hidden_at(lm.model, batch, layer).norm(dim=-1)[batch["attention_mask"].bool()]
     stats = {"block": layer, "min": float(norms.min()), "median": float(norms.median()), "max": float(norms.max())}
     print(f"residual norms after block {layer}: {stats}")
+    signal = elm_signal(lm, world)
+    print(f"ELM signal (log p of the forget answers, nats): {signal}")
     write_json(args.out, {"benchmark": "llm_scans", "model": "testbed-llm", "split": "forget01", "rows": rows,
-                          "rmu_residual_norms": stats})  # fmt: skip
+                          "rmu_residual_norms": stats, "elm_signal": signal})  # fmt: skip
     print(f"wrote {args.out}")
 
 

@@ -74,6 +74,20 @@ def test_aligned_positions_predict_the_same_tokens_with_and_without_a_prefix(mod
             assert plain.shape[1] == n + 1
 
 
+@pytest.mark.parametrize("arch", LM_ARCHITECTURES)
+def test_last_position_log_probabilities_do_not_depend_on_padding_or_chunks(models, arch):
+    from erasekit.llm.methods.elm import _last_logprobs
+
+    lm = models[arch]
+    tok = lm.tokenizer
+    rows = [r[:n] for r, n in zip(text_ids(tok, erasekit.forget_request(lm, "forget10").forget[:5]), (3, 9, 14, 5, 11))]
+    with torch.no_grad():
+        batched = _last_logprobs(lm.model, tok, rows, lm.device, chunk=2)
+        for i, r in enumerate(rows):
+            alone = lm.model(input_ids=torch.tensor([[tok.bos_token_id, *r]])).logits[0, -1].float().log_softmax(-1)
+            assert torch.allclose(batched[i], alone, atol=1e-4)
+
+
 def test_every_loss_term_has_a_gradient(models):
     lm = models["gpt2"]
     tok, model = lm.tokenizer, lm.model

@@ -28,7 +28,19 @@ def bench_llm(model: str = "testbed-llm", methods: list[str] | None = None, spli
     from .attacking import attack_names
     from .unlearning import evaluate_lm, fact_world_of, lm_method, oracle_for, unlearn
 
-    methods = methods or ["ga", "graddiff", "npo", "simnpo", "idk-dpo", "undial", "rmu", "elm", "task-vector", "leace", "refusal-guard"]
+    methods = methods or [
+        "ga",
+        "graddiff",
+        "npo",
+        "simnpo",
+        "idk-dpo",
+        "undial",
+        "rmu",
+        "elm",
+        "task-vector",
+        "leace",
+        "refusal-guard",
+    ]
     splits = splits or ["forget01", "forget05"]
     for m in methods:
         lm_method(m.partition("@")[0])

@@ -278,12 +278,19 @@ def context_length(model) -> int:
     return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048)
 
 
-def _last_logprobs(model, tokenizer, rows: list[list[int]], device) -> torch.Tensor:
-    """``log p(· | <bos> row)`` at each row's last position (float32, ``[N, V]``)."""
-    ids, mask = pad_rows([[tokenizer.bos_token_id, *r] for r in rows], tokenizer.pad_token_id)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    last = mask.sum(1).to(device) - 1
-    return torch.log_softmax(logits[torch.arange(len(rows), device=device), last], dim=-1)
+def _last_logprobs(model, tokenizer, rows: list[list[int]], device, chunk: int = 32) -> torch.Tensor:
+    """``log p(· | <bos> row)`` at each row's last position (float32, ``[N, V]``): rows left-padded
+    in chunks of ``chunk`` with explicit positions, and only the last position's logits computed."""
+    out = []
+    for start in range(0, len(rows), chunk):
+        ids, mask = pad_rows(
+            [[tokenizer.bos_token_id, *r] for r in rows[start : start + chunk]], tokenizer.pad_token_id, left=True
+        )
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       logits_to_keep=1).logits[:, -1].float()  # fmt: skip
+        out.append(torch.log_softmax(logits, dim=-1))
+    return torch.cat(out)
 
 
 def continuation_nll(model, tokenizer, texts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
