@@ -2,7 +2,8 @@
 
 1. learning rate (the model's recommended ``unlearning_defaults``): GA, NPO, GradDiff at 1e-4, 3e-4, 1e-3;
 2. RMU: WMDP's form (MLP output projections) at several steering coefficients and learning rates, and
-   open-unlearning's TOFU form (every parameter, c = 2, alpha = 1); plus the residual-stream norms at
+   open-unlearning's TOFU form (every parameter, c = 2, alpha = 1) and adaptive RMU (c = 5 x the
+   forget activations' mean norm, alpha = 1200); plus the residual-stream norms at
    RMU's block that explain why c = 20 cannot work on this model;
 3. ELM: its defaults, a weaker and a stronger η, every block instead of [n/8, n/4), and without its
    retain or consistency term; plus the signal it reads (how much likelier the forget answers are
@@ -31,6 +32,8 @@ RMU_SCAN = [("rmu", {"steering_coeff": c, "lr": lr}) for c in (100, 300, 600, 12
     ("rmu", {"steering_coeff": 600, "epochs": 50, "lr": 3e-3}),
     ("rmu", {"params": "all", "steering_coeff": 2, "alpha": 1}),
     ("rmu", {"params": "all", "steering_coeff": 2, "alpha": 1, "lr": 1e-3}),
+    ("rmu", {"adaptive_scale": 5, "alpha": 1200}),
+    ("rmu", {"adaptive_scale": 5, "alpha": 1200, "lr": 1e-3}),
 ]
 ELM_SCAN = [("elm", {}), ("elm", {"eta": 10}), ("elm", {"eta": 100}), ("elm", {"layers": "0,4"}),
             ("elm", {"retain_scale": 0}), ("elm", {"consistency_scale": 0})]  # fmt: skip

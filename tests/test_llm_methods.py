@@ -141,6 +141,20 @@ def test_rmu_trains_only_the_mlp_output_projections_and_steers_the_forget_activa
     assert after < 0.5 * before  # the forget activations moved to the steering target
 
 
+def test_adaptive_rmu_scales_its_target_with_the_forget_activations(models):
+    """c = β · mean per-token norm of the frozen model's block-ℓ output on the forget text."""
+    lm = models["gpt2"]
+    request = erasekit.forget_request(lm, "forget10")
+    layer = rmu_layer(lm.model, -1)
+    batch = encode_pairs(lm.tokenizer, request.forget, lm.device)
+    with torch.no_grad():
+        norm = hidden_at(lm.model, batch, layer).norm(dim=-1)[batch["attention_mask"].bool()].mean().item()
+    erasure = erasekit.unlearn(lm, "rmu", request, progress=False, epochs=1, adaptive_scale=5.0, alpha=1.0)
+    assert erasure.info["steering_coeff"] == pytest.approx(5 * norm, rel=1e-4)
+    fixed = erasekit.unlearn(lm, "rmu", request, progress=False, epochs=1, steering_coeff=3.0)
+    assert fixed.info["steering_coeff"] == 3.0
+
+
 def test_task_vector_is_linear_in_its_scale(models):
     lm = models["gpt2"]
     one = erasekit.unlearn(lm, "task-vector", "forget10", progress=False, lr=1e-3, **FAST)

@@ -31,6 +31,10 @@ Deliberate differences, each stated:
 - **Parameters**: the reference trains a LoRA (rank 256, alpha 16, dropout 0.05) on those projections;
   here the projections themselves train (a rank-256 LoRA is full rank on the 256-wide testbed; the
   erasure stores the dense new weights of the chosen blocks only).
+- **Loop**: erasekit's shared unlearning loop (``llm/unlearn.py``): ``epochs`` passes over the forget
+  pairs (the reference draws ``num_samples`` = 3,000 texts from a corpus), linear warm-up over the
+  first epoch and gradients clipped to norm 1 (the reference has neither), accumulated gradients
+  averaged rather than summed (AdamW is insensitive to that scale).
 - **Consistency text** is generated once per forget pair before training (the reference's
   ``prepare_consistency_data.py`` path) with a length drawn from ``[consistency_min_tokens,
   consistency_max_tokens]`` (reference: 100-300), not regenerated at every step.

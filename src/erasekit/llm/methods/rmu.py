@@ -13,6 +13,13 @@ Parameters that train: **WMDP's original choice**, the MLP output projections of
 trains every parameter with c = 2 (``--set params=all steering_coeff=2 alpha=1`` gives that).
 Defaults are WMDP's: c = 20, α = 100, lr 5e-5, layer 7 (or the middle block of smaller models).
 The forget "text" is each forget pair's question and answer.
+
+**Adaptive RMU** (Dang et al. 2025, "On effects of steering latent representation for LLM
+unlearning"): with ``adaptive_scale`` = β > 0 the coefficient is ``c = β · mean ‖h_ref^ℓ(x_F)‖``, the
+frozen model's mean per-token norm at block ℓ on the forget text, so the target lies at a fixed
+multiple of the stream's own scale on any model (the authors: β = 5 with α = 1200). The authors
+measure the norm on the first forget batch (padding included); here it is the mean over every real
+token of the whole forget set, measured once before training.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import torch
 
 from ...core.errors import ConfigError
 from ...core.registry import MethodResult, register_method
+from ..batches import encode_pairs
 from ..unlearn import PARAMETER_SETS, Step, UnlearnConfig, fit
 
 
@@ -34,6 +42,9 @@ class RMUConfig(UnlearnConfig):
     alpha: float = field(default=100.0, metadata={"help": "weight α of the retain activation term"})
     params: str = field(
         default="rmu", metadata={"help": "rmu (MLP output projections of blocks ℓ-2..ℓ), all, mlp, attn, re:<regex>"}
+    )
+    adaptive_scale: float = field(
+        default=0.0, metadata={"help": "adaptive RMU: c = adaptive_scale x the forget text's mean norm at block ℓ (0: fixed c)"}
     )
 
     def validate(self) -> None:
@@ -61,6 +72,17 @@ def hidden_at(model, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor
     return out.hidden_states[layer + 1].float()
 
 
+@torch.no_grad()
+def adaptive_coefficient(lm, pairs, layer: int, scale: float, batch_size: int = 32) -> float:
+    """``scale · mean ‖h_ref^ℓ‖`` over every real token of ``pairs`` (adaptive RMU's coefficient)."""
+    total, count = 0.0, 0
+    for start in range(0, len(pairs), batch_size):
+        batch = encode_pairs(lm.tokenizer, pairs[start : start + batch_size], lm.device)
+        norms = hidden_at(lm.model, batch, layer).norm(dim=-1)[batch["attention_mask"].bool()]
+        total, count = total + float(norms.sum()), count + norms.numel()
+    return scale * total / max(count, 1)
+
+
 def masked_mse(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``(x − target)²`` over the positions where ``mask`` is 1 and every hidden unit."""
     err = ((x - target) ** 2).mean(-1)
@@ -77,7 +99,10 @@ def rmu(lm, request, config: RMUConfig, adapter=None, progress: bool = True) -> 
     hidden = lm.model.config.hidden_size
     gen = torch.Generator().manual_seed(config.seed)
     u = torch.rand(hidden, generator=gen)
-    control = (u / u.norm() * config.steering_coeff).to(lm.device)
+    coeff = (
+        adaptive_coefficient(lm, request.forget, layer, config.adaptive_scale) if config.adaptive_scale else config.steering_coeff
+    )
+    control = (u / u.norm() * coeff).to(lm.device)
 
     def loss(s: Step):
         forget_h = hidden_at(s.model, s.forget, layer)
@@ -89,4 +114,4 @@ def rmu(lm, request, config: RMUConfig, adapter=None, progress: bool = True) -> 
         return forget + config.alpha * retain, {"forget_mse": forget.item(), "retain_mse": retain.item()}
 
     weights, log = fit(lm, request, config, loss, progress, needs_retain=True)
-    return MethodResult(weights, {"log": log, "layer": layer, "params": config.params})
+    return MethodResult(weights, {"log": log, "layer": layer, "params": config.params, "steering_coeff": float(coeff)})
