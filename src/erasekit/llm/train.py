@@ -55,8 +55,8 @@ class LLMTrainConfig:
     checkpoint_every: int = 500
     #: The learning rate this model recommends to unlearning methods and to the relearning attack
     #: (``testbed.json`` ``unlearning_defaults``): the papers' 1e-5 suits billions of parameters, not
-    #: 3 M (a scan of GA / NPO / GradDiff on forget01 at 1e-4, 3e-4 and 1e-3: 3e-4 forgets 80 % of the
-    #: facts while keeping 73-84 % of the retain answers).
+    #: 3 M (a scan of GA / NPO / GradDiff on forget01 at 1e-4, 3e-4 and 1e-3: 3e-4 forgets 70-90 % of
+    #: the facts while keeping 77-82 % of the retain answers; benchmarks/results/llm_scans.json).
     unlearning_lr: float = 3e-4
     #: A forget split (``forget01``, ``forget05``, ``forget10``) whose authors are left out: an oracle.
     exclude: str | None = None
