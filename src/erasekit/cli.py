@@ -482,6 +482,13 @@ def bench(
     typer.echo(f"wrote {out}/results.json and {report}" + (f" and {robustness}" if attacks_ else ""))
 
 
+def _shown(default) -> str:
+    """A parameter's default for a listing: its repr, or the count of a list of sentences."""
+    if isinstance(default, (tuple, list)) and len(repr(default)) > 40:
+        return f"<{len(default)} items>"
+    return repr(default)
+
+
 @app.command()
 @friendly
 def methods() -> None:
@@ -492,7 +499,7 @@ def methods() -> None:
         uses = f"; uses: {', '.join(sorted(spec.accepts))}" if spec.accepts else ""
         typer.echo(f"{spec.name:<10} {spec.kind:<12} {spec.summary}  [families: {', '.join(spec.families)}{uses}]")
         for name, tp, default, help_ in spec.parameters():
-            typer.echo(f"    {name:<16} {tp:<28} default {default!r:<10} {help_}")
+            typer.echo(f"    {name:<16} {tp:<28} default {_shown(default):<10} {help_}")
 
 
 @app.command()
@@ -591,7 +598,7 @@ def attacks() -> None:
         )
         for name, tp, default, help_ in spec.parameters():
             if name != "budget":
-                typer.echo(f"    {name:<16} {tp:<10} default {default!r:<10} {help_}")
+                typer.echo(f"    {name:<16} {tp:<10} default {_shown(default):<10} {help_}")
 
 
 @testbed_app.command("path")

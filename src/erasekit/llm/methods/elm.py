@@ -133,9 +133,15 @@ class ELMConfig(UnlearnConfig):
     params: str = field(
         default="elm", metadata={"help": "elm (attention + MLP projections of the layers), all, mlp, attn, re:<regex>"}
     )
-    expert_templates: tuple[str, ...] = field(default=EXPERT_TEMPLATES, metadata={"help": "expert prefixes with {concept}"})
-    novice_templates: tuple[str, ...] = field(default=NOVICE_TEMPLATES, metadata={"help": "novice prefixes with {concept}"})
-    digressions: tuple[str, ...] = field(default=DIGRESSIONS, metadata={"help": "changes of subject before the consistency text"})
+    expert_templates: tuple[str, ...] = field(
+        default=EXPERT_TEMPLATES, metadata={"help": "expert prefixes with {concept} (Python API or testbed.json)"}
+    )
+    novice_templates: tuple[str, ...] = field(
+        default=NOVICE_TEMPLATES, metadata={"help": "novice prefixes with {concept} (Python API or testbed.json)"}
+    )
+    digressions: tuple[str, ...] = field(
+        default=DIGRESSIONS, metadata={"help": "changes of subject before the consistency text (Python API or testbed.json)"}
+    )
 
     def validate(self) -> None:
         if not (self.params == "elm" or self.params in PARAMETER_SETS or self.params.startswith("re:")):
@@ -321,7 +327,7 @@ def greedy_retain_loss(model, reference, batch: dict[str, torch.Tensor]) -> torc
 
 @register_method("elm", ELMConfig, families=("causal-lm",), kind="fine-tuning")
 def elm(lm, request, config: ELMConfig, adapter=None, progress: bool = True) -> MethodResult:
-    """Train towards the model's own "less of an expert" distribution on the forget text (module docstring)."""
+    """Train towards the model's own "written by a novice" distribution of the forget text, keep retain text, stay fluent."""
     if config.params == "elm":
         blocks = elm_blocks(lm.model, config.layers)
         numbers = "|".join(str(i) for i in blocks)
