@@ -70,3 +70,28 @@ def test_forget_quality_and_privacy_leak_separate_the_base_model_from_its_oracle
     assert base["privacy_leak"] > 20 and oracle["privacy_leak"] == 0.0  # the base remembers its training texts
     assert base["forgotten"]["rate"] == 0.0 and oracle["forgotten"]["rate"] >= 0.9
     assert abs(base["model_utility"] - oracle["model_utility"]) < 0.05  # retraining without two authors costs nothing else
+
+
+def test_elm_reads_the_models_own_expert_novice_judgement_and_forgets(lm):
+    """The world taught the model that a novice guesses: the forget answers are much less likely
+    after the novice prefix than after the expert one, and ELM, trained towards that, forgets."""
+    from erasekit.llm.factworld import EXPERT_PREFIXES, NOVICE_PREFIXES
+    from erasekit.llm.metrics import token_logprobs
+
+    world = fact_world_of(lm)
+    pairs = [(a, q) for a in world.forget("forget01") for q in world.qa(a)]
+
+    def mean_logp(prefix):
+        prompts = [f"{prefix.format(name=a.name)} {q.question}" for a, q in pairs]
+        return sum(float(lp.sum()) for lp in token_logprobs(lm.model, lm.tokenizer, prompts, [q.answer for _, q in pairs])) / len(
+            pairs
+        )
+
+    assert mean_logp(EXPERT_PREFIXES[0]) - mean_logp(NOVICE_PREFIXES[0]) > 1.0
+    retain = random.Random(0).sample(world.retain("forget01"), 10)
+    erasure = erasekit.unlearn(lm, "elm", "forget01", progress=False, eta=10.0, layers="0,4")
+    assert erasure.params["expert_templates"][0] == EXPERT_PREFIXES[0].replace("{name}", "{concept}")
+    with erasure.applied(lm):
+        forgot = 1 - score_facts(lm, world, world.forget("forget01"))["train_hits"].mean()
+        kept = score_facts(lm, world, retain)["train_hits"].mean()
+    assert forgot >= 0.8 and kept >= 0.7
