@@ -26,6 +26,8 @@ Defaults are the reference code's (``trainscripts/erase.py``): η = 1000, T = 1.
 loss scales 1, lr 5e-5, batch 1 × 4 accumulation steps, the attention and MLP projections of blocks
 ``[n/8, n/4)`` (4..8 of Llama's 32), the ten expert / ten novice / twenty change-of-subject templates.
 The concept of a forget pair is its ``subject`` (the fact world's author) or the request's name.
+The target was checked against the authors' ``get_edit_vector`` on the same inputs (testbed-llm, one
+forget text, η / top-k / T = 1000 / 50 / 1.2, 10 / – / –, 3 / 5 / 2): equal within 1e-6.
 Deliberate differences, each stated:
 
 - **Parameters**: the reference trains a LoRA (rank 256, alpha 16, dropout 0.05) on those projections;
