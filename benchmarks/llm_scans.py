@@ -5,8 +5,8 @@
    open-unlearning's TOFU form (every parameter, c = 2, alpha = 1) and adaptive RMU (c = 5 x the
    forget activations' mean norm, alpha = 1200); plus the residual-stream norms at
    RMU's block that explain why c = 20 cannot work on this model;
-3. ELM: its defaults, a weaker and a stronger η, every block instead of [n/8, n/4), and without its
-   retain or consistency term; plus the signal it reads (how much likelier the forget answers are
+3. ELM: its defaults, a weaker and a stronger η, every block instead of [n/8, n/4), without its
+   retain or consistency term, and as the reference's LoRA (rank 256, alpha 16); plus the signal it reads (how much likelier the forget answers are
    after the world's expert prefix than after its novice prefix, in nats per answer).
 
 Each row: the share of forget01's training questions no longer answered exactly, and the retain
@@ -36,7 +36,7 @@ RMU_SCAN = [("rmu", {"steering_coeff": c, "lr": lr}) for c in (100, 300, 600, 12
     ("rmu", {"adaptive_scale": 5, "alpha": 1200, "lr": 1e-3}),
 ]
 ELM_SCAN = [("elm", {}), ("elm", {"eta": 10}), ("elm", {"eta": 100}), ("elm", {"layers": "0,4"}),
-            ("elm", {"retain_scale": 0}), ("elm", {"consistency_scale": 0})]  # fmt: skip
+            ("elm", {"retain_scale": 0}), ("elm", {"consistency_scale": 0}), ("elm", {"lora_rank": 256})]  # fmt: skip
 
 
 def elm_signal(lm, world) -> dict:

@@ -193,3 +193,47 @@ def test_pairs_carry_their_subject_and_bad_settings_are_refused(models, tmp_path
         erasekit.unlearn(lm, "elm", request, progress=False, layers="2,9")
     with pytest.raises(ConfigError, match="retain pairs"):
         erasekit.unlearn(lm, "elm", ForgetRequest("x", [QAPair("Who?", "Me.")]), progress=False)
+
+
+@pytest.mark.parametrize("arch", LM_ARCHITECTURES)
+def test_lora_factors_reproduce_the_lora_model_in_the_weights_own_layout(models, arch):
+    """(alpha/r) B A on a Linear, its transpose on GPT-2's Conv1D: the exported factors added to the
+    weights give the LoRA model's outputs."""
+    import copy
+
+    from erasekit.core.erasure import lora_deltas
+    from erasekit.llm.unlearn import LoraSpec, add_lora, lora_factors, select_parameters
+
+    lm = models[arch]
+    spec = LoraSpec(rank=4, alpha=8.0)
+    with_lora = copy.deepcopy(lm.model).float().eval()
+    add_lora(with_lora, select_parameters(with_lora, r"re:\.(0)\.(attn|self_attn|mlp)\.[^.]+\.weight$"), spec)
+    torch.manual_seed(0)
+    for name, p in with_lora.named_parameters():
+        if ".lora_B." in name:
+            p.data.normal_(0, 0.5)  # peft starts B at zero; make the update visible
+    ids = encode_pairs(lm.tokenizer, erasekit.forget_request(lm, "forget10").forget[:3], "cpu")["input_ids"]
+    merged = copy.deepcopy(lm.model).float().eval()
+    with torch.no_grad():
+        want = with_lora(input_ids=ids).logits
+        for key, delta in lora_deltas(lora_factors(with_lora, spec)).items():
+            merged.get_parameter(key.removeprefix("model.")).add_(delta)
+        got = merged(input_ids=ids).logits
+        assert not torch.allclose(want, lm.model(input_ids=ids).logits.float(), atol=1e-3)
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_elm_with_a_lora_stores_factors_that_apply_and_remove(models, tmp_path):
+    from erasekit.core.erasure import Erasure
+
+    lm = models["gpt2"]
+    before = {k: p.detach().clone() for k, p in lm.model.named_parameters()}
+    erasure = erasekit.unlearn(lm, "elm", "forget10", progress=False, epochs=1, batch_size=8, grad_accum=1, lr=1e-2,
+                               lora_rank=4, consistency_min_tokens=4, consistency_max_tokens=6)  # fmt: skip
+    assert not erasure.weights and len(erasure.lora) == 8  # A and B of c_attn, c_proj, c_fc, c_proj of block 0
+    erasure.save(tmp_path / "e")
+    loaded = Erasure.load(tmp_path / "e")
+    with loaded.applied(lm):
+        changed = {k for k, p in lm.model.named_parameters() if not torch.equal(p, before[k])}
+    assert changed == {f"transformer.h.0.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert all(torch.equal(p, before[k]) for k, p in lm.model.named_parameters())

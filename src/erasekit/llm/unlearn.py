@@ -146,19 +146,73 @@ def with_retain(forget: torch.Tensor, name: str, config: RetainConfig, s: "Step"
 LossFn = Callable[[Step], tuple[torch.Tensor, dict[str, float]]]
 
 
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA on the chosen weight matrices instead of the matrices themselves: rank ``rank``, scale
+    ``alpha / rank``, ``dropout`` on its input (peft)."""
+
+    rank: int
+    alpha: float
+    dropout: float = 0.0
+
+
+def add_lora(model: torch.nn.Module, trainable: dict[str, torch.nn.Parameter], spec: LoraSpec) -> dict[str, torch.nn.Parameter]:
+    """Inject a peft LoRA into the modules of the chosen ``*.weight`` parameters (Linear, or GPT-2's
+    Conv1D) and return its parameters, the only ones that train."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from transformers.pytorch_utils import Conv1D
+
+    modules = sorted(n[: -len(".weight")] for n in trainable if n.endswith(".weight"))
+    kinds = {type(model.get_submodule(m)) for m in modules}
+    if not modules or not kinds <= {torch.nn.Linear, Conv1D}:
+        raise ConfigError("a LoRA needs weight matrices (Linear or Conv1D layers) among the chosen parameters")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=modules, lora_dropout=spec.dropout,
+                        fan_in_fan_out=Conv1D in kinds)  # fmt: skip
+    inject_adapter_in_model(config, model)
+    params = {n: p for n, p in model.named_parameters() if ".lora_" in n}
+    for p in params.values():
+        p.requires_grad_(True)
+    return params
+
+
+def lora_factors(model: torch.nn.Module, spec: LoraSpec) -> dict[str, torch.Tensor]:
+    """The trained LoRA as erasekit's factors (``model.<module>.lora_A.weight`` / ``lora_B.weight``,
+    ``lora_B @ lora_A`` = the change of ``<module>.weight`` in its own layout, scale folded into B):
+    ``(alpha/r) B A`` for a Linear, its transpose for a Conv1D (whose weight is stored [in, out])."""
+    from transformers.pytorch_utils import Conv1D
+
+    out: dict[str, torch.Tensor] = {}
+    scale = spec.alpha / spec.rank
+    for name, module in model.named_modules():
+        if not hasattr(module, "lora_A") or "default" not in getattr(module, "lora_A", {}):
+            continue
+        a = module.lora_A["default"].weight.detach().float()
+        b = module.lora_B["default"].weight.detach().float()
+        base = name.replace(".base_layer", "")
+        if isinstance(module.base_layer, Conv1D):
+            out[f"model.{base}.lora_B.weight"], out[f"model.{base}.lora_A.weight"] = a.T.contiguous(), (scale * b.T).contiguous()
+        else:
+            out[f"model.{base}.lora_B.weight"], out[f"model.{base}.lora_A.weight"] = (scale * b).contiguous(), a.contiguous()
+    return out
+
+
 def fit(lm, request: ForgetRequest, config: UnlearnConfig, loss_fn: LossFn, progress: bool = True,
-        forget_pairs: Sequence[QAPair] | None = None, needs_retain: bool = False) -> tuple[dict[str, torch.Tensor], dict]:  # fmt: skip
+        forget_pairs: Sequence[QAPair] | None = None, needs_retain: bool = False,
+        lora: LoraSpec | None = None) -> tuple[dict[str, torch.Tensor], dict]:  # fmt: skip
     """Train a float32 copy of ``lm.model`` with ``loss_fn`` (module docstring); return the new
-    values of the trained parameters (``model.<name>``) and a log of the run. The run is
-    reproducible: batch order and dropout draw from ``config.seed`` (the caller's random state is
-    left as it was)."""
+    values of the trained parameters (``model.<name>``) and a log of the run. With ``lora`` a LoRA
+    on the chosen weight matrices trains instead, and the result is its factors
+    (:func:`lora_factors`). The run is reproducible: batch order and dropout draw from
+    ``config.seed`` (the caller's random state is left as it was)."""
     devices = [lm.device.index or 0] if lm.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        return _fit(lm, request, config, loss_fn, progress, forget_pairs, needs_retain)
+        return _fit(lm, request, config, loss_fn, progress, forget_pairs, needs_retain, lora)
 
 
-def _fit(lm, request, config, loss_fn, progress, forget_pairs, needs_retain):
+def _fit(lm, request, config, loss_fn, progress, forget_pairs, needs_retain, lora=None):
     if needs_retain and not request.retain:
         raise ConfigError("this method has a retain term: the forget request needs retain pairs (--retain or a testbed split)")
     forget_pairs = list(forget_pairs if forget_pairs is not None else request.forget)
@@ -167,6 +221,8 @@ def _fit(lm, request, config, loss_fn, progress, forget_pairs, needs_retain):
     for p in model.parameters():
         p.requires_grad_(False)
     trainable = select_parameters(model, config.params)
+    if lora is not None:
+        trainable = add_lora(model, trainable, lora)
     for p in trainable.values():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=config.weight_decay)
@@ -209,6 +265,8 @@ def _fit(lm, request, config, loss_fn, progress, forget_pairs, needs_retain):
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
     bar.close()
+    if lora is not None:
+        return lora_factors(model, lora), log
     return {f"model.{n}": p.detach() for n, p in trainable.items()}, log
 
 

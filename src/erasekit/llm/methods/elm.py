@@ -31,8 +31,10 @@ forget text, η / top-k / T = 1000 / 50 / 1.2, 10 / – / –, 3 / 5 / 2): equal
 Deliberate differences, each stated:
 
 - **Parameters**: the reference trains a LoRA (rank 256, alpha 16, dropout 0.05) on those projections;
-  here the projections themselves train (a rank-256 LoRA is full rank on the 256-wide testbed; the
-  erasure stores the dense new weights of the chosen blocks only).
+  here, by default, the projections themselves train (a rank-256 LoRA is full rank on the 256-wide
+  testbed; the erasure stores the dense new weights of the chosen blocks). ``lora_rank=256`` (with the
+  defaults ``lora_alpha=16``, ``lora_dropout=0.05``) trains the reference's LoRA instead and stores its
+  factors, the storage that suits billion-parameter models.
 - **Loop**: erasekit's shared unlearning loop (``llm/unlearn.py``): ``epochs`` passes over the forget
   pairs (the reference draws ``num_samples`` = 3,000 texts from a corpus), linear warm-up over the
   first epoch and gradients clipped to norm 1 (the reference has neither), accumulated gradients
@@ -62,7 +64,7 @@ from ...core.errors import ConfigError
 from ...core.registry import MethodResult, register_method
 from ...core.request import QAPair
 from ..batches import pad_rows
-from ..unlearn import PARAMETER_SETS, Step, UnlearnConfig, fit
+from ..unlearn import PARAMETER_SETS, LoraSpec, Step, UnlearnConfig, fit
 
 #: The reference code's expert prompts (``positive_prompt_templates``), ``{concept}`` = the concept.
 EXPERT_TEMPLATES = (
@@ -135,6 +137,13 @@ class ELMConfig(UnlearnConfig):
     params: str = field(
         default="elm", metadata={"help": "elm (attention + MLP projections of the layers), all, mlp, attn, re:<regex>"}
     )
+    lora_rank: int = field(
+        default=0, metadata={"help": "train a LoRA of this rank on those matrices (reference: 256; 0: the matrices)"}
+    )
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scale numerator, update (lora_alpha / lora_rank) B A (reference: 16)", "gt": 0}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA's input (reference: 0.05)", "max": 1})
     expert_templates: tuple[str, ...] = field(
         default=EXPERT_TEMPLATES, metadata={"help": "expert prefixes with {concept} (Python API or testbed.json)"}
     )
@@ -370,6 +379,9 @@ def elm(lm, request, config: ELMConfig, adapter=None, progress: bool = True) -> 
             total, parts["consistency"] = total + config.consistency_scale * cons, cons.item()
         return total, parts
 
-    weights, log = fit(lm, request, config, loss, progress, needs_retain=config.retain_scale > 0)
+    lora = LoraSpec(config.lora_rank, config.lora_alpha, config.lora_dropout) if config.lora_rank else None
+    trained, log = fit(lm, request, config, loss, progress, needs_retain=config.retain_scale > 0, lora=lora)
+    weights, factors = ({}, trained) if lora else (trained, {})
     return MethodResult(weights, {"log": log, "params": config.params,
-                                  "consistency_examples": [tok.decode(c) for c in list(continuation.values())[:3]]})  # fmt: skip
+                                  "consistency_examples": [tok.decode(c) for c in list(continuation.values())[:3]]},
+                        lora=factors)  # fmt: skip
