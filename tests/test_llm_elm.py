@@ -202,12 +202,12 @@ def test_lora_factors_reproduce_the_lora_model_in_the_weights_own_layout(models,
     import copy
 
     from erasekit.core.erasure import lora_deltas
-    from erasekit.llm.unlearn import LoraSpec, add_lora, lora_factors, select_parameters
+    from erasekit.llm.unlearn import LoraSpec, inject_lora, lora_factors, select_parameters
 
     lm = models[arch]
     spec = LoraSpec(rank=4, alpha=8.0)
     with_lora = copy.deepcopy(lm.model).float().eval()
-    add_lora(with_lora, select_parameters(with_lora, r"re:\.(0)\.(attn|self_attn|mlp)\.[^.]+\.weight$"), spec)
+    inject_lora(with_lora, select_parameters(with_lora, r"re:\.(0)\.(attn|self_attn|mlp)\.[^.]+\.weight$"), spec)
     torch.manual_seed(0)
     for name, p in with_lora.named_parameters():
         if ".lora_B." in name:

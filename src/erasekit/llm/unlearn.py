@@ -156,9 +156,12 @@ class LoraSpec:
     dropout: float = 0.0
 
 
-def add_lora(model: torch.nn.Module, trainable: dict[str, torch.nn.Parameter], spec: LoraSpec) -> dict[str, torch.nn.Parameter]:
+def inject_lora(
+    model: torch.nn.Module, trainable: dict[str, torch.nn.Parameter], spec: LoraSpec
+) -> dict[str, torch.nn.Parameter]:
     """Inject a peft LoRA into the modules of the chosen ``*.weight`` parameters (Linear, or GPT-2's
-    Conv1D) and return its parameters, the only ones that train."""
+    Conv1D) and return its parameters, the only ones that train. (The pipelines' LoRA,
+    :func:`erasekit.training.lora.add_lora`, is Linear-only at scale 1 with diffusers keys.)"""
     from peft import LoraConfig, inject_adapter_in_model
     from transformers.pytorch_utils import Conv1D
 
@@ -222,7 +225,7 @@ def _fit(lm, request, config, loss_fn, progress, forget_pairs, needs_retain, lor
         p.requires_grad_(False)
     trainable = select_parameters(model, config.params)
     if lora is not None:
-        trainable = add_lora(model, trainable, lora)
+        trainable = inject_lora(model, trainable, lora)
     for p in trainable.values():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=config.weight_decay)
