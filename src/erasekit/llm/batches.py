@@ -27,16 +27,27 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> 
     return ids, mask
 
 
-def encode_pairs(tokenizer, pairs: Sequence[QAPair], device: torch.device | str) -> dict[str, torch.Tensor]:
-    """``<bos> question answer`` ids (right-padded), the attention mask, and ``labels`` that are the
-    answer's ids and -100 everywhere else (question, padding)."""
-    q_ids = tokenizer([p.question for p in pairs], add_special_tokens=False).input_ids
-    a_ids = tokenizer([p.answer for p in pairs], add_special_tokens=False).input_ids
-    ids, mask = pad_rows([[tokenizer.bos_token_id, *q, *a] for q, a in zip(q_ids, a_ids)], tokenizer.pad_token_id)
+def pair_ids(tokenizer, pairs: Sequence[QAPair]) -> tuple[list[list[int]], list[list[int]]]:
+    """The question's and the answer's token ids of every pair, tokenised apart (no special tokens)."""
+    questions = tokenizer([p.question for p in pairs], add_special_tokens=False).input_ids
+    answers = tokenizer([p.answer for p in pairs], add_special_tokens=False).input_ids
+    return questions, answers
+
+
+def encode_ids(tokenizer, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
+               device: torch.device | str) -> dict[str, torch.Tensor]:  # fmt: skip
+    """``<bos> prompt answer`` from token ids (right-padded), the attention mask, and ``labels`` that
+    are the answer's ids and -100 everywhere else (prompt, padding)."""
+    ids, mask = pad_rows([[tokenizer.bos_token_id, *q, *a] for q, a in zip(prompts, answers)], tokenizer.pad_token_id)
     labels = torch.full_like(ids, -100)
-    for i, (q, a) in enumerate(zip(q_ids, a_ids)):
+    for i, (q, a) in enumerate(zip(prompts, answers)):
         labels[i, 1 + len(q) : 1 + len(q) + len(a)] = torch.tensor(a, dtype=torch.long)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def encode_pairs(tokenizer, pairs: Sequence[QAPair], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """``<bos> question answer`` of each pair, scored on the answer (:func:`encode_ids`)."""
+    return encode_ids(tokenizer, *pair_ids(tokenizer, pairs), device)
 
 
 def encode_texts(tokenizer, texts: Sequence[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -63,8 +63,8 @@ import torch.nn.functional as F
 from ...core.errors import ConfigError
 from ...core.registry import MethodResult, register_method
 from ...core.request import QAPair
-from ..batches import pad_rows
-from ..unlearn import PARAMETER_SETS, LoraSpec, Step, UnlearnConfig, fit
+from ..batches import encode_ids, pad_rows, pair_ids
+from ..unlearn import PARAMETER_SETS, LoraSpec, Step, UnlearnConfig, fit, nll
 
 #: The reference code's expert prompts (``positive_prompt_templates``), ``{concept}`` = the concept.
 EXPERT_TEMPLATES = (
@@ -195,9 +195,8 @@ def elm_blocks(model, layers: str) -> range:
 def text_ids(tokenizer, pairs: Sequence[QAPair]) -> list[list[int]]:
     """The tokens of each pair's text ``question answer`` (question and answer tokenised apart, as
     :func:`~erasekit.llm.batches.encode_pairs` does)."""
-    q = tokenizer([p.question for p in pairs], add_special_tokens=False).input_ids
-    a = tokenizer([p.answer for p in pairs], add_special_tokens=False).input_ids
-    return [[*x, *y] for x, y in zip(q, a)]
+    questions, answers = pair_ids(tokenizer, pairs)
+    return [[*q, *a] for q, a in zip(questions, answers)]
 
 
 def aligned_logits(
@@ -316,14 +315,7 @@ def _last_logprobs(model, tokenizer, rows: list[list[int]], device, chunk: int =
 
 def continuation_nll(model, tokenizer, texts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
     """Mean NLL of each ``continuation`` given ``<bos> text`` (the consistency term)."""
-    rows = [[tokenizer.bos_token_id, *t, *c] for t, c in zip(texts, continuations)]
-    device = next(model.parameters()).device
-    ids, mask = pad_rows(rows, tokenizer.pad_token_id)
-    labels = torch.full_like(ids, -100)
-    for i, (t, c) in enumerate(zip(texts, continuations)):
-        labels[i, 1 + len(t) : 1 + len(t) + len(c)] = torch.tensor(c, dtype=torch.long)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(device), ignore_index=-100)
+    return nll(model, encode_ids(tokenizer, texts, continuations, next(model.parameters()).device))
 
 
 def greedy_retain_loss(model, reference, batch: dict[str, torch.Tensor]) -> torch.Tensor:
