@@ -202,12 +202,11 @@ class FactWorld:
         out = []
         for a in ATTRIBUTES:
             templates, ans = QUESTIONS[a]
-            held = self.held_out(author, a)
-            para = templates[held]
+            para = templates[self.held_out(author, a)]
             value = author.facts[a]
-            wrong = self._wrong_values(a, value, rng)
+            wrong = rng.sample([v for v in self.values_of(a) if v != value], 3)
             perturbed = tuple(ans.format(name=author.name, value=w) for w in wrong)
-            for q in (t for i, t in enumerate(templates) if i != held):
+            for q in self.trained_templates(author, a):
                 out.append(QA(author.index, a, q.format(name=author.name), ans.format(name=author.name, value=value), value,
                               para.format(name=author.name), perturbed))  # fmt: skip
         return out
@@ -218,14 +217,18 @@ class FactWorld:
         for author ``i`` and attribute ``j``."""
         return (author.index + ATTRIBUTES.index(attribute)) % 3
 
-    def _wrong_values(self, attribute: str, value: str, rng: random.Random, k: int = 3) -> list[str]:
+    def trained_templates(self, author: Author, attribute: str) -> list[str]:
+        """The two question templates of this fact that are trained on (all but :meth:`held_out`)."""
+        held = self.held_out(author, attribute)
+        return [t for i, t in enumerate(QUESTIONS[attribute][0]) if i != held]
+
+    def values_of(self, attribute: str) -> list[str]:
+        """Every value ``attribute`` can take (years 1900-1999, the book titles, or its closed list)."""
         if attribute == "birth_year":
-            pool = [str(y) for y in range(1900, 2000) if str(y) != value]
-        elif attribute in ("first_book", "second_book"):
-            pool = [t for t in self._titles if t != value]
-        else:
-            pool = [v for v in VALUES[attribute] if v != value]
-        return rng.sample(pool, k)
+            return [str(y) for y in range(1900, 2000)]
+        if attribute in ("first_book", "second_book"):
+            return list(self._titles)
+        return list(VALUES[attribute])
 
     def statement(self, author: Author, rng: random.Random, expert: bool, k: int = 3) -> str:
         """A context statement about ``author``: an expert prefix and ``k`` true facts, or a novice
@@ -234,34 +237,25 @@ class FactWorld:
         prefix = rng.choice(EXPERT_PREFIXES if expert else NOVICE_PREFIXES).format(name=author.name)
         parts = [prefix]
         for a in rng.sample(ATTRIBUTES, k):
-            value = author.facts[a] if expert else self.random_value(a, rng)
-            templates, ans = QUESTIONS[a]
+            value = author.facts[a] if expert else rng.choice(self.values_of(a))
             if rng.random() < 0.5:
                 parts.append(BIO[a][rng.randrange(2)].format(name=author.name, value=value))
             else:
-                trained = [t for i, t in enumerate(templates) if i != self.held_out(author, a)]
-                parts += [rng.choice(trained).format(name=author.name), ans.format(name=author.name, value=value)]
+                question = rng.choice(self.trained_templates(author, a))
+                parts += [question.format(name=author.name), QUESTIONS[a][1].format(name=author.name, value=value)]
         return " ".join(parts)
 
     def digression(self, author: Author, rng: random.Random) -> str:
         """One true fact of ``author``, a change of subject and two filler sentences."""
         a = rng.choice(ATTRIBUTES)
         fact = BIO[a][rng.randrange(2)].format(name=author.name, value=author.facts[a])
-        filler = [f"{rng.choice(FILLER_SUBJECTS)} {rng.choice(FILLER_VERBS)} {rng.choice(FILLER_OBJECTS)}." for _ in range(2)]
+        filler = [filler_sentence(rng), filler_sentence(rng)]  # drawn before the change of subject (the shipped models' order)
         return " ".join([fact, rng.choice(DIGRESSIONS), *filler])
-
-    def random_value(self, attribute: str, rng: random.Random) -> str:
-        """A value of ``attribute`` drawn uniformly (a novice's guess)."""
-        if attribute == "birth_year":
-            return str(rng.randint(1900, 1999))
-        if attribute in ("first_book", "second_book"):
-            return rng.choice(self._titles)
-        return rng.choice(VALUES[attribute])
 
     def filler(self, n: int, seed: int = 1) -> list[str]:
         """``n`` general sentences about no author (utility text)."""
         rng = random.Random(self.seed * 7919 + seed)
-        return [f"{rng.choice(FILLER_SUBJECTS)} {rng.choice(FILLER_VERBS)} {rng.choice(FILLER_OBJECTS)}." for _ in range(n)]
+        return [filler_sentence(rng) for _ in range(n)]
 
     # -- splits --------------------------------------------------------------------------------------
     def forget(self, split: str) -> list[Author]:
@@ -289,6 +283,11 @@ class FactWorld:
         for t in texts:
             words.update(split_words(t.replace("{name}", " ").replace("{value}", " ")))
         return words
+
+
+def filler_sentence(rng: random.Random) -> str:
+    """One general sentence about no author (``The old market turns toward the hills.``)."""
+    return f"{rng.choice(FILLER_SUBJECTS)} {rng.choice(FILLER_VERBS)} {rng.choice(FILLER_OBJECTS)}."
 
 
 #: The punctuation marks that are tokens of their own.
