@@ -189,7 +189,7 @@ def lora_factors(model: torch.nn.Module, spec: LoraSpec) -> dict[str, torch.Tens
     out: dict[str, torch.Tensor] = {}
     scale = spec.alpha / spec.rank
     for name, module in model.named_modules():
-        if not hasattr(module, "lora_A") or "default" not in getattr(module, "lora_A", {}):
+        if "default" not in getattr(module, "lora_A", {}):
             continue
         a = module.lora_A["default"].weight.detach().float()
         b = module.lora_B["default"].weight.detach().float()

@@ -53,6 +53,7 @@ Deliberate differences, each stated:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -334,9 +335,7 @@ def elm(lm, request, config: ELMConfig, adapter=None, progress: bool = True) -> 
     if config.params == "elm":
         blocks = elm_blocks(lm.model, config.layers)
         numbers = "|".join(str(i) for i in blocks)
-        config = type(config)(
-            **{**config.__dict__, "params": rf"re:\.(h|layers)\.({numbers})\.(attn|self_attn|mlp)\.[^.]+\.weight$"}
-        )
+        config = dataclasses.replace(config, params=rf"re:\.(h|layers)\.({numbers})\.(attn|self_attn|mlp)\.[^.]+\.weight$")
     tok = lm.tokenizer
     rng = random.Random(config.seed)
     concept = {p: p.subject or request.name for p in request.forget}

@@ -24,6 +24,7 @@ token of the whole forget set, measured once before training.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -95,7 +96,7 @@ def rmu(lm, request, config: RMUConfig, adapter=None, progress: bool = True) -> 
     layer = rmu_layer(lm.model, config.layer)
     if config.params == "rmu":
         blocks = "|".join(str(i) for i in range(max(0, layer - 2), layer + 1))
-        config = type(config)(**{**config.__dict__, "params": rf"re:\.(h|layers)\.({blocks})\.mlp\.(c_proj|down_proj)\.weight$"})
+        config = dataclasses.replace(config, params=rf"re:\.(h|layers)\.({blocks})\.mlp\.(c_proj|down_proj)\.weight$")
     hidden = lm.model.config.hidden_size
     gen = torch.Generator().manual_seed(config.seed)
     u = torch.rand(hidden, generator=gen)
