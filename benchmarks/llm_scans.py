@@ -68,8 +68,11 @@ def main() -> None:
         with erasure.applied(lm):
             forgotten = 1 - float(score_facts(lm, world, world.forget("forget01"))["train_hits"].mean())
             kept = float(score_facts(lm, world, retain)["train_hits"].mean())
-        rows.append({"method": method, "params": params, "forgotten": round(forgotten, 4), "retain_accuracy": round(kept, 4),
-                     "seconds": erasure.timings.get("seconds")})  # fmt: skip
+        row = {"method": method, "params": params, "forgotten": round(forgotten, 4), "retain_accuracy": round(kept, 4),
+               "seconds": erasure.timings.get("seconds")}  # fmt: skip
+        if "steering_coeff" in erasure.info:  # RMU's c as used (adaptive RMU measures it)
+            row["steering_coeff"] = round(erasure.info["steering_coeff"], 1)
+        rows.append(row)
         print(f"{method:9} {params}  forgotten {forgotten:.2f}  retain accuracy {kept:.2f}", flush=True)
     request = erasekit.forget_request(lm, "forget01")
     layer = rmu_layer(lm.model, -1)
