@@ -184,9 +184,11 @@ def test_cli_errors_are_one_line_and_write_nothing(lm_dir, tmp_path):
     cases = [
         (["erase", "--model", str(lm_dir), "--out", str(tmp_path / "x")], "nothing to unlearn"),
         (["erase", "--model", str(lm_dir), "--forget", "forget99", "--out", str(tmp_path / "x")], "forget99"),
-        (["erase", "--model", str(lm_dir), "--method", "uce", "--forget", "forget10", "--set", "lamb=1", "--out", str(tmp_path / "x")], "no parameter lamb"),
+        (["erase", "--model", str(lm_dir), "--forget", "forget10", "--set", "lamb=1", "--out", str(tmp_path / "x")], "no parameter lamb"),
+        # the image default is refused on a language model, never replaced by another method
+        (["erase", "--model", str(lm_dir), "--method", "uce", "--forget", "forget10", "--out", str(tmp_path / "x")], "method 'uce' erases from diffusion pipelines"),
         (["erase", "--model", str(lm_dir), "--method", "esd", "--forget", "forget10", "--out", str(tmp_path / "x")], "for language models use one of"),
-        (["erase", "--forget", "forget01", "--out", str(tmp_path / "x")], "--forget and --retain are for language models"),
+        (["erase", "--forget", "forget01", "--out", str(tmp_path / "x")], "--forget applies to language models only"),
         (["erase", "--model", str(lm_dir), "--forget", "forget10", "--out", "."], "current directory"),
         (["attack", "--model", str(lm_dir), "--attack", "soft-prompt", "--concept", "forget10"], "unknown language-model attack"),
         (["testbed", "train", "--llm", "--exclude", "forget50", "--workdir", str(tmp_path / "w")], "forget50"),

@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
+from .cli_options import CAUSAL_LM, DIFFUSION, flag, given_options, model_kind, refuse_inapplicable
 from .core.errors import ErasekitError, InvalidInputError
 
 
@@ -162,6 +163,7 @@ def main(
 @app.command()
 @friendly
 def generate(
+    ctx: typer.Context,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output image grid (.png).")],
     model: ModelOpt = "testbed",
@@ -178,6 +180,8 @@ def generate(
 ) -> None:
     """Generate N images of one prompt with fixed seeds and save them as a grid."""
     from .api import generate_grid
+
+    refuse_inapplicable(ctx, model_kind(model), repr(model))
 
     path = generate_grid(
         model,
@@ -198,6 +202,7 @@ def generate(
 @app.command()
 @friendly
 def demo(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the demo's outputs.")] = Path("erasekit-demo"),
     seeds: Annotated[int, typer.Option(min=1, max=64, help="Seeds per prompt for the quality-gate summary.")] = 2,
     llm: Annotated[
@@ -210,6 +215,7 @@ def demo(
     """The main job on the testbed: labelled grid, quality gate, UCE erasure of a shape and a character, before/after evaluation."""
     from .api import run_demo
 
+    refuse_inapplicable(ctx, CAUSAL_LM if llm else DIFFUSION, "the --llm demo's model" if llm else "the demo's model")
     if llm:
         from .api.demo import run_demo_llm
 
@@ -223,9 +229,13 @@ def demo(
 @app.command()
 @friendly
 def erase(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the erasure (delta + metadata).")],
     model: ModelOpt = "testbed",
-    method: Annotated[str, typer.Option(help="Method name (see 'erasekit methods').")] = "uce",
+    method: Annotated[
+        Optional[str],
+        typer.Option(help="Method name (see 'erasekit methods'; default: uce for image pipelines, npo for language models)."),
+    ] = None,
     concept: Annotated[Optional[list[str]], typer.Option("--concept", "-c", help="Concept to erase (repeatable).")] = None,
     anchor: Annotated[Optional[str], typer.Option(help="Neutral destination for every --concept ('' = empty prompt).")] = None,
     preserve: Annotated[Optional[list[str]], typer.Option("--preserve", help="Concept to keep unchanged (repeatable).")] = None,
@@ -285,16 +295,18 @@ def erase(
     with a named method and save the result (only the changed tensors, or a LoRA)."""
     from .api.erasing import erase_to
     from .core.request import ErasureRequest
-    from .llm.lm import is_lm_name
 
+    kind = model_kind(model, hub=forget is not None)
+    refuse_inapplicable(ctx, kind, repr(model))
     params = dict(_set_items(set_, "key=value"))
-    if is_lm_name(model, hub=forget is not None):
-        _unlearn_cli(out, model, method, forget, retain, concept, request, params, device, dtype)
-        return
-    if forget is not None or retain is not None:
-        raise InvalidInputError("--forget and --retain are for language models (--model testbed-llm or a causal LM directory)")
     if lora_rank is not None:
+        if "lora_rank" in params:
+            raise InvalidInputError("pass the LoRA rank once: --lora-rank N or --set lora_rank=N, not both")
         params["lora_rank"] = lora_rank
+    if kind == CAUSAL_LM:
+        _unlearn_cli(out, model, method or "npo", forget, retain, params, device, dtype)
+        return
+    method = method or "uce"
     req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None, trigger)
     result = erase_to(out, model, method, req, checkpoints=checkpoints, resume=resume, stop_at_ua=stop_at_ua, min_ira=min_ira,
                       device=device, dtype=dtype, **params)  # fmt: skip
@@ -312,17 +324,12 @@ def erase(
     )
 
 
-def _unlearn_cli(out, model, method, forget, retain, concept, request, params, device, dtype) -> None:
+def _unlearn_cli(out, model, method, forget, retain, params, device, dtype) -> None:
     """``erasekit erase`` on a language model."""
     from .api.unlearning import unlearn_to
 
-    if concept or request:
-        raise InvalidInputError(
-            "language models unlearn question-answer pairs: pass --forget SPLIT|FILE, not --concept/--request"
-        )
     if forget is None:
         raise InvalidInputError("nothing to unlearn: pass --forget forget01 (a testbed-llm split) or --forget FILE.json")
-    method = "npo" if method == "uce" else method  # uce is the image default; NPO is the language-model one
     result = unlearn_to(out, model, method, forget, str(retain) if retain else None, device=device, dtype=dtype, **params)
     typer.echo(
         f"unlearned {result.request.name} ({len(result.request.forget)} pairs) with {method}: {len(result.weights)} tensors "
@@ -333,6 +340,7 @@ def _unlearn_cli(out, model, method, forget, retain, concept, request, params, d
 @app.command()
 @friendly
 def export(
+    ctx: typer.Context,
     erasure: Annotated[Path, typer.Argument(help="An erasure directory written by 'erasekit erase'.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the complete diffusers pipeline.")],
     model: ModelOpt = "testbed",
@@ -344,9 +352,10 @@ def export(
 ) -> None:
     """Apply an erasure to its base model and write a complete pipeline (or transformers model) directory, loadable with from_pretrained."""
     from .api import export_pipeline
-    from .llm.lm import is_lm_name
 
-    if is_lm_name(model):
+    kind = model_kind(model)
+    refuse_inapplicable(ctx, kind, repr(model))
+    if kind == CAUSAL_LM:
         from .api.unlearning import export_lm
 
         path = export_lm(erasure, model, out, force=force, device=device, dtype=dtype)
@@ -358,6 +367,7 @@ def export(
 @app.command()
 @friendly
 def evaluate(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the evaluation report (JSON).")],
     model: ModelOpt = "testbed",
     erasure: Annotated[
@@ -380,9 +390,10 @@ def evaluate(
     """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after
     (on testbed-llm: forget, retain, forget quality, utility and privacy leak against the oracle)."""
     from .api import evaluate as evaluate_api
-    from .llm.lm import is_lm_name
 
-    if is_lm_name(model):
+    kind = model_kind(model)
+    refuse_inapplicable(ctx, kind, repr(model))
+    if kind == CAUSAL_LM:
         _evaluate_lm_cli(out, model, erasure, split, oracle, device, dtype)
         return
 
@@ -425,6 +436,7 @@ def _evaluate_lm_cli(out, model, erasure, split, oracle, device, dtype) -> None:
 @app.command()
 @friendly
 def bench(
+    ctx: typer.Context,
     methods_: Annotated[str, typer.Option("--methods", help="Comma-separated method names.")] = "uce,time,rece,speed",
     concepts: Annotated[str, typer.Option("--concepts", help="Comma-separated testbed concepts.")] = "star,striped,red,zorbo",
     out: Annotated[Path, typer.Option("--out", help="Directory for the per-run JSON.")] = Path("benchmarks/results/testbed"),
@@ -449,21 +461,21 @@ def bench(
     language-model method (--methods, default all), evaluate against the base model and the oracle, and write
     the "language models" sections of the tables."""
     from .api import bench as bench_api
-    from .llm.lm import is_lm_name
 
+    kind = model_kind(model)
+    refuse_inapplicable(ctx, kind, repr(model))
+    given = {p.name for p in given_options(ctx)}
     params: dict[str, dict[str, str]] = {}
     for key, value in _set_items(set_, "method.key=value (e.g. esd.iterations=100)", scoped=True):
         method, _, name = key.partition(".")
         params.setdefault(method, {})[name] = value
-    if is_lm_name(model):
+    if kind == CAUSAL_LM:
         from .api.bench_llm import bench_llm
 
-        image_defaults = methods_ == "uce,time,rece,speed", concepts == "star,striped,red,zorbo"
         llm_runs = bench_llm(
-            model, None if image_defaults[0] else [m.strip() for m in methods_.split(",") if m.strip()],
-            None if image_defaults[1] else [c.strip() for c in concepts.split(",") if c.strip()], attacks_ or None, params,
-            out_dir=Path("benchmarks/results/llm") if out == Path("benchmarks/results/testbed") else out, report=report,
-            robustness=robustness,
+            model, [m.strip() for m in methods_.split(",") if m.strip()] if "methods_" in given else None,
+            [c.strip() for c in concepts.split(",") if c.strip()] if "concepts" in given else None, attacks_ or None, params,
+            out_dir=out if "out" in given else Path("benchmarks/results/llm"), report=report, robustness=robustness,
         )  # fmt: skip
         for r in llm_runs:
             e = r["eval"]
@@ -505,6 +517,7 @@ def methods() -> None:
 @app.command()
 @friendly
 def attack(
+    ctx: typer.Context,
     concept: Annotated[
         Optional[str], typer.Option("--concept", "-c", help="Concept to bring back (default: the erasure's first).")
     ] = None,
@@ -543,15 +556,11 @@ def attack(
     """Attack an erased (or any) model and report how often the concept comes back (ASR with its interval)."""
     from .api.attacking import attack as attack_api
     from .api.attacking import replay as replay_api
-    from .core.outputs import check_file_output
-    from .llm.lm import is_lm_name
 
+    kind = model_kind(model)
+    refuse_inapplicable(ctx, kind, repr(model))
     params = dict(_set_items(set_, "key=value (e.g. lr=0.01)"))
-    if is_lm_name(model):
-        if any(v is not None for v in (grid, replay, seeds, prompt, reference)):
-            raise InvalidInputError(
-                "language-model attacks take --attack, --erasure, --concept (a forget split), --budget, --set, --out"
-            )
+    if kind == CAUSAL_LM:
         from .api.unlearning import attack_lm
 
         found = attack_lm(model, erasure, attack_, concept, budget=budget, params=params, out=out, device=device, dtype=dtype)
@@ -560,24 +569,23 @@ def attack(
         if out is not None:
             typer.echo(f"wrote {out}")
         return
-    if grid is not None:
-        check_file_output(grid, "image", (".png", ".jpg", ".jpeg", ".webp"), what="attack grid")
     if replay is not None:
-        results = [replay_api(replay, model, erasure, out=out, device=device, dtype=dtype)]
+        searched = {"attack_", "concept", "budget", "seeds", "prompt", "reference", "set_", "steps", "guidance"}
+        clash = [p for p in given_options(ctx) if p.name in searched]
+        if clash:
+            raise InvalidInputError(
+                f"--replay re-runs the report's own attack, concept, trials and settings, so {flag(clash[0])} does not "
+                "apply; pass only --model, --erasure, --out, --grid, --device and --dtype with it"
+            )
+        results = [replay_api(replay, model, erasure, out=out, device=device, dtype=dtype, grid=grid)]
     else:
         found = attack_api(model, erasure, attack_, concept, budget=budget, seeds=seeds, params=params, prompts=prompt,
-                           reference=reference, out=out, steps=steps, guidance=guidance, device=device, dtype=dtype)  # fmt: skip
+                           reference=reference, out=out, steps=steps, guidance=guidance, device=device, dtype=dtype,
+                           grid=grid)  # fmt: skip
         results = found if isinstance(found, list) else [found]
     for r in results:
         typer.echo(r.summary())
     if grid is not None:
-        import numpy as np
-
-        from .generation import make_grid, save_image
-
-        images = np.concatenate([r.images for r in results])
-        captions = [f"{r.attack[:10]}\n{'shown' if rec.success else '-'}" for r in results for rec in r.records]
-        save_image(make_grid(images, captions, cols=min(12, len(images))), grid)
         typer.echo(f"wrote {grid}")
     if out is not None:
         typer.echo(f"wrote {out}")
@@ -613,6 +621,7 @@ def testbed_path() -> None:
 @testbed_app.command("check")
 @friendly
 def testbed_check(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the gate report (JSON).")],
     model: ModelOpt = "testbed",
     seeds: Annotated[int, typer.Option(min=1, max=256, help="Seeds per prompt (the gate needs at least 8).")] = 8,
@@ -627,10 +636,13 @@ def testbed_check(
     from .api import check_testbed
     from .testbed.gate import summary_lines
 
-    if llm:
+    kind = CAUSAL_LM if llm else model_kind(model)
+    refuse_inapplicable(ctx, kind, repr(model) if kind == DIFFUSION or model != "testbed" else "testbed-llm")
+    if kind == CAUSAL_LM:
         from .api.unlearning import check_lm_testbed
 
-        report = check_lm_testbed(out, model="testbed-llm" if model == "testbed" else model, device=device, dtype=dtype)
+        given = {p.name for p in given_options(ctx)}
+        report = check_lm_testbed(out, model=model if "model" in given else "testbed-llm", device=device, dtype=dtype)
         for key in ("accuracy_train", "accuracy_paraphrase", "filler_perplexity", "accuracy_excluded"):
             if key in report:
                 typer.echo(f"{key:<22}{report[key]:.3f}")
@@ -652,6 +664,7 @@ def testbed_check(
 @testbed_app.command("train")
 @friendly
 def testbed_train(
+    ctx: typer.Context,
     workdir: Annotated[Path, typer.Option(help="Working directory for data, checkpoints and logs.")] = Path("runs/testbed"),
     out: Annotated[Optional[Path], typer.Option(help="Where to export the pipeline (default: WORKDIR/pipeline).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoints in WORKDIR.")] = False,
@@ -681,8 +694,10 @@ def testbed_train(
     from .models import resolve_model
     from .testbed.train import TrainConfig, Trainer, check_exclusions
 
+    refuse_inapplicable(ctx, CAUSAL_LM if llm else DIFFUSION, "the --llm testbed" if llm else "the image testbed")
     if llm:
-        _train_lm_cli(workdir, out, resume, smoke, exclude, epochs)
+        given = {p.name for p in given_options(ctx)}
+        _train_lm_cli(workdir if "workdir" in given else Path("runs/testbed-llm"), out, resume, smoke, exclude, epochs)
         return
     check_dir_output(workdir, "testbed-train", what="testbed training directory")  # both checked before anything is written
     check_dir_output(out or workdir / "pipeline", "pipeline", what="testbed pipeline directory")
@@ -705,7 +720,6 @@ def _train_lm_cli(workdir, out, resume, smoke, exclude, epochs) -> None:
 
     if exclude and len(exclude) > 1:
         raise InvalidInputError("--llm --exclude takes one forget split (forget01, forget05 or forget10)")
-    workdir = Path("runs/testbed-llm") if workdir == Path("runs/testbed") else workdir
     check_dir_output(workdir, "testbed-train", what="training directory")
     check_dir_output(out or workdir / "model", "pipeline", what="fact-world model directory")
     cfg = LLMTrainConfig.smoke() if smoke else LLMTrainConfig()

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from .core.errors import InvalidInputError
+from .core.errors import InvalidInputError, NonFiniteError
 from .core.outputs import write_image
 
 
@@ -128,7 +128,14 @@ def generate(
             output_type="np",
             **kwargs,
         )
-        out.append((np.clip(result.images, 0, 1) * 255).round().astype(np.uint8))
+        images = np.asarray(result.images)
+        if not np.isfinite(images).all():
+            half = getattr(pipe, "dtype", torch.float32) != torch.float32
+            raise NonFiniteError(
+                f"the model produced NaN or infinite pixels for {batch_prompts[0]!r} (guidance {sampling.guidance_scale}, "
+                f"{sampling.steps} steps); lower the guidance" + (" or load the model in float32" if half else "")
+            )
+        out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
     if not out:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     return np.concatenate(out)

@@ -120,6 +120,7 @@ def attack(
     device: str | None = None,
     dtype: str | None = None,
     progress: bool = True,
+    grid: str | os.PathLike | None = None,
 ) -> AttackResult | list[AttackResult]:
     """Attack ``model`` (a name, directory or loaded pipeline) with ``erasure`` applied (an Erasure,
     its directory, or None for the model itself) and report whether ``concept`` comes back.
@@ -129,7 +130,8 @@ def attack(
     per prompt (default: enough for about 24 trials); ``prompts``: the prompts that show the concept
     (default on a testbed: the evaluation's target prompts); ``reference``: the model that draws the
     concept (default: ``model`` without the erasure, or the testbed for an oracle). Writes the JSON
-    to ``out`` when given. Returns one :class:`AttackResult`, or a list for several attacks.
+    to ``out`` when given, and every trial's judged image as a grid to ``grid`` when given. Returns
+    one :class:`AttackResult`, or a list for several attacks.
     """
 
     if seeds is not None and seeds < 1:
@@ -142,6 +144,7 @@ def attack(
     else:  # one budget for several attacks: those with few options (formats, settings) are capped at their count
         configs = [s.make_config({} if budget is None else {"budget": min(budget, s.budget_max)}) for s in specs]
     loaded_pipe, out, loaded = _inputs_checked(model, erasure, out)
+    grid = _grid_checked(grid)
     if concept is None:
         if loaded is None or not loaded.request.concepts:
             raise ConfigError("nothing to attack: pass --concept NAME (or an --erasure whose request names one)")
@@ -154,7 +157,28 @@ def attack(
         result = run_attack(spec, arena, config, progress=progress, before=before)
         result.model, result.erasure = str(root if loaded_pipe else model), _erasure_label(erasure, loaded)
         results.append(result)
+    save_trial_grid(results, grid)
     return attack_results(results, out)
+
+
+def _grid_checked(grid: str | os.PathLike | None):
+    """The attack grid's path, checked as an image output before any work (``None`` stays ``None``)."""
+    if grid is None:
+        return None
+    return check_file_output(grid, "image", (".png", ".jpg", ".jpeg", ".webp"), what="attack grid")
+
+
+def save_trial_grid(results: list[AttackResult], grid: str | os.PathLike | None) -> None:
+    """Every trial's judged image of ``results`` as one captioned grid at ``grid`` (nothing when ``None``)."""
+    if grid is None:
+        return
+    import numpy as np
+
+    from ..generation import make_grid, save_image
+
+    images = np.concatenate([r.images for r in results])
+    captions = [f"{r.attack[:10]}\n{'shown' if rec.success else '-'}" for r in results for rec in r.records]
+    save_image(make_grid(images, captions, cols=min(12, len(images))), grid)
 
 
 def attack_results(results: list[AttackResult], out: str | os.PathLike | None, protect=()) -> AttackResult | list[AttackResult]:
@@ -208,6 +232,7 @@ def replay(
     device: str | None = None,
     dtype: str | None = None,
     progress: bool = True,
+    grid: str | os.PathLike | None = None,
 ) -> AttackResult:
     """Re-run what an attack found (its JSON) on another model or erasure: transfer between methods.
 
@@ -229,8 +254,10 @@ def replay(
         config = {k: v for k, v in data.get("config", {}).items() if k in {n for n, *_ in spec.parameters()}}
         budget = config.pop("budget", None)
         return attack(model, erasure, spec.name, data["concept"], budget=budget, seeds=len(records) // len(prompts),
-                      params=config, prompts=prompts, out=out, device=device, dtype=dtype, progress=progress)  # fmt: skip
+                      params=config, prompts=prompts, out=out, device=device, dtype=dtype, progress=progress,
+                      grid=grid)  # fmt: skip
     loaded_pipe, out, loaded = _inputs_checked(model, erasure, out)
+    grid = _grid_checked(grid)
     arena, root = _arena(model, loaded, data["concept"], prompts, len(records) // len(prompts), None, device, dtype)
     seeds = [t.seed for t in arena.trials]
     if seeds != [r["seed"] for r in records] or [t.prompt for t in arena.trials] != [r["prompt"] for r in records]:
@@ -247,6 +274,7 @@ def replay(
         budget=tracker.budget, budget_unit=spec.budget_unit, records=tracker.records, curve=[tracker.curve()[0], tracker.curve()[-1]],
         seconds=time.time() - t0, judge=JUDGE_NAME, config=data.get("config", {}), info={"replay_of": str(source) if not isinstance(source, dict) else "report"},
     )  # fmt: skip
+    save_trial_grid([result], grid)
     if out is not None:
         write_report(out, result.to_dict(), "attack")
     return result

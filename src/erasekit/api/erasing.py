@@ -199,12 +199,16 @@ def erase_to(
     which is removed once the erasure is saved (a named directory is kept).
     """
     from ..core.errors import ConfigError, OutputPathError
-    from ..core.outputs import check_dir_output
+    from ..core.outputs import check_dir_output, hold_outputs
     from ..core.registry import get_method
     from .commands import model_inputs
 
     spec = get_method(method)
     spec.make_config(params)  # bad numbers fail here, before the model loads
+    if resume and not spec.trains:
+        raise ConfigError(f"method {method!r} does not train, so it has no checkpoints to resume (drop --resume)")
+    if stop_at_ua is not None and "monitor" not in spec.accepts:
+        raise ConfigError(f"method {method!r} does not train with a monitor, so --stop-at-ua cannot stop it (drop --stop-at-ua)")
     if request is None:
         raise ConfigError("nothing to erase: pass --concept NAME (repeatable) or --request FILE.yaml")
     inputs = model_inputs(model)
@@ -218,15 +222,20 @@ def erase_to(
         checkpoints = check_dir_output(checkpoints, "checkpoints", inputs, what="checkpoint directory")
         if checkpoints == out or out in checkpoints.parents or checkpoints in out.parents:
             raise OutputPathError(f"the checkpoint directory {checkpoints} and the output {out} must not contain each other")
+        if resume:  # before the model loads
+            from ..training.checkpoints import check_resumable
+
+            check_resumable(checkpoints)
     if stop_at_ua is None and min_ira is not None:
         raise ConfigError("min_ira (--min-ira) only applies together with stop_at_ua (--stop-at-ua)")
     models.check_placement(device, dtype)
-    pipe = models.load_pipeline(model, device=device, dtype=dtype)
-    result = erase(pipe, method, request, model=str(model), progress=progress, checkpoint_dir=checkpoints, resume=resume,
-                   stop_at_ua=stop_at_ua, min_ira=min_ira, **params)  # fmt: skip
-    result.save(out, protect=tuple(inputs))
-    if default_checkpoints:  # the run is saved: its default checkpoints are no longer needed
-        from ..training.checkpoints import discard
+    with hold_outputs(out, checkpoints):  # a second run with the same output refuses here, before any work
+        pipe = models.load_pipeline(model, device=device, dtype=dtype)
+        result = erase(pipe, method, request, model=str(model), progress=progress, checkpoint_dir=checkpoints,
+                       resume=resume, stop_at_ua=stop_at_ua, min_ira=min_ira, **params)  # fmt: skip
+        result.save(out, protect=tuple(inputs))
+        if default_checkpoints:  # the run is saved: its default checkpoints are no longer needed
+            from ..training.checkpoints import discard
 
-        discard(checkpoints)
+            discard(checkpoints)
     return result

@@ -80,9 +80,17 @@ def _pairs_of(rows, path: Path) -> list[QAPair]:
     if not isinstance(rows, list):
         raise ConfigError(f"{path} must hold a list of question-answer entries")
     pairs = []
+    seen: dict[str, int] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
             raise ConfigError(f"{path}: entry {i + 1} needs text fields 'question' and 'answer'")
+        for field_ in ("question", "answer"):
+            if not row[field_].strip():
+                raise ConfigError(f"{path}: entry {i + 1} has an empty {field_}; remove the row or fill it in")
+        key = row["question"].strip()
+        if key in seen:
+            raise ConfigError(f"{path}: entry {i + 1} repeats the question of entry {seen[key]} ({key[:60]!r}); keep one of them")
+        seen[key] = i + 1
         subject = row.get("subject") or ""
         pairs.append(QAPair(row["question"], row["answer"], subject if isinstance(subject, str) else str(subject)))
     if not pairs:
@@ -106,6 +114,23 @@ def forget_request(lm, forget: str, retain: str | None = None) -> ForgetRequest:
     return ForgetRequest(Path(forget).stem, pairs, read_pairs(retain, "retain") if retain else [])
 
 
+def check_tokenizable(lm, pairs: list[QAPair], where: str) -> None:
+    """Every question and answer of ``pairs`` must encode to at least one token of ``lm``'s tokenizer:
+    an answer of no tokens has no likelihood to lower (the loss would be NaN, blamed on the learning rate)."""
+    from ..llm.batches import pair_ids
+
+    if not pairs:
+        return
+    for i, (q, a) in enumerate(zip(*pair_ids(lm.tokenizer, pairs))):
+        for what, ids in (("question", q), ("answer", a)):
+            if not ids:
+                text = getattr(pairs[i], what)
+                raise ConfigError(
+                    f"{where}: entry {i + 1}'s {what} {text[:60]!r} encodes to no token of this model's tokenizer; "
+                    "check that the tokenizer belongs to the model and knows the text's characters"
+                )
+
+
 def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = None, progress: bool = True, **params):
     """Compute an unlearning :class:`~erasekit.core.erasure.Erasure` of ``request`` with ``method`` on
     ``lm`` (a :class:`~erasekit.llm.lm.LanguageModel` or a model name; left unchanged).
@@ -126,6 +151,8 @@ def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = N
     spec = lm_method(method)
     if isinstance(request, str):
         request = forget_request(lm, request)
+    check_tokenizable(lm, request.forget, f"the forget pairs of {request.name!r}")
+    check_tokenizable(lm, request.retain, f"the retain pairs of {request.name!r}")
     config = spec.make_config({**recommended_params(lm, spec.config_cls), **params})
     t0 = time.perf_counter()
     result = spec.fn(lm, request, config, adapter=None, progress=progress)
@@ -170,16 +197,17 @@ def unlearn_to(out: str | os.PathLike, model: str | os.PathLike = "testbed-llm",
                **params):  # fmt: skip
     """What ``erasekit erase --model <LM>`` does: check ``out`` and the parameters before any work,
     load the model, unlearn, save the erasure at ``out`` and return it."""
-    from ..core.outputs import check_dir_output
+    from ..core.outputs import check_dir_output, hold_outputs
     from ..llm.lm import load_lm
 
     spec = lm_method(method)
     spec.make_config(params)
     out = check_dir_output(out, "erasure", lm_inputs(model), what="erasure directory")
-    lm = load_lm(model, device=device, dtype=dtype)
-    request = forget_request(lm, forget, retain)
-    erasure = unlearn(lm, method, request, model=str(model), progress=progress, **params)
-    erasure.save(out, protect=tuple(lm_inputs(model)))
+    with hold_outputs(out):  # a second run with the same output refuses here, before any work
+        lm = load_lm(model, device=device, dtype=dtype)
+        request = forget_request(lm, forget, retain)
+        erasure = unlearn(lm, method, request, model=str(model), progress=progress, **params)
+        erasure.save(out, protect=tuple(lm_inputs(model)))
     return erasure
 
 

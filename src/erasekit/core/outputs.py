@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputPathError
@@ -94,6 +95,20 @@ def _check_parent(p: Path, path: str | os.PathLike) -> None:
             return
 
 
+def _refuse_nested(p: Path, path: str | os.PathLike, what: str) -> None:
+    """An output never goes inside an erasekit output that is replaced as a whole (an erasure, a
+    pipeline): replacing that one later would have to delete a file it does not list."""
+    for parent in p.parents:
+        if (parent / MANIFEST).is_file() or (parent / "erasure.json").is_file():
+            found = read_manifest(parent)
+            kind = found["kind"] if found else _legacy_kind(parent)[0]
+            if kind in REPLACED_KINDS:
+                raise OutputPathError(
+                    f"refusing to write the {what} to {os.fspath(path)!r}: it lies inside the erasekit {kind} output {parent}; "
+                    "name a path outside it"
+                )
+
+
 def _json_object(path: Path) -> dict | None:
     """The JSON object in ``path``, or ``None`` when it is missing, unreadable or not an object."""
     try:
@@ -160,6 +175,7 @@ def check_file_output(
     if p.is_dir():
         raise OutputPathError(f"{os.fspath(path)!r} is a directory; name a file for the {what}, e.g. {p / ('out' + suffixes[0])}")
     _check_parent(p, path)
+    _refuse_nested(p, path, what)
     if p.exists() or p.is_symlink():
         found = stamp_of(p) if p.is_file() and not p.is_symlink() else None
         if found != kind:
@@ -209,6 +225,7 @@ def check_dir_output(
     if p.is_symlink():
         raise OutputPathError(f"{os.fspath(path)!r} is a symbolic link; name a real directory for the {what}")
     _check_parent(p, path)
+    _refuse_nested(p, path, what)
     if not p.exists():
         return p
     if not p.is_dir():
@@ -226,6 +243,12 @@ def check_dir_output(
         raise OutputPathError(f"{os.fspath(path)!r} is an erasekit {found} output, not a {what}; name another directory")
     if kind in REPLACED_KINDS:
         foreign = sorted(_files(p) - known)
+        nested = sorted({str(Path(f).parent) for f in foreign if Path(f).name == MANIFEST})
+        if nested:
+            raise OutputPathError(
+                f"{os.fspath(path)!r} holds another erasekit output ({nested[0]}); move it out or name another directory "
+                "(replacing it would delete that output)"
+            )
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise OutputPathError(
@@ -308,3 +331,53 @@ def write_image(image, path: str | os.PathLike, kind: str = "image") -> Path:
     with atomic_path(p) as tmp:
         image.save(tmp, format=fmt, exif=image_exif(kind))
     return p
+
+
+# -- one run per output ------------------------------------------------------------------------------
+def _lock_file(path: Path) -> Path:
+    return path.parent / f".{path.name}.erasekit-lock"
+
+
+@contextmanager
+def hold_outputs(*paths: str | os.PathLike | None) -> Iterator[None]:
+    """Hold an exclusive lock on each output path (``None`` skipped) for the length of a run, so that a
+    second run started with the same output refuses at once instead of losing one result silently.
+
+    The lock is ``flock`` on a hidden file beside the output (``.NAME.erasekit-lock``), released (and
+    the file removed) when the run ends, and released by the system if the process dies. Where
+    ``fcntl`` is missing (Windows) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    held: list[tuple[Path, int]] = []
+    try:
+        for path in paths:
+            if path is None:
+                continue
+            lock = _lock_file(Path(path).absolute())
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise OutputPathError(
+                        f"another erasekit run is writing {os.fspath(path)!r} right now; wait for it to finish or name another output"
+                    ) from None
+                try:  # the holder before us may have removed the file between our open and our lock: lock the new one
+                    same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    held.append((lock, fd))
+                    break
+                os.close(fd)
+        yield
+    finally:
+        for lock, fd in reversed(held):
+            lock.unlink(missing_ok=True)
+            os.close(fd)

@@ -16,6 +16,7 @@ An :class:`ErasureRequest` comes from Python, from CLI flags, or from a YAML fil
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def _text(value, what: str, empty_ok: bool = False) -> str:
     if not empty_ok and not text.strip():
         raise ConfigError(f"{what} is empty")
     return text
+
+
+def check_printable(text: str, what: str) -> None:
+    """Refuse a control character (a newline, a tab, an escape...) in a concept, anchor or prompt: it
+    would be erased as part of one concept that no user prompt spells the same way."""
+    bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise ConfigError(f"{what} {text!r} contains the control character {bad!r}; write each concept on its own --concept")
 
 
 def _text_list(value, what: str, items: tuple[type, ...] = ()) -> list:
@@ -127,14 +136,21 @@ class ErasureRequest:
             if t.concept in seen:
                 raise ConfigError(f"target concept {t.concept!r} is listed twice")
             seen.add(t.concept)
+            check_printable(t.concept, "target concept")
             if t.anchor is not None and not isinstance(t.anchor, str):
                 raise ConfigError(f"the anchor of {t.concept!r} must be text, got {t.anchor!r}")
+            if t.anchor:
+                check_printable(t.anchor, f"the anchor of {t.concept!r}")
             for what, values in (("trigger prompts", t.prompts), ("synonyms", t.synonyms)):
                 if not isinstance(values, (list, tuple)) or any(not isinstance(p, str) or not p.strip() for p in values):
                     raise ConfigError(f"the {what} of {t.concept!r} must be a list of non-empty texts, got {values!r}")
+                for p in values:
+                    check_printable(p, f"a {what[:-1]} of {t.concept!r}")
         for what, values in (("preserve", self.preserve), ("templates", self.templates)):
             if not isinstance(values, (list, tuple)) or any(not isinstance(p, str) or not p.strip() for p in values):
                 raise ConfigError(f"{what} must be a list of non-empty texts, got {values!r}")
+            for p in values:
+                check_printable(p, "a preserved concept" if what == "preserve" else "a template")
         clash = seen & set(self.preserve)
         if clash:
             raise ConfigError(f"concepts cannot be both erased and preserved: {', '.join(sorted(clash))}")

@@ -83,13 +83,22 @@ def step_dirs(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def check_resumable(directory: str | Path) -> None:
+    """Resuming needs a checkpoint in ``directory``: a one-line error otherwise, never a quiet fresh start."""
+    if not step_dirs(Path(directory)):
+        raise ConfigError(f"resume: there is no checkpoint in {directory} to continue from; drop --resume to start the run")
+
+
 def prepare(directory: str | Path, identity: dict, resume: bool) -> Path:
     """Make ``directory`` the checkpoint directory of the run ``identity``.
 
-    Resuming: an existing run there must be this one (else a :class:`ConfigError` naming what differs).
+    Resuming: an existing run there must be this one (else a :class:`ConfigError` naming what differs),
+    and it must have written a checkpoint (else an error: resuming never quietly starts fresh).
     Starting over: erasekit's own earlier checkpoints there are removed (only step directories and
     ``run.json``; nothing else is touched) and the new identity is written.
     """
+    if resume:
+        check_resumable(directory)
     path = claim_collection(directory, "checkpoints", what="checkpoint directory")
     old_path = path / RUN_FILE
     old = None
