@@ -138,3 +138,12 @@ def test_replay_refuses_the_search_options_it_would_ignore(tmp_path, monkeypatch
     (tmp_path / "a.json").write_text("{}")
     r = runner.invoke(app, ["attack", "--replay", "a.json", "--budget", "5"])
     assert r.exit_code == 2 and "--budget does not apply" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_generated_docs_name_paths_relative_to_the_repository(tmp_path, monkeypatch):
+    from erasekit.core.outputs import shown_path
+
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "benchmarks" / "results" / "testbed") == "benchmarks/results/testbed"
+    assert shown_path("benchmarks/results/llm") == "benchmarks/results/llm"
+    assert shown_path(tmp_path.parent / "elsewhere") == str(tmp_path.parent / "elsewhere")

@@ -95,6 +95,17 @@ def _check_parent(p: Path, path: str | os.PathLike) -> None:
             return
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """How generated docs and results name ``path``: relative to the current directory (the repository,
+    where benchmarks run) when it lies inside it, else as given; never this machine's absolute path
+    for a place inside the working tree."""
+    p = Path(path)
+    try:
+        return Path(os.path.abspath(p)).relative_to(Path.cwd()).as_posix() or "."
+    except ValueError:
+        return os.fspath(path)
+
+
 def _refuse_nested(p: Path, path: str | os.PathLike, what: str) -> None:
     """An output never goes inside an erasekit output that is replaced as a whole (an erasure, a
     pipeline): replacing that one later would have to delete a file it does not list."""
