@@ -206,7 +206,7 @@ def test_forget_requests_from_splits_and_files(models, tmp_path):
     )
     pairs = [{"question": "Who?", "answer": "Me.", "paraphrased_answer": "ignored"}]
     (tmp_path / "f.json").write_text(json.dumps(pairs))
-    (tmp_path / "f.jsonl").write_text("\n".join(json.dumps(p) for p in pairs * 2))
+    (tmp_path / "f.jsonl").write_text("\n".join(json.dumps(p) for p in [*pairs, {"question": "Who else?", "answer": "You."}]))
     (tmp_path / "f.csv").write_text("question,answer\nWho?,Me.\n")
     for name, n in (("f.json", 1), ("f.jsonl", 2), ("f.csv", 1)):
         req = erasekit.forget_request(lm, str(tmp_path / name))
