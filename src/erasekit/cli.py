@@ -219,7 +219,8 @@ def demo(
     if llm:
         from .api.demo import run_demo_llm
 
-        for line in run_demo_llm(Path("erasekit-demo-llm") if out == Path("erasekit-demo") else out, device=device, dtype=dtype):
+        given = {p.name for p in given_options(ctx)}
+        for line in run_demo_llm(out if "out" in given else Path("erasekit-demo-llm"), device=device, dtype=dtype):
             typer.echo(line)
         return
     for line in run_demo(out, seeds=seeds, device=device, dtype=dtype):
