@@ -291,3 +291,68 @@ def test_undial_targets_lower_only_the_true_token_and_the_loss_is_minimal_at_the
     g = torch.autograd.grad(undial_loss(lm.model, lm.model, batch, beta=10.0), w)[0]
     g_ll = torch.autograd.grad(answer_logprob(lm.model, batch).sum(), w)[0]
     assert (g * g_ll).sum() > 0  # descending the UNDIAL loss lowers the answers' log-likelihood
+
+
+def test_unlearning_runs_in_the_one_loop_and_resumes_exactly(models, tmp_path, monkeypatch):
+    """A language-model run checkpoints and resumes like a pipeline's: the interrupted-and-resumed
+    run gives bit-identical weights, and another run's checkpoint is refused."""
+    from erasekit.llm import unlearn as unlearn_mod
+
+    lm = models["gpt2"]
+    args = dict(epochs=3, batch_size=4, grad_accum=1, lr=1e-3, checkpoint_every=2, params="mlp")
+    full = erasekit.unlearn(lm, "npo", "forget10", progress=False, **args)
+    steps = full.info["log"]["steps"]
+    assert steps >= 5 and len(full.info["log"]["loss"]) == steps
+    original = unlearn_mod._Unlearning.loss
+
+    def crash_at_step_5(self, step, gen, micro):
+        if step == 5:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, step, gen, micro)
+
+    monkeypatch.setattr(unlearn_mod._Unlearning, "loss", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        erasekit.unlearn(lm, "npo", "forget10", progress=False, checkpoint_dir=tmp_path / "ck", **args)
+    monkeypatch.setattr(unlearn_mod._Unlearning, "loss", original)
+    resumed = erasekit.unlearn(lm, "npo", "forget10", progress=False, checkpoint_dir=tmp_path / "ck", resume=True, **args)
+    assert resumed.info["log"]["start_step"] == 4
+    assert set(resumed.weights) == set(full.weights)
+    for k in full.weights:
+        assert torch.equal(resumed.weights[k], full.weights[k]), k
+    with pytest.raises(ConfigError, match="another run.*params.beta"):
+        erasekit.unlearn(lm, "npo", "forget10", progress=False, checkpoint_dir=tmp_path / "ck", resume=True, **args, beta=0.2)
+    with pytest.raises(ErasekitError, match="does not train"):
+        erasekit.unlearn(lm, "leace", "forget10", progress=False, checkpoint_dir=tmp_path / "other")
+
+
+@pytest.mark.parametrize("method", ["ga", "task-vector"])
+def test_every_fine_tuning_method_can_train_a_lora(models, method):
+    """``lora_rank`` is an option of the loop, not of one method: the result is LoRA factors only, and
+    applying them changes the model as the dense run's direction does (task vector: negated)."""
+    lm = models["gpt2"]
+    erasure = erasekit.unlearn(lm, method, "forget10", progress=False, lr=1e-3, lora_rank=2, params="mlp", **FAST)
+    assert not erasure.weights and erasure.lora
+    assert all(".mlp." in k for k in erasure.lora)
+    assert {t.shape[0] for k, t in erasure.lora.items() if ".lora_A." in k} == {2}
+    request = erasekit.forget_request(lm, "forget10")
+    batch = encode_pairs(lm.tokenizer, request.forget[:4], lm.device)
+    with torch.no_grad():
+        before = float(nll(lm.model, batch))
+        erasure.apply(lm)
+        try:
+            after = float(nll(lm.model, batch))
+        finally:
+            erasure.remove(lm)
+        assert after > before  # ascent (and the negated fine-tuning) raises the forget answers' NLL
+        assert float(nll(lm.model, batch)) == pytest.approx(before, abs=1e-6)
+
+
+def test_a_non_finite_loss_stops_the_run_with_the_step(models):
+    lm = models["gpt2"]
+    request = erasekit.forget_request(lm, "forget10")
+
+    def exploding(step):
+        return nll(step.model, step.forget) * float("inf"), {}
+
+    with pytest.raises(ErasekitError, match="the loss became inf at step 0; lower the learning rate"):
+        fit(lm, request, UnlearnConfig(epochs=1), exploding, progress=False)

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .cli_options import CAUSAL_LM, DIFFUSION, flag, given_options, model_kind, refuse_inapplicable
+from .cli_options import CAUSAL_LM, DIFFUSION, flag, given_names, given_options, model_kind, refuse_inapplicable
 from .core.errors import ErasekitError, InvalidInputError
 
 
@@ -219,7 +219,7 @@ def demo(
     if llm:
         from .api.demo import run_demo_llm
 
-        given = {p.name for p in given_options(ctx)}
+        given = given_names(ctx)
         for line in run_demo_llm(out if "out" in given else Path("erasekit-demo-llm"), device=device, dtype=dtype):
             typer.echo(line)
         return
@@ -305,7 +305,7 @@ def erase(
             raise InvalidInputError("pass the LoRA rank once: --lora-rank N or --set lora_rank=N, not both")
         params["lora_rank"] = lora_rank
     if kind == CAUSAL_LM:
-        _unlearn_cli(out, model, method or "npo", forget, retain, params, device, dtype)
+        _unlearn_cli(out, model, method or "npo", forget, retain, checkpoints, resume, params, device, dtype)
         return
     method = method or "uce"
     req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None, trigger)
@@ -325,13 +325,14 @@ def erase(
     )
 
 
-def _unlearn_cli(out, model, method, forget, retain, params, device, dtype) -> None:
+def _unlearn_cli(out, model, method, forget, retain, checkpoints, resume, params, device, dtype) -> None:
     """``erasekit erase`` on a language model."""
     from .api.unlearning import unlearn_to
 
     if forget is None:
         raise InvalidInputError("nothing to unlearn: pass --forget forget01 (a testbed-llm split) or --forget FILE.json")
-    result = unlearn_to(out, model, method, forget, str(retain) if retain else None, device=device, dtype=dtype, **params)
+    result = unlearn_to(out, model, method, forget, str(retain) if retain else None, checkpoints=checkpoints, resume=resume,
+                        device=device, dtype=dtype, **params)  # fmt: skip
     typer.echo(
         f"unlearned {result.request.name} ({len(result.request.forget)} pairs) with {method}: {len(result.weights)} tensors "
         f"changed ({result.num_bytes() / 2**20:.2f} MiB) in {result.timings['seconds']:.1f}s -> {out}"
@@ -465,7 +466,7 @@ def bench(
 
     kind = model_kind(model)
     refuse_inapplicable(ctx, kind, repr(model))
-    given = {p.name for p in given_options(ctx)}
+    given = given_names(ctx)
     params: dict[str, dict[str, str]] = {}
     for key, value in _set_items(set_, "method.key=value (e.g. esd.iterations=100)", scoped=True):
         method, _, name = key.partition(".")
@@ -642,7 +643,7 @@ def testbed_check(
     if kind == CAUSAL_LM:
         from .api.unlearning import check_lm_testbed
 
-        given = {p.name for p in given_options(ctx)}
+        given = given_names(ctx)
         report = check_lm_testbed(out, model=model if "model" in given else "testbed-llm", device=device, dtype=dtype)
         for key in ("accuracy_train", "accuracy_paraphrase", "filler_perplexity", "accuracy_excluded"):
             if key in report:
@@ -697,7 +698,7 @@ def testbed_train(
 
     refuse_inapplicable(ctx, CAUSAL_LM if llm else DIFFUSION, "the --llm testbed" if llm else "the image testbed")
     if llm:
-        given = {p.name for p in given_options(ctx)}
+        given = given_names(ctx)
         _train_lm_cli(workdir if "workdir" in given else Path("runs/testbed-llm"), out, resume, smoke, exclude, epochs)
         return
     check_dir_output(workdir, "testbed-train", what="testbed training directory")  # both checked before anything is written

@@ -34,7 +34,7 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     "demo": {"out": BOTH, "seeds": IMAGE, "llm": BOTH, "device": BOTH, "dtype": BOTH},
     "erase": {
         "out": BOTH, "model": BOTH, "method": BOTH, "concept": IMAGE, "anchor": IMAGE, "preserve": IMAGE, "trigger": IMAGE,
-        "request": IMAGE, "set_": BOTH, "lora_rank": BOTH, "checkpoints": IMAGE, "resume": IMAGE, "stop_at_ua": IMAGE,
+        "request": IMAGE, "set_": BOTH, "lora_rank": BOTH, "checkpoints": BOTH, "resume": BOTH, "stop_at_ua": IMAGE,
         "min_ira": IMAGE, "forget": LM, "retain": LM, "device": BOTH, "dtype": BOTH,
     },
     "export": {"erasure": BOTH, "out": BOTH, "model": BOTH, "force": BOTH, "device": BOTH, "dtype": BOTH},
@@ -88,6 +88,11 @@ def given_options(ctx) -> list:
 
     given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     return [p for p in ctx.command.params if ctx.get_parameter_source(p.name) in given]
+
+
+def given_names(ctx) -> set[str]:
+    """The names of the parameters of ``ctx``'s command that the user set (:func:`given_options`)."""
+    return {p.name for p in given_options(ctx)}
 
 
 def refuse_inapplicable(ctx, kind: str, subject: str) -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -46,6 +47,54 @@ def testbed_monitor(pipe, request, stop_at_ua: float, min_ira: float | None = No
     return TestbedMonitor(pipe, judge, request.concepts, stop_ua=stop_at_ua, min_ira=min_ira, report=tqdm.write)
 
 
+def checkpoint_services(spec, config, request, model, checkpoint_dir, resume: bool) -> dict:
+    """The ``checkpoint_dir`` / ``resume`` keywords of a training method's call (``{}`` for a method
+    that does not train; an error when one of them is given to it): the directory prepared for this
+    run's identity (method, config, request and a fingerprint of ``model``'s weights)."""
+    from ..core.erasure import model_fingerprint
+    from ..core.errors import ConfigError, ErasekitError
+
+    if not spec.trains:
+        if resume or checkpoint_dir is not None:
+            raise ErasekitError(f"method {spec.name!r} does not train, so it has no checkpoints to write or resume")
+        return {}
+    if checkpoint_dir is not None:
+        from ..training import checkpoints
+
+        identity = checkpoints.run_identity(spec.name, config, request, model_fingerprint(model))
+        checkpoint_dir = checkpoints.prepare(checkpoint_dir, identity, resume)
+    elif resume:
+        raise ConfigError("resume needs a checkpoint directory (--checkpoints DIR) to continue from")
+    return {"checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir), "resume": resume}
+
+
+def plan_checkpoints(out: Path, spec, checkpoints, resume: bool, inputs) -> tuple[Path | None, bool]:
+    """Where a job writing ``out`` with method ``spec`` checkpoints, checked before any work, and
+    whether that is the default ``OUT.checkpoints`` (removed once the result is saved): a training
+    method always checkpoints; a method that does not train refuses ``checkpoints`` and ``resume``;
+    ``resume`` needs a checkpoint to resume."""
+    from ..core.errors import ConfigError, OutputPathError
+    from ..core.outputs import check_dir_output
+
+    if resume and not spec.trains:
+        raise ConfigError(f"method {spec.name!r} does not train, so it has no checkpoints to resume (drop --resume)")
+    default = spec.trains and checkpoints is None
+    if default:
+        checkpoints = out.with_name(out.name + ".checkpoints")
+    if checkpoints is None:
+        return None, False
+    if not spec.trains:
+        raise ConfigError(f"method {spec.name!r} does not train, so it has no checkpoints (drop --checkpoints)")
+    checkpoints = check_dir_output(checkpoints, "checkpoints", inputs, what="checkpoint directory")
+    if checkpoints == out or out in checkpoints.parents or checkpoints in out.parents:
+        raise OutputPathError(f"the checkpoint directory {checkpoints} and the output {out} must not contain each other")
+    if resume:  # before the model loads
+        from ..training.checkpoints import check_resumable
+
+        check_resumable(checkpoints)
+    return checkpoints, default
+
+
 def erase(
     pipe,
     method: str,
@@ -72,7 +121,6 @@ def erase(
     training once the judge sees the concept erased. A result holding NaN or infinity is an error,
     never an erasure.
     """
-    from ..core.erasure import model_fingerprint
     from ..core.errors import ConfigError, ErasekitError, UnsupportedModelError
     from ..core.registry import get_method
     from ..core.request import ErasureRequest
@@ -106,17 +154,7 @@ def erase(
             classifier = profile.classifier()
             judge = TestbedJudge(classifier) if classifier is not None else None
         extra["judge"] = judge
-    if spec.trains:
-        if checkpoint_dir is not None:
-            from ..training import checkpoints
-
-            identity = checkpoints.run_identity(method, config, request, model_fingerprint(pipe))
-            checkpoint_dir = checkpoints.prepare(checkpoint_dir, identity, resume)
-        elif resume:
-            raise ConfigError("resume needs a checkpoint directory (--checkpoints DIR) to continue from")
-        extra.update(checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume)
-    elif resume or checkpoint_dir is not None:
-        raise ErasekitError(f"method {method!r} does not train, so it has no checkpoints to write or resume")
+    extra.update(checkpoint_services(spec, config, request, pipe, checkpoint_dir, resume))
     if stop_at_ua is not None:
         if monitor is not None:
             raise ConfigError("pass either a monitor or stop_at_ua, not both")
@@ -198,34 +236,20 @@ def erase_to(
     A training method always checkpoints: into ``checkpoints``, or by default into ``OUT.checkpoints``,
     which is removed once the erasure is saved (a named directory is kept).
     """
-    from ..core.errors import ConfigError, OutputPathError
+    from ..core.errors import ConfigError
     from ..core.outputs import check_dir_output, hold_outputs
     from ..core.registry import get_method
     from .commands import model_inputs
 
     spec = get_method(method)
     spec.make_config(params)  # bad numbers fail here, before the model loads
-    if resume and not spec.trains:
-        raise ConfigError(f"method {method!r} does not train, so it has no checkpoints to resume (drop --resume)")
     if stop_at_ua is not None and "monitor" not in spec.accepts:
         raise ConfigError(f"method {method!r} does not train with a monitor, so --stop-at-ua cannot stop it (drop --stop-at-ua)")
     if request is None:
         raise ConfigError("nothing to erase: pass --concept NAME (repeatable) or --request FILE.yaml")
     inputs = model_inputs(model)
     out = check_dir_output(out, "erasure", inputs, what="erasure directory")
-    default_checkpoints = spec.trains and checkpoints is None
-    if default_checkpoints:
-        checkpoints = out.with_name(out.name + ".checkpoints")
-    if checkpoints is not None:
-        if not spec.trains:
-            raise ConfigError(f"method {method!r} does not train, so it has no checkpoints (drop --checkpoints)")
-        checkpoints = check_dir_output(checkpoints, "checkpoints", inputs, what="checkpoint directory")
-        if checkpoints == out or out in checkpoints.parents or checkpoints in out.parents:
-            raise OutputPathError(f"the checkpoint directory {checkpoints} and the output {out} must not contain each other")
-        if resume:  # before the model loads
-            from ..training.checkpoints import check_resumable
-
-            check_resumable(checkpoints)
+    checkpoints, default_checkpoints = plan_checkpoints(out, spec, checkpoints, resume, inputs)
     if stop_at_ua is None and min_ira is not None:
         raise ConfigError("min_ira (--min-ira) only applies together with stop_at_ua (--stop-at-ua)")
     models.check_placement(device, dtype)

@@ -131,17 +131,20 @@ def check_tokenizable(lm, pairs: list[QAPair], where: str) -> None:
                 )
 
 
-def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = None, progress: bool = True, **params):
+def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = None, progress: bool = True,
+            checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, **params):  # fmt: skip
     """Compute an unlearning :class:`~erasekit.core.erasure.Erasure` of ``request`` with ``method`` on
     ``lm`` (a :class:`~erasekit.llm.lm.LanguageModel` or a model name; left unchanged).
 
     ``request`` is a :class:`ForgetRequest` or a forget split name. Parameters not given take the
     method's defaults, except those the model recommends for its scale (a fact-world model's
     ``testbed.json`` ``unlearning_defaults``, e.g. a larger learning rate for a 3 M-parameter model
-    than the 1e-5 that suits billions); the values used are recorded in the erasure.
+    than the 1e-5 that suits billions); the values used are recorded in the erasure. Fine-tuning
+    methods checkpoint to ``checkpoint_dir`` and continue from it when ``resume`` (only a
+    checkpoint of the same run: method, config, request and base model), as :func:`erasekit.erase`.
     """
     from ..llm.lm import LanguageModel, load_lm
-    from .erasing import build_erasure
+    from .erasing import build_erasure, checkpoint_services
 
     if isinstance(lm, (str, os.PathLike)):
         model = str(lm) if model is None else model
@@ -154,8 +157,9 @@ def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = N
     check_tokenizable(lm, request.forget, f"the forget pairs of {request.name!r}")
     check_tokenizable(lm, request.retain, f"the retain pairs of {request.name!r}")
     config = spec.make_config({**recommended_params(lm, spec.config_cls), **params})
+    services = checkpoint_services(spec, config, request, lm, checkpoint_dir, resume)
     t0 = time.perf_counter()
-    result = spec.fn(lm, request, config, adapter=None, progress=progress)
+    result = spec.fn(lm, request, config, adapter=None, progress=progress, **services)
     name = str(model) if model is not None else str(lm.name_or_path)
     return build_erasure(lm, method, config, request, result, name, "causal-lm", time.perf_counter() - t0)
 
@@ -193,21 +197,31 @@ def lm_inputs(model: str | os.PathLike) -> list[str]:
 
 
 def unlearn_to(out: str | os.PathLike, model: str | os.PathLike = "testbed-llm", method: str = "npo", forget: str = "forget01",
-               retain: str | None = None, device: str | None = None, dtype: str | None = None, progress: bool = True,
-               **params):  # fmt: skip
-    """What ``erasekit erase --model <LM>`` does: check ``out`` and the parameters before any work,
-    load the model, unlearn, save the erasure at ``out`` and return it."""
+               retain: str | None = None, checkpoints: str | os.PathLike | None = None, resume: bool = False,
+               device: str | None = None, dtype: str | None = None, progress: bool = True, **params):  # fmt: skip
+    """What ``erasekit erase --model <LM>`` does: check ``out``, the checkpoint directory and the
+    parameters before any work, load the model, unlearn, save the erasure at ``out`` and return it.
+    A fine-tuning method always checkpoints, as on pipelines (:func:`erasekit.api.erasing.erase_to`):
+    into ``checkpoints``, or by default into ``OUT.checkpoints``, removed once the erasure is saved."""
     from ..core.outputs import check_dir_output, hold_outputs
     from ..llm.lm import load_lm
+    from .erasing import plan_checkpoints
 
     spec = lm_method(method)
     spec.make_config(params)
-    out = check_dir_output(out, "erasure", lm_inputs(model), what="erasure directory")
-    with hold_outputs(out):  # a second run with the same output refuses here, before any work
+    inputs = lm_inputs(model)
+    out = check_dir_output(out, "erasure", inputs, what="erasure directory")
+    checkpoints, default_checkpoints = plan_checkpoints(out, spec, checkpoints, resume, inputs)
+    with hold_outputs(out, checkpoints):  # a second run with the same output refuses here, before any work
         lm = load_lm(model, device=device, dtype=dtype)
         request = forget_request(lm, forget, retain)
-        erasure = unlearn(lm, method, request, model=str(model), progress=progress, **params)
-        erasure.save(out, protect=tuple(lm_inputs(model)))
+        erasure = unlearn(lm, method, request, model=str(model), progress=progress, checkpoint_dir=checkpoints,
+                          resume=resume, **params)  # fmt: skip
+        erasure.save(out, protect=tuple(inputs))
+        if default_checkpoints:  # the run is saved: its default checkpoints are no longer needed
+            from ..training.checkpoints import discard
+
+            discard(checkpoints)
     return erasure
 
 

@@ -1,12 +1,14 @@
-"""The training loop every language-model unlearning method shares, and its loss pieces.
+"""Language-model unlearning: its loss pieces and :func:`fit`, its recipe on the one training loop.
 
-A method is a loss over a forget batch and a retain batch; :func:`fit` does the rest, the same way
-for every method (open-unlearning's recipe): a **float32 copy** of the model is trained (the user's
+A method is a loss over a forget batch and a retain batch; :func:`fit` does the rest in
+:func:`erasekit.training.engine.train` (the loop the image methods use: checkpoints, resume, the
+refusals of a silent or non-finite run), the same way for every method (open-unlearning's recipe): a **float32 copy** of the model is trained (the user's
 model is never changed and serves as the frozen reference ``π_ref``), AdamW with linear warm-up over
 the first epoch, ``epochs`` passes over the forget set in batches of ``batch_size`` ×
 ``grad_accum``, each forget batch paired with as many retain pairs (cycled), gradients clipped to
-norm 1. Only the parameters chosen by ``params`` train (:func:`select_parameters`); the result holds
-the new values of exactly those (``model.<name>`` keys). A loss that does not depend on the trainable
+norm 1. Only the parameters chosen by ``params`` train (:func:`select_parameters`), or a LoRA on
+them (``lora_rank``); the result holds the new values of exactly those (``model.<name>`` keys) or
+the LoRA's factors. A loss that does not depend on the trainable
 parameters, or that becomes non-finite, stops the run with an error instead of returning an
 unchanged or broken model.
 
@@ -16,7 +18,6 @@ Sequences are ``<bos> question answer`` and every loss reads the answer tokens o
 from __future__ import annotations
 
 import copy
-import math
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -24,10 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..core.config import MethodConfig
-from ..core.errors import ConfigError, ErasekitError, NonFiniteError
+from ..core.errors import ConfigError
+from ..core.registry import MethodResult
 from ..core.request import ForgetRequest, QAPair
 from .batches import answer_token_logprobs, encode_pairs
 
@@ -45,7 +46,17 @@ class UnlearnConfig(MethodConfig):
         default="all",
         metadata={"help": "parameters that train: all, mlp, attn, or re:<regex> over parameter names"},
     )
-    seed: int = field(default=0, metadata={"help": "seed of the batch order"})
+    seed: int = field(default=0, metadata={"help": "seed of the batch order, the dropout and a LoRA's initialisation"})
+    lora_rank: int = field(
+        default=0, metadata={"help": "train a LoRA of this rank on the chosen weight matrices instead of them (0: off)", "min": 0}
+    )
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scale numerator, update (lora_alpha / lora_rank) B A", "gt": 0}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA's input", "min": 0, "max": 1})
+    checkpoint_every: int = field(
+        default=0, metadata={"help": "with a checkpoint directory: save every N steps (0: every tenth of the run)", "min": 0}
+    )
 
     def validate(self) -> None:
         if not (self.params in PARAMETER_SETS or self.params.startswith("re:")):
@@ -201,76 +212,104 @@ def lora_factors(model: torch.nn.Module, spec: LoraSpec) -> dict[str, torch.Tens
     return out
 
 
+@dataclass
+class Fitted:
+    """What :func:`fit` trained: the new values of the trained parameters (``model.<name>``), or a
+    LoRA's factors (:func:`lora_factors`), and the run's log."""
+
+    weights: dict[str, torch.Tensor]
+    lora: dict[str, torch.Tensor]
+    log: dict
+
+    def result(self, **info) -> MethodResult:
+        """The method's result: these tensors, the log and ``info``."""
+        return MethodResult(self.weights, {"log": self.log, **info}, lora=self.lora)
+
+
 def fit(lm, request: ForgetRequest, config: UnlearnConfig, loss_fn: LossFn, progress: bool = True,
         forget_pairs: Sequence[QAPair] | None = None, needs_retain: bool = False,
-        lora: LoraSpec | None = None) -> tuple[dict[str, torch.Tensor], dict]:  # fmt: skip
-    """Train a float32 copy of ``lm.model`` with ``loss_fn`` (module docstring); return the new
-    values of the trained parameters (``model.<name>``) and a log of the run. With ``lora`` a LoRA
-    on the chosen weight matrices trains instead, and the result is its factors
-    (:func:`lora_factors`). The run is reproducible: batch order and dropout draw from
-    ``config.seed`` (the caller's random state is left as it was)."""
-    devices = [lm.device.index or 0] if lm.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.seed)
-        return _fit(lm, request, config, loss_fn, progress, forget_pairs, needs_retain, lora)
+        checkpoint_dir: str | None = None, resume: bool = False) -> Fitted:  # fmt: skip
+    """Train a float32 copy of ``lm.model`` with ``loss_fn`` in the one training loop
+    (:func:`erasekit.training.engine.train`; module docstring for the recipe) and return what
+    trained. With ``config.lora_rank`` a LoRA on the chosen weight matrices trains instead. The run
+    is reproducible and resumable: the batch order draws from ``config.seed``, each micro-batch's
+    dropout from the loop's generator of that step (the caller's random state is left as it was);
+    with ``checkpoint_dir`` it checkpoints every ``config.checkpoint_every`` steps (0: every tenth)
+    and ``resume`` continues from the newest checkpoint exactly as the uninterrupted run would."""
+    from ..training.engine import TrainingSettings, train
 
-
-def _fit(lm, request, config, loss_fn, progress, forget_pairs, needs_retain, lora=None):
     if needs_retain and not request.retain:
         raise ConfigError("this method has a retain term: the forget request needs retain pairs (--retain or a testbed split)")
-    forget_pairs = list(forget_pairs if forget_pairs is not None else request.forget)
-    reference = lm.model.eval()
-    model = copy.deepcopy(lm.model).float().train()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    trainable = select_parameters(model, config.params)
+    schedule = epoch_schedule(list(forget_pairs if forget_pairs is not None else request.forget), list(request.retain), config)
+    per_epoch = len(schedule) // config.epochs
+    lora = LoraSpec(config.lora_rank, config.lora_alpha, config.lora_dropout) if config.lora_rank else None
+    devices = [lm.device.index or 0] if lm.device.type == "cuda" else []
+    every = (config.checkpoint_every or max(1, len(schedule) // 10)) if checkpoint_dir else 0
+    settings = TrainingSettings(steps=len(schedule), lr=config.lr, optimizer="adamw", weight_decay=config.weight_decay,
+                                grad_accum=config.grad_accum, grad_clip=1.0, warmup_steps=per_epoch, seed=config.seed,
+                                mixed_precision="no", checkpoint_every=every, checkpoint_dir=checkpoint_dir, resume=resume)  # fmt: skip
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)  # the LoRA's initialisation
+        reference = lm.model.eval()
+        model = copy.deepcopy(lm.model).float().train()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        trainable = select_parameters(model, config.params)
+        if lora is not None:
+            trainable = inject_lora(model, trainable, lora)
+        for p in trainable.values():
+            p.requires_grad_(True)
+        objective = _Unlearning(lm, model, reference, schedule, loss_fn)
+        run = train(trainable, objective, settings, progress=progress, desc=f"unlearning {request.name}")
+    log = {"steps": len(schedule), "loss": [round(d["loss"], 5) for d in run.losses], "start_step": run.start_step,
+           "seconds": round(run.seconds, 3)}  # fmt: skip
     if lora is not None:
-        trainable = inject_lora(model, trainable, lora)
-    for p in trainable.values():
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=config.weight_decay)
-    per_epoch = math.ceil(len(forget_pairs) / (config.batch_size * config.grad_accum))
-    total = per_epoch * config.epochs
+        return Fitted({}, lora_factors(model, lora), log)
+    return Fitted({f"model.{n}": p.detach() for n, p in trainable.items()}, {}, log)
+
+
+#: One optimiser step of an unlearning run: its micro-batches, each (forget pairs, retain pairs).
+Schedule = list[list[tuple[list[QAPair], list[QAPair]]]]
+
+
+def epoch_schedule(forget: list[QAPair], retain: list[QAPair], config: UnlearnConfig) -> Schedule:
+    """Every step of the run, fixed before it starts (so a resumed run sees the same batches):
+    ``epochs`` shuffled passes over ``forget`` in micro-batches of ``batch_size``, ``grad_accum`` of
+    them per step (the last step of an epoch may have fewer), each paired with as many retain pairs
+    drawn from endless shuffled passes over ``retain`` (none when there are none); one
+    ``random.Random(seed)`` draws both."""
     rng = random.Random(config.seed)
-    retain_cycle = _cycle(list(request.retain), rng)
-    device, tok = lm.device, lm.tokenizer
-    log: dict = {"steps": total, "loss": []}
-    bar = tqdm(total=total, desc=f"unlearning {request.name}", disable=not progress)
-    step = 0
+    retain_cycle = _cycle(list(retain), rng)
+    steps: Schedule = []
     for _ in range(config.epochs):
-        order = forget_pairs[:]
+        order = forget[:]
         rng.shuffle(order)
         chunks = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
         for s in range(0, len(chunks), config.grad_accum):
-            group = chunks[s : s + config.grad_accum]
-            for g in opt.param_groups:
-                g["lr"] = config.lr * min(1.0, (step + 1) / per_epoch)  # linear warm-up over the first epoch
-            opt.zero_grad(set_to_none=True)
-            values: dict[str, float] = {}
-            for chunk in group:
-                retain = [next(retain_cycle) for _ in chunk] if request.retain else []
-                batch = Step(encode_pairs(tok, chunk, device), encode_pairs(tok, retain, device) if retain else None,
-                             model, reference, step, chunk)  # fmt: skip
-                loss, parts = loss_fn(batch)
-                if not loss.requires_grad:
-                    raise ErasekitError("the unlearning loss does not depend on the trained parameters (a silent no-op)")
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(f"the unlearning loss became {loss.item()} at step {step}; lower lr")
-                (loss / len(group)).backward()
-                for k, v in {"loss": loss.item(), **parts}.items():
-                    values[k] = values.get(k, 0.0) + v / len(group)
-            if all(p.grad is None for p in trainable.values()):
-                raise ErasekitError("no trained parameter received a gradient (a silent no-op)")
-            torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)
-            opt.step()
-            step += 1
-            log["loss"].append(round(values["loss"], 5))
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
-    bar.close()
-    if lora is not None:
-        return lora_factors(model, lora), log
-    return {f"model.{n}": p.detach() for n, p in trainable.items()}, log
+            steps.append(
+                [(chunk, [next(retain_cycle) for _ in chunk] if retain else []) for chunk in chunks[s : s + config.grad_accum]]
+            )
+    return steps
+
+
+class _Unlearning:
+    """The :class:`~erasekit.training.engine.BatchedObjective` of an unlearning run: micro-batch
+    ``micro`` of step ``step`` encoded and handed to the method's loss."""
+
+    def __init__(self, lm, model, reference, schedule: Schedule, loss_fn: LossFn):
+        self.lm, self.model, self.reference, self.schedule, self.loss_fn = lm, model, reference, schedule, loss_fn
+
+    def micro_batches(self, step: int) -> int:
+        return len(self.schedule[step])
+
+    def loss(self, step: int, gen: torch.Generator, micro: int) -> dict[str, torch.Tensor | float]:
+        forget, retain = self.schedule[step][micro]
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # this micro-batch's dropout
+        tok, device = self.lm.tokenizer, self.lm.device
+        batch = Step(encode_pairs(tok, forget, device), encode_pairs(tok, retain, device) if retain else None,
+                     self.model, self.reference, step, forget)  # fmt: skip
+        loss, parts = self.loss_fn(batch)
+        return {"loss": loss, **{k: float(v) for k, v in parts.items() if k != "loss"}}
 
 
 def _cycle(items: list, rng: random.Random):

@@ -56,7 +56,8 @@ def run_identity(method: str, config, request, base_fingerprint: str) -> dict:
 
 
 def _describe(identity: dict) -> str:
-    concepts = ", ".join(t["concept"] for t in identity.get("request", {}).get("targets", []))
+    request = identity.get("request", {})
+    concepts = ", ".join(t["concept"] for t in request.get("targets", [])) or request.get("name", "")
     return f"{identity.get('method')} on {concepts or '?'}"
 
 

@@ -1,11 +1,14 @@
-"""The one training loop every fine-tuning method uses.
+"""The one training loop every fine-tuning method uses, on diffusion pipelines and language models.
 
-A method supplies an :class:`Objective`: which parameters train (a dict from
-``FamilyAdapter.parameter_set`` keys to parameters), how a step's loss is computed (named terms whose
-sum is minimised), and optionally a gradient mask (SalUn, ANT) and extra state to checkpoint
-(AdvUnlearn's adversarial prompt). The loop owns everything else: the optimiser, steps, gradient
-accumulation, mixed precision on accelerators, seeding, the progress bar with the loss, periodic
-checkpoints with ``resume``, and early stopping on a metric.
+A method supplies an :class:`Objective`: which parameters train (a dict from parameter-set keys to
+parameters), how a step's loss is computed (named terms whose sum is minimised), and optionally a
+gradient mask (SalUn, ANT) and extra state to checkpoint (AdvUnlearn's adversarial prompt). The loop
+owns everything else: the optimiser, steps, linear warm-up, gradient accumulation (a fixed number of
+micro-batches, or as many as a :class:`BatchedObjective` has at that step: the language-model side's
+epochs over a forget set), gradient clipping, mixed precision on accelerators, seeding, the progress
+bar with the loss, periodic checkpoints with ``resume``, early stopping on a metric, and the refusals
+of a run that cannot be right: a loss that does not reach the trained parameters, a step in which
+no parameter receives a gradient, and a loss that is NaN or infinite.
 
 Determinism: step ``k`` draws its randomness from a generator seeded with ``(seed, k)``, so a run
 resumed from a checkpoint at step ``k`` continues exactly as the uninterrupted run would have.
@@ -24,15 +27,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, ErasekitError, NonFiniteError
 from ..core.outputs import claim_collection
 from . import checkpoints
 
 
 class Objective(Protocol):
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """The named loss terms of step ``step``; the loop minimises their sum."""
+        """The named loss terms of step ``step``; the loop minimises the sum of the tensors (a plain
+        number among them is only logged: a part of a total the objective already formed)."""
         ...
+
+
+class BatchedObjective(Protocol):
+    """An objective whose steps have their own number of micro-batches (epochs over a data set
+    whose last step is short): the loop calls ``loss(step, gen, micro)`` for ``micro`` in
+    ``range(micro_batches(step))`` and averages them."""
+
+    def micro_batches(self, step: int) -> int: ...
+
+    def loss(self, step: int, gen: torch.Generator, micro: int) -> dict[str, torch.Tensor | float]: ...
 
 
 @dataclass
@@ -45,6 +59,7 @@ class TrainingSettings:
     weight_decay: float = 0.0
     grad_accum: int = 1
     grad_clip: float | None = None
+    warmup_steps: int = 0  # lr_k = lr · min(1, (k + 1) / warmup_steps); 0: constant
     seed: int = 0
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, off elsewhere), "no", "bf16", "fp16"
     checkpoint_every: int = 0
@@ -53,9 +68,10 @@ class TrainingSettings:
     eval_every: int = 0
 
     def validate(self) -> None:
-        if self.steps < 1 or self.lr <= 0 or self.grad_accum < 1:
+        if self.steps < 1 or self.lr <= 0 or self.grad_accum < 1 or self.warmup_steps < 0:
             raise ConfigError(
-                f"training needs steps >= 1, lr > 0 and grad_accum >= 1 (got {self.steps}, {self.lr}, {self.grad_accum})"
+                f"training needs steps >= 1, lr > 0, grad_accum >= 1 and warmup_steps >= 0 "
+                f"(got {self.steps}, {self.lr}, {self.grad_accum}, {self.warmup_steps})"
             )
         if self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; use adam or adamw")
@@ -137,19 +153,28 @@ def train(
     log.start_step = start
     t0 = time.perf_counter()
     bar = tqdm(range(start, settings.steps), desc=desc, disable=not progress, initial=start, total=settings.steps, mininterval=1)
+    batched = hasattr(objective, "micro_batches")
     for step in bar:
         opt.zero_grad(set_to_none=True)
+        if settings.warmup_steps:
+            for group in opt.param_groups:
+                group["lr"] = settings.lr * min(1.0, (step + 1) / settings.warmup_steps)
+        micros = objective.micro_batches(step) if batched else settings.grad_accum
         terms_sum: dict[str, float] = {}
-        for micro in range(settings.grad_accum):
+        for micro in range(micros):
             gen = step_generator(settings.seed, step * settings.grad_accum + micro)
             with _autocast(device, settings.mixed_precision):
-                terms = objective.loss(step, gen)
-            total = sum(terms.values()) / settings.grad_accum
-            if not total.requires_grad:
-                raise ConfigError(f"{desc}: the loss does not depend on the trained parameters (a silent no-op)")
+                terms = objective.loss(step, gen, micro) if batched else objective.loss(step, gen)
+            total = _minimised(terms, desc) / micros
+            if not bool(torch.isfinite(total.detach())):
+                raise NonFiniteError(
+                    f"{desc}: the loss became {float(total.detach()) * micros} at step {step}; lower the learning rate (lr)"
+                )
             (scaler.scale(total) if scaler else total).backward()
             for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / settings.grad_accum
+                terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v) / micros
+        if all(p.grad is None for p in plist):
+            raise ErasekitError(f"{desc}: no trained parameter received a gradient at step {step} (a silent no-op)")
         if scaler:
             scaler.unscale_(opt)
         if grad_mask is not None:
@@ -177,6 +202,17 @@ def train(
                 break
     log.seconds = time.perf_counter() - t0
     return log
+
+
+def _minimised(terms: dict, desc: str) -> torch.Tensor:
+    """The sum of the tensor terms (the number the step minimises); an error when it cannot train."""
+    tensors = [v for v in terms.values() if isinstance(v, torch.Tensor)]
+    if not tensors:
+        raise ConfigError(f"{desc}: the objective returned no loss tensor")
+    total = sum(tensors[1:], tensors[0])
+    if not total.requires_grad:
+        raise ConfigError(f"{desc}: the loss does not depend on the trained parameters (a silent no-op)")
+    return total
 
 
 def _fingerprint(settings: TrainingSettings) -> dict:

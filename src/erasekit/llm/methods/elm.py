@@ -35,7 +35,7 @@ Deliberate differences, each stated:
   testbed; the erasure stores the dense new weights of the chosen blocks). ``lora_rank=256`` (with the
   defaults ``lora_alpha=16``, ``lora_dropout=0.05``) trains the reference's LoRA instead and stores its
   factors, the storage that suits billion-parameter models.
-- **Loop**: erasekit's shared unlearning loop (``llm/unlearn.py``): ``epochs`` passes over the forget
+- **Loop**: erasekit's one training loop (``training/engine.py``, through ``llm/unlearn.fit``): ``epochs`` passes over the forget
   pairs (the reference draws ``num_samples`` = 3,000 texts from a corpus), linear warm-up over the
   first epoch and gradients clipped to norm 1 (the reference has neither), accumulated gradients
   averaged rather than summed (AdamW is insensitive to that scale).
@@ -65,7 +65,7 @@ from ...core.errors import ConfigError
 from ...core.registry import MethodResult, register_method
 from ...core.request import QAPair
 from ..batches import encode_ids, pad_rows, pair_ids
-from ..unlearn import PARAMETER_SETS, LoraSpec, Step, UnlearnConfig, fit, nll
+from ..unlearn import PARAMETER_SETS, Step, UnlearnConfig, fit, nll
 
 #: The reference code's expert prompts (``positive_prompt_templates``), ``{concept}`` = the concept.
 EXPERT_TEMPLATES = (
@@ -141,10 +141,6 @@ class ELMConfig(UnlearnConfig):
     lora_rank: int = field(
         default=0, metadata={"help": "train a LoRA of this rank on those matrices (reference: 256; 0: the matrices)"}
     )
-    lora_alpha: float = field(
-        default=16.0, metadata={"help": "LoRA scale numerator, update (lora_alpha / lora_rank) B A (reference: 16)", "gt": 0}
-    )
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA's input (reference: 0.05)", "max": 1})
     expert_templates: tuple[str, ...] = field(
         default=EXPERT_TEMPLATES, metadata={"help": "expert prefixes with {concept} (Python API or testbed.json)"}
     )
@@ -329,8 +325,10 @@ def greedy_retain_loss(model, reference, batch: dict[str, torch.Tensor]) -> torc
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
-@register_method("elm", ELMConfig, families=("causal-lm",), kind="fine-tuning")
-def elm(lm, request, config: ELMConfig, adapter=None, progress: bool = True) -> MethodResult:
+@register_method("elm", ELMConfig, families=("causal-lm",), kind="fine-tuning", accepts=("checkpoints",))
+def elm(
+    lm, request, config: ELMConfig, adapter=None, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False
+) -> MethodResult:
     """Train towards the model's own "written by a novice" distribution of the forget text, keep retain text, stay fluent."""
     if config.params == "elm":
         blocks = elm_blocks(lm.model, config.layers)
@@ -370,9 +368,6 @@ def elm(lm, request, config: ELMConfig, adapter=None, progress: bool = True) -> 
             total, parts["consistency"] = total + config.consistency_scale * cons, cons.item()
         return total, parts
 
-    lora = LoraSpec(config.lora_rank, config.lora_alpha, config.lora_dropout) if config.lora_rank else None
-    trained, log = fit(lm, request, config, loss, progress, needs_retain=config.retain_scale > 0, lora=lora)
-    weights, factors = ({}, trained) if lora else (trained, {})
-    return MethodResult(weights, {"log": log, "params": config.params,
-                                  "consistency_examples": [tok.decode(c) for c in list(continuation.values())[:3]]},
-                        lora=factors)  # fmt: skip
+    fitted = fit(lm, request, config, loss, progress, needs_retain=config.retain_scale > 0, checkpoint_dir=checkpoint_dir,
+                 resume=resume)  # fmt: skip
+    return fitted.result(params=config.params, consistency_examples=[tok.decode(c) for c in list(continuation.values())[:3]])

@@ -19,13 +19,14 @@ class GAConfig(UnlearnConfig):
     pass
 
 
-@register_method("ga", GAConfig, families=("causal-lm",), kind="fine-tuning")
-def gradient_ascent(lm, request, config: GAConfig, adapter=None, progress: bool = True) -> MethodResult:
+@register_method("ga", GAConfig, families=("causal-lm",), kind="fine-tuning", accepts=("checkpoints",))
+def gradient_ascent(
+    lm, request, config: GAConfig, adapter=None, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False
+) -> MethodResult:
     """Gradient ascent on the forget answers' NLL (no retain term)."""
 
     def loss(s: Step):
         forget = nll(s.model, s.forget)
         return -forget, {"forget_nll": forget.item()}
 
-    weights, log = fit(lm, request, config, loss, progress)
-    return MethodResult(weights, {"log": log})
+    return fit(lm, request, config, loss, progress, checkpoint_dir=checkpoint_dir, resume=resume).result()

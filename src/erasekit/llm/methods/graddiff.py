@@ -18,12 +18,21 @@ class GradDiffConfig(RetainConfig):
     pass
 
 
-@register_method("graddiff", GradDiffConfig, families=("causal-lm",), kind="fine-tuning")
-def gradient_difference(lm, request, config: GradDiffConfig, adapter=None, progress: bool = True) -> MethodResult:
+@register_method("graddiff", GradDiffConfig, families=("causal-lm",), kind="fine-tuning", accepts=("checkpoints",))
+def gradient_difference(
+    lm,
+    request,
+    config: GradDiffConfig,
+    adapter=None,
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+) -> MethodResult:
     """Gradient difference: ascent on forget answers, NLL or KL descent on the retain set."""
 
     def loss(s: Step):
         return with_retain(-nll(s.model, s.forget), "neg_forget_nll", config, s)
 
-    weights, log = fit(lm, request, config, loss, progress, needs_retain=config.alpha > 0)
-    return MethodResult(weights, {"log": log})
+    return fit(
+        lm, request, config, loss, progress, needs_retain=config.alpha > 0, checkpoint_dir=checkpoint_dir, resume=resume
+    ).result()

@@ -25,8 +25,10 @@ class IDKConfig(RetainConfig):
     beta: float = field(default=0.1, metadata={"help": "inverse temperature β", "gt": 0})
 
 
-@register_method("idk-dpo", IDKConfig, families=("causal-lm",), kind="fine-tuning")
-def idk_dpo(lm, request, config: IDKConfig, adapter=None, progress: bool = True) -> MethodResult:
+@register_method("idk-dpo", IDKConfig, families=("causal-lm",), kind="fine-tuning", accepts=("checkpoints",))
+def idk_dpo(
+    lm, request, config: IDKConfig, adapter=None, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False
+) -> MethodResult:
     """DPO preferring a refusal ("I don't know.") to the true answer on forget questions."""
 
     def loss(s: Step):
@@ -40,5 +42,6 @@ def idk_dpo(lm, request, config: IDKConfig, adapter=None, progress: bool = True)
         forget = -(2.0 / config.beta) * F.logsigmoid(config.beta * margin).mean()
         return with_retain(forget, "dpo", config, s)
 
-    weights, log = fit(lm, request, config, loss, progress, needs_retain=config.alpha > 0)
-    return MethodResult(weights, {"log": log})
+    return fit(
+        lm, request, config, loss, progress, needs_retain=config.alpha > 0, checkpoint_dir=checkpoint_dir, resume=resume
+    ).result()

@@ -31,13 +31,16 @@ def npo_loss(model, reference, batch, beta: float) -> torch.Tensor:
     return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref)).mean()
 
 
-@register_method("npo", NPOConfig, families=("causal-lm",), kind="fine-tuning")
-def npo(lm, request, config: NPOConfig, adapter=None, progress: bool = True) -> MethodResult:
+@register_method("npo", NPOConfig, families=("causal-lm",), kind="fine-tuning", accepts=("checkpoints",))
+def npo(
+    lm, request, config: NPOConfig, adapter=None, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False
+) -> MethodResult:
     """Negative preference optimisation against the frozen model, plus a retain term."""
 
     def loss(s: Step):
         forget = npo_loss(s.model, s.reference, s.forget, config.beta)
         return with_retain(forget, "npo", config, s)
 
-    weights, log = fit(lm, request, config, loss, progress, needs_retain=config.alpha > 0)
-    return MethodResult(weights, {"log": log})
+    return fit(
+        lm, request, config, loss, progress, needs_retain=config.alpha > 0, checkpoint_dir=checkpoint_dir, resume=resume
+    ).result()

@@ -90,8 +90,10 @@ def masked_mse(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tor
     return (err * mask).sum() / mask.sum().clamp(min=1)
 
 
-@register_method("rmu", RMUConfig, families=("causal-lm",), kind="fine-tuning")
-def rmu(lm, request, config: RMUConfig, adapter=None, progress: bool = True) -> MethodResult:
+@register_method("rmu", RMUConfig, families=("causal-lm",), kind="fine-tuning", accepts=("checkpoints",))
+def rmu(
+    lm, request, config: RMUConfig, adapter=None, progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False
+) -> MethodResult:
     """Steer forget activations at one layer to a random direction; keep retain activations."""
     layer = rmu_layer(lm.model, config.layer)
     if config.params == "rmu":
@@ -114,5 +116,5 @@ def rmu(lm, request, config: RMUConfig, adapter=None, progress: bool = True) -> 
         retain = masked_mse(retain_h, frozen, s.retain["attention_mask"])
         return forget + config.alpha * retain, {"forget_mse": forget.item(), "retain_mse": retain.item()}
 
-    weights, log = fit(lm, request, config, loss, progress, needs_retain=True)
-    return MethodResult(weights, {"log": log, "layer": layer, "params": config.params, "steering_coeff": float(coeff)})
+    fitted = fit(lm, request, config, loss, progress, needs_retain=True, checkpoint_dir=checkpoint_dir, resume=resume)
+    return fitted.result(layer=layer, params=config.params, steering_coeff=float(coeff))

@@ -24,8 +24,16 @@ class SimNPOConfig(RetainConfig):
     gamma: float = field(default=0.125, metadata={"help": "weight γ of the forget term"})
 
 
-@register_method("simnpo", SimNPOConfig, families=("causal-lm",), kind="fine-tuning")
-def simnpo(lm, request, config: SimNPOConfig, adapter=None, progress: bool = True) -> MethodResult:
+@register_method("simnpo", SimNPOConfig, families=("causal-lm",), kind="fine-tuning", accepts=("checkpoints",))
+def simnpo(
+    lm,
+    request,
+    config: SimNPOConfig,
+    adapter=None,
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+) -> MethodResult:
     """Reference-free, length-normalised NPO with a margin, plus a retain term."""
 
     def loss(s: Step):
@@ -33,5 +41,6 @@ def simnpo(lm, request, config: SimNPOConfig, adapter=None, progress: bool = Tru
         forget = -(2.0 / config.beta) * F.logsigmoid(config.beta * mean_nll - config.delta).mean()
         return with_retain(forget, "simnpo", config, s)
 
-    weights, log = fit(lm, request, config, loss, progress, needs_retain=config.alpha > 0)
-    return MethodResult(weights, {"log": log})
+    return fit(
+        lm, request, config, loss, progress, needs_retain=config.alpha > 0, checkpoint_dir=checkpoint_dir, resume=resume
+    ).result()

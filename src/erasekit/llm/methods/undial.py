@@ -44,12 +44,21 @@ def undial_loss(model, reference, batch: dict[str, torch.Tensor], beta: float) -
     return -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
-@register_method("undial", UNDIALConfig, families=("causal-lm",), kind="fine-tuning")
-def undial(lm, request, config: UNDIALConfig, adapter=None, progress: bool = True) -> MethodResult:
+@register_method("undial", UNDIALConfig, families=("causal-lm",), kind="fine-tuning", accepts=("checkpoints",))
+def undial(
+    lm,
+    request,
+    config: UNDIALConfig,
+    adapter=None,
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+) -> MethodResult:
     """Self-distillation towards the original model with the true answer tokens' logits lowered."""
 
     def loss(s: Step):
         return with_retain(undial_loss(s.model, s.reference, s.forget, config.beta), "undial", config, s)
 
-    weights, log = fit(lm, request, config, loss, progress, needs_retain=config.alpha > 0)
-    return MethodResult(weights, {"log": log})
+    return fit(
+        lm, request, config, loss, progress, needs_retain=config.alpha > 0, checkpoint_dir=checkpoint_dir, resume=resume
+    ).result()
