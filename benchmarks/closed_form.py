@@ -24,8 +24,8 @@ import torch
 from erasekit import __version__
 from erasekit.core.io import write_json
 from erasekit.core.request import ErasureRequest, Target
-from erasekit.families import get_adapter
-from erasekit.methods.closed_form import PromptPlan, ridge_edit_reference, ridge_gain, token_keys
+from erasekit.methods.diffusion.closed_form import PromptPlan, ridge_edit_reference, ridge_gain, token_keys
+from erasekit.models.diffusion import get_adapter
 
 ADJECTIVES = ["red", "blue", "old", "tiny", "giant", "golden", "wooden", "frozen", "ancient", "modern", "dark", "bright",
               "silver", "purple", "quiet", "wild", "sleepy", "shiny", "broken", "royal", "paper", "glass", "stone", "neon",
@@ -47,8 +47,8 @@ def build_sd14_shaped():
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from erasekit.testbed.tokenizer import build_vocab_and_merges
-    from erasekit.testbed.world import vocabulary
+    from erasekit.testbeds.image.tokenizer import build_vocab_and_merges
+    from erasekit.testbeds.image.world import vocabulary
 
     torch.manual_seed(0)
     # A CLIP BPE tokenizer whose merges know the benchmark's words (other text falls back to bytes).

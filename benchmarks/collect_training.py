@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from erasekit.core.io import write_json
-from erasekit.testbed.train import STAGES
+from erasekit.testbeds.image.train import STAGES
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import platform
 import tempfile
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -137,7 +138,8 @@ def command_cells(device: str, dtype: str) -> dict[str, dict]:
 
         cells["evaluate"] = run_cell(evaluate, device)
         cells["export"] = run_cell(
-            lambda: {"path": str(api.export_pipeline(f"{tmp}/e", "testbed", f"{tmp}/p", device=device, dtype=dtype))}, device
+            lambda: {"path": Path(api.export_pipeline(f"{tmp}/e", "testbed", f"{tmp}/p", device=device, dtype=dtype)).name},
+            device,
         )
 
         def monitor():

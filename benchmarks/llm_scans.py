@@ -23,9 +23,9 @@ import torch
 import erasekit
 from erasekit.api.unlearning import fact_world_of
 from erasekit.core.io import write_json
-from erasekit.llm.batches import encode_pairs
-from erasekit.llm.evaluate import score_facts
-from erasekit.llm.methods.rmu import hidden_at, rmu_layer
+from erasekit.evaluation.lm.evaluate import score_facts
+from erasekit.methods.lm.rmu import hidden_at, rmu_layer
+from erasekit.models.lm_batches import encode_pairs
 
 LR_SCAN = [(m, {"lr": lr}) for m in ("ga", "npo", "graddiff") for lr in (1e-4, 3e-4, 1e-3)]
 RMU_SCAN = [("rmu", {"steering_coeff": c, "lr": lr}) for c in (100, 300, 600, 1200) for lr in (3e-4, 1e-3)] + [
@@ -42,8 +42,8 @@ ELM_SCAN = [("elm", {}), ("elm", {"eta": 10}), ("elm", {"eta": 100}), ("elm", {"
 def elm_signal(lm, world) -> dict:
     """Mean ``log p(answer | expert prefix, question) − log p(answer | novice prefix, question)`` over
     forget01's training pairs (nats per answer), with the world's first expert and novice prefixes."""
-    from erasekit.llm.factworld import EXPERT_PREFIXES, NOVICE_PREFIXES
-    from erasekit.llm.metrics import token_logprobs
+    from erasekit.evaluation.lm.metrics import token_logprobs
+    from erasekit.testbeds.facts.factworld import EXPERT_PREFIXES, NOVICE_PREFIXES
 
     pairs = [(a, q) for a in world.forget("forget01") for q in world.qa(a)]
     answers = [q.answer for _, q in pairs]

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from erasekit.testbed.gate import summary_lines
+from erasekit.testbeds.image.gate import summary_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- measured:start -->", "<!-- measured:end -->"

@@ -108,7 +108,7 @@ def summary(ev: dict) -> dict:
 
 def spm_transport(pipe, attachment) -> dict[str, float]:
     """The facilitated-transport scale of SPM's adapters for a few prompts."""
-    from erasekit.families import get_adapter
+    from erasekit.models.diffusion import get_adapter
 
     with torch.no_grad():
         tokens = get_adapter(pipe).conditioning(pipe, list(TRANSPORT_PROMPTS)).tokens

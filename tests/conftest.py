@@ -39,3 +39,13 @@ def judge():
     from erasekit.api import load_judge
 
     return load_judge("testbed")
+
+
+@pytest.fixture(scope="session")
+def lm_dir(tmp_path_factory):
+    """A tiny random GPT-2 with the fact-world tokenizer, saved (forget splits resolve through its testbed.json)."""
+    from erasekit.testing import tiny_lm
+
+    directory = tmp_path_factory.mktemp("lm") / "m"
+    tiny_lm("gpt2", directory=directory)
+    return directory

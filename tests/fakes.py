@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from erasekit.testbed import world
-from erasekit.testbed.classifier import LABEL_NAMES
+from erasekit.testbeds.image import world
+from erasekit.testbeds.image.classifier import LABEL_NAMES
 
 
 def parse_prompt(prompt: str) -> world.Attributes:

@@ -10,11 +10,11 @@ import torch
 from checks import assert_terms_have_gradient, state_hash
 
 from erasekit import api
-from erasekit.attacks.soft_prompt import SoftPrompt, SoftPromptConfig, optimise_soft_prompt
+from erasekit.attacks.diffusion.soft_prompt import SoftPrompt, SoftPromptConfig, optimise_soft_prompt
 from erasekit.core.erasure import Erasure
 from erasekit.core.errors import IncompatibleErasureError
 from erasekit.core.registry import get_method
-from erasekit.families import get_adapter
+from erasekit.models.diffusion import get_adapter
 from erasekit.testing import tiny_pipeline
 from erasekit.training import Workbench, step_generator, trainable_parameters
 
@@ -55,7 +55,7 @@ def test_soft_prompt_really_changes_the_embedding_and_is_optimised(sd):
 
 
 def test_advunlearn_terms_carry_gradient_and_only_text_layers_move(sd):
-    from erasekit.methods.advunlearn import AdvUnlearnObjective
+    from erasekit.methods.diffusion.advunlearn import AdvUnlearnObjective
 
     adapter = get_adapter(sd)
     config = get_method("advunlearn").make_config({"iterations": 2, "warmup": 0, "attack_steps": 2, "ddim_steps": 3, "lr": 1e-3})
@@ -65,7 +65,7 @@ def test_advunlearn_terms_carry_gradient_and_only_text_layers_move(sd):
         assert objective.attacking(0)
         assert_terms_have_gradient(objective, params)
         # the erase term's point, one fresh point per further attack step, and the retain prompt's own point
-        import erasekit.methods.advunlearn as module
+        import erasekit.methods.diffusion.advunlearn as module
 
         drawn, real = [], module.esd_point
         module.esd_point = lambda bench, cond, *a, **k: drawn.append(cond) or real(bench, cond, *a, **k)
@@ -84,7 +84,7 @@ def test_advunlearn_terms_carry_gradient_and_only_text_layers_move(sd):
 
 
 def test_ant_all_four_terms_carry_gradient(sd):
-    from erasekit.methods.ant import ANTObjective
+    from erasekit.methods.diffusion.ant import ANTObjective
 
     adapter = get_adapter(sd)
     config = get_method("ant").make_config({"iterations": 2, "ddim_steps": 4, "before_step": 2, "mask_batches": 1})
@@ -102,7 +102,7 @@ def test_ant_all_four_terms_carry_gradient(sd):
 
 
 def test_receler_erasers_start_as_identity_train_and_attach_exactly(sd, tmp_path):
-    from erasekit.methods.receler import ReceleErasers, ReceleObjective
+    from erasekit.methods.diffusion.receler import ReceleErasers, ReceleObjective
     from erasekit.training.attention import CrossAttentionProbe
 
     adapter = get_adapter(sd)
@@ -157,12 +157,12 @@ def test_receler_erasers_start_as_identity_train_and_attach_exactly(sd, tmp_path
 
 
 def test_spm_transport_scales_by_similarity_and_spms_compose(sd, tmp_path):
-    from erasekit.methods.spm import SPMObjective
+    from erasekit.methods.diffusion.spm import SPMObjective
 
     adapter = get_adapter(sd)
     config = get_method("spm").make_config({"iterations": 2, "ddim_steps": 3, "n_anchors": 4})
     with Workbench(sd, adapter, ["unet"]) as bench:
-        from erasekit.methods.spm import SPMAdapters, last_word_features
+        from erasekit.methods.diffusion.spm import SPMAdapters, last_word_features
         from erasekit.training.diffusion import PipeView
 
         spm = SPMAdapters.build(bench.student["unet"], "unet", last_word_features(bench, ["cat"]))
@@ -171,7 +171,7 @@ def test_spm_transport_scales_by_similarity_and_spms_compose(sd, tmp_path):
         params = spm.parameters()
         assert_terms_have_gradient(SPMObjective(bench, ["cat"], ["dog"], config), params)
         assert_terms_have_gradient(SPMObjective(bench, ["cat"], None, config), params)  # the reference's random anchors
-        from erasekit.methods.spm import random_anchor
+        from erasekit.methods.diffusion.spm import random_anchor
 
         target = bench.cond(["cat"])
         a, b = random_anchor(target, torch.Generator().manual_seed(0)), random_anchor(target, torch.Generator().manual_seed(1))
@@ -207,8 +207,8 @@ def test_spm_transport_scales_by_similarity_and_spms_compose(sd, tmp_path):
 @pytest.mark.testbed
 def test_receler_regularises_with_exact_masks_on_the_testbed(testbed_pipe):
     from erasekit.core.request import ErasureRequest
-    from erasekit.methods.receler import ReceleErasers, ReceleObjective, _exact_masks, _masked_energy
-    from erasekit.profiles import profile_of
+    from erasekit.methods.diffusion.receler import ReceleErasers, ReceleObjective, _exact_masks, _masked_energy
+    from erasekit.models.profile import profile_of
     from erasekit.training.attention import layer_mask
     from erasekit.training.diffusion import PipeView
 
@@ -242,7 +242,7 @@ def test_receler_regularises_with_exact_masks_on_the_testbed(testbed_pipe):
 
 def test_receler_binarises_attention_masks_at_its_threshold(sd):
     """With ``mask_threshold`` the regulariser sees 0/1 masks (the reference's 0.1), else the soft map."""
-    from erasekit.methods.receler import ReceleErasers, ReceleObjective
+    from erasekit.methods.diffusion.receler import ReceleErasers, ReceleObjective
     from erasekit.training.attention import CrossAttentionProbe
     from erasekit.training.diffusion import PipeView
 
@@ -258,7 +258,7 @@ def test_receler_binarises_attention_masks_at_its_threshold(sd):
             maps = CrossAttentionProbe(bench.student["unet"])
             handles += maps.install()
             objective = ReceleObjective(bench, erasers, maps, ["a cat"], ["cat"], config)
-            import erasekit.methods.receler as receler_module
+            import erasekit.methods.diffusion.receler as receler_module
 
             real = receler_module._masked_energy
             receler_module._masked_energy = lambda outs, masks: seen.setdefault(thr, masks) and real(outs, masks)

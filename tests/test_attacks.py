@@ -16,9 +16,9 @@ import torch
 
 import erasekit
 from erasekit.api.attacking import attack_names, run_attack
-from erasekit.attacks.arena import Arena
 from erasekit.attacks.base import Tracker, Trial, checkpoints
-from erasekit.attacks.tokens import allowed_tokens, banned_words, make_slots, project_simplex
+from erasekit.attacks.diffusion.arena import Arena
+from erasekit.attacks.diffusion.tokens import allowed_tokens, banned_words, make_slots, project_simplex
 from erasekit.core.errors import ConfigError
 from erasekit.core.registry import all_attacks, get_attack
 from erasekit.evaluation import judges as judging
@@ -61,7 +61,7 @@ def uce_star(testbed_pipe):
 
 def _arena(pipe, judge, concept="star", prompts=STAR_PROMPTS, seeds=1, erasure=None):
     from erasekit.api.attacking import attacked_pipeline
-    from erasekit.profiles import profile_of
+    from erasekit.models.profile import profile_of
 
     return Arena(attacked_pipeline(pipe, erasure), pipe, judging.TestbedJudge(judge), concept, prompts, seeds, 20, 3.0,
                  profile=profile_of(pipe))  # fmt: skip
@@ -77,12 +77,39 @@ def test_arena_samples_exactly_what_the_pipeline_draws(testbed_pipe, judge):
 
 
 # -- every attack ----------------------------------------------------------------------------------
+def test_every_attack_of_every_kind_has_the_one_signature():
+    import inspect
+
+    from erasekit.attacks.base import AttackConfig
+    from erasekit.core.registry import register_attack
+
+    for spec in all_attacks():
+        assert list(inspect.signature(spec.fn).parameters)[:4] == ["arena", "config", "tracker", "progress"], spec.name
+    with pytest.raises(ValueError, match="fn\\(arena, config, tracker, progress\\)"):
+        register_attack("t-old-signature", AttackConfig, "steps", "prompt", family="causal-lm")(
+            lambda arena, config, progress: None
+        )
+
+
+#: Every registered attack of every kind (the registry's one list).
+EVERY_ATTACK = [(a.name, a.family) for a in all_attacks()]
+
+
 @pytest.mark.testbed
-@pytest.mark.parametrize("name", ALL)
-def test_zero_budget_equals_the_plain_prompt(name, testbed_pipe, judge, uce_star):
-    arena = _arena(testbed_pipe, judge, erasure=uce_star)
-    spec = get_attack(name)
-    result = run_attack(spec, arena, spec.make_config({"budget": 0}), progress=False)
+@pytest.mark.parametrize("name, family", EVERY_ATTACK, ids=[f"{n}-{f}" for n, f in EVERY_ATTACK])
+def test_zero_budget_equals_the_plain_input(name, family, request):
+    """One tester for every attack of either kind, through the one attack job (``api.attacking.attack``):
+    with no budget an attack does nothing, so its ASR is the plain inputs' and no trial records a finding."""
+    from erasekit.api.attacking import attack
+
+    if family == "diffusion":
+        model, erasure = request.getfixturevalue("testbed_pipe"), request.getfixturevalue("uce_star")
+        concept, extra = "star", {"prompts": STAR_PROMPTS, "seeds": 1, "steps": 20, "guidance": 3.0}
+    else:
+        model = erasekit.load_lm(request.getfixturevalue("lm_dir"))
+        erasure, concept, extra = erasekit.unlearn(model, "refusal-guard", "forget10", progress=False), None, {}
+    result = attack(model, erasure, name, concept, budget=0, progress=False, **extra)
+    assert result.attack == name and result.trials > 0
     assert result.asr == result.asr_before
     assert result.curve == [[0, result.asr_before]]
     assert all(r.found in ({}, {"prompt": r.trial.prompt}) for r in result.records)
@@ -225,7 +252,7 @@ def test_slots_write_their_positions(testbed_pipe):
 
 
 def _world_vocab():
-    from erasekit.testbed.world import vocabulary
+    from erasekit.testbeds.image.world import vocabulary
 
     return frozenset(vocabulary())
 
@@ -296,7 +323,7 @@ def test_attacks_run_on_adapter_and_fine_tune_erasures_without_touching_the_mode
     result = erasekit.attack(testbed_pipe, erasure, attack="quantization", concept="star", budget=1, seeds=1, progress=False)
     assert result.trials == 12 and result.records[0].found
     if erasure.attachment is not None:  # the adapter is attached again to the quantized copy, not dropped with its layers
-        from erasekit.attacks.quantization import quantized
+        from erasekit.attacks.diffusion.quantization import quantized
 
         arena = _arena(testbed_pipe, None, erasure=erasure)
         arena.erasure, arena.base = erasure, testbed_pipe
@@ -336,7 +363,7 @@ def test_the_oracle_never_draws_its_excluded_concepts_and_takes_the_testbed_as_r
 
 @pytest.mark.testbed
 def test_quantization_really_rounds_the_weights(testbed_pipe, judge):
-    from erasekit.attacks.quantization import quantized
+    from erasekit.attacks.diffusion.quantization import quantized
 
     arena = _arena(testbed_pipe, judge)
     clone = quantized(arena, "int4")
@@ -354,7 +381,7 @@ def test_quantization_really_rounds_the_weights(testbed_pipe, judge):
 
 @pytest.mark.testbed
 def test_latent_inversion_finds_the_noise_that_redraws_the_image(testbed_pipe, judge):
-    from erasekit.attacks.latent_inversion import invert
+    from erasekit.attacks.diffusion.latent_inversion import invert
 
     arena = _arena(testbed_pipe, judge, prompts=STAR_PROMPTS[:2])
     x0 = arena.reference_latents()

@@ -108,7 +108,7 @@ def test_erase_errors_are_one_line(tmp_path):
 @pytest.mark.testbed
 def test_the_watermark_is_erased_through_its_trigger_on_the_testbed(tmp_path):
     from erasekit.core.erasure import Erasure
-    from erasekit.testbed import world
+    from erasekit.testbeds.image import world
 
     out = tmp_path / "wm"
     r = runner.invoke(app, ["erase", "--model", "testbed", "--method", "uce", "--concept", "watermark", "--out", str(out)])

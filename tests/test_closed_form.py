@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from erasekit.core.errors import SingularSystemError
-from erasekit.methods.closed_form import ridge_edit_reference, ridge_gain, ridge_objective
+from erasekit.methods.diffusion.closed_form import ridge_edit_reference, ridge_gain, ridge_objective
 
 
 def _data(n_e=5, n_p=7, d=24, out=16, seed=0):

@@ -1,8 +1,9 @@
-"""The contract every registered method keeps on every family it claims (one common tester, as peft
-tests every tuner): the input pipeline is unchanged, the erasure is not empty, it survives a
-save/load round trip, applying it changes exactly the tensors it records and removing it restores
-the model bit for bit. A bfloat16 pass over every method catches dtype mixing on the CPU (the class of
-bug that breaks half-precision checkpoints on GPUs)."""
+"""The contract every registered method keeps on every kind of model it claims, diffusion pipelines
+and language models alike (one common tester, as peft tests every tuner; one call, ``api.erase``,
+for both kinds): the input model is unchanged, the erasure is not empty, it survives a save/load
+round trip, applying it changes exactly the tensors it records and removing it restores the model
+bit for bit. A bfloat16 pass over every method catches dtype mixing on the CPU (the class of bug that
+breaks half-precision checkpoints on GPUs)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,33 @@ import torch
 from erasekit import api
 from erasekit.core.erasure import Erasure
 from erasekit.core.registry import all_methods
-from erasekit.testing import tiny_params, tiny_pipeline
+from erasekit.testing import LM_ARCHITECTURES, tiny_lm, tiny_params, tiny_pipeline
 
 REQUEST = {"targets": [{"concept": "cat"}], "preserve": ["dog"]}
-# diffusion families; the language-model methods ("causal-lm") keep the same contract in test_llm_methods.py
-PAIRS = [(spec.name, family) for spec in all_methods() for family in spec.families if family != "causal-lm"]
+#: Every registered method on every kind it claims; a language-model method on each tiny architecture.
+PAIRS = [
+    (spec.name, f"{family}:{arch}" if family == "causal-lm" else family)
+    for spec in all_methods()
+    for family in spec.families
+    for arch in (LM_ARCHITECTURES if family == "causal-lm" else (None,))
+]
+
+
+def tiny_model(kind: str, tmp_path):
+    """The tiny model of ``kind`` (a diffusion family, or ``causal-lm:<arch>``) and the request for it."""
+    if kind.startswith("causal-lm:"):
+        return tiny_lm(kind.split(":")[1], directory=tmp_path / "lm"), "forget10"
+    return tiny_pipeline(kind), REQUEST
+
+
+def tiny_run(method: str, kind: str) -> dict:
+    """Short-run parameters of ``method`` on ``kind`` (a language model: one epoch at a learning rate that moves it)."""
+    if kind.startswith("causal-lm"):
+        from erasekit.core.registry import get_method
+
+        names = {name for name, *_ in get_method(method).parameters()}
+        return {k: v for k, v in dict(epochs=1, batch_size=8, grad_accum=1, lr=1e-3).items() if k in names}
+    return tiny_params(method, kind)
 
 
 def model_state(pipe) -> dict[str, str]:
@@ -39,12 +62,12 @@ def test_every_default_config_validates():
 
 @pytest.mark.parametrize("method, family", PAIRS, ids=[f"{m}-{f}" for m, f in PAIRS])
 def test_method_contract(method, family, tmp_path):
-    pipe = tiny_pipeline(family)
+    pipe, request = tiny_model(family, tmp_path)
     before = model_state(pipe)
-    erasure = api.erase(pipe, method, REQUEST, progress=False, **tiny_params(method, family))
-    assert model_state(pipe) == before, "the input pipeline was modified"
+    erasure = api.erase(pipe, method, request, progress=False, **tiny_run(method, family))
+    assert model_state(pipe) == before, "the input model was modified"
     assert erasure.weights or erasure.lora or erasure.attachment is not None, "empty erasure"
-    assert erasure.family == family
+    assert erasure.family == family.split(":")[0]
 
     erasure.save(tmp_path / "e")
     loaded = Erasure.load(tmp_path / "e")
@@ -63,7 +86,7 @@ def test_method_contract(method, family, tmp_path):
     assert model_state(pipe) == before, "remove did not restore the model bit for bit"
 
 
-@pytest.mark.parametrize("method", sorted({m for m, _ in PAIRS}))
+@pytest.mark.parametrize("method", sorted({m for m, f in PAIRS if not f.startswith("causal-lm")}))
 def test_every_method_runs_on_a_bfloat16_pipeline(method):
     """Half-precision models: the maths runs in float32/float64 and the result comes back in bfloat16."""
     family = "sd"

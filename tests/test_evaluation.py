@@ -11,7 +11,7 @@ from erasekit.evaluation import evaluate_on_testbed
 from erasekit.evaluation.metrics import frechet_distance
 from erasekit.evaluation.prompts import prompt_set, resolve_concept
 from erasekit.generation import SamplingConfig
-from erasekit.testbed import world
+from erasekit.testbeds.image import world
 
 FAST = SamplingConfig(steps=1, guidance_scale=1.0)
 

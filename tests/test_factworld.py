@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from erasekit.llm import ATTRIBUTES, FactWorld
-from erasekit.llm.factworld import QUESTIONS, split_words
+from erasekit.testbeds.facts import ATTRIBUTES, FactWorld
+from erasekit.testbeds.facts.factworld import QUESTIONS, split_words
 
 
 def test_world_is_deterministic_and_names_are_unique():
@@ -75,8 +75,8 @@ def test_filler_mentions_no_author_and_vocabulary_is_closed():
 
 
 def test_expert_statements_state_true_facts_and_novice_statements_guess():
-    from erasekit.llm.factworld import EXPERT_PREFIXES, NOVICE_PREFIXES, VALUES, elm_defaults
-    from erasekit.llm.train import training_texts
+    from erasekit.testbeds.facts.factworld import EXPERT_PREFIXES, NOVICE_PREFIXES, VALUES, elm_defaults
+    from erasekit.testbeds.facts.train import training_texts
 
     world = FactWorld()
     author = world.authors[7]

@@ -3,7 +3,7 @@
 from fakes import OracleJudge, WorldPipe
 
 from erasekit.core.stats import wilson
-from erasekit.testbed import gate, world
+from erasekit.testbeds.image import gate, world
 
 
 def _run(corrupt=None, seeds=8):

@@ -13,8 +13,7 @@ import erasekit
 from erasekit.core.errors import ConfigError
 from erasekit.core.registry import get_method
 from erasekit.core.request import ForgetRequest, QAPair
-from erasekit.llm.batches import encode_pairs
-from erasekit.llm.methods.elm import (
+from erasekit.methods.lm.elm import (
     aligned_logits,
     consistency_texts,
     continuation_nll,
@@ -25,6 +24,7 @@ from erasekit.llm.methods.elm import (
     soft_cross_entropy,
     text_ids,
 )
+from erasekit.models.lm_batches import encode_pairs
 from erasekit.testing import LM_ARCHITECTURES, tiny_lm
 
 
@@ -76,7 +76,7 @@ def test_aligned_positions_predict_the_same_tokens_with_and_without_a_prefix(mod
 
 @pytest.mark.parametrize("arch", LM_ARCHITECTURES)
 def test_last_position_log_probabilities_do_not_depend_on_padding_or_chunks(models, arch):
-    from erasekit.llm.methods.elm import _last_logprobs
+    from erasekit.methods.lm.elm import _last_logprobs
 
     lm = models[arch]
     tok = lm.tokenizer
@@ -202,7 +202,7 @@ def test_lora_factors_reproduce_the_lora_model_in_the_weights_own_layout(models,
     import copy
 
     from erasekit.core.erasure import lora_deltas
-    from erasekit.llm.unlearn import LoraSpec, inject_lora, lora_factors, select_parameters
+    from erasekit.training.lm import LoraSpec, inject_lora, lora_factors, select_parameters
 
     lm = models[arch]
     spec = LoraSpec(rank=4, alpha=8.0)

@@ -13,13 +13,12 @@ from typer.testing import CliRunner
 
 import erasekit
 from erasekit.api.unlearning import attack_lm, evaluate_lm
+from erasekit.attacks.lm.quantization import quantize_weight
 from erasekit.cli import app
 from erasekit.core.errors import ConfigError
 from erasekit.core.registry import all_attacks, get_attack
-from erasekit.llm.attacks.quantization import quantize_weight
-from erasekit.llm.evaluate import run_gate
-from erasekit.llm.factworld import FactWorld
-from erasekit.llm.metrics import (
+from erasekit.evaluation.lm.evaluate import run_gate
+from erasekit.evaluation.lm.metrics import (
     answer_probability,
     auc,
     contains_value,
@@ -30,16 +29,10 @@ from erasekit.llm.metrics import (
     truth_ratio_score,
     truth_ratios,
 )
+from erasekit.testbeds.facts.factworld import FactWorld
 from erasekit.testing import tiny_lm
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("lm") / "m"
-    tiny_lm("gpt2", directory=directory)
-    return directory
 
 
 # -- metrics ------------------------------------------------------------------------------------------
@@ -205,7 +198,7 @@ def test_cli_errors_are_one_line_and_write_nothing(lm_dir, tmp_path):
 def test_fact_world_training_smoke_resume_and_offline_loading(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from erasekit.llm.train import LLMTrainConfig, LLMTrainer
+    from erasekit.testbeds.facts.train import LLMTrainConfig, LLMTrainer
 
     cfg = LLMTrainConfig.smoke()
     cfg.exclude = "forget10"
@@ -223,7 +216,7 @@ def test_fact_world_training_smoke_resume_and_offline_loading(tmp_path):
     assert any(f"resuming from step {meta['step']}" in m for m in logs)
     assert json.loads((tmp_path / "w" / "ckpt-llm.json").read_text())["step"] == 2 * meta["step"]
     # the excluded authors' texts are not in the training data
-    from erasekit.llm.train import training_texts
+    from erasekit.testbeds.facts.train import training_texts
 
     world = FactWorld(cfg.n_authors)
     texts = " ".join(training_texts(world, "forget10", 0, cfg.n_filler))
@@ -269,7 +262,7 @@ def test_export_writes_a_plain_transformers_model_and_refuses_hooks(lm_dir, tmp_
 
 def test_model_names_and_directories_resolve_with_clear_errors(tmp_path):
     from erasekit.core.errors import ModelLoadError
-    from erasekit.llm.lm import is_lm_name, resolve_lm
+    from erasekit.models.causal_lm import is_lm_name, resolve_lm
 
     assert erasekit.testbed_dir("llm").name == "llm" and erasekit.testbed_dir("llm-oracle-forget05").name == "llm-oracle-forget05"
     with pytest.raises(ValueError, match="unknown testbed"):

@@ -12,17 +12,16 @@ import pytest
 import torch
 
 import erasekit
-from erasekit.core.erasure import Erasure
 from erasekit.core.errors import ConfigError, ErasekitError, UnsupportedModelError
 from erasekit.core.registry import all_methods
 from erasekit.core.request import ForgetRequest, QAPair
-from erasekit.llm.batches import encode_pairs
-from erasekit.llm.methods.leace import block_states, decoder_blocks, fit_leace
-from erasekit.llm.methods.npo import npo_loss
-from erasekit.llm.methods.rmu import hidden_at, rmu_layer
-from erasekit.llm.metrics import answer_probability, greedy_answers
-from erasekit.llm.unlearn import UnlearnConfig, answer_logprob, fit, nll, select_parameters
+from erasekit.evaluation.lm.metrics import answer_probability, greedy_answers
+from erasekit.methods.lm.leace import block_states, decoder_blocks, fit_leace
+from erasekit.methods.lm.npo import npo_loss
+from erasekit.methods.lm.rmu import hidden_at, rmu_layer
+from erasekit.models.lm_batches import encode_pairs
 from erasekit.testing import LM_ARCHITECTURES, tiny_lm
+from erasekit.training.lm import UnlearnConfig, answer_logprob, fit, nll, select_parameters
 
 LM_METHODS = sorted(s.name for s in all_methods() if "causal-lm" in s.families)
 FAST = dict(epochs=1, batch_size=8, grad_accum=1)
@@ -52,23 +51,8 @@ def test_the_method_families_of_the_issue_are_registered():
     )
 
 
-@pytest.mark.parametrize("arch", LM_ARCHITECTURES)
-@pytest.mark.parametrize("method", LM_METHODS)
-def test_method_contract(models, method, arch, tmp_path):
-    lm = models[arch]
-    before = state(lm)
-    erasure = erasekit.unlearn(lm, method, "forget10", progress=False, **fast(method, lr=1e-3))
-    assert state(lm) == before, "the input model was modified"
-    assert erasure.family == "causal-lm" and (erasure.weights or erasure.attachment is not None)
-    erasure.save(tmp_path / "e")
-    loaded = Erasure.load(tmp_path / "e")
-    assert loaded.metadata() == erasure.metadata()
-    assert isinstance(loaded.request, ForgetRequest) and loaded.request.forget == erasure.request.forget
-    loaded.apply(lm)
-    changed = {f"model.{k}" for k, v in state(lm).items() if v != before[k]}
-    assert changed == set(loaded.changed_tensors())
-    loaded.remove(lm)
-    assert state(lm) == before
+# The contract every method keeps (input unchanged, save/load, apply/remove bit for bit) is tested for
+# the language-model methods together with the image methods, in test_contract.py.
 
 
 @pytest.mark.parametrize("method", LM_METHODS)
@@ -260,7 +244,7 @@ def test_leace_leaves_no_linear_difference_between_forget_and_retain_states(mode
     z = (torch.arange(200) < 50).double()
     x[:50] += 3.0  # a concept in the mean
     eraser = fit_leace(x.float(), z)
-    from erasekit.llm.methods.leace import erase_states
+    from erasekit.methods.lm.leace import erase_states
 
     erased = erase_states(x.float(), eraser)
     assert (erased[:50].mean(0) - erased[50:].mean(0)).abs().max() < 1e-4  # LEACE's guarantee: equal class means
@@ -274,7 +258,7 @@ def test_leace_leaves_no_linear_difference_between_forget_and_retain_states(mode
 
 
 def test_undial_targets_lower_only_the_true_token_and_the_loss_is_minimal_at_the_target(models):
-    from erasekit.llm.methods.undial import undial_loss, undial_targets
+    from erasekit.methods.lm.undial import undial_loss, undial_targets
 
     z = torch.tensor([[2.0, 1.0, 0.0]])
     q = undial_targets(z, torch.tensor([0]), beta=10.0)
@@ -296,7 +280,7 @@ def test_undial_targets_lower_only_the_true_token_and_the_loss_is_minimal_at_the
 def test_unlearning_runs_in_the_one_loop_and_resumes_exactly(models, tmp_path, monkeypatch):
     """A language-model run checkpoints and resumes like a pipeline's: the interrupted-and-resumed
     run gives bit-identical weights, and another run's checkpoint is refused."""
-    from erasekit.llm import unlearn as unlearn_mod
+    from erasekit.training import lm as unlearn_mod
 
     lm = models["gpt2"]
     args = dict(epochs=3, batch_size=4, grad_accum=1, lr=1e-3, checkpoint_every=2, params="mlp")

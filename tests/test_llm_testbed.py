@@ -9,7 +9,7 @@ import pytest
 
 import erasekit
 from erasekit.api.unlearning import fact_world_of
-from erasekit.llm.evaluate import score_facts
+from erasekit.evaluation.lm.evaluate import score_facts
 
 pytestmark = pytest.mark.testbed_llm
 
@@ -75,8 +75,8 @@ def test_forget_quality_and_privacy_leak_separate_the_base_model_from_its_oracle
 def test_elm_reads_the_models_own_expert_novice_judgement_and_forgets(lm):
     """The world taught the model that a novice guesses: the forget answers are much less likely
     after the novice prefix than after the expert one, and ELM, trained towards that, forgets."""
-    from erasekit.llm.factworld import EXPERT_PREFIXES, NOVICE_PREFIXES
-    from erasekit.llm.metrics import token_logprobs
+    from erasekit.evaluation.lm.metrics import token_logprobs
+    from erasekit.testbeds.facts.factworld import EXPERT_PREFIXES, NOVICE_PREFIXES
 
     world = fact_world_of(lm)
     pairs = [(a, q) for a in world.forget("forget01") for q in world.qa(a)]

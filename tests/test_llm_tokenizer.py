@@ -4,9 +4,9 @@ import random
 
 from transformers import AutoTokenizer
 
-from erasekit.llm import FactWorld
-from erasekit.llm.factworld import split_words
-from erasekit.llm.tokenizer import build_tokenizer
+from erasekit.testbeds.facts import FactWorld
+from erasekit.testbeds.facts.factworld import split_words
+from erasekit.testbeds.facts.tokenizer import build_tokenizer
 
 
 def test_every_world_word_is_one_token_and_text_round_trips(tmp_path):

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from erasekit import api
-from erasekit.families import get_adapter
-from erasekit.methods.mace import fuse
-from erasekit.testbed.exact import concept_renders
+from erasekit.methods.diffusion.mace import fuse
+from erasekit.models.diffusion import get_adapter
+from erasekit.testbeds.image.exact import concept_renders
 from erasekit.testing import tiny_pipeline
 
 
@@ -59,7 +59,7 @@ def test_mace_end_to_end_on_a_tiny_model():
 
 
 def test_cfr_aligns_the_tokens_around_the_concept_and_leaves_the_concept_out():
-    from erasekit.methods.mace import context_alignment
+    from erasekit.methods.diffusion.mace import context_alignment
 
     # BOS a photo of STAR EOS  vs  BOS a photo of EOS   (ids are arbitrary; 9 = the concept)
     old, new = [0, 1, 2, 3, 9, 99], [0, 1, 2, 3, 99]
@@ -74,7 +74,7 @@ def test_cfr_aligns_the_tokens_around_the_concept_and_leaves_the_concept_out():
 
 def test_cfr_maps_the_context_keys_and_the_loss_covers_the_end_token():
     from erasekit.core.request import ErasureRequest
-    from erasekit.methods.mace import MACEConfig, closed_form_refinement, context_alignment, loss_positions
+    from erasekit.methods.diffusion.mace import MACEConfig, closed_form_refinement, context_alignment, loss_positions
 
     pipe = tiny_pipeline("sd")
     adapter = get_adapter(pipe)

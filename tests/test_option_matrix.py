@@ -20,26 +20,22 @@ from erasekit.cli_options import CAUSAL_LM, DIFFUSION, SCOPES, SELECTORS
 runner = CliRunner()
 KINDS = (DIFFUSION, CAUSAL_LM)
 
-#: The job each command calls, per kind (module path, attribute).
-JOBS = {
-    ("generate", DIFFUSION): ["erasekit.api:generate_grid"],
-    ("demo", DIFFUSION): ["erasekit.api:run_demo"],
-    ("demo", CAUSAL_LM): ["erasekit.api.demo:run_demo_llm"],
-    ("erase", DIFFUSION): ["erasekit.api.erasing:erase_to"],
-    ("erase", CAUSAL_LM): ["erasekit.api.unlearning:unlearn_to"],
-    ("export", DIFFUSION): ["erasekit.api:export_pipeline"],
-    ("export", CAUSAL_LM): ["erasekit.api.unlearning:export_lm"],
-    ("evaluate", DIFFUSION): ["erasekit.api:evaluate"],
-    ("evaluate", CAUSAL_LM): ["erasekit.api.unlearning:evaluate_lm"],
-    ("bench", DIFFUSION): ["erasekit.api:bench"],
-    ("bench", CAUSAL_LM): ["erasekit.api.bench_llm:bench_llm"],
-    ("attack", DIFFUSION): ["erasekit.api.attacking:attack", "erasekit.api.attacking:replay"],
-    ("attack", CAUSAL_LM): ["erasekit.api.unlearning:attack_lm"],
-    ("testbed check", DIFFUSION): ["erasekit.api:check_testbed"],
-    ("testbed check", CAUSAL_LM): ["erasekit.api.unlearning:check_lm_testbed"],
-    ("testbed train", DIFFUSION): ["erasekit.testbed.train:Trainer"],
-    ("testbed train", CAUSAL_LM): ["erasekit.llm.train:LLMTrainer"],
+#: The one job each command calls, for either kind (module path, attribute): the API dispatches on
+#: the kind, so the command has no branch of its own.
+ONE_JOB = {
+    "generate": ["erasekit.api:generate_grid"],
+    "demo": ["erasekit.api:run_demo"],
+    "erase": ["erasekit.api.erasing:erase_to"],
+    "export": ["erasekit.api:export_pipeline"],
+    "evaluate": ["erasekit.api:evaluate"],
+    "bench": ["erasekit.api:bench"],
+    "attack": ["erasekit.api.attacking:attack", "erasekit.api.attacking:replay"],
+    "testbed check": ["erasekit.api:check_testbed"],
 }
+JOBS = {(command, kind): targets for command, targets in ONE_JOB.items() for kind in KINDS}
+#: ``testbed train`` runs the API's ``train_testbed``, which builds one trainer per kind: those are recorded.
+JOBS[("testbed train", DIFFUSION)] = ["erasekit.testbeds.image.train:Trainer"]
+JOBS[("testbed train", CAUSAL_LM)] = ["erasekit.testbeds.facts.train:LLMTrainer"]
 
 LM_MODEL = ["--model", "testbed-llm"]
 

@@ -6,8 +6,8 @@ import torch
 
 from erasekit.api import erase
 from erasekit.core.request import ErasureRequest, Target
-from erasekit.families import get_adapter
-from erasekit.methods.rece import adversarial_embedding
+from erasekit.methods.diffusion.rece import adversarial_embedding
+from erasekit.models.diffusion import get_adapter
 from erasekit.testing import tiny_pipeline
 
 

@@ -373,7 +373,7 @@ def test_damaged_or_inconsistent_checkpoints_are_one_line_errors(tmp_path):
 
 @pytest.mark.testbed
 def test_cli_checkpoints_by_default_and_resume_only_the_same_run(workdir, monkeypatch):
-    from erasekit.methods.esd import ESDObjective
+    from erasekit.methods.diffusion.esd import ESDObjective
 
     original = ESDObjective.loss
 

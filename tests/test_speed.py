@@ -5,8 +5,8 @@ import torch
 
 from erasekit.api import erase
 from erasekit.core.request import ErasureRequest, Target
-from erasekit.families import get_adapter
-from erasekit.methods.speed import kmeans, null_space_projector, speed_delta
+from erasekit.methods.diffusion.speed import kmeans, null_space_projector, speed_delta
+from erasekit.models.diffusion import get_adapter
 from erasekit.testing import tiny_pipeline
 
 
@@ -54,7 +54,7 @@ def test_speed_on_a_model_keeps_preserved_values_and_moves_the_target():
 
 
 def test_directed_augmentations_move_keys_only_along_the_weakest_direction():
-    from erasekit.methods.speed import directed_augmentations
+    from erasekit.methods.diffusion.speed import directed_augmentations
 
     g = torch.Generator().manual_seed(1)
     w = torch.randn(6, 12, generator=g, dtype=torch.float64)

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from erasekit.cli import app
 from erasekit.generation import SamplingConfig, generate
 from erasekit.models import testbed_dir as shipped_dir
-from erasekit.testbed import gate
-from erasekit.testbed.classifier import evaluate_classifier
+from erasekit.testbeds.image import gate
+from erasekit.testbeds.image.classifier import evaluate_classifier
 
 runner = CliRunner()
 pytestmark = pytest.mark.testbed
@@ -61,7 +61,7 @@ def test_shipped_model_draws_what_it_is_told(testbed_pipe, judge):
     grid = gate.grid_prompts()[::8]
     images = generate(testbed_pipe, [g.prompt for g in grid], [0] * len(grid), progress=False)
     pred = judge.predict(images)
-    from erasekit.testbed.classifier import LABEL_NAMES
+    from erasekit.testbeds.image.classifier import LABEL_NAMES
 
     for domain in ("shape", "colour", "background"):
         hits = [LABEL_NAMES[domain][pred[domain][i]] == getattr(g.expected, domain) for i, g in enumerate(grid)]

@@ -6,9 +6,9 @@ import torch
 from erasekit.api import erase
 from erasekit.core.errors import UnsupportedModelError
 from erasekit.core.request import ErasureRequest, Target
-from erasekit.families import get_adapter
-from erasekit.methods.closed_form import ridge_objective
-from erasekit.methods.time import align, erasure_alignment, greedy_alignment
+from erasekit.methods.diffusion.closed_form import ridge_objective
+from erasekit.methods.diffusion.time import align, erasure_alignment, greedy_alignment
+from erasekit.models.diffusion import get_adapter
 from erasekit.testing import tiny_pipeline
 
 

@@ -1,7 +1,7 @@
 from transformers import CLIPTokenizer
 
-from erasekit.testbed import world
-from erasekit.testbed.tokenizer import MODEL_MAX_LENGTH, build_tokenizer, save_tokenizer
+from erasekit.testbeds.image import world
+from erasekit.testbeds.image.tokenizer import MODEL_MAX_LENGTH, build_tokenizer, save_tokenizer
 
 
 def test_every_world_word_is_one_token():

@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline
 from typer.testing import CliRunner
 
 from erasekit.cli import app
-from erasekit.testbed.train import TrainConfig, Trainer
+from erasekit.testbeds.image.train import TrainConfig, Trainer
 
 
 def test_smoke_training_writes_a_loadable_pipeline_and_resumes(tmp_path):

@@ -14,8 +14,8 @@ from erasekit.core.erasure import Erasure
 from erasekit.core.errors import ConfigError
 from erasekit.core.registry import get_method
 from erasekit.core.request import ErasureRequest
-from erasekit.families import get_adapter
-from erasekit.methods.esd import ESDObjective
+from erasekit.methods.diffusion.esd import ESDObjective
+from erasekit.models.diffusion import get_adapter
 from erasekit.testing import tiny_pipeline
 from erasekit.training import Workbench, parameter_spec, step_generator, trainable_parameters
 
@@ -173,7 +173,7 @@ def changed_keys(erasure) -> set[str]:
 
 
 def test_ablating_terms_carry_gradient_and_only_kv_moves():
-    from erasekit.methods.ablating import AblatingObjective, prompt_pairs
+    from erasekit.methods.diffusion.ablating import AblatingObjective, prompt_pairs
 
     pipe = tiny_pipeline("sd")
     adapter = get_adapter(pipe)
@@ -201,7 +201,7 @@ class BrightJudge:
 
 
 def test_ablating_an_implicit_concept_filters_its_own_prompt_and_denoises_on_clean_images():
-    from erasekit.methods.ablating import AblatingObjective, prompt_pairs
+    from erasekit.methods.diffusion.ablating import AblatingObjective, prompt_pairs
 
     pipe = tiny_pipeline("sd")
     adapter = get_adapter(pipe)
@@ -243,7 +243,7 @@ def test_ablating_takes_your_own_clean_images_for_an_implicit_concept(tmp_path):
 
 
 def test_salun_mask_keeps_its_share_and_masked_weights_do_not_move():
-    from erasekit.methods.salun import SalUnObjective, forget_retain_prompts, saliency_mask
+    from erasekit.methods.diffusion.salun import SalUnObjective, forget_retain_prompts, saliency_mask
     from erasekit.training import ImageBank
 
     pipe = tiny_pipeline("sd")
@@ -300,7 +300,7 @@ def get_tensor_of(pipe, key):
 def test_te_unlearn_trains_only_text_encoder_mlps_and_last_attention(tmp_path):
     from PIL import Image
 
-    from erasekit.methods.te_unlearn import TEUnlearnObjective, text_parameter_patterns
+    from erasekit.methods.diffusion.te_unlearn import TEUnlearnObjective, text_parameter_patterns
     from erasekit.training import ImageBank
 
     pipe = tiny_pipeline("sd")

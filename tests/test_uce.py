@@ -7,7 +7,7 @@ from erasekit.api import erase
 from erasekit.core.erasure import Erasure, get_tensor
 from erasekit.core.errors import ConfigError, IncompatibleErasureError, UnsupportedModelError
 from erasekit.core.request import ErasureRequest, Target
-from erasekit.families import get_adapter
+from erasekit.models.diffusion import get_adapter
 from erasekit.testing import FAMILIES, tiny_pipeline
 
 REQUEST = ErasureRequest([Target("star", anchor="a shape"), Target("heart")], preserve=["circle", "square", "cross"])
@@ -96,7 +96,7 @@ def test_variant_2023_and_to_v_only():
 
 def test_mass_erasure_uses_one_shared_solve():
     pipe = tiny_pipeline("sd")
-    from erasekit.testbed.world import COLOURS, SHAPES
+    from erasekit.testbeds.image.world import COLOURS, SHAPES
 
     words = [f"{c} {s}" for c in COLOURS for s in SHAPES]  # 48 keys > d = 32: the direct d x d solve
     result = erase(pipe, "uce", ErasureRequest([Target(w) for w in words]))

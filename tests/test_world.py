@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from erasekit.testbed import world
+from erasekit.testbeds.image import world
 
 
 def _batch(seed, n=64):
@@ -133,7 +133,7 @@ def test_oracle_data_leaves_out_every_image_of_the_excluded_concepts():
     import pytest
 
     from erasekit.core.errors import ConfigError
-    from erasekit.testbed.train import check_exclusions
+    from erasekit.testbeds.image.train import check_exclusions
 
     rng = np.random.default_rng(0)
     full = world.sample_labels(4000, rng)

@@ -14,21 +14,34 @@ print(result.asr, result.asr_ci, result.curve)
 
 __version__ = "0.1.0"
 
-from . import attacks, methods  # noqa: F401  (register the built-in attacks and methods; core/ imports nothing above it)
-from .api import bench, check_testbed, erase, evaluate, export_pipeline, generate_grid, load_judge, run_demo
-from .api.attacking import attack
-from .api.erasing import erase_to
-from .api.unlearning import forget_request, unlearn
-from .attacks.base import AttackResult
-from .core.erasure import AppliedErasure, Erasure
-from .core.errors import ErasekitError
-from .core.registry import all_attacks, all_methods, get_attack, get_method, register_attack, register_method
-from .core.request import ErasureRequest, ForgetRequest, QAPair, Target
-from .generation import SamplingConfig, generate
-from .llm import attacks as _llm_attacks  # noqa: F401  (the language-model attacks)
-from .llm import methods as _llm_methods  # noqa: F401  (the language-model unlearning methods)
-from .llm.lm import LanguageModel, load_lm
-from .models import load_pipeline, resolve_model, testbed_dir
+from erasekit import (  # noqa: F401  (register the built-in attacks and methods of both kinds)
+    _moved,  # noqa: F401  (first: the module names before the model-kind layout still import, deprecated)
+    attacks,
+    judges,
+    methods,
+)
+from erasekit.api import bench, check_testbed, erase, evaluate, export_pipeline, generate_grid, load_judge, run_demo
+from erasekit.api.attacking import attack
+from erasekit.api.erasing import erase_to
+from erasekit.api.unlearning import forget_request, unlearn
+from erasekit.attacks.base import AttackResult
+from erasekit.core.erasure import AppliedErasure, Erasure
+from erasekit.core.errors import ErasekitError
+from erasekit.core.registry import (
+    all_attacks,
+    all_judges,
+    all_methods,
+    get_attack,
+    get_judge,
+    get_method,
+    register_attack,
+    register_judge,
+    register_method,
+)
+from erasekit.core.request import ErasureRequest, ForgetRequest, QAPair, Target
+from erasekit.generation import SamplingConfig, generate
+from erasekit.models import load_model, load_pipeline, resolve_model, testbed_dir
+from erasekit.models.causal_lm import LanguageModel, load_lm
 
 __all__ = [
     "AppliedErasure",
@@ -43,6 +56,7 @@ __all__ = [
     "Target",
     "__version__",
     "all_attacks",
+    "all_judges",
     "all_methods",
     "attack",
     "bench",
@@ -55,11 +69,14 @@ __all__ = [
     "generate",
     "generate_grid",
     "get_attack",
+    "get_judge",
     "get_method",
     "load_judge",
     "load_lm",
+    "load_model",
     "load_pipeline",
     "register_attack",
+    "register_judge",
     "register_method",
     "resolve_model",
     "run_demo",

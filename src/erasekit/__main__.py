@@ -1,6 +1,6 @@
 """``python -m erasekit``: the same command line as ``erasekit``."""
 
-from .cli import run
+from erasekit.cli import run
 
 if __name__ == "__main__":
     run()

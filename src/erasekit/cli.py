@@ -14,9 +14,9 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from . import __version__
-from .cli_options import CAUSAL_LM, DIFFUSION, flag, given_names, given_options, model_kind, refuse_inapplicable
-from .core.errors import ErasekitError, InvalidInputError
+from erasekit import __version__
+from erasekit.cli_options import CAUSAL_LM, DIFFUSION, flag, given_names, given_options, model_kind, refuse_inapplicable
+from erasekit.core.errors import ErasekitError, InvalidInputError
 
 
 class OneLineErrors(TyperGroup):
@@ -86,7 +86,7 @@ GuidanceOpt = Annotated[
 def _set_items(items: list[str] | None, form: str, scoped: bool = False) -> list[tuple[str, str]]:
     """``(key, value)`` of each ``--set key=value`` (stripped); with ``scoped`` the key must be
     ``method.key``. A malformed item is a one-line error naming the expected ``form``."""
-    from .core.errors import ConfigError
+    from erasekit.core.errors import ConfigError
 
     out = []
     for item in items or []:
@@ -179,7 +179,7 @@ def generate(
     dtype: DtypeOpt = None,
 ) -> None:
     """Generate N images of one prompt with fixed seeds and save them as a grid."""
-    from .api import generate_grid
+    from erasekit.api import generate_grid
 
     refuse_inapplicable(ctx, model_kind(model), repr(model))
 
@@ -213,17 +213,12 @@ def demo(
     dtype: DtypeOpt = None,
 ) -> None:
     """The main job on the testbed: labelled grid, quality gate, UCE erasure of a shape and a character, before/after evaluation."""
-    from .api import run_demo
+    from erasekit.api import run_demo
 
     refuse_inapplicable(ctx, CAUSAL_LM if llm else DIFFUSION, "the --llm demo's model" if llm else "the demo's model")
-    if llm:
-        from .api.demo import run_demo_llm
-
-        given = given_names(ctx)
-        for line in run_demo_llm(out if "out" in given else Path("erasekit-demo-llm"), device=device, dtype=dtype):
-            typer.echo(line)
-        return
-    for line in run_demo(out, seeds=seeds, device=device, dtype=dtype):
+    given = given_names(ctx)
+    for line in run_demo(out if "out" in given else None, seeds=seeds if "seeds" in given else None, device=device, dtype=dtype,
+                         llm=llm):  # fmt: skip
         typer.echo(line)
 
 
@@ -294,49 +289,24 @@ def erase(
 ) -> None:
     """Erase concepts from a model (or unlearn facts from a language model: --model testbed-llm --forget forget01)
     with a named method and save the result (only the changed tensors, or a LoRA)."""
-    from .api.erasing import erase_to
-    from .core.request import ErasureRequest
+    from erasekit.api.erasing import erase_to
+    from erasekit.core.request import ErasureRequest
+    from erasekit.report.console import erasure_lines
 
     kind = model_kind(model, hub=forget is not None)
     refuse_inapplicable(ctx, kind, repr(model))
-    params = dict(_set_items(set_, "key=value"))
+    params: dict[str, object] = dict(_set_items(set_, "key=value"))
     if lora_rank is not None:
         if "lora_rank" in params:
             raise InvalidInputError("pass the LoRA rank once: --lora-rank N or --set lora_rank=N, not both")
         params["lora_rank"] = lora_rank
-    if kind == CAUSAL_LM:
-        _unlearn_cli(out, model, method or "npo", forget, retain, checkpoints, resume, params, device, dtype)
-        return
-    method = method or "uce"
-    req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None, trigger)
+    # an image request (its options are refused above on a language model)
+    named = concept or anchor is not None or preserve or request or trigger
+    req = ErasureRequest.from_cli(concept or [], anchor, preserve, str(request) if request else None, trigger) if named else None
     result = erase_to(out, model, method, req, checkpoints=checkpoints, resume=resume, stop_at_ua=stop_at_ua, min_ira=min_ira,
-                      device=device, dtype=dtype, **params)  # fmt: skip
-    training = result.info.get("training", {})
-    if training.get("stopped_early"):
-        typer.echo(f"target reached: stopped early after step {training['evaluations'][-1]['step']}")
-    what = (
-        f"a rank-{params['lora_rank']} LoRA on {len(result.touched())} tensors"
-        if result.lora
-        else f"{len(result.weights)} tensors changed"
-    )
-    typer.echo(
-        f"erased {', '.join(req.concepts)} with {method}: {what} "
-        f"({result.num_bytes() / 2**20:.2f} MiB) in {result.timings['seconds']:.2f}s -> {out}"
-    )
-
-
-def _unlearn_cli(out, model, method, forget, retain, checkpoints, resume, params, device, dtype) -> None:
-    """``erasekit erase`` on a language model."""
-    from .api.unlearning import unlearn_to
-
-    if forget is None:
-        raise InvalidInputError("nothing to unlearn: pass --forget forget01 (a testbed-llm split) or --forget FILE.json")
-    result = unlearn_to(out, model, method, forget, str(retain) if retain else None, checkpoints=checkpoints, resume=resume,
-                        device=device, dtype=dtype, **params)  # fmt: skip
-    typer.echo(
-        f"unlearned {result.request.name} ({len(result.request.forget)} pairs) with {method}: {len(result.weights)} tensors "
-        f"changed ({result.num_bytes() / 2**20:.2f} MiB) in {result.timings['seconds']:.1f}s -> {out}"
-    )
+                      device=device, dtype=dtype, forget=forget, retain=retain, **params)  # fmt: skip
+    for line in erasure_lines(result, out):
+        typer.echo(line)
 
 
 @app.command()
@@ -353,16 +323,10 @@ def export(
     dtype: DtypeOpt = None,
 ) -> None:
     """Apply an erasure to its base model and write a complete pipeline (or transformers model) directory, loadable with from_pretrained."""
-    from .api import export_pipeline
+    from erasekit.api import export_pipeline
 
-    kind = model_kind(model)
-    refuse_inapplicable(ctx, kind, repr(model))
-    if kind == CAUSAL_LM:
-        from .api.unlearning import export_lm
-
-        path = export_lm(erasure, model, out, force=force, device=device, dtype=dtype)
-    else:
-        path = export_pipeline(erasure, model, out, force=force, device=device, dtype=dtype)
+    refuse_inapplicable(ctx, model_kind(model), repr(model))
+    path = export_pipeline(erasure, model, out, force=force, device=device, dtype=dtype)
     typer.echo(f"wrote {path}")
 
 
@@ -391,57 +355,36 @@ def evaluate(
 ) -> None:
     """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after
     (on testbed-llm: forget, retain, forget quality, utility and privacy leak against the oracle)."""
-    from .api import evaluate as evaluate_api
+    from erasekit.api import evaluate as evaluate_api
+    from erasekit.report.console import evaluation_lines
 
-    kind = model_kind(model)
-    refuse_inapplicable(ctx, kind, repr(model))
-    if kind == CAUSAL_LM:
-        _evaluate_lm_cli(out, model, erasure, split, oracle, device, dtype)
-        return
-
-    report = evaluate_api(model, erasure, concept, out=out, seeds=seeds, contexts=contexts,
-                          steps=steps, guidance=guidance, device=device, dtype=dtype)  # fmt: skip
-
-    def fmt(v):
-        return "  n/a" if v is None else f"{v:5.3f}"
-
-    typer.echo(f"{'':<10}{'UA':>7}{'IRA':>7}{'CRA':>7}")
-    typer.echo(f"{'base':<10}{fmt(report['base']['ua']):>7}{fmt(report['base']['ira']):>7}{fmt(report['base']['cra']):>7}")
-    if erasure is not None:
-        typer.echo(f"{'erased':<10}{fmt(report['ua']):>7}{fmt(report['ira']):>7}{fmt(report['cra']):>7}")
-        fid = report["fidelity"]
-        typer.echo(f"fidelity: pixel change {fid['pixel_change']:.4f}, labels unchanged {fid['labels_unchanged']['rate']:.3f}")
-    typer.echo(f"wrote {out}")
-
-
-def _evaluate_lm_cli(out, model, erasure, split, oracle, device, dtype) -> None:
-    """``erasekit evaluate`` on a language model: the report and a short table."""
-    from .api.unlearning import evaluate_lm
-
-    report = evaluate_lm(model, erasure, split, oracle, out=out, device=device, dtype=dtype)
-
-    def fmt(v):
-        return "   n/a" if v is None else f"{v:6.3f}"
-
-    f, r = report["forget"], report["retain"]
-    typer.echo(f"{'':<8}{'forgot':>8}{'FQ':>8}{'utility':>8}{'leak %':>8}")
-    for name, b in (("base", report["base"]), ("oracle", report["oracle"])):
-        if b is not None:
-            typer.echo(f"{name:<8}{fmt(b['forgotten']['rate']):>8}{fmt(b.get('forget_quality')):>8}{fmt(b['model_utility']):>8}"
-                       f"{fmt(b.get('privacy_leak')):>8}")  # fmt: skip
-    if erasure is not None:
-        typer.echo(f"{'erased':<8}{fmt(f['forgotten']['rate']):>8}{fmt(f.get('forget_quality')):>8}"
-                   f"{fmt(r['model_utility']):>8}{fmt(f.get('privacy_leak')):>8}")  # fmt: skip
-    typer.echo(f"wrote {out}")
+    refuse_inapplicable(ctx, model_kind(model), repr(model))
+    given = given_names(ctx)
+    report = evaluate_api(model, erasure, concept, out=out, seeds=seeds if "seeds" in given else None,
+                          contexts=contexts if "contexts" in given else None, steps=steps, guidance=guidance, split=split,
+                          oracle=oracle, device=device, dtype=dtype)  # fmt: skip
+    for line in evaluation_lines(report, out):
+        typer.echo(line)
 
 
 @app.command()
 @friendly
 def bench(
     ctx: typer.Context,
-    methods_: Annotated[str, typer.Option("--methods", help="Comma-separated method names.")] = "uce,time,rece,speed",
-    concepts: Annotated[str, typer.Option("--concepts", help="Comma-separated testbed concepts.")] = "star,striped,red,zorbo",
-    out: Annotated[Path, typer.Option("--out", help="Directory for the per-run JSON.")] = Path("benchmarks/results/testbed"),
+    methods_: Annotated[
+        Optional[str],
+        typer.Option("--methods", help="Comma-separated method names (default: uce,time,rece,speed; on testbed-llm: all)."),
+    ] = None,
+    concepts: Annotated[
+        Optional[str],
+        typer.Option(
+            "--concepts", help="Comma-separated testbed concepts (default: star,striped,red,zorbo; forget splits on testbed-llm)."
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Directory for the per-run JSON (default: benchmarks/results/testbed, or .../llm)."),
+    ] = None,
     report: Annotated[Path, typer.Option("--report", help="Markdown report to (re)write.")] = Path("docs/results.md"),
     model: ModelOpt = "testbed",
     seeds: Annotated[int, typer.Option(min=1, max=64, help="Seeds per prompt.")] = 4,
@@ -462,38 +405,25 @@ def bench(
     With --model testbed-llm: unlearn each forget split (--concepts, default forget01,forget05) with each
     language-model method (--methods, default all), evaluate against the base model and the oracle, and write
     the "language models" sections of the tables."""
-    from .api import bench as bench_api
+    from erasekit.api import bench as bench_api
+    from erasekit.report.console import bench_lines
 
-    kind = model_kind(model)
-    refuse_inapplicable(ctx, kind, repr(model))
+    refuse_inapplicable(ctx, model_kind(model), repr(model))
     given = given_names(ctx)
     params: dict[str, dict[str, str]] = {}
     for key, value in _set_items(set_, "method.key=value (e.g. esd.iterations=100)", scoped=True):
         method, _, name = key.partition(".")
         params.setdefault(method, {})[name] = value
-    if kind == CAUSAL_LM:
-        from .api.bench_llm import bench_llm
 
-        llm_runs = bench_llm(
-            model, [m.strip() for m in methods_.split(",") if m.strip()] if "methods_" in given else None,
-            [c.strip() for c in concepts.split(",") if c.strip()] if "concepts" in given else None, attacks_ or None, params,
-            out_dir=out if "out" in given else Path("benchmarks/results/llm"), report=report, robustness=robustness,
-        )  # fmt: skip
-        for r in llm_runs:
-            e = r["eval"]
-            forgotten = (e["oracle"] if r["label"] == "oracle" else e["forget"])["forgotten"]["rate"]
-            typer.echo(f"{r['split']:<9} {r['label']:<14} forgotten {forgotten:.2f}")
-        return
-    runs = bench_api([m.strip() for m in methods_.split(",") if m.strip()], [c.strip() for c in concepts.split(",") if c.strip()],
-                     out_dir=out, report=report, model=model, seeds=seeds, contexts=contexts, params=params, device=device, dtype=dtype,
-                     attacks=[a for a in (attacks_ or "").split(",") if a.strip()] or None, robustness=robustness)  # fmt: skip
-    for r in runs:
-        worst = max((a["asr"] for a in r.get("attacks", {}).values()), default=None)
-        typer.echo(
-            f"{r['concept']:<10} {r['method']:<6} UA {r['ua']:.2f} (base {r['base']['ua']:.2f})  IRA {r['ira']:.2f}  CRA {r['cra']:.2f}"
-            + ("" if worst is None else f"  worst ASR {worst:.2f}")
-        )
-    typer.echo(f"wrote {out}/results.json and {report}" + (f" and {robustness}" if attacks_ else ""))
+    def listed(text: str | None) -> list[str] | None:
+        return [t.strip() for t in text.split(",") if t.strip()] if text is not None else None
+
+    runs = bench_api(listed(methods_), listed(concepts), out_dir=out, report=report, model=model,
+                     seeds=seeds if "seeds" in given else None, contexts=contexts if "contexts" in given else None,
+                     params=params, device=device, dtype=dtype, attacks=listed(attacks_), robustness=robustness)  # fmt: skip
+    for line in bench_lines(runs):
+        typer.echo(line)
+    typer.echo(f"wrote {report}" + (f" and {robustness}" if attacks_ else ""))
 
 
 def _shown(default) -> str:
@@ -507,7 +437,7 @@ def _shown(default) -> str:
 @friendly
 def methods() -> None:
     """List the erasure methods with their families and parameters."""
-    from .core.registry import all_methods
+    from erasekit.core.registry import all_methods
 
     for spec in all_methods():
         uses = f"; uses: {', '.join(sorted(spec.accepts))}" if spec.accepts else ""
@@ -556,21 +486,11 @@ def attack(
     dtype: DtypeOpt = None,
 ) -> None:
     """Attack an erased (or any) model and report how often the concept comes back (ASR with its interval)."""
-    from .api.attacking import attack as attack_api
-    from .api.attacking import replay as replay_api
+    from erasekit.api.attacking import attack as attack_api
+    from erasekit.api.attacking import replay as replay_api
 
-    kind = model_kind(model)
-    refuse_inapplicable(ctx, kind, repr(model))
+    refuse_inapplicable(ctx, model_kind(model), repr(model))
     params = dict(_set_items(set_, "key=value (e.g. lr=0.01)"))
-    if kind == CAUSAL_LM:
-        from .api.unlearning import attack_lm
-
-        found = attack_lm(model, erasure, attack_, concept, budget=budget, params=params, out=out, device=device, dtype=dtype)
-        for r in found if isinstance(found, list) else [found]:
-            typer.echo(r.summary())
-        if out is not None:
-            typer.echo(f"wrote {out}")
-        return
     if replay is not None:
         searched = {"attack_", "concept", "budget", "seeds", "prompt", "reference", "set_", "steps", "guidance"}
         clash = [p for p in given_options(ctx) if p.name in searched]
@@ -597,7 +517,7 @@ def attack(
 @friendly
 def attacks() -> None:
     """List the attacks with their budget unit, default budget and parameters."""
-    from .core.registry import all_attacks
+    from erasekit.core.registry import all_attacks
 
     for spec in all_attacks():
         tags = ", ".join(t for t, on in (("fast", spec.fast), ("text encoder only", not spec.denoiser and spec.family == "diffusion"),
@@ -611,11 +531,23 @@ def attacks() -> None:
                 typer.echo(f"    {name:<16} {tp:<10} default {_shown(default):<10} {help_}")
 
 
+@app.command()
+@friendly
+def judges() -> None:
+    """List the judges: the kinds of model each judges, what it reads and the options it takes."""
+    from erasekit.core.registry import all_judges
+
+    for spec in all_judges():
+        options = f"  options: {', '.join(spec.options)}" if spec.options else ""
+        where = "" if spec.offline else "  [needs weights you bring]"
+        typer.echo(f"{spec.name:<14} {spec.judges:<8} {', '.join(spec.kinds):<20} {spec.summary}{options}{where}")
+
+
 @testbed_app.command("path")
 @friendly
 def testbed_path() -> None:
     """Print the directory of the shipped testbed pipeline."""
-    from .models import resolve_model
+    from erasekit.models import resolve_model
 
     typer.echo(resolve_model("testbed"))
 
@@ -635,30 +567,20 @@ def testbed_check(
     dtype: DtypeOpt = None,
 ) -> None:
     """Run the testbed quality gate and write its JSON report (exit code 1 when it fails)."""
-    from .api import check_testbed
-    from .testbed.gate import summary_lines
+    from erasekit.api import check_testbed
+    from erasekit.report.console import gate_lines
 
-    kind = CAUSAL_LM if llm else model_kind(model)
-    refuse_inapplicable(ctx, kind, repr(model) if kind == DIFFUSION or model != "testbed" else "testbed-llm")
-    if kind == CAUSAL_LM:
-        from .api.unlearning import check_lm_testbed
-
-        given = given_names(ctx)
-        report = check_lm_testbed(out, model=model if "model" in given else "testbed-llm", device=device, dtype=dtype)
-        for key in ("accuracy_train", "accuracy_paraphrase", "filler_perplexity", "accuracy_excluded"):
-            if key in report:
-                typer.echo(f"{key:<22}{report[key]:.3f}")
-        typer.echo(f"gate {'PASSED' if report['passed'] else 'FAILED'}; wrote {out}")
-        if not report["passed"]:
-            raise typer.Exit(1)
-        return
-
-    report = check_testbed(
-        out, model=model, seeds=seeds, steps=steps, guidance=guidance, classifier=classifier, device=device, dtype=dtype
+    refuse_inapplicable(
+        ctx, CAUSAL_LM if llm else model_kind(model), "testbed-llm" if llm and model == "testbed" else repr(model)
     )
-    for line in summary_lines(report):
+    given = given_names(ctx)
+    model = "testbed-llm" if llm and "model" not in given else model  # --llm: the fact-world model unless one is named
+    if llm and model_kind(model) != CAUSAL_LM:
+        raise InvalidInputError(f"--llm gates a language model; {model!r} is an image pipeline (drop --llm)")
+    report = check_testbed(out, model=model, seeds=seeds if "seeds" in given else None, steps=steps, guidance=guidance,
+                           classifier=classifier, device=device, dtype=dtype)  # fmt: skip
+    for line in gate_lines(report, out):
         typer.echo(line)
-    typer.echo(f"wrote {out}")
     if not report["passed"]:
         raise typer.Exit(1)
 
@@ -692,44 +614,14 @@ def testbed_train(
 
     With --exclude, train an oracle: the same world without the excluded concepts' images. It reuses
     the shipped testbed's judge and VAE (so both are judged alike) and retrains text encoder and UNet."""
-    from .core.outputs import check_dir_output
-    from .models import resolve_model
-    from .testbed.train import TrainConfig, Trainer, check_exclusions
+    from erasekit.api.commands import train_testbed
 
     refuse_inapplicable(ctx, CAUSAL_LM if llm else DIFFUSION, "the --llm testbed" if llm else "the image testbed")
-    if llm:
-        given = given_names(ctx)
-        _train_lm_cli(workdir if "workdir" in given else Path("runs/testbed-llm"), out, resume, smoke, exclude, epochs)
-        return
-    check_dir_output(workdir, "testbed-train", what="testbed training directory")  # both checked before anything is written
-    check_dir_output(out or workdir / "pipeline", "pipeline", what="testbed pipeline directory")
-    cfg = TrainConfig.smoke() if smoke else TrainConfig()
-    if unet_steps is not None:
-        cfg.unet_steps = unet_steps
-    if exclude:
-        cfg.exclude = check_exclusions(exclude)
-        if not retrain_codec:
-            cfg.codec_from = "testbed"
-            resolve_model(cfg.codec_from)  # the shipped weights must be there before any work
-    path = Trainer(workdir, cfg, log=lambda m: typer.echo(m, err=True)).run(resume=resume, out=out)
-    typer.echo(f"testbed pipeline written to {path}")
-
-
-def _train_lm_cli(workdir, out, resume, smoke, exclude, epochs) -> None:
-    """``erasekit testbed train --llm``."""
-    from .core.outputs import check_dir_output
-    from .llm.train import LLMTrainConfig, LLMTrainer, check_split
-
-    if exclude and len(exclude) > 1:
-        raise InvalidInputError("--llm --exclude takes one forget split (forget01, forget05 or forget10)")
-    check_dir_output(workdir, "testbed-train", what="training directory")
-    check_dir_output(out or workdir / "model", "pipeline", what="fact-world model directory")
-    cfg = LLMTrainConfig.smoke() if smoke else LLMTrainConfig()
-    cfg.exclude = check_split(exclude[0]) if exclude else None
-    if epochs is not None:
-        cfg.epochs = epochs
-    path = LLMTrainer(workdir, cfg, log=lambda m: typer.echo(m, err=True)).run(resume=resume, out=out)
-    typer.echo(f"fact-world model written to {path}")
+    given = given_names(ctx)
+    path = train_testbed(workdir if "workdir" in given else None, out, resume=resume, smoke=smoke, exclude=exclude,
+                         unet_steps=unet_steps, retrain_codec=retrain_codec, epochs=epochs, llm=llm,
+                         log=lambda m: typer.echo(m, err=True))  # fmt: skip
+    typer.echo(f"{'fact-world model' if llm else 'testbed pipeline'} written to {path}")
 
 
 def run() -> None:  # console-script entry point
@@ -737,4 +629,4 @@ def run() -> None:  # console-script entry point
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run())
+    run()

@@ -11,19 +11,15 @@ asserts each declared option either reaches the job or is refused, and that no o
 
 from __future__ import annotations
 
-import os
+from erasekit.core.errors import InvalidInputError
+from erasekit.models.load import CAUSAL_LM, DIFFUSION, KIND_WORDS, model_kind, other_kind  # noqa: F401  (the CLI resolves kinds here)
 
-from .core.errors import InvalidInputError
-
-DIFFUSION, CAUSAL_LM = "diffusion", "causal-lm"
 IMAGE: frozenset[str] = frozenset({DIFFUSION})
 LM: frozenset[str] = frozenset({CAUSAL_LM})
 BOTH: frozenset[str] = IMAGE | LM
 #: The options that select the kind (``--llm``): they apply by definition.
 SELECTORS = {("demo", "llm"), ("testbed check", "llm"), ("testbed train", "llm")}
 
-#: What each kind is called in messages: (many, one).
-KIND_WORDS = {DIFFUSION: ("image pipelines", "an image pipeline"), CAUSAL_LM: ("language models", "a language model")}
 
 #: command path (as typed after ``erasekit``) -> option parameter name -> kinds it applies to.
 SCOPES: dict[str, dict[str, frozenset[str]]] = {
@@ -53,6 +49,7 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     },
     "methods": {},
     "attacks": {},
+    "judges": {},
     "testbed path": {},
     "testbed check": {
         "out": BOTH, "model": BOTH, "seeds": IMAGE, "steps": IMAGE, "guidance": IMAGE, "classifier": IMAGE, "llm": BOTH,
@@ -63,14 +60,6 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
         "retrain_codec": IMAGE, "llm": BOTH, "epochs": LM,
     },
 }  # fmt: skip
-
-
-def model_kind(model: str | os.PathLike, hub: bool = False) -> str:
-    """The kind of ``model`` from its name alone (nothing loads): ``causal-lm`` for a language model
-    (:func:`erasekit.llm.lm.is_lm_name`; ``hub``: a hub id counts as one), else ``diffusion``."""
-    from .llm.lm import is_lm_name
-
-    return CAUSAL_LM if is_lm_name(model, hub=hub) else DIFFUSION
 
 
 def flag(param) -> str:
@@ -102,15 +91,13 @@ def refuse_inapplicable(ctx, kind: str, subject: str) -> None:
     command = ctx.command_path.split(" ", 1)[1] if " " in ctx.command_path else ctx.command_path
     scope = SCOPES[command]
     if scope and not any(kind in kinds for kinds in scope.values()):
-        raise InvalidInputError(f"'erasekit {command}' is for {KIND_WORDS[_other(kind)][0]}; {subject} is {KIND_WORDS[kind][1]}")
+        raise InvalidInputError(
+            f"'erasekit {command}' is for {KIND_WORDS[other_kind(kind)][0]}; {subject} is {KIND_WORDS[kind][1]}"
+        )
     for param in given_options(ctx):
         kinds = scope[param.name]
         if kind not in kinds:
             raise InvalidInputError(
-                f"{flag(param)} applies to {KIND_WORDS[_other(kind)][0]} only; {subject} is {KIND_WORDS[kind][1]} "
+                f"{flag(param)} applies to {KIND_WORDS[other_kind(kind)][0]} only; {subject} is {KIND_WORDS[kind][1]} "
                 f"(drop {flag(param)})"
             )
-
-
-def _other(kind: str) -> str:
-    return CAUSAL_LM if kind == DIFFUSION else DIFFUSION

@@ -8,6 +8,7 @@ That is what makes before/after comparisons of an erasure exact.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from .core.errors import InvalidInputError, NonFiniteError
-from .core.outputs import write_image
+from erasekit.core.errors import InvalidInputError, NonFiniteError
+from erasekit.core.outputs import write_image
 
 
 @dataclass
@@ -54,7 +55,7 @@ class SamplingConfig:
 
 def recommended_sampling(pipe) -> dict:
     """The model's recommended sampling (a testbed's ``testbed.json``), if it has one."""
-    from .profiles import profile_of
+    from erasekit.models.profile import profile_of
 
     return dict(profile_of(pipe).sampling)
 
@@ -162,7 +163,7 @@ def make_grid(images: np.ndarray, captions: list[str] | None = None, cols: int |
     return grid
 
 
-def save_image(image: Image.Image, path: str | Path) -> Path:
+def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
     """Save a PIL image atomically as an erasekit output (PNG, JPEG or WebP, from the suffix); an
     existing file there must be an image erasekit wrote (see :mod:`erasekit.core.outputs`)."""
     return write_image(image, path, "image")

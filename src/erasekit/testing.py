@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .testbed.tokenizer import build_tokenizer
-from .testbed.world import vocabulary
+from erasekit.testbeds.image.tokenizer import build_tokenizer
+from erasekit.testbeds.image.world import vocabulary
 
 FAMILIES = ("sd", "sdxl", "sd3", "flux")
 EXTRA_WORDS = ("painting", "by", "art", "photo", "person", "cat", "dog", "car", "tree", "house", "van", "gogh", "monet")
@@ -23,7 +23,7 @@ TINY_BUDGET = dict(iterations=2, ddim_steps=3, before_step=1, n_images=2, sample
 
 def tiny_params(method: str, family: str) -> dict:
     """:data:`TINY_BUDGET` restricted to ``method``'s parameters (the tiny Flux also trains on 8x8 latents)."""
-    from .core.registry import get_method
+    from erasekit.core.registry import get_method
 
     names = {name for name, *_ in get_method(method).parameters()}
     params = {k: v for k, v in TINY_BUDGET.items() if k in names}
@@ -145,13 +145,13 @@ LM_ARCHITECTURES = ("gpt2", "llama")
 def tiny_lm(arch: str = "gpt2", n_authors: int = 20, seed: int = 0, directory=None):
     """A tiny random causal LM (GPT-2 or Llama, built from a config) with the fact-world tokenizer of
     a ``n_authors`` world; with ``directory`` it is also saved there (with a fact-world
-    ``testbed.json``, so forget splits resolve) and loaded back with :func:`~erasekit.llm.lm.load_lm`."""
+    ``testbed.json``, so forget splits resolve) and loaded back with :func:`~erasekit.models.causal_lm.load_lm`."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    from .core.io import write_json
-    from .llm.factworld import FactWorld, elm_defaults
-    from .llm.lm import LanguageModel, load_lm
-    from .llm.tokenizer import build_tokenizer as build_lm_tokenizer
+    from erasekit.core.io import write_json
+    from erasekit.models.causal_lm import LanguageModel, load_lm
+    from erasekit.testbeds.facts.factworld import FactWorld, elm_defaults
+    from erasekit.testbeds.facts.tokenizer import build_tokenizer as build_lm_tokenizer
 
     world = FactWorld(n_authors, seed=0)
     tok = build_lm_tokenizer(world)

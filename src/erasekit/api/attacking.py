@@ -7,14 +7,14 @@ import math
 import os
 import time
 
-from .. import models
-from ..attacks.arena import Arena, with_copies
-from ..attacks.base import AttackResult, Tracker
-from ..core.errors import ConfigError, InvalidInputError
-from ..core.outputs import check_file_output, write_report
-from ..core.registry import AttackSpec, all_attacks, get_attack
-from ..generation import SamplingConfig
-from .judges import model_judge
+from erasekit import models
+from erasekit.api.judges import model_judge
+from erasekit.attacks.base import AttackResult, Tracker
+from erasekit.attacks.diffusion.arena import Arena, with_copies
+from erasekit.core.errors import ConfigError, InvalidInputError
+from erasekit.core.outputs import check_file_output, write_report
+from erasekit.core.registry import AttackSpec, all_attacks, get_attack
+from erasekit.generation import SamplingConfig
 
 #: Trials per attack when ``seeds`` is not given: seeds are chosen so prompts x seeds reaches this.
 DEFAULT_TRIALS = 24
@@ -44,7 +44,7 @@ def attacked_pipeline(pipe, erasure):
     ones it changes (the user's pipeline is never modified)."""
     if erasure is None:
         return pipe
-    from ..families import get_adapter
+    from erasekit.models.diffusion import get_adapter
 
     adapter = get_adapter(pipe)
     names = {k.split(".", 1)[0] for k in erasure.touched()}
@@ -62,7 +62,7 @@ def trial_prompts(concept: str, testbed: bool, prompts: list[str] | None) -> lis
         return list(dict.fromkeys(prompts))
     if not testbed:
         raise ConfigError(f"attacking {concept!r} on this model needs the prompts that show it: pass --prompt (repeatable)")
-    from ..evaluation.prompts import prompt_set
+    from erasekit.evaluation.prompts import prompt_set
 
     return [p.prompt for p in prompt_set(concept) if p.group == "target"]
 
@@ -76,7 +76,7 @@ def reference_model(pipe, reference, device, dtype):
             if not isinstance(reference, (str, os.PathLike))
             else models.load_pipeline(reference, device=device, dtype=dtype)
         )
-    from ..profiles import profile_of
+    from erasekit.models.profile import profile_of
 
     named = profile_of(pipe).reference
     return models.load_pipeline(named, device=device, dtype=dtype) if named else None
@@ -107,7 +107,7 @@ def run_attack(spec: AttackSpec, arena: Arena, config, progress: bool = True, be
 def attack(
     model="testbed",
     erasure=None,
-    attack: str | list[str] = "synonyms",
+    attack: str | list[str] | None = None,
     concept: str | None = None,
     budget: int | None = None,
     seeds: int | None = None,
@@ -131,9 +131,22 @@ def attack(
     (default on a testbed: the evaluation's target prompts); ``reference``: the model that draws the
     concept (default: ``model`` without the erasure, or the testbed for an oracle). Writes the JSON
     to ``out`` when given, and every trial's judged image as a grid to ``grid`` when given. Returns
-    one :class:`AttackResult`, or a list for several attacks.
-    """
+    one :class:`AttackResult`, or a list for several attacks. ``attack`` defaults to ``synonyms``.
 
+    On a fact-world language model (:func:`erasekit.api.unlearning.attack_lm`) ``concept`` is the
+    forget split whose facts should come back (default: the erasure's) and ``attack`` defaults to
+    ``fast``; the image-only arguments (seeds, prompts, reference, steps, guidance, grid) are refused.
+    """
+    kind = models.kind_of_any(model)
+    if kind == models.CAUSAL_LM:
+        from erasekit.api.unlearning import attack_lm
+
+        subject = repr(str(model)) if isinstance(model, (str, os.PathLike)) else "the model"
+        models.refuse_options(kind, subject, seeds=seeds, prompts=prompts, reference=reference, steps=steps, guidance=guidance,
+                              grid=grid)  # fmt: skip
+        return attack_lm(model, erasure, "fast" if attack is None else attack, concept, budget=budget, params=params, out=out,
+                         device=device, dtype=dtype, progress=progress)  # fmt: skip
+    attack = "synonyms" if attack is None else attack
     if seeds is not None and seeds < 1:
         raise InvalidInputError(f"--seeds must be >= 1, got {seeds}")
     specs = [get_attack(n) for n in attack_names(attack)]
@@ -155,7 +168,7 @@ def attack(
     results = []
     for spec, config in zip(specs, configs):
         result = run_attack(spec, arena, config, progress=progress, before=before)
-        result.model, result.erasure = str(root if loaded_pipe else model), _erasure_label(erasure, loaded)
+        result.model, result.erasure = models.model_label(root if loaded_pipe else model), _erasure_label(erasure, loaded)
         results.append(result)
     save_trial_grid(results, grid)
     return attack_results(results, out)
@@ -174,7 +187,7 @@ def save_trial_grid(results: list[AttackResult], grid: str | os.PathLike | None)
         return
     import numpy as np
 
-    from ..generation import make_grid, save_image
+    from erasekit.generation import make_grid, save_image
 
     images = np.concatenate([r.images for r in results])
     captions = [f"{r.attack[:10]}\n{'shown' if rec.success else '-'}" for r in results for rec in r.records]
@@ -193,7 +206,7 @@ def attack_results(results: list[AttackResult], out: str | os.PathLike | None, p
 def _inputs_checked(model, erasure, out):
     """``(loaded_pipe, out, loaded erasure)``: the output path checked (never one of the inputs) and
     the erasure loaded, before any model is."""
-    from ..core.erasure import Erasure
+    from erasekit.core.erasure import Erasure
 
     loaded_pipe = not isinstance(model, (str, os.PathLike))
     if out is not None:
@@ -210,13 +223,13 @@ def _erasure_label(erasure, loaded) -> str | None:
 
 
 def _canonical(concept: str) -> str:
-    from ..evaluation.prompts import resolve_concept
+    from erasekit.evaluation.prompts import resolve_concept
 
     return resolve_concept(concept)[0]
 
 
 def _inputs(model, erasure) -> list[str]:
-    from .commands import model_inputs
+    from erasekit.api.commands import model_inputs
 
     return model_inputs(model) + ([str(erasure)] if isinstance(erasure, (str, os.PathLike)) else [])
 
@@ -240,16 +253,7 @@ def replay(
     again, on the same trials (prompts and seeds). Attacks whose finding is a procedure (quantization,
     relearning, latent inversion) are run again with the same settings. The result uses the same ASR
     definition, judged on the new model (``asr_before``: its plain prompts)."""
-    from ..core.io import read_json
-
-    data = source if isinstance(source, dict) else read_json(source)
-    if not isinstance(data, dict) or "found" not in data or "attack" not in data:
-        raise InvalidInputError(f"{source} is not a single attack's report (erasekit attack --out FILE with one attack)")
-    spec = get_attack(data["attack"])
-    records = data["found"]
-    prompts = list(dict.fromkeys(r["prompt"] for r in records))
-    if not records or len(records) % len(prompts):
-        raise InvalidInputError("the report's trials do not form prompts x seeds; replay needs a report erasekit wrote")
+    data, spec, records, prompts = _replay_source(source)
     if spec.name in PROCEDURES:
         config = {k: v for k, v in data.get("config", {}).items() if k in {n for n, *_ in spec.parameters()}}
         budget = config.pop("budget", None)
@@ -270,9 +274,9 @@ def replay(
     if rows:
         tracker.report(tracker.budget, rows, _replay_images(arena, rows, found), found)
     result = AttackResult(
-        attack=spec.name, concept=arena.concept, model=str(root if loaded_pipe else model), erasure=_erasure_label(erasure, loaded),
+        attack=spec.name, concept=arena.concept, model=models.model_label(root if loaded_pipe else model), erasure=_erasure_label(erasure, loaded),
         budget=tracker.budget, budget_unit=spec.budget_unit, records=tracker.records, curve=[tracker.curve()[0], tracker.curve()[-1]],
-        seconds=time.time() - t0, judge=JUDGE_NAME, config=data.get("config", {}), info={"replay_of": str(source) if not isinstance(source, dict) else "report"},
+        seconds=time.time() - t0, judge=JUDGE_NAME, config=data.get("config", {}), info={"replay_of": _source_label(source)},
     )  # fmt: skip
     save_trial_grid([result], grid)
     if out is not None:
@@ -280,13 +284,31 @@ def replay(
     return result
 
 
+def _replay_source(source: str | os.PathLike | dict):
+    """``(report, attack spec, trial records, prompts)`` of a single attack's report, checked."""
+    from erasekit.core.io import read_json
+
+    data = source if isinstance(source, dict) else read_json(source)
+    if not isinstance(data, dict) or "found" not in data or "attack" not in data:
+        raise InvalidInputError(f"{source} is not a single attack's report (erasekit attack --out FILE with one attack)")
+    records = data["found"]
+    prompts = list(dict.fromkeys(r["prompt"] for r in records))
+    if not records or len(records) % len(prompts):
+        raise InvalidInputError("the report's trials do not form prompts x seeds; replay needs a report erasekit wrote")
+    return data, get_attack(data["attack"]), records, prompts
+
+
+def _source_label(source) -> str:
+    return "report" if isinstance(source, dict) else str(source)
+
+
 def _replay_images(arena: Arena, rows: list[int], found: list[dict]):
     """Images of what was found, row by row kind: typed prompts, vectors in slots, compositions."""
     import numpy as np
     import torch
 
-    from ..attacks.arithmetic import compose_images
-    from ..attacks.tokens import Slots
+    from erasekit.attacks.diffusion.arithmetic import compose_images
+    from erasekit.attacks.diffusion.tokens import Slots
 
     images: list = [None] * len(rows)
     plain = [i for i, f in enumerate(found) if "vectors" not in f and "parts" not in f]
@@ -308,8 +330,8 @@ def _replay_images(arena: Arena, rows: list[int], found: list[dict]):
 
 def _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps=None, guidance=None):
     """The arena for ``model`` with ``loaded`` applied (to a copy), and the model's root."""
-    from ..evaluation.judges import TestbedJudge
-    from ..profiles import profile_of
+    from erasekit.judges.testbed import TestbedJudge
+    from erasekit.models.profile import profile_of
 
     loaded_pipe = not isinstance(model, (str, os.PathLike))
     if not loaded_pipe:

@@ -5,77 +5,126 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import models
-from ..core.errors import InvalidInputError, MissingFileError
-from ..core.io import read_json
-from ..core.outputs import check_dir_output, check_file_output, claim_collection, write_report
-from ..core.resources import peak_memory_mib, reset_peak_memory
-from .commands import model_inputs
-from .erasing import erase
-from .judges import load_judge
+from erasekit import models
+from erasekit.api.commands import model_inputs
+from erasekit.api.erasing import erase
+from erasekit.api.judges import load_judge
+from erasekit.core.errors import InvalidInputError, MissingFileError
+from erasekit.core.io import read_json
+from erasekit.core.outputs import check_dir_output, check_file_output, claim_collection, write_report
+from erasekit.core.resources import peak_memory_mib, reset_peak_memory
+
+#: What ``bench`` runs on the image testbed unless told otherwise.
+DEFAULT_METHODS, DEFAULT_CONCEPTS = ["uce", "time", "rece", "speed"], ["star", "striped", "red", "zorbo"]
 
 
 def bench(
-    methods: list[str],
-    concepts: list[str],
-    out_dir: str | os.PathLike = "benchmarks/results/testbed",
+    methods: list[str] | None = None,
+    concepts: list[str] | None = None,
+    out_dir: str | os.PathLike | None = None,
     report: str | os.PathLike | None = "docs/results.md",
     model: str = "testbed",
-    seeds: int = 4,
-    contexts: int = 12,
+    seeds: int | None = None,
+    contexts: int | None = None,
     params: dict[str, dict] | None = None,
     device: str | None = None,
     dtype: str | None = None,
     progress: bool = True,
-    attacks: list[str] | None = None,
+    attacks: list[str] | str | None = None,
     robustness: str | os.PathLike | None = "docs/robustness.md",
-    oracle: str | None = "testbed-oracle",
+    oracle: str | None = "default",
 ) -> list[dict]:
     """Erase every concept with every method (one concept at a time), evaluate each, write JSON and a report.
 
     The base model's images are generated once per concept and shared by all methods. With
     ``attacks`` (names, ``"fast"`` or ``"all"``), every erasure is also attacked, and so are the base
-    model and the ``oracle`` (when it left the concept out of its training): their ASR go into each
-    run's JSON (``"attacks"``), ``attacks-base-CONCEPT.json`` / ``attacks-oracle-CONCEPT.json``, and
-    the ``robustness`` report (Markdown, with a PNG plot of ASR against budget beside it).
+    model and the ``oracle`` (when it left the concept out of its training; ``"default"``: the
+    shipped one, ``None``: none): their ASR go into each run's JSON (``"attacks"``),
+    ``attacks-base-CONCEPT.json`` / ``attacks-oracle-CONCEPT.json``, and the ``robustness`` report
+    (Markdown, with a PNG plot of ASR against budget beside it). Defaults: ``methods``
+    :data:`DEFAULT_METHODS`, ``concepts`` :data:`DEFAULT_CONCEPTS`, ``out_dir``
+    ``benchmarks/results/testbed``, 4 ``seeds`` and 12 ``contexts``.
+
+    On a fact-world language model (:func:`erasekit.api.bench_llm.bench_llm`) ``concepts`` are forget
+    splits and ``methods`` the language-model methods (defaults: forget01 and forget05, every method;
+    ``out_dir`` ``benchmarks/results/llm``); ``seeds``, ``contexts``, ``device`` and ``dtype`` are refused.
     """
-    from ..core.request import ErasureRequest, Target
-    from ..evaluation import evaluate_on_testbed
-    from ..evaluation.prompts import resolve_concept
-    from ..report.tables import results_markdown
+    kind = models.model_kind(model)
+    if kind == models.CAUSAL_LM:
+        from erasekit.api.bench_llm import bench_llm
+
+        models.refuse_options(kind, repr(str(model)), seeds=seeds, contexts=contexts, device=device, dtype=dtype)
+        return bench_llm(model, methods, concepts, attacks, params, out_dir=out_dir or "benchmarks/results/llm", report=report,
+                         robustness=robustness, progress=progress, oracle=None if oracle == "default" else oracle)  # fmt: skip
+    methods, concepts = methods or DEFAULT_METHODS, concepts or DEFAULT_CONCEPTS
+    seeds, contexts = (4 if seeds is None else seeds), (12 if contexts is None else contexts)
+    oracle = "testbed-oracle" if oracle == "default" else oracle
+    if isinstance(attacks, str):
+        attacks = [a for a in attacks.split(",") if a.strip()] or None
+    _check_bench_request(methods, concepts, params)
+    out_dir, report, robustness = _check_bench_outputs(
+        methods, concepts, out_dir or "benchmarks/results/testbed", report, robustness, model, bool(attacks)
+    )
+    models.check_placement(device, dtype)
+    attack_list = _attack_list(attacks)
+    claim_collection(out_dir, "bench", what="bench results directory")
+    judge = load_judge(model)
+    if judge is None:
+        raise MissingFileError(f"bench needs a testbed judge; {model!r} has none")
+    pipe = models.load_pipeline(model, device=device, dtype=dtype)
+    runs = _bench_runs(pipe, judge, methods, concepts, out_dir, model, seeds, contexts, params or {}, attack_list, oracle,
+                       device, dtype, progress)  # fmt: skip
+    all_runs = _recorded_runs(out_dir, runs)
+    write_report(out_dir / "results.json", {"runs": all_runs}, "bench-results")
+    if report is not None:
+        _write_results_table(report, all_runs, methods, concepts, params or {}, out_dir)
+    if attack_list and robustness is not None:
+        write_robustness(out_dir, robustness)
+    return runs
+
+
+def _check_bench_request(methods: list[str], concepts: list[str], params: dict | None) -> None:
+    """Every concept is the testbed's, every method and ``--set method.key=value`` is registered and valid."""
+    from erasekit.core.registry import get_method
+    from erasekit.evaluation.prompts import resolve_concept
 
     if not methods or not concepts:
         raise InvalidInputError("bench needs at least one --methods entry and one --concepts entry")
     for c in concepts:
         resolve_concept(c)
-    from ..core.registry import get_method
-
     for m in methods:
         get_method(m)
     for m, kv in (params or {}).items():  # a typo in --set method.key=value must not be ignored
         get_method(m).make_config(kv)  # an unknown method or parameter, or a bad value, fails here (settings
         # for registered methods outside --methods are checked and kept for scripts that narrow --methods)
+
+
+def _check_bench_outputs(
+    methods, concepts, out_dir, report, robustness, model, attacking: bool
+) -> tuple[Path, Path | None, Path | None]:
+    """Every file the bench will write, checked before any work: ``(out_dir, report, robustness)``."""
     out_dir = check_dir_output(out_dir, "bench", model_inputs(model), what="bench results directory")
-    models.check_placement(device, dtype)
     if report is not None:
         report = check_file_output(report, "results", (".md",), model_inputs(model), what="results table")
     for concept in concepts:
         for method in methods:
             check_file_output(out_dir / f"{method}-{concept}.json", "bench-run", (".json",))
     check_file_output(out_dir / "results.json", "bench-results", (".json",))
-    attack_list = _attack_list(attacks)
-    if attack_list and robustness is not None:
+    if attacking and robustness is not None:
         robustness = check_file_output(robustness, "robustness", (".md",), model_inputs(model), what="robustness table")
         check_file_output(Path(robustness).with_suffix(".png"), "plot", (".png",), what="robustness plot")
         for concept in concepts:
             for who in ("base", "oracle"):
                 check_file_output(out_dir / f"attacks-{who}-{concept}.json", "bench-attacks", (".json",))
-    claim_collection(out_dir, "bench", what="bench results directory")
-    judge = load_judge(model)
-    if judge is None:
-        raise MissingFileError(f"bench needs a testbed judge; {model!r} has none")
-    pipe = models.load_pipeline(model, device=device, dtype=dtype)
-    from ..evaluation.judges import TestbedJudge
+    return out_dir, report, robustness
+
+
+def _bench_runs(pipe, judge, methods, concepts, out_dir, model, seeds, contexts, params, attack_list, oracle, device, dtype,
+                progress) -> list[dict]:  # fmt: skip
+    """Erase, evaluate (and attack) each concept with each method; one JSON per run."""
+    from erasekit.core.request import ErasureRequest, Target
+    from erasekit.evaluation import evaluate_on_testbed
+    from erasekit.judges.testbed import TestbedJudge
 
     method_judge = TestbedJudge(judge)  # for methods that validate or filter with a judge (loaded once, not per run)
     cache: dict = {}
@@ -84,70 +133,67 @@ def bench(
         if attack_list:
             attack_references(pipe, concept, attack_list, out_dir, oracle, device, dtype, progress)
         for method in methods:
-            request = ErasureRequest([Target(concept)])
             scope = reset_peak_memory(pipe.device)
-            erasure = erase(
-                pipe, method, request, model=model, progress=progress, judge=method_judge, **(params or {}).get(method, {})
-            )
+            erasure = erase(pipe, method, ErasureRequest([Target(concept)]), model=model, progress=progress, judge=method_judge,
+                            **params.get(method, {}))  # fmt: skip
             run = evaluate_on_testbed(
                 pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=cache
             )
-            run.update(
-                method=method,
-                concept=concept,
-                model=str(model),
-                peak_memory_mib=peak_memory_mib(pipe.device),
-                peak_memory_scope=scope,
-            )
+            run.update(method=method, concept=concept, model=str(model), peak_memory_mib=peak_memory_mib(pipe.device),
+                       peak_memory_scope=scope)  # fmt: skip
             if attack_list:
                 run["attacks"] = attacks_of(pipe, erasure, concept, attack_list, progress)
             write_report(out_dir / f"{method}-{concept}.json", run, "bench-run")
             runs.append(run)
-    # The report covers every run recorded in out_dir (earlier bench calls included), newest wins.
-    from ..core.outputs import stamp_of
+    return runs
+
+
+def _recorded_runs(out_dir: Path, runs: list[dict]) -> list[dict]:
+    """Every run recorded in ``out_dir`` (earlier bench calls included), this call's winning, sorted."""
+    from erasekit.core.outputs import stamp_of
 
     recorded = {
         (r["method"], r["concept"]): r
         for r in (_unstamped(read_json(f)) for f in sorted(out_dir.glob("*.json")) if stamp_of(f) == "bench-run")
     }
     recorded.update({(r["method"], r["concept"]): r for r in runs})
-    all_runs = [recorded[k] for k in sorted(recorded, key=lambda k: (k[1], k[0]))]
-    write_report(out_dir / "results.json", {"runs": all_runs}, "bench-results")
-    if report is not None:
-        from ..core.outputs import shown_path, write_markdown
+    return [recorded[k] for k in sorted(recorded, key=lambda k: (k[1], k[0]))]
 
-        header = (
-            "# Results on the testbed\n\n"
-            "Generated by `erasekit bench` (the latest call: "
-            f"`erasekit bench --methods {','.join(methods)} --concepts {','.join(concepts)}"
-            + "".join(f" --set {m}.{k}={v}" for m, kv in (params or {}).items() for k, v in kv.items())
-            + f"`; every run recorded in `{shown_path(out_dir)}` is in the table, each with its own settings in its JSON). "
-            f"Samples per concept: {_sample_sizes(all_runs)}. Rates in % with 95 % Wilson intervals. "
-            "UA: target prompts whose images no longer show the target (higher = more erased); IRA: other concepts of the "
-            "domain still drawn (neighbours: the most similar ones); CRA: the other attributes still right; pixel change and "
-            "labels kept: same prompt and seed before vs after, on the other concepts' prompts; FD: Fréchet distance of the "
-            "judge's features on those prompts. The watermark (no word names it) is erased through its trigger prompt "
-            "and measured on its subset's prompts (UA: images without the mark; the base model draws it on about half) "
-            "and its carrier (IRA: every prompt's background still drawn; neighbours: the subset's own background)."
-        )
-        write_markdown(report, results_markdown(all_runs, header), "results")
-    if attack_list and robustness is not None:
-        write_robustness(out_dir, robustness)
-    return runs
+
+def _write_results_table(report, all_runs: list[dict], methods, concepts, params: dict, out_dir: Path) -> None:
+    """The Markdown results table of every recorded run, with how it was made."""
+    from erasekit.core.outputs import shown_path, write_markdown
+    from erasekit.report.tables import results_markdown
+
+    header = (
+        "# Results on the testbed\n\n"
+        "Generated by `erasekit bench` (the latest call: "
+        f"`erasekit bench --methods {','.join(methods)} --concepts {','.join(concepts)}"
+        + "".join(f" --set {m}.{k}={v}" for m, kv in params.items() for k, v in kv.items())
+        + f"`; every run recorded in `{shown_path(out_dir)}` is in the table, each with its own settings in its JSON). "
+        f"Samples per concept: {_sample_sizes(all_runs)}. Rates in % with 95 % Wilson intervals. "
+        "UA: target prompts whose images no longer show the target (higher = more erased); IRA: other concepts of the "
+        "domain still drawn (neighbours: the most similar ones); CRA: the other attributes still right; pixel change and "
+        "labels kept: same prompt and seed before vs after, on the other concepts' prompts; FD: Fréchet distance of the "
+        "judge's features on those prompts. The watermark (no word names it) is erased through its trigger prompt "
+        "and measured on its subset's prompts (UA: images without the mark; the base model draws it on about half) "
+        "and its carrier (IRA: every prompt's background still drawn; neighbours: the subset's own background)."
+    )
+    write_markdown(report, results_markdown(all_runs, header), "results")
 
 
 def _attack_list(attacks: list[str] | None) -> list[str]:
     if not attacks:
         return []
-    from .attacking import attack_names
+    from erasekit.api.attacking import attack_names
 
     return attack_names(attacks)
 
 
 def attacks_of(pipe, erasure, concept: str, names: list[str], progress: bool) -> dict:
     """Every attack's summary (no per-trial findings) against ``erasure`` on ``pipe``."""
-    from ..report.robustness import attack_summary
-    from .attacking import attack
+    from erasekit.api.attacking import attack
+    from erasekit.report.robustness import attack_summary
 
     results = attack(pipe, erasure, names, concept, progress=progress)
     results = results if isinstance(results, list) else [results]
@@ -156,7 +202,7 @@ def attacks_of(pipe, erasure, concept: str, names: list[str], progress: bool) ->
 
 def attack_references(pipe, concept, names, out_dir, oracle, device, dtype, progress, base: bool = True) -> None:
     """Attack the base model (``base``), and the oracle when it never saw ``concept``; one JSON each."""
-    from ..evaluation.prompts import resolve_concept
+    from erasekit.evaluation.prompts import resolve_concept
 
     if base and not _covered(out_dir / f"attacks-base-{concept}.json", names):
         write_report(out_dir / f"attacks-base-{concept}.json",
@@ -168,7 +214,7 @@ def attack_references(pipe, concept, names, out_dir, oracle, device, dtype, prog
         root = Path(models.resolve_model(oracle))
     except MissingFileError:
         return
-    from ..profiles import profile_at
+    from erasekit.models.profile import profile_at
 
     if resolve_concept(concept)[0] not in profile_at(root).excluded or _covered(
         out_dir / f"attacks-oracle-{concept}.json", names
@@ -191,15 +237,15 @@ def _shown(path: Path) -> str:
 def _covered(path: Path, names: list[str]) -> bool:
     """Whether a reference row recorded earlier already holds every attack in ``names`` (the base
     model's and the oracle's rows do not depend on the methods benched; they are reused)."""
-    from ..core.outputs import stamp_of
+    from erasekit.core.outputs import stamp_of
 
     return path.is_file() and stamp_of(path) == "bench-attacks" and set(names) <= set(read_json(path).get("attacks", {}))
 
 
 def write_robustness(out_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
     """(Re)write the robustness table and plot from every attacked run recorded in ``out_dir``."""
-    from ..core.outputs import stamp_of, write_markdown
-    from ..report.robustness import plot_curves, robustness_markdown
+    from erasekit.core.outputs import stamp_of, write_markdown
+    from erasekit.report.robustness import plot_curves, robustness_markdown
 
     out_dir = Path(out_dir)
     rows = []
@@ -240,6 +286,6 @@ def _sample_sizes(runs: list[dict]) -> str:
 
 def _unstamped(report: dict) -> dict:
     """A report read back without its output stamp (it is stamped again when written)."""
-    from ..core.outputs import STAMP_KEY
+    from erasekit.core.outputs import STAMP_KEY
 
     return {k: v for k, v in report.items() if k != STAMP_KEY}

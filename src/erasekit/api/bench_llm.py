@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..core.errors import ConfigError
-from ..core.io import read_json
+from erasekit.core.errors import ConfigError
+from erasekit.core.io import read_json
 
 SECTION = "language-models"
 
 
 def bench_llm(model: str = "testbed-llm", methods: list[str] | None = None, splits: list[str] | None = None,
-              attacks: str | None = None, params: dict[str, dict] | None = None,
+              attacks: str | list[str] | None = None, params: dict[str, dict] | None = None,
               out_dir: str | os.PathLike = "benchmarks/results/llm", report: str | os.PathLike | None = "docs/results.md",
               robustness: str | os.PathLike | None = "docs/robustness.md", progress: bool = True,
               oracle: str | None = None) -> list[dict]:  # fmt: skip
@@ -22,11 +22,11 @@ def bench_llm(model: str = "testbed-llm", methods: list[str] | None = None, spli
     (``{"npo": {"epochs": 5}}``); a method named ``name@variant`` runs ``name`` with the parameters
     given for ``name@variant`` and is recorded as its own row (a second configuration of one method); ``attacks``: ``None``, ``"all"``, ``"fast"`` or names; ``oracle``:
     the oracle model for every split (default: the shipped oracle of each split)."""
-    from ..core.outputs import check_file_output, claim_collection
-    from ..llm.factworld import SPLITS
-    from ..llm.lm import load_lm
-    from .attacking import attack_names
-    from .unlearning import evaluate_lm, fact_world_of, lm_method, oracle_for, unlearn
+    from erasekit.api.attacking import attack_names
+    from erasekit.api.unlearning import evaluate_lm, fact_world_of, lm_method, oracle_for, unlearn
+    from erasekit.core.outputs import check_file_output, claim_collection
+    from erasekit.models.causal_lm import load_lm
+    from erasekit.testbeds.facts.factworld import SPLITS
 
     methods = methods or [
         "ga",
@@ -87,8 +87,8 @@ def bench_llm(model: str = "testbed-llm", methods: list[str] | None = None, spli
 def render_llm_tables(out_dir: str | os.PathLike, report: str | os.PathLike | None = "docs/results.md",
                       robustness: str | os.PathLike | None = "docs/robustness.md", shown: str | os.PathLike | None = None) -> None:  # fmt: skip
     """(Re)write ``results.json`` and the "language models" sections from every run recorded in ``out_dir``."""
-    from ..core.outputs import shown_path, stamp_of, write_report, write_section
-    from ..report.llm import llm_results_markdown, llm_robustness_markdown
+    from erasekit.core.outputs import shown_path, stamp_of, write_report, write_section
+    from erasekit.report.llm import llm_results_markdown, llm_robustness_markdown
 
     out = Path(out_dir)
     recorded = [read_json(p) for p in sorted(out.glob("*.json")) if stamp_of(p) == "bench-llm-run"]
@@ -108,7 +108,7 @@ def render_llm_tables(out_dir: str | os.PathLike, report: str | os.PathLike | No
         write_section(report, SECTION, llm_results_markdown(recorded, header_r), "results")
     attacked = [r for r in recorded if r.get("attacks")]
     if robustness is not None and attacked:
-        from ..report.robustness import plot_curves
+        from erasekit.report.robustness import plot_curves
 
         all_names = sorted({a for r in attacked for a in r["attacks"]})
         curves = [{"concept": r["split"], "label": "base model" if r["label"] == "base" else r["label"], "attacks": r["attacks"]}
@@ -126,7 +126,7 @@ def render_llm_tables(out_dir: str | os.PathLike, report: str | os.PathLike | No
 def _attacks(model, erasure, names: list[str], split: str, progress: bool) -> dict[str, dict]:
     """``{attack: result}`` of every attack in ``names`` against ``model`` (one call, so a model given
     by name, such as the oracle, is loaded once)."""
-    from .unlearning import attack_lm
+    from erasekit.api.unlearning import attack_lm
 
     if not names:
         return {}
@@ -136,7 +136,7 @@ def _attacks(model, erasure, names: list[str], split: str, progress: bool) -> di
 
 
 def _record(out: Path, name: str, run: dict) -> dict:
-    from ..core.outputs import write_report
+    from erasekit.core.outputs import write_report
 
     write_report(out / f"{name}.json", run, "bench-llm-run")
     return run

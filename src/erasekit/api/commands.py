@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import models
-from ..core.errors import InvalidInputError, MissingFileError
-from ..core.outputs import IMAGE_SUFFIXES, check_dir_output, check_file_output, write_report
-from ..generation import SamplingConfig, generate, make_grid, save_image, warn_unknown_words
-from .judges import describe_labels, load_judge, model_judge
+from erasekit import models
+from erasekit.api.judges import describe_labels, load_judge, model_judge
+from erasekit.core.errors import InvalidInputError, MissingFileError
+from erasekit.core.outputs import IMAGE_SUFFIXES, check_dir_output, check_file_output, write_report
+from erasekit.generation import SamplingConfig, generate, make_grid, save_image, warn_unknown_words
 
 
 def model_inputs(model: str | os.PathLike) -> list[str]:
     """The local directory behind ``model`` (to protect from outputs), or nothing for a hub id (or a
     name that resolves to nothing: loading it reports that)."""
-    from ..core.errors import ErasekitError
+    from erasekit.core.errors import ErasekitError
 
     try:
         source = models.resolve_model(model)
@@ -49,7 +49,7 @@ def generate_grid(
     pipe = models.load_pipeline(model, device=device, dtype=dtype)
     judge = load_judge(model) if labels else None
     if judge is not None:
-        from ..testbed.world import vocabulary
+        from erasekit.testbeds.image.world import vocabulary
 
         warn_unknown_words(prompt, set(vocabulary()))
     images = generate(pipe, [prompt] * n, list(range(seed, seed + n)), sampling)
@@ -63,7 +63,7 @@ def generate_grid(
 def check_testbed(
     out: str | os.PathLike,
     model: str = "testbed",
-    seeds: int = 8,
+    seeds: int | None = None,
     steps: int | None = None,
     guidance: float | None = None,
     classifier: str | os.PathLike | None = None,
@@ -71,9 +71,18 @@ def check_testbed(
     dtype: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run the quality gate on ``model`` and write the JSON report to ``out``."""
-    from ..testbed.gate import run_gate
+    """Run the quality gate on ``model`` and write the JSON report to ``out``: the image testbed's
+    (``seeds`` per prompt, default 8, judged by ``classifier``, default the model's own) or, for a
+    language model, the fact world's (:func:`erasekit.api.unlearning.check_lm_testbed`)."""
+    from erasekit.testbeds.image.gate import run_gate
 
+    kind = models.model_kind(model)
+    if kind == models.CAUSAL_LM:
+        from erasekit.api.unlearning import check_lm_testbed
+
+        models.refuse_options(kind, repr(str(model)), seeds=seeds, steps=steps, guidance=guidance, classifier=classifier)
+        return check_lm_testbed(out, model=model, device=device, dtype=dtype)
+    seeds = 8 if seeds is None else seeds
     if seeds < 1:
         raise InvalidInputError(f"seeds must be at least 1, got {seeds}")
     out = check_file_output(out, "gate", (".json",), model_inputs(model), what="gate report")
@@ -83,7 +92,7 @@ def check_testbed(
     if judge is None:
         raise MissingFileError(f"no testbed classifier found for {model!r}; pass --classifier PATH")
     pipe = models.load_pipeline(model, device=device, dtype=dtype)
-    from ..profiles import profile_of
+    from erasekit.models.profile import profile_of
 
     report = run_gate(
         pipe,
@@ -93,7 +102,7 @@ def check_testbed(
         progress=progress,
         excluded=profile_of(pipe).excluded,
     )  # fmt: skip  (an oracle: gated without its concepts)
-    report["model"] = str(model)
+    report["model"] = models.model_label(model)
     write_report(out, report, "gate")
     return report
 
@@ -106,13 +115,20 @@ def export_pipeline(
     device: str | None = None,
     dtype: str | None = None,
 ) -> Path:
-    """Apply a saved erasure to ``model`` and write a complete diffusers pipeline directory at ``out``."""
+    """Apply a saved erasure to ``model`` and write a complete diffusers pipeline directory at ``out``
+    (for a language model, a complete transformers model directory:
+    :func:`erasekit.api.unlearning.export_lm`)."""
     import shutil
 
-    from ..core.erasure import Erasure
-    from ..core.errors import IncompatibleErasureError
-    from ..core.io import atomic_path, write_json
-    from ..core.outputs import write_manifest
+    if models.model_kind(model) == models.CAUSAL_LM:
+        from erasekit.api.unlearning import export_lm
+
+        return export_lm(erasure_dir, model, out, force=force, device=device, dtype=dtype)
+
+    from erasekit.core.erasure import Erasure
+    from erasekit.core.errors import IncompatibleErasureError
+    from erasekit.core.io import atomic_path, write_json
+    from erasekit.core.outputs import write_manifest
 
     out = check_dir_output(out, "pipeline", [*model_inputs(model), erasure_dir], what="pipeline directory")
     models.check_placement(device, dtype)
@@ -143,25 +159,45 @@ def evaluate(
     erasure=None,
     concepts: list[str] | None = None,
     out: str | os.PathLike | None = None,
-    seeds: int = 4,
-    contexts: int = 12,
+    seeds: int | None = None,
+    contexts: int | None = None,
     steps: int | None = None,
     guidance: float | None = None,
     device: str | None = None,
     dtype: str | None = None,
     progress: bool = True,
+    split: str | None = None,
+    oracle: str | None = None,
 ) -> dict:
-    """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after.
+    """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after
+    (on a fact-world language model: forget, retain, forget quality, utility and privacy leak against
+    the ``oracle`` of ``split``, :func:`erasekit.api.unlearning.evaluate_lm`).
 
-    ``model``: a model name or directory, or a loaded testbed pipeline (left unchanged: the erasure is
+    ``model``: a model name or directory, or a loaded testbed model (left unchanged: the erasure is
     applied and removed around its images); ``erasure``: an :class:`~erasekit.core.erasure.Erasure`
-    or its directory (omit it to measure the base model on ``concepts``); ``out``: where to write the
-    JSON report (optional). Returns the report.
+    or its directory (omit it to measure the base model on ``concepts``); ``seeds`` (default 4) and
+    ``contexts`` (default 12) per concept; ``out``: where to write the JSON report (optional). An
+    argument of the other kind of model is refused. Returns the report.
     """
-    from ..core.erasure import Erasure
-    from ..core.errors import ConfigError
-    from ..evaluation import evaluate_on_testbed
-    from ..evaluation.prompts import resolve_concept
+    kind = models.kind_of_any(model)
+    subject = repr(str(model)) if isinstance(model, (str, os.PathLike)) else "the model"
+    if kind == models.CAUSAL_LM:
+        from erasekit.api.unlearning import evaluate_lm
+
+        models.refuse_options(kind, subject, concepts=concepts, seeds=seeds, contexts=contexts, steps=steps, guidance=guidance)
+        return evaluate_lm(model, erasure, split=split, oracle=oracle, out=out, device=device, dtype=dtype)
+    models.refuse_options(kind, subject, split=split, oracle=oracle)
+    seeds, contexts = (4 if seeds is None else seeds), (12 if contexts is None else contexts)
+    return _evaluate_images(model, erasure, concepts, out, 4 if seeds is None else seeds, 12 if contexts is None else contexts,
+                            steps, guidance, device, dtype, progress)  # fmt: skip
+
+
+def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, steps, guidance, device, dtype, progress) -> dict:
+    """:func:`evaluate` on an image pipeline."""
+    from erasekit.core.erasure import Erasure
+    from erasekit.core.errors import ConfigError
+    from erasekit.evaluation import evaluate_on_testbed
+    from erasekit.evaluation.prompts import resolve_concept
 
     if seeds < 1 or contexts < 1:
         raise InvalidInputError("seeds and contexts must be at least 1")
@@ -186,10 +222,58 @@ def evaluate(
         pipe, judge, targets, erasure=loaded, seeds=seeds, n_contexts=contexts,
         sampling=SamplingConfig(steps=steps, guidance_scale=guidance), progress=progress,
     )  # fmt: skip
-    report["model"] = str(root if loaded_pipe else model)
+    report["model"] = models.model_label(root if loaded_pipe else model)
     report["erasure"] = (
         None if erasure is None else (f"{loaded.method} erasure (in memory)" if isinstance(erasure, Erasure) else str(erasure))
     )
     if out is not None:
         write_report(out, report, "evaluation")
     return report
+
+
+def train_testbed(
+    workdir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    smoke: bool = False,
+    exclude: list[str] | None = None,
+    unet_steps: int | None = None,
+    retrain_codec: bool = False,
+    epochs: int | None = None,
+    llm: bool = False,
+    log=print,
+) -> Path:
+    """What ``erasekit testbed train`` does: train the image testbed (judge, VAE, text encoder and
+    UNet; ``exclude``: an oracle without those concepts, reusing the shipped judge and VAE unless
+    ``retrain_codec``) or, with ``llm``, the fact-world GPT-2 (``exclude``: one forget split, an
+    oracle; ``epochs`` overrides its run length). Both directories are checked before anything is
+    written; ``resume`` continues from the workdir's checkpoints. Returns the model directory."""
+    if llm:
+        from erasekit.testbeds.facts.train import LLMTrainConfig, LLMTrainer, check_split
+
+        models.refuse_options(models.CAUSAL_LM, "the --llm testbed", unet_steps=unet_steps, retrain_codec=retrain_codec)
+        if exclude and len(exclude) > 1:
+            raise InvalidInputError("--llm --exclude takes one forget split (forget01, forget05 or forget10)")
+        workdir = Path("runs/testbed-llm") if workdir is None else Path(workdir)
+        check_dir_output(workdir, "testbed-train", what="training directory")
+        check_dir_output(out or workdir / "model", "pipeline", what="fact-world model directory")
+        lm_cfg = LLMTrainConfig.smoke() if smoke else LLMTrainConfig()
+        lm_cfg.exclude = check_split(exclude[0]) if exclude else None
+        if epochs is not None:
+            lm_cfg.epochs = epochs
+        return LLMTrainer(workdir, lm_cfg, log=log).run(resume=resume, out=out)
+    from erasekit.testbeds.image.train import TrainConfig, Trainer, check_exclusions
+
+    models.refuse_options(models.DIFFUSION, "the image testbed", epochs=epochs)
+    workdir = Path("runs/testbed") if workdir is None else Path(workdir)
+    check_dir_output(workdir, "testbed-train", what="testbed training directory")  # both checked before anything is written
+    check_dir_output(out or workdir / "pipeline", "pipeline", what="testbed pipeline directory")
+    cfg = TrainConfig.smoke() if smoke else TrainConfig()
+    if unet_steps is not None:
+        cfg.unet_steps = unet_steps
+    if exclude:
+        cfg.exclude = check_exclusions(exclude)
+        if not retrain_codec:
+            cfg.codec_from = "testbed"
+            models.resolve_model(cfg.codec_from)  # the shipped weights must be there before any work
+    return Trainer(workdir, cfg, log=log).run(resume=resume, out=out)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
-from .. import models
-from ..core.outputs import IMAGE_SUFFIXES, check_dir_output, check_file_output, claim_collection, write_report
-from ..generation import generate, make_grid, save_image
-from .commands import check_testbed
-from .erasing import erase
-from .judges import describe_labels, load_judge
+from erasekit import models
+from erasekit.api.commands import check_testbed
+from erasekit.api.erasing import erase
+from erasekit.api.judges import describe_labels, load_judge
+from erasekit.core.outputs import IMAGE_SUFFIXES, check_dir_output, check_file_output, claim_collection, write_report
+from erasekit.generation import generate, make_grid, save_image
 
 DEMO_PROMPTS = (
     "a red filled circle on a black background",
@@ -38,7 +39,11 @@ DEMO_ERASURES: tuple[tuple[str, dict, list[str]], ...] = (
 
 
 def run_demo(
-    out: str | os.PathLike = "erasekit-demo", seeds: int = 2, device: str | None = None, dtype: str | None = None
+    out: str | os.PathLike | None = None,
+    seeds: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    llm: bool = False,
 ) -> list[str]:
     """The main job on the testbed: what the model draws, the quality gate, then erase, evaluate and compare.
 
@@ -49,13 +54,45 @@ def run_demo(
        (``before_after.png``);
     4. a short red team: the fast attacks against every erasure and concept (``redteam.json``),
        naming the attack that brought a concept back.
-    """
-    from ..core.request import ErasureRequest, Target
-    from ..evaluation import evaluate_on_testbed
-    from ..testbed.gate import summary_lines
 
-    out = check_dir_output(out, "demo", what="demo directory")
+    ``out`` defaults to ``erasekit-demo`` and ``seeds`` to 2. With ``llm``, the language-model demo
+    instead (:func:`run_demo_llm`, default ``out`` ``erasekit-demo-llm``).
+    """
+    if llm:
+        from erasekit.core.errors import ConfigError
+
+        if seeds is not None:
+            raise ConfigError("seeds= applies to the image demo only; the --llm demo evaluates every forget fact (drop seeds)")
+        return run_demo_llm("erasekit-demo-llm" if out is None else out, device=device, dtype=dtype)
+    out = _check_demo_outputs("erasekit-demo" if out is None else out)
+    seeds = 2 if seeds is None else seeds
     models.check_placement(device, dtype)
+    claim_collection(out, "demo", what="demo directory")
+    t0 = time.time()
+    pipe = models.load_pipeline("testbed", device=device, dtype=dtype)
+    judge = load_judge("testbed")
+    lines = _demo_grid_and_gate(pipe, judge, out, seeds, device, dtype)
+    erasures = []
+    for method, params, concepts in DEMO_ERASURES:
+        erasure, more = _demo_erasure(pipe, judge, out, method, params, concepts, seeds)
+        erasures.append((method, erasure))
+        lines += more
+    lines.append(f"before/after grid: {_before_after(pipe, judge, erasures, out / 'before_after.png')}")
+    lines += ["", *_red_team(pipe, erasures, out / "redteam.json")]
+    reports = [out / "gate.json", *(out / f"eval-{m}.json" for m, _ in erasures), out / "redteam.json"]
+    lines.append(f"reports: {', '.join(map(str, reports))}  ({time.time() - t0:.0f}s)")
+    write_report(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "erasures": [{"method": m, "params": p, "concepts": c} for m, p, c in DEMO_ERASURES],
+                                    "seconds": round(time.time() - t0, 1)}, "demo")  # fmt: skip
+    return lines
+
+
+#: Images per demo prompt in the demo's grids.
+_PER_PROMPT = 4
+
+
+def _check_demo_outputs(out) -> Path:
+    """The demo directory and every file it will write, checked before any work."""
+    out = check_dir_output(out, "demo", what="demo directory")
     for name in ("grid.png", "before_after.png"):
         check_file_output(out / name, "image", IMAGE_SUFFIXES)
     for name in ("gate.json", "demo.json", "redteam.json", *(f"eval-{m}.json" for m, _, _ in DEMO_ERASURES)):
@@ -64,41 +101,49 @@ def run_demo(
         )
     for m, _, _ in DEMO_ERASURES:
         check_dir_output(out / f"erasure-{m}", "erasure")
-    claim_collection(out, "demo", what="demo directory")
-    t0 = time.time()
-    pipe = models.load_pipeline("testbed", device=device, dtype=dtype)
-    judge = load_judge("testbed")
-    per = 4
-    prompts = [p for p in DEMO_PROMPTS for _ in range(per)]
-    images = generate(pipe, prompts, [s for _ in DEMO_PROMPTS for s in range(per)], desc="demo grid")
+    return out
+
+
+def _demo_grid_and_gate(pipe, judge, out: Path, seeds: int, device, dtype) -> list[str]:
+    """Step 1: the labelled grid of the demo prompts and a quick quality gate."""
+    from erasekit.testbeds.image.gate import summary_lines
+
+    prompts = [p for p in DEMO_PROMPTS for _ in range(_PER_PROMPT)]
+    images = generate(pipe, prompts, [s for _ in DEMO_PROMPTS for s in range(_PER_PROMPT)], desc="demo grid")
     pred = judge.predict(images)
     captions = [f"{p[:21]}\n" + describe_labels(pred, i) for i, p in enumerate(prompts)]
-    save_image(make_grid(images, captions, cols=per * 2), out / "grid.png")
+    save_image(make_grid(images, captions, cols=_PER_PROMPT * 2), out / "grid.png")
     report = check_testbed(out / "gate.json", seeds=seeds, device=device, dtype=dtype)
-    lines = [f"labelled grid of {len(prompts)} images: {out / 'grid.png'}", ""]
-    lines += summary_lines(report)
+    lines = [f"labelled grid of {len(prompts)} images: {out / 'grid.png'}", "", *summary_lines(report)]
     if seeds < 8:
         lines.append(f"(a quick gate with {seeds} seeds per prompt; the full gate is 'erasekit testbed check --out gate.json')")
+    return lines
 
-    erasures = []
-    for method, params, concepts in DEMO_ERASURES:
-        request = ErasureRequest([Target(c) for c in concepts])
-        erasure = erase(pipe, method, request, model="testbed", **params)
-        erasure.save(out / f"erasure-{method}")
-        ev = evaluate_on_testbed(pipe, judge, request.concepts, erasure=erasure, seeds=seeds, n_contexts=6, progress=True)
-        write_report(out / f"eval-{method}.json", ev, "evaluation")
-        erasures.append((method, erasure))
-        lines += [
-            "",
-            f"{method} erased {', '.join(request.concepts)} in {erasure.timings['seconds']:.2f}s "
-            f"({len(erasure.changed_tensors())} tensors, {erasure.num_bytes() / 2**20:.2f} MiB)",
-            "",
-        ]
-        lines += _eval_table(ev)
 
+def _demo_erasure(pipe, judge, out: Path, method: str, params: dict, concepts, seeds: int):
+    """Steps 2 and 3 for one method: erase, save, evaluate; the erasure and its lines."""
+    from erasekit.core.request import ErasureRequest, Target
+    from erasekit.evaluation import evaluate_on_testbed
+
+    request = ErasureRequest([Target(c) for c in concepts])
+    erasure = erase(pipe, method, request, model="testbed", **params)
+    erasure.save(out / f"erasure-{method}")
+    ev = evaluate_on_testbed(pipe, judge, request.concepts, erasure=erasure, seeds=seeds, n_contexts=6, progress=True)
+    write_report(out / f"eval-{method}.json", ev, "evaluation")
+    lines = [
+        "",
+        f"{method} erased {', '.join(request.concepts)} in {erasure.timings['seconds']:.2f}s "
+        f"({len(erasure.changed_tensors())} tensors, {erasure.num_bytes() / 2**20:.2f} MiB)",
+        "",
+    ]
+    return erasure, lines + _eval_table(ev)
+
+
+def _before_after(pipe, judge, erasures, path: Path) -> Path:
+    """The same prompts and seeds before and under each erasure, side by side and labelled by the judge."""
     compare = ["a red filled star on a black background", "zorbo", "a blue striped circle on a gray background", "pipa"]
-    flat = [p for p in compare for _ in range(per)]
-    flat_seeds = [s for _ in compare for s in range(per)]
+    flat = [p for p in compare for _ in range(_PER_PROMPT)]
+    flat_seeds = [s for _ in compare for s in range(_PER_PROMPT)]
     columns = [("before", generate(pipe, flat, flat_seeds, progress=False))]
     for method, erasure in erasures:
         with erasure.applied(pipe):
@@ -110,21 +155,15 @@ def run_demo(
         for i in range(len(flat))
         for (name, _), pred in zip(columns, preds)
     ]
-    save_image(make_grid(both, caps, cols=len(columns) * 2), out / "before_after.png")
-    lines.append(f"before/after grid: {out / 'before_after.png'}")
-    lines += ["", *_red_team(pipe, erasures, out / "redteam.json")]
-    reports = [out / "gate.json", *(out / f"eval-{m}.json" for m, _ in erasures), out / "redteam.json"]
-    lines.append(f"reports: {', '.join(map(str, reports))}  ({time.time() - t0:.0f}s)")
-    write_report(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "erasures": [{"method": m, "params": p, "concepts": c} for m, p, c in DEMO_ERASURES],
-                                    "seconds": round(time.time() - t0, 1)}, "demo")  # fmt: skip
-    return lines
+    save_image(make_grid(both, caps, cols=len(columns) * 2), path)
+    return path
 
 
 def _red_team(pipe, erasures, path) -> list[str]:
     """The fast attacks against every (erasure, concept) with 12 trials each; one line per pair
     naming what brought the concept back (the full suite: erasekit attack --attack all)."""
-    from ..report.robustness import attack_summary
-    from .attacking import attack, attack_names, trial_prompts
+    from erasekit.api.attacking import attack, attack_names, trial_prompts
+    from erasekit.report.robustness import attack_summary
 
     names = attack_names("fast")
     lines = [f"red team ({', '.join(names)}; about 12 trials each; ASR = shown before or recovered):"]
@@ -177,10 +216,10 @@ def run_demo_llm(out: str | os.PathLike = "erasekit-demo-llm", device: str | Non
        (``eval-<method>.json``: forgotten share, forget quality, model utility, privacy leak);
     4. a short red team: the fast language-model attacks (``redteam.json``).
     """
-    from ..core.registry import all_attacks
-    from ..llm.lm import load_lm
-    from ..llm.metrics import greedy_answers
-    from .unlearning import attack_lm, evaluate_lm, fact_world_of, forget_request, unlearn
+    from erasekit.api.unlearning import attack_lm, evaluate_lm, fact_world_of, forget_request, unlearn
+    from erasekit.core.registry import all_attacks
+    from erasekit.evaluation.lm.metrics import greedy_answers
+    from erasekit.models.causal_lm import load_lm
 
     out = check_dir_output(out, "demo", what="demo directory")
     for name, kind in ((f"eval-{method}.json", "evaluation"), ("redteam.json", "attack"), ("answers.json", "demo")):

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import torch
 
-from .. import models
-from ..profiles import profile_of
+from erasekit import models
+from erasekit.models.profile import profile_of
 
 
 def _model_name(pipe, model: str | None) -> str:
-    return str(model) if model is not None else str(getattr(pipe, "name_or_path", "") or type(pipe).__name__)
+    return str(model) if model is not None else models.model_label(getattr(pipe, "name_or_path", "") or type(pipe).__name__)
 
 
 def check_request_text(pipe, request) -> None:
     """Every text the request encodes (targets, synonyms, triggers, anchors, preserved concepts, each
     with its template expansions) must fit the text encoder's context: longer text would be cut off."""
-    from ..generation import check_prompt
+    from erasekit.generation import check_prompt
 
     for prompt, _ in request.prompted_phrases():
         check_prompt(pipe, prompt, "concept")
@@ -38,8 +38,8 @@ def testbed_monitor(pipe, request, stop_at_ua: float, min_ira: float | None = No
     """The early-stopping monitor of a testbed model: stop once UA >= ``stop_at_ua`` (and IRA >= ``min_ira``)."""
     from tqdm.auto import tqdm
 
-    from ..core.errors import ConfigError
-    from ..evaluation.monitor import TestbedMonitor
+    from erasekit.core.errors import ConfigError
+    from erasekit.evaluation.monitor import TestbedMonitor
 
     judge = profile_of(pipe).classifier()
     if judge is None:
@@ -51,15 +51,15 @@ def checkpoint_services(spec, config, request, model, checkpoint_dir, resume: bo
     """The ``checkpoint_dir`` / ``resume`` keywords of a training method's call (``{}`` for a method
     that does not train; an error when one of them is given to it): the directory prepared for this
     run's identity (method, config, request and a fingerprint of ``model``'s weights)."""
-    from ..core.erasure import model_fingerprint
-    from ..core.errors import ConfigError, ErasekitError
+    from erasekit.core.erasure import model_fingerprint
+    from erasekit.core.errors import ConfigError, ErasekitError
 
     if not spec.trains:
         if resume or checkpoint_dir is not None:
             raise ErasekitError(f"method {spec.name!r} does not train, so it has no checkpoints to write or resume")
         return {}
     if checkpoint_dir is not None:
-        from ..training import checkpoints
+        from erasekit.training import checkpoints
 
         identity = checkpoints.run_identity(spec.name, config, request, model_fingerprint(model))
         checkpoint_dir = checkpoints.prepare(checkpoint_dir, identity, resume)
@@ -73,8 +73,8 @@ def plan_checkpoints(out: Path, spec, checkpoints, resume: bool, inputs) -> tupl
     whether that is the default ``OUT.checkpoints`` (removed once the result is saved): a training
     method always checkpoints; a method that does not train refuses ``checkpoints`` and ``resume``;
     ``resume`` needs a checkpoint to resume."""
-    from ..core.errors import ConfigError, OutputPathError
-    from ..core.outputs import check_dir_output
+    from erasekit.core.errors import ConfigError, OutputPathError
+    from erasekit.core.outputs import check_dir_output
 
     if resume and not spec.trains:
         raise ConfigError(f"method {spec.name!r} does not train, so it has no checkpoints to resume (drop --resume)")
@@ -89,7 +89,7 @@ def plan_checkpoints(out: Path, spec, checkpoints, resume: bool, inputs) -> tupl
     if checkpoints == out or out in checkpoints.parents or checkpoints in out.parents:
         raise OutputPathError(f"the checkpoint directory {checkpoints} and the output {out} must not contain each other")
     if resume:  # before the model loads
-        from ..training.checkpoints import check_resumable
+        from erasekit.training.checkpoints import check_resumable
 
         check_resumable(checkpoints)
     return checkpoints, default
@@ -120,12 +120,23 @@ def erase(
     (metrics, stop)`` get it. ``stop_at_ua`` (and ``min_ira``) builds the testbed monitor that stops
     training once the judge sees the concept erased. A result holding NaN or infinity is an error,
     never an erasure.
-    """
-    from ..core.errors import ConfigError, ErasekitError, UnsupportedModelError
-    from ..core.registry import get_method
-    from ..core.request import ErasureRequest
-    from ..families import get_adapter
 
+    ``pipe`` may also be a language model (a :class:`~erasekit.models.causal_lm.LanguageModel` or
+    its name): then ``request`` is a :class:`~erasekit.core.request.ForgetRequest` or a forget split
+    and the job is :func:`erasekit.api.unlearning.unlearn` (``judge``, ``monitor`` and ``stop_at_ua``
+    are refused there).
+    """
+    from erasekit.core.errors import ConfigError, ErasekitError, UnsupportedModelError
+    from erasekit.core.registry import get_method
+    from erasekit.core.request import ErasureRequest
+    from erasekit.models.diffusion import get_adapter
+
+    if models.kind_of_any(pipe) == models.CAUSAL_LM:
+        from erasekit.api.unlearning import unlearn
+
+        models.refuse_options(models.CAUSAL_LM, "the model", judge=judge, monitor=monitor, stop_at_ua=stop_at_ua, min_ira=min_ira)
+        return unlearn(pipe, method, request, model=model, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
+                       **params)  # fmt: skip
     if isinstance(request, str):
         request = ErasureRequest.from_dict({"targets": [request]})
     elif isinstance(request, dict):
@@ -149,7 +160,7 @@ def erase(
     extra: dict = {"profile": profile} if "profile" in spec.accepts else {}
     if "judge" in spec.accepts:
         if judge is None:
-            from ..evaluation.judges import TestbedJudge
+            from erasekit.judges.testbed import TestbedJudge
 
             classifier = profile.classifier()
             judge = TestbedJudge(classifier) if classifier is not None else None
@@ -176,12 +187,12 @@ def erase(
 
 def build_erasure(pipe, method: str, config, request, result, base_model: str, family: str, seconds: float):
     """The :class:`~erasekit.core.erasure.Erasure` of a method's result on ``pipe`` (a pipeline or a
-    :class:`~erasekit.llm.lm.LanguageModel`): new values cast to the model's dtype, only the tensors
+    :class:`~erasekit.models.causal_lm.LanguageModel`): new values cast to the model's dtype, only the tensors
     that really changed, the hash of their originals. Refused: NaN or infinity anywhere, and a
     result that changes nothing (a silent no-op)."""
-    from .. import __version__
-    from ..core.erasure import Erasure, check_finite, get_tensor, hash_tensors, lora_deltas
-    from ..core.errors import ErasekitError
+    from erasekit import __version__
+    from erasekit.core.erasure import Erasure, check_finite, get_tensor, hash_tensors, lora_deltas
+    from erasekit.core.errors import ErasekitError
 
     check_finite(result.weights, f"{method} produced a broken erasure")
     check_finite(result.lora, f"{method} produced a broken LoRA")
@@ -219,7 +230,7 @@ def build_erasure(pipe, method: str, config, request, result, base_model: str, f
 def erase_to(
     out: str | os.PathLike,
     model: str | os.PathLike = "testbed",
-    method: str = "uce",
+    method: str | None = None,
     request=None,
     checkpoints: str | os.PathLike | None = None,
     resume: bool = False,
@@ -228,18 +239,36 @@ def erase_to(
     device: str | None = None,
     dtype: str | None = None,
     progress: bool = True,
+    forget: str | None = None,
+    retain: str | os.PathLike | None = None,
     **params,
 ):
-    """What ``erasekit erase`` does: check ``out`` (and the checkpoint directory) before any work, load
-    ``model``, erase, save the erasure at ``out`` and return it.
+    """What ``erasekit erase`` does, on either kind of model: check ``out`` (and the checkpoint
+    directory) before any work, load ``model``, erase, save the erasure at ``out`` and return it.
 
-    A training method always checkpoints: into ``checkpoints``, or by default into ``OUT.checkpoints``,
-    which is removed once the erasure is saved (a named directory is kept).
+    On an image pipeline ``request`` says what to erase (``method`` default ``uce``); on a language
+    model ``forget`` (a split of testbed-llm or a file of question-answer pairs) and ``retain`` do
+    (``method`` default ``npo``, :func:`erasekit.api.unlearning.unlearn_to`). An argument of the other
+    kind is refused, never ignored. A training method always checkpoints: into ``checkpoints``, or by
+    default into ``OUT.checkpoints``, which is removed once the erasure is saved (a named directory
+    is kept).
     """
-    from ..core.errors import ConfigError
-    from ..core.outputs import check_dir_output, hold_outputs
-    from ..core.registry import get_method
-    from .commands import model_inputs
+    kind = models.model_kind(model, hub=forget is not None)
+    if kind == models.CAUSAL_LM:
+        from erasekit.api.unlearning import unlearn_to
+        from erasekit.core.errors import ConfigError
+
+        models.refuse_options(kind, repr(str(model)), request=request, stop_at_ua=stop_at_ua, min_ira=min_ira)
+        if forget is None:
+            raise ConfigError("nothing to unlearn: pass --forget forget01 (a testbed-llm split) or --forget FILE.json")
+        return unlearn_to(out, model, method or "npo", forget, None if retain is None else str(retain), checkpoints=checkpoints,
+                          resume=resume, device=device, dtype=dtype, progress=progress, **params)  # fmt: skip
+    models.refuse_options(kind, repr(str(model)), forget=forget, retain=retain)
+    method = method or "uce"
+    from erasekit.api.commands import model_inputs
+    from erasekit.core.errors import ConfigError
+    from erasekit.core.outputs import check_dir_output, hold_outputs
+    from erasekit.core.registry import get_method
 
     spec = get_method(method)
     spec.make_config(params)  # bad numbers fail here, before the model loads
@@ -259,7 +288,7 @@ def erase_to(
                        resume=resume, stop_at_ua=stop_at_ua, min_ira=min_ira, **params)  # fmt: skip
         result.save(out, protect=tuple(inputs))
         if default_checkpoints:  # the run is saved: its default checkpoints are no longer needed
-            from ..training.checkpoints import discard
+            from erasekit.training.checkpoints import discard
 
             discard(checkpoints)
     return result

@@ -10,18 +10,21 @@ import os
 import time
 from pathlib import Path
 
-from ..core.errors import ConfigError, MissingFileError, UnsupportedModelError
-from ..core.request import ForgetRequest, QAPair
+from erasekit.core.errors import ConfigError, MissingFileError, UnsupportedModelError
+from erasekit.core.request import ForgetRequest, QAPair
+from erasekit.models.load import model_label
 
 
 def fact_world_of(lm):
-    """The :class:`~erasekit.llm.factworld.FactWorld` a fact-world model was trained on, else ``None``."""
-    from ..llm.factworld import FactWorld
+    """The :class:`~erasekit.testbeds.facts.factworld.FactWorld` a fact-world model was trained on
+    (its profile's world), else ``None``."""
+    from erasekit.models.profile import profile_of
+    from erasekit.testbeds.facts.factworld import FactWorld
 
-    info = lm.testbed_info() if hasattr(lm, "testbed_info") else {}
-    if info.get("world") != "fact-world":
+    profile = profile_of(lm)
+    if profile.world != "fact-world":
         return None
-    return FactWorld(int(info["n_authors"]), seed=int(info["seed"]))
+    return FactWorld(profile.world_params["n_authors"], seed=profile.world_params["seed"])
 
 
 def split_request(world, split: str) -> ForgetRequest:
@@ -102,7 +105,7 @@ def forget_request(lm, forget: str, retain: str | None = None) -> ForgetRequest:
     """``forget``: a forget split of a fact-world model (``forget01``, ``forget05``, ``forget10``) or
     a file of pairs (:func:`read_pairs`); ``retain``: a file of pairs (default for a split: the
     split's retain authors, for a file: none)."""
-    from ..llm.factworld import SPLITS
+    from erasekit.testbeds.facts.factworld import SPLITS
 
     world = fact_world_of(lm)
     if forget in SPLITS:
@@ -117,7 +120,7 @@ def forget_request(lm, forget: str, retain: str | None = None) -> ForgetRequest:
 def check_tokenizable(lm, pairs: list[QAPair], where: str) -> None:
     """Every question and answer of ``pairs`` must encode to at least one token of ``lm``'s tokenizer:
     an answer of no tokens has no likelihood to lower (the loss would be NaN, blamed on the learning rate)."""
-    from ..llm.batches import pair_ids
+    from erasekit.models.lm_batches import pair_ids
 
     if not pairs:
         return
@@ -134,7 +137,7 @@ def check_tokenizable(lm, pairs: list[QAPair], where: str) -> None:
 def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = None, progress: bool = True,
             checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, **params):  # fmt: skip
     """Compute an unlearning :class:`~erasekit.core.erasure.Erasure` of ``request`` with ``method`` on
-    ``lm`` (a :class:`~erasekit.llm.lm.LanguageModel` or a model name; left unchanged).
+    ``lm`` (a :class:`~erasekit.models.causal_lm.LanguageModel` or a model name; left unchanged).
 
     ``request`` is a :class:`ForgetRequest` or a forget split name. Parameters not given take the
     method's defaults, except those the model recommends for its scale (a fact-world model's
@@ -143,14 +146,16 @@ def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = N
     methods checkpoint to ``checkpoint_dir`` and continue from it when ``resume`` (only a
     checkpoint of the same run: method, config, request and base model), as :func:`erasekit.erase`.
     """
-    from ..llm.lm import LanguageModel, load_lm
-    from .erasing import build_erasure, checkpoint_services
+    from erasekit.api.erasing import build_erasure, checkpoint_services
+    from erasekit.models.causal_lm import LanguageModel, load_lm
 
     if isinstance(lm, (str, os.PathLike)):
         model = str(lm) if model is None else model
         lm = load_lm(lm)
     if not isinstance(lm, LanguageModel):
-        raise UnsupportedModelError(f"unlearning needs a LanguageModel (erasekit.llm.load_lm), got {type(lm).__name__}")
+        raise UnsupportedModelError(
+            f"unlearning needs a LanguageModel (erasekit.testbeds.facts.load_lm), got {type(lm).__name__}"
+        )
     spec = lm_method(method)
     if isinstance(request, str):
         request = forget_request(lm, request)
@@ -160,20 +165,22 @@ def unlearn(lm, method: str, request: ForgetRequest | str, model: str | None = N
     services = checkpoint_services(spec, config, request, lm, checkpoint_dir, resume)
     t0 = time.perf_counter()
     result = spec.fn(lm, request, config, adapter=None, progress=progress, **services)
-    name = str(model) if model is not None else str(lm.name_or_path)
+    name = str(model) if model is not None else model_label(lm.name_or_path)
     return build_erasure(lm, method, config, request, result, name, "causal-lm", time.perf_counter() - t0)
 
 
 def recommended_params(lm, config_cls) -> dict:
-    """The parameters a fact-world model recommends for its scale (``testbed.json``
-    ``unlearning_defaults``) that ``config_cls`` has (never a budget); ``{}`` for other models."""
-    fields = {f.name for f in dataclasses.fields(config_cls)} - {"budget"}
-    return {k: v for k, v in (lm.testbed_info().get("unlearning_defaults") or {}).items() if k in fields}
+    """The parameters a fact-world model recommends for its scale (its profile's ``recommended``,
+    from ``testbed.json`` ``unlearning_defaults``) that ``config_cls`` has (never a budget); ``{}``
+    for other models."""
+    from erasekit.models.profile import profile_of
+
+    return profile_of(lm).recommended_for(config_cls)
 
 
 def lm_method(name: str):
     """The registered language-model method ``name``; a one-line error for an unknown or image method."""
-    from ..core.registry import all_methods, get_method
+    from erasekit.core.registry import all_methods, get_method
 
     spec = get_method(name)
     if "causal-lm" not in spec.families:
@@ -186,8 +193,8 @@ def lm_method(name: str):
 
 def lm_inputs(model: str | os.PathLike) -> list[str]:
     """The local directory behind a language-model name (to protect from outputs), else nothing."""
-    from ..core.errors import ErasekitError
-    from ..llm.lm import resolve_lm
+    from erasekit.core.errors import ErasekitError
+    from erasekit.models.causal_lm import resolve_lm
 
     try:
         source = resolve_lm(model)
@@ -203,9 +210,9 @@ def unlearn_to(out: str | os.PathLike, model: str | os.PathLike = "testbed-llm",
     parameters before any work, load the model, unlearn, save the erasure at ``out`` and return it.
     A fine-tuning method always checkpoints, as on pipelines (:func:`erasekit.api.erasing.erase_to`):
     into ``checkpoints``, or by default into ``OUT.checkpoints``, removed once the erasure is saved."""
-    from ..core.outputs import check_dir_output, hold_outputs
-    from ..llm.lm import load_lm
-    from .erasing import plan_checkpoints
+    from erasekit.api.erasing import plan_checkpoints
+    from erasekit.core.outputs import check_dir_output, hold_outputs
+    from erasekit.models.causal_lm import load_lm
 
     spec = lm_method(method)
     spec.make_config(params)
@@ -219,7 +226,7 @@ def unlearn_to(out: str | os.PathLike, model: str | os.PathLike = "testbed-llm",
                           resume=resume, **params)  # fmt: skip
         erasure.save(out, protect=tuple(inputs))
         if default_checkpoints:  # the run is saved: its default checkpoints are no longer needed
-            from ..training.checkpoints import discard
+            from erasekit.training.checkpoints import discard
 
             discard(checkpoints)
     return erasure
@@ -227,8 +234,8 @@ def unlearn_to(out: str | os.PathLike, model: str | os.PathLike = "testbed-llm",
 
 def oracle_for(lm, split: str) -> str | None:
     """The shipped oracle of a fact-world split (``testbed-llm-oracle-<split>``) when it exists."""
-    from ..llm.lm import resolve_lm
-    from ..models import LLM_ORACLES
+    from erasekit.models import LLM_ORACLES
+    from erasekit.models.causal_lm import resolve_lm
 
     if fact_world_of(lm) is None:
         return None
@@ -246,18 +253,18 @@ def evaluate_lm(model="testbed-llm", erasure=None, split: str | None = None, ora
                 out: str | os.PathLike | None = None, device: str | None = None, dtype: str | None = None,
                 cache: dict | None = None) -> dict:  # fmt: skip
     """Measure an unlearning erasure on the fact world (``erasekit evaluate --model testbed-llm``):
-    forget, retain, base and oracle blocks (:func:`erasekit.llm.evaluate.evaluate_unlearning`).
+    forget, retain, base and oracle blocks (:func:`erasekit.evaluation.lm.evaluate.evaluate_unlearning`).
     ``split`` defaults to the erasure's request; ``oracle`` to the shipped oracle of that split.
     ``cache``: a dict in which the base model's and the oracle's reports are kept between calls (a
     bench evaluates many erasures of one model)."""
-    from ..core.outputs import write_report
-    from ..llm.evaluate import evaluate_unlearning
-    from ..llm.lm import LanguageModel, load_lm
+    from erasekit.core.outputs import write_report
+    from erasekit.evaluation.lm.evaluate import evaluate_unlearning
+    from erasekit.models.causal_lm import LanguageModel, load_lm
 
     loaded = isinstance(model, LanguageModel)
     lm, world, erasure, split, out = _fact_world_job(model, erasure, split, out, "evaluation", device, dtype)
     oracle = oracle or oracle_for(lm, split)
-    from ..llm.evaluate import model_report
+    from erasekit.evaluation.lm.evaluate import model_report
 
     cache = {} if cache is None else cache
     t0 = time.perf_counter()
@@ -268,7 +275,7 @@ def evaluate_lm(model="testbed-llm", erasure=None, split: str | None = None, ora
         cache[oracle_key] = model_report(load_lm(oracle, device=lm.device, dtype=lm.dtype), world, split)
     report = evaluate_unlearning(lm, world, split, erasure, base_report=cache[base_key], oracle_report=cache.get(oracle_key))
     report.update(
-        model=str(model if not loaded else lm.name_or_path),
+        model=model_label(model if not loaded else lm.name_or_path),
         oracle_model=oracle,
         erasure=None if erasure is None else {"method": erasure.method, "params": erasure.params},
         cost=None
@@ -289,10 +296,10 @@ def _fact_world_job(model, erasure, split: str | None, out, kind: str, device: s
     """The checked inputs of an evaluation or attack on a fact-world model, in the order that fails
     before expensive work: the output path, the erasure (loaded), the split (default: the erasure's),
     then the model (loaded unless given) and its world -> ``(lm, world, erasure, split, out)``."""
-    from ..core.erasure import Erasure
-    from ..core.outputs import check_file_output
-    from ..llm.factworld import SPLITS
-    from ..llm.lm import LanguageModel, load_lm
+    from erasekit.core.erasure import Erasure
+    from erasekit.core.outputs import check_file_output
+    from erasekit.models.causal_lm import LanguageModel, load_lm
+    from erasekit.testbeds.facts.factworld import SPLITS
 
     loaded = isinstance(model, LanguageModel)
     if out is not None:
@@ -315,9 +322,9 @@ def check_lm_testbed(
     out: str | os.PathLike, model: str = "testbed-llm", device: str | None = None, dtype: str | None = None
 ) -> dict:
     """The fact-world gate (``erasekit testbed check --llm``) written to ``out``."""
-    from ..core.outputs import check_file_output, write_report
-    from ..llm.evaluate import run_gate
-    from ..llm.lm import load_lm
+    from erasekit.core.outputs import check_file_output, write_report
+    from erasekit.evaluation.lm.evaluate import run_gate
+    from erasekit.models.causal_lm import load_lm
 
     out = check_file_output(out, "gate", (".json",), lm_inputs(model), what="gate report")
     lm = load_lm(model, device=device, dtype=dtype)
@@ -325,7 +332,7 @@ def check_lm_testbed(
     if world is None:
         raise UnsupportedModelError(f"{lm.name_or_path} is not a fact-world model (no testbed.json with world: fact-world)")
     report = run_gate(lm, world, excluded=lm.testbed_info().get("excluded"))
-    report["model"] = str(model)
+    report["model"] = model_label(model)
     write_report(out, report, "gate", lm_inputs(model))
     return report
 
@@ -334,17 +341,17 @@ def attack_lm(model="testbed-llm", erasure=None, attack: str | list[str] = "fast
               budget: int | None = None, params: dict | None = None, out: str | os.PathLike | None = None,
               device: str | None = None, dtype: str | None = None, progress: bool = True):  # fmt: skip
     """Attack a fact-world language model (with ``erasure`` applied, or itself) and report how often
-    the forgotten facts come back (:mod:`erasekit.llm.attacks.arena`: the image side's ASR with
+    the forgotten facts come back (:mod:`erasekit.attacks.lm.arena`: the image side's ASR with
     exact answers as the judge). ``split`` defaults to the erasure's. Returns one
     :class:`~erasekit.attacks.base.AttackResult`, or a list for several attacks; writes the JSON to
     ``out`` when given."""
     from dataclasses import asdict
 
-    from ..attacks.base import AttackResult
-    from ..core.registry import get_attack
-    from ..llm.attacks.arena import FactArena
-    from ..llm.lm import LanguageModel
-    from .attacking import attack_names, attack_results
+    from erasekit.api.attacking import attack_names, attack_results
+    from erasekit.attacks.base import AttackResult
+    from erasekit.attacks.lm.arena import FactArena
+    from erasekit.core.registry import get_attack
+    from erasekit.models.causal_lm import LanguageModel
 
     specs = [get_attack(n, "causal-lm") for n in attack_names(attack, family="causal-lm")]
     if params and len(specs) > 1:
@@ -359,11 +366,13 @@ def attack_lm(model="testbed-llm", erasure=None, attack: str | list[str] = "fast
         config = spec.make_config(given)
         arena = FactArena(lm, erasure, world, split)
         t0 = time.time()
-        tracker = spec.fn(arena, config, progress=progress)
+        tracker = arena.tracker(config.budget, rows=arena.rows(spec.trials), progress=progress, name=spec.name)
+        if config.budget > 0:  # the one attack signature: fn(arena, config, tracker, progress)
+            spec.fn(arena, config, tracker, progress=progress)
         if tracker.bar is not None:
             tracker.bar.close()
         results.append(AttackResult(
-            attack=spec.name, concept=split, model=str(lm.name_or_path if loaded else model),
+            attack=spec.name, concept=split, model=model_label(lm.name_or_path if loaded else model),
             erasure=None if erasure is None else erasure.method, budget=int(config.budget), budget_unit=spec.budget_unit,
             records=tracker.records, curve=tracker.curve(), seconds=time.time() - t0, judge="exact answer",
             config=asdict(config),
@@ -379,11 +388,11 @@ def export_lm(erasure_dir: str | os.PathLike, model: str, out: str | os.PathLike
     plain weights and are refused."""
     import shutil
 
-    from ..core.erasure import Erasure
-    from ..core.errors import IncompatibleErasureError
-    from ..core.io import atomic_path, write_json
-    from ..core.outputs import check_dir_output, write_manifest
-    from ..llm.lm import load_lm
+    from erasekit.core.erasure import Erasure
+    from erasekit.core.errors import IncompatibleErasureError
+    from erasekit.core.io import atomic_path, write_json
+    from erasekit.core.outputs import check_dir_output, write_manifest
+    from erasekit.models.causal_lm import load_lm
 
     out = check_dir_output(out, "pipeline", [*lm_inputs(model), erasure_dir], what="model directory")
     erasure = Erasure.load(erasure_dir)

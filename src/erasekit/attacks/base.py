@@ -18,7 +18,7 @@ ASR_before``, and with a zero budget an attack does nothing and its ASR equals t
 
 An attack is a function ``fn(arena, config, tracker, progress)`` registered with
 :func:`~erasekit.core.registry.register_attack`. It reads the attacked model and the reference
-model through the :class:`~erasekit.attacks.arena.Arena`, and at each checkpoint hands the tracker
+model through the :class:`~erasekit.attacks.diffusion.arena.Arena`, and at each checkpoint hands the tracker
 the images of the trials still pending together with what it found for them; the tracker judges
 them and keeps, per trial, the first success (or the last attempt).
 """
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.config import MethodConfig
-from ..core.stats import wilson
+from erasekit.core.config import MethodConfig
+from erasekit.core.stats import wilson
 
 CURVE_POINTS = 4
 

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from .errors import IncompatibleErasureError
+from erasekit.core.errors import IncompatibleErasureError
 
 ATTACHMENT_KINDS: dict[str, type["Attachment"]] = {}
 
@@ -59,6 +59,8 @@ def get_module(pipe, path: str) -> torch.nn.Module:
     """The module ``component.dotted.path`` of a pipeline."""
     component, _, rest = path.partition(".")
     root = getattr(pipe, component, None)
+    if not isinstance(root, torch.nn.Module):
+        raise IncompatibleErasureError(f"the model has no component {component!r}; was the erasure made for another model?")
     try:
         return root.get_submodule(rest) if rest else root
     except AttributeError:

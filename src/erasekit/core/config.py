@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from erasekit.core.errors import ConfigError
 
 
 def _numeric_type(tp) -> type | None:

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from .attachments import Attachment, restore_attachment
-from .errors import CorruptFileError, IncompatibleErasureError, MissingFileError, NonFiniteError
-from .io import atomic_path, load_tensors, read_json, save_tensors, write_json
-from .outputs import check_dir_output, write_manifest
-from .request import ErasureRequest, ForgetRequest, request_from_dict
+from erasekit.core.attachments import Attachment, restore_attachment
+from erasekit.core.errors import CorruptFileError, IncompatibleErasureError, MissingFileError, NonFiniteError
+from erasekit.core.io import atomic_path, load_tensors, read_json, save_tensors, write_json
+from erasekit.core.outputs import check_dir_output, write_manifest
+from erasekit.core.request import ErasureRequest, ForgetRequest, request_from_dict
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the diffusers LoRA file name (load_lora_weights reads it)
 ATTACHMENT_FILE = "attachment.safetensors"

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import CorruptFileError, MissingFileError, first_line
+from erasekit.core.errors import CorruptFileError, MissingFileError, first_line
 
 TMP_TAG = ".erasekit-tmp-"
 OLD_TAG = ".erasekit-old-"
@@ -66,7 +66,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     does not own (see :mod:`erasekit.core.outputs`): an existing directory there is replaced whole.
     Files get the usual permissions (``0o666`` less the umask), not the private mode of temporaries.
     """
-    from .outputs import refuse_protected
+    from erasekit.core.outputs import refuse_protected
 
     path = refuse_protected(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def write_json(path: str | Path, data: Any) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def read_json(path: str | Path) -> Any:
+def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file; a missing one is a :class:`MissingFileError`, a garbled one a :class:`CorruptFileError`."""
     path = Path(path)
     if not path.is_file():

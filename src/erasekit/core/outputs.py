@@ -27,8 +27,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputPathError
-from .io import atomic_path, write_json
+from erasekit.core.errors import OutputPathError
+from erasekit.core.io import atomic_path, write_json
 
 MANIFEST = ".erasekit-output.json"
 STAMP_KEY = "erasekit_output"
@@ -271,7 +271,7 @@ def check_dir_output(
 
 def write_manifest(directory: Path, kind: str, files: bool) -> None:
     """Mark ``directory`` as erasekit's output of ``kind`` (with ``files``: listing every file in it), atomically."""
-    from .. import __version__
+    from erasekit import __version__
 
     data: dict = {"kind": kind, "erasekit_version": __version__}
     if files:

@@ -1,4 +1,8 @@
-"""Registries of named things: erasure methods and attacks (metrics and judges later), one shape.
+"""Registries of named things: erasure methods, attacks and judges, on one ``kinds`` axis.
+
+Every entry says which kinds of model it applies to (:data:`FAMILIES`: the diffusion families
+``sd``, ``sdxl``, ``sd3``, ``flux`` and ``causal-lm``), and a job refuses an entry whose kinds do not
+include its model's, never substituting another.
 
 A method registers one line next to its implementation::
 
@@ -19,7 +23,9 @@ first look-up)::
     mymethod = "mypackage.erasekit_methods"   # a module that calls register_method on import
 
 Attacks register the same way (``register_attack``, entry-point group ``erasekit.attacks``); both
-specs share :class:`ConfiguredSpec` (config building from CLI strings, the parameter table).
+specs share :class:`ConfiguredSpec` (config building from CLI strings, the parameter table). Judges
+register a factory (``register_judge``, entry-point group ``erasekit.judges``): ``factory(model,
+**options) -> judge`` builds the judge for a model (a local weights directory among the options).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from erasekit.core.errors import ConfigError
 
 
 @dataclass
@@ -47,7 +53,9 @@ class MethodResult:
     attachment: Any = None  # an erasekit.core.attachments.Attachment, for methods that add modules
 
 
-FAMILIES = ("sd", "sdxl", "sd3", "flux", "causal-lm")  # causal-lm: transformers language models (erasekit.llm)
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "causal-lm")  # causal-lm: transformers language models (erasekit.models.causal_lm)
+#: The diffusion families (the kinds an image attack or judge applies to).
+DIFFUSION_FAMILIES = ("sd", "sdxl", "sd3", "flux")
 KINDS = ("closed-form", "closed-form+lora", "fine-tuning", "adapter", "guard")
 #: Optional services a method may take, and the keyword parameters each brings.
 SERVICES = {"judge": ("judge",), "checkpoints": ("checkpoint_dir", "resume"), "monitor": ("monitor",), "profile": ("profile",)}
@@ -101,6 +109,11 @@ class MethodSpec(ConfiguredSpec):
     accepts: frozenset[str] = frozenset()
 
     @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of model the method erases from (the registry's one axis; ``families`` of old)."""
+        return self.families
+
+    @property
     def trains(self) -> bool:
         """Whether the method runs the training loop (and so writes checkpoints and can resume)."""
         return "checkpoints" in self.accepts
@@ -117,7 +130,7 @@ def register_method(name: str, config_cls: type, families: tuple[str, ...], kind
     """
     import inspect
 
-    from .config import MethodConfig
+    from erasekit.core.config import MethodConfig
 
     def deco(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
         if name in METHODS:
@@ -145,7 +158,7 @@ def register_method(name: str, config_cls: type, families: tuple[str, ...], kind
 
 
 ATTACK_KINDS = ("prompt", "embedding", "weights", "latent", "probe")
-#: What an attack attacks: diffusion pipelines, or causal language models (erasekit.llm.attacks).
+#: What an attack attacks: diffusion pipelines, or causal language models (erasekit.attacks.lm).
 ATTACK_FAMILIES = ("diffusion", "causal-lm")
 
 
@@ -165,6 +178,14 @@ class AttackSpec(ConfiguredSpec):
     denoiser: bool = True
     fast: bool = False
     family: str = "diffusion"
+    #: Which trials it runs on: ``all`` of the arena's, or the ``held-out`` half (a language-model
+    #: attack that teaches the model the other half, relearning).
+    trials: str = "all"
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of model the attack applies to (the registry's one axis)."""
+        return DIFFUSION_FAMILIES if self.family == "diffusion" else ("causal-lm",)
 
     @property
     def default_budget(self) -> int:
@@ -183,13 +204,16 @@ ATTACKS: dict[str, dict[str, AttackSpec]] = {f: {} for f in ATTACK_FAMILIES}
 
 
 def register_attack(name: str, config_cls: type, budget_unit: str, kind: str, denoiser: bool = True, fast: bool = False,
-                    family: str = "diffusion"):  # fmt: skip
-    """Decorator registering an attack under ``name`` (summary: the docstring's first line).
+                    family: str = "diffusion", trials: str = "all"):  # fmt: skip
+    """Decorator registering an attack under ``name`` (summary: the docstring's first line). Every
+    attack, of either family, is ``fn(arena, config, tracker, progress) -> info | None``: the job
+    builds the arena and the tracker over its trials, the attack reports what it finds to the tracker.
 
     Refused at import: a duplicate name, an unknown kind, a config that is not a ``MethodConfig``
-    with an integer ``budget`` field.
+    with an integer ``budget`` field, ``trials`` other than ``all`` (or ``held-out`` for a
+    language-model attack).
     """
-    from .config import MethodConfig
+    from erasekit.core.config import MethodConfig
 
     def deco(fn):
         if family not in ATTACK_FAMILIES:
@@ -198,14 +222,72 @@ def register_attack(name: str, config_cls: type, budget_unit: str, kind: str, de
             raise ValueError(f"attack {name!r} is registered twice for {family} models")
         if kind not in ATTACK_KINDS:
             raise ValueError(f"attack {name!r}: kind must be one of {ATTACK_KINDS}, got {kind!r}")
+        import inspect
+
+        if list(inspect.signature(fn).parameters)[:4] != ["arena", "config", "tracker", "progress"]:
+            raise ValueError(f"attack {name!r}: its function must be fn(arena, config, tracker, progress)")
+        if trials not in (("all", "held-out") if family == "causal-lm" else ("all",)):
+            raise ValueError(f"attack {name!r}: trials={trials!r} is not a choice for {family} attacks")
         if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)):
             raise ValueError(f"attack {name!r}: its config must be a MethodConfig dataclass")
         if typing.get_type_hints(config_cls).get("budget") is not int:
             raise ValueError(f"attack {name!r}: its config needs an int field 'budget'")
-        ATTACKS[family][name] = AttackSpec(name, config_cls, _summary(fn), fn, budget_unit, kind, denoiser, fast, family)
+        ATTACKS[family][name] = AttackSpec(name, config_cls, _summary(fn), fn, budget_unit, kind, denoiser, fast, family, trials)
         return fn
 
     return deco
+
+
+@dataclass
+class JudgeSpec:
+    """A registered judge: ``factory(model, **options) -> judge`` for models of ``kinds``.
+
+    ``judges`` says what it reads (``images`` or ``answers``); ``offline`` whether it runs with what
+    erasekit ships (the testbed judges) or needs weights the user brings (``options`` names them).
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    kinds: tuple[str, ...]
+    judges: str
+    summary: str
+    options: tuple[str, ...] = ()
+    offline: bool = True
+
+
+JUDGES: dict[str, JudgeSpec] = {}
+
+
+def register_judge(name: str, kinds: tuple[str, ...], judges: str, options: tuple[str, ...] = (), offline: bool = True):
+    """Decorator registering a judge factory under ``name`` (summary: the docstring's first line).
+    Refused at import: a duplicate name, an unknown kind, ``judges`` other than images or answers."""
+
+    def deco(factory):
+        if name in JUDGES:
+            raise ValueError(f"judge {name!r} is registered twice")
+        if not kinds or set(kinds) - set(FAMILIES):
+            raise ValueError(f"judge {name!r}: kinds must be among {FAMILIES}, got {kinds!r}")
+        if judges not in ("images", "answers"):
+            raise ValueError(f"judge {name!r}: judges must be 'images' or 'answers', got {judges!r}")
+        JUDGES[name] = JudgeSpec(name, factory, tuple(kinds), judges, _summary(factory), tuple(options), offline)
+        return factory
+
+    return deco
+
+
+def get_judge(name: str, kind: str | None = None) -> JudgeSpec:
+    """The judge ``name``; with ``kind``, a one-line error when it does not judge that kind of model."""
+    _load_plugins("erasekit.judges")
+    spec = _lookup(JUDGES, name, "judge", "judges")
+    if kind is not None and kind not in spec.kinds:
+        raise ConfigError(f"judge {name!r} judges {', '.join(spec.kinds)} models, not {kind}; see 'erasekit judges'")
+    return spec
+
+
+def all_judges(kind: str | None = None) -> list[JudgeSpec]:
+    """Every registered judge (for ``kind`` only, when given), sorted by name."""
+    _load_plugins("erasekit.judges")
+    return [JUDGES[k] for k in sorted(JUDGES) if kind is None or kind in JUDGES[k].kinds]
 
 
 _PLUGINS_LOADED: set[str] = set()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError, MissingFileError
+from erasekit.core.errors import ConfigError, MissingFileError
 
 
 def check_template(tpl: str) -> None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..testbed import world
-from ..testbed.classifier import LABEL_NAMES
+from erasekit.testbeds.image import world
+from erasekit.testbeds.image.classifier import LABEL_NAMES
 
 DOMAINS = world.DOMAINS
 

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from ..core.errors import ConfigError
-from .testbed_eval import evaluation_plan, macro, target_metrics
+from erasekit.core.errors import ConfigError
+from erasekit.evaluation.testbed_eval import evaluation_plan, macro, target_metrics
 
 
 class TestbedMonitor:
@@ -38,7 +38,7 @@ class TestbedMonitor:
 
     @torch.no_grad()
     def __call__(self, step: int, weights: dict[str, torch.Tensor]) -> tuple[dict, bool]:
-        from ..core.erasure import get_tensor
+        from erasekit.core.erasure import get_tensor
 
         t0 = time.perf_counter()
         for k, v in weights.items():

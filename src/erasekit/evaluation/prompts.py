@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.errors import ConfigError
-from ..testbed import world
+from erasekit.testbeds.image import world
+from erasekit.testbeds.image.world import resolve_concept  # noqa: F401  (the world's; importable from here)
 
 DOMAIN_VALUES = world.DOMAIN_VALUES
 _STRIDE = {"shape": 3, "style": 1, "colour": 5, "background": 2}
@@ -36,20 +36,6 @@ class EvalPrompt:
     concept: str  # the canonical concept the prompt names (for "other": that other concept)
     expected: world.Attributes
     neighbour: bool = False
-
-
-def resolve_concept(phrase: str) -> tuple[str, str]:
-    """(canonical concept, domain) of a testbed target; clear error for anything else."""
-    concept = phrase.strip().lower()
-    if concept in world.IMPLICIT_TRIGGERS:
-        return concept, world.domain_of(concept)
-    concept = world.canonical(concept)
-    if concept is None:
-        raise ConfigError(
-            f"cannot evaluate {phrase!r} on the testbed: targets must be world concepts "
-            "(a shape, style, colour, background or character name, or the watermark; see docs/testbed.md)"
-        )
-    return concept, world.domain_of(concept)
 
 
 def contexts(domain: str, n: int) -> list[dict[str, str]]:
@@ -83,7 +69,7 @@ def prompt_set(target: str, n_contexts: int = 12) -> list[EvalPrompt]:
         return _watermark_prompts(concept, n_contexts)
     ctx = contexts(domain, n_contexts)
     for k, c in enumerate(ctx):
-        attrs = world.Attributes(**{**c, domain: concept})
+        attrs = world.Attributes.of({**c, domain: concept})
         out.append(EvalPrompt(describe({**c, domain: concept}), "target", concept, attrs))
         synonyms = world.SYNONYMS.get(concept, ())
         if synonyms:
@@ -94,7 +80,7 @@ def prompt_set(target: str, n_contexts: int = 12) -> list[EvalPrompt]:
         if other == concept:
             continue
         for c in ctx[: max(2, n_contexts // 2)]:
-            attrs = world.Attributes(**{**c, domain: other})
+            attrs = world.Attributes.of({**c, domain: other})
             out.append(EvalPrompt(describe({**c, domain: other}), "other", other, attrs, neighbour=other in neighbours))
     return out
 
@@ -109,7 +95,7 @@ def _watermark_prompts(concept: str, n_contexts: int) -> list[EvalPrompt]:
             describe({**c, rule.domain: rule.value}),
             "target",
             concept,
-            world.Attributes(**{**c, rule.domain: rule.value}, watermark=True),
+            world.Attributes.of({**c, rule.domain: rule.value}, watermark=True),
         )
         for c in ctx
     ]
@@ -117,6 +103,8 @@ def _watermark_prompts(concept: str, n_contexts: int) -> list[EvalPrompt]:
         if other != rule.value:
             for c in ctx[: max(2, n_contexts // 2)]:
                 out.append(
-                    EvalPrompt(describe({**c, rule.domain: other}), "other", other, world.Attributes(**{**c, rule.domain: other}))
+                    EvalPrompt(
+                        describe({**c, rule.domain: other}), "other", other, world.Attributes.of({**c, rule.domain: other})
+                    )
                 )
     return out

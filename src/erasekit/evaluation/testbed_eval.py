@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.stats import rate
-from ..generation import SamplingConfig, generate, prompt_seeds
-from ..testbed import world
-from ..testbed.classifier import to_model_input
-from .metrics import frechet_distance, labels_of, shows
-from .prompts import DOMAIN_VALUES, EvalPrompt, prompt_set, resolve_concept
+from erasekit.core.stats import rate
+from erasekit.evaluation.metrics import frechet_distance, labels_of, shows
+from erasekit.evaluation.prompts import DOMAIN_VALUES, EvalPrompt, prompt_set, resolve_concept
+from erasekit.generation import SamplingConfig, generate, prompt_seeds
+from erasekit.testbeds.image import world
+from erasekit.testbeds.image.classifier import to_model_input
 
 
 @dataclass

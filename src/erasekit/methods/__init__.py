@@ -1,3 +1,6 @@
-"""Erasure methods, one module each; importing this package registers them all (see core/registry.py)."""
+"""Erasure methods, one module each, by the kind of model they erase from: :mod:`.diffusion`
+(text-to-image pipelines) and :mod:`.lm` (causal language models). Importing this package
+registers them all in one registry (see core/registry.py); a new method is one file in the folder of
+its kind plus its name in that folder's ``__init__``."""
 
-from . import ablating, advunlearn, ant, esd, mace, rece, receler, salun, speed, spm, te_unlearn, time, uce  # noqa: F401
+from erasekit.methods import diffusion, lm  # noqa: F401

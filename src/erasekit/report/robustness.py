@@ -67,7 +67,7 @@ def plot_curves(rows: list[dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..core.outputs import write_image
+    from erasekit.core.outputs import write_image
 
     concepts = sorted({r["concept"] for r in rows})
     names = sorted({a for r in rows for a in r["attacks"]})

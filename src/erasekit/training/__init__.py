@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..core.config import MethodConfig
-from ..core.errors import ConfigError
-from ..core.registry import MethodResult
-from .diffusion import ImageBank, NoisedBatch, Workbench
-from .engine import Objective, TrainingSettings, TrainLog, step_generator, train
-from .lora import add_lora, lora_state_dict
+from erasekit.core.config import MethodConfig
+from erasekit.core.errors import ConfigError
+from erasekit.core.registry import MethodResult
+from erasekit.training.diffusion import ImageBank, NoisedBatch, Workbench
+from erasekit.training.engine import Objective, TrainingSettings, TrainLog, step_generator, train
+from erasekit.training.lora import add_lora, lora_state_dict
 
 ESD_SETS = {"esd-x": "xattn", "esd-u": "noxattn", "esd-x-strict": "xattn-kv"}
 

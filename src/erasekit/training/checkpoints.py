@@ -18,14 +18,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from ..core.errors import ConfigError, CorruptFileError
-from ..core.io import (
+from erasekit.core.errors import ConfigError, CorruptFileError
+from erasekit.core.io import (
     atomic_path,
     load_tensors,
     optimizer_tensors,
@@ -35,7 +36,7 @@ from ..core.io import (
     tensors_metadata,
     write_json,
 )
-from ..core.outputs import claim_collection
+from erasekit.core.outputs import claim_collection
 
 RUN_FILE = "run.json"
 _STEP = re.compile(r"^step-(\d{8})$")
@@ -173,11 +174,13 @@ def load_latest(directory: Path, opt: torch.optim.Optimizer) -> tuple[int, dict[
     return step, tensors, state
 
 
-def discard(directory: str | Path) -> None:
+def discard(directory: str | os.PathLike | None) -> None:
     """Remove erasekit's checkpoints from ``directory`` (step directories, ``run.json``, the manifest),
     and the directory itself if nothing else is left in it; any other file stays where it is."""
-    from ..core.outputs import MANIFEST
+    from erasekit.core.outputs import MANIFEST
 
+    if directory is None:
+        return
     path = Path(directory)
     for _, p in step_dirs(path):
         shutil.rmtree(p, ignore_errors=True)

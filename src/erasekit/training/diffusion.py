@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.errors import ConfigError, UnsupportedModelError
-from ..families import FamilyAdapter
-from ..families.base import Conditioning
+from erasekit.core.errors import ConfigError, UnsupportedModelError
+from erasekit.models.diffusion import FamilyAdapter
+from erasekit.models.diffusion.base import Conditioning
 
 
 @dataclass
@@ -318,7 +318,7 @@ class ImageBank:
     @staticmethod
     def from_folder(bench: Workbench, folder: str, prompts: list[str], what: str = "image folder") -> "ImageBank":
         """The images of ``folder`` (at the model's resolution), each captioned with the prompts in turn."""
-        from ..core.io import load_image_folder
+        from erasekit.core.io import load_image_folder
 
         latents = bench.encode_images(load_image_folder(folder, bench.adapter.image_size(bench.pipe), what))
         order = [i % len(prompts) for i in range(len(latents))]

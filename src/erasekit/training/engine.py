@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.errors import ConfigError, ErasekitError, NonFiniteError
-from ..core.outputs import claim_collection
-from . import checkpoints
+from erasekit.core.errors import ConfigError, ErasekitError, NonFiniteError
+from erasekit.core.outputs import claim_collection
+from erasekit.training import checkpoints
 
 
 class Objective(Protocol):
@@ -153,55 +153,80 @@ def train(
     log.start_step = start
     t0 = time.perf_counter()
     bar = tqdm(range(start, settings.steps), desc=desc, disable=not progress, initial=start, total=settings.steps, mininterval=1)
-    batched = hasattr(objective, "micro_batches")
     for step in bar:
-        opt.zero_grad(set_to_none=True)
-        if settings.warmup_steps:
-            for group in opt.param_groups:
-                group["lr"] = settings.lr * min(1.0, (step + 1) / settings.warmup_steps)
-        micros = objective.micro_batches(step) if batched else settings.grad_accum
-        terms_sum: dict[str, float] = {}
-        for micro in range(micros):
-            gen = step_generator(settings.seed, step * settings.grad_accum + micro)
-            with _autocast(device, settings.mixed_precision):
-                terms = objective.loss(step, gen, micro) if batched else objective.loss(step, gen)
-            total = _minimised(terms, desc) / micros
-            if not bool(torch.isfinite(total.detach())):
-                raise NonFiniteError(
-                    f"{desc}: the loss became {float(total.detach()) * micros} at step {step}; lower the learning rate (lr)"
-                )
-            (scaler.scale(total) if scaler else total).backward()
-            for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v) / micros
+        _set_warmup(opt, settings, step)
+        terms_sum = _accumulate(objective, opt, settings, step, device, scaler, desc)
         if all(p.grad is None for p in plist):
             raise ErasekitError(f"{desc}: no trained parameter received a gradient at step {step} (a silent no-op)")
-        if scaler:
-            scaler.unscale_(opt)
-        if grad_mask is not None:
-            for k, m in grad_mask.items():
-                if params[k].grad is not None:
-                    params[k].grad.mul_(m)
-        if settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(plist, settings.grad_clip)
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
+        _update(opt, params, plist, settings, scaler, grad_mask)
         log.losses.append(terms_sum)
         log.steps_run += 1
         bar.set_postfix({k: f"{v:.4g}" for k, v in terms_sum.items()}, refresh=False)
-        done = step + 1 == settings.steps
-        if ckpt is not None and settings.checkpoint_every and ((step + 1) % settings.checkpoint_every == 0 or done):
+        if ckpt is not None and _due(settings.checkpoint_every, step, settings.steps, False):
             _save_checkpoint(ckpt, step + 1, params, opt, extra_state, log, settings)
-        if evaluate is not None and ((settings.eval_every and (step + 1) % settings.eval_every == 0) or done):
+        if evaluate is not None and _due(settings.eval_every, step, settings.steps, True):
             metrics, stop = evaluate(step + 1)
             log.evaluations.append({"step": step + 1, "seconds": round(time.perf_counter() - t0, 3), **metrics})
-            if stop and not done:
+            if stop and step + 1 < settings.steps:
                 log.stopped_early = True
                 break
     log.seconds = time.perf_counter() - t0
     return log
+
+
+def _due(every: int, step: int, steps: int, always_last: bool) -> bool:
+    """Whether a periodic action falls after step ``step``: every ``every`` steps and after the last
+    one; with ``every == 0`` only after the last (``always_last``: evaluations) or never (checkpoints)."""
+    last = step + 1 == steps
+    if not every:
+        return always_last and last
+    return (step + 1) % every == 0 or last
+
+
+def _set_warmup(opt, settings: TrainingSettings, step: int) -> None:
+    """Linear warm-up: ``lr_k = lr · min(1, (k + 1) / warmup_steps)`` (nothing without warm-up)."""
+    if settings.warmup_steps:
+        for group in opt.param_groups:
+            group["lr"] = settings.lr * min(1.0, (step + 1) / settings.warmup_steps)
+
+
+def _accumulate(objective, opt, settings: TrainingSettings, step: int, device, scaler, desc: str) -> dict[str, float]:
+    """Zero the gradients, then back-propagate the mean of step ``step``'s micro-batch losses
+    (``grad_accum`` of them, or as many as a :class:`BatchedObjective` has); the mean of each term."""
+    opt.zero_grad(set_to_none=True)
+    batched = hasattr(objective, "micro_batches")
+    micros = objective.micro_batches(step) if batched else settings.grad_accum
+    terms_sum: dict[str, float] = {}
+    for micro in range(micros):
+        gen = step_generator(settings.seed, step * settings.grad_accum + micro)
+        with _autocast(device, settings.mixed_precision):
+            terms = objective.loss(step, gen, micro) if batched else objective.loss(step, gen)
+        total = _minimised(terms, desc) / micros
+        if not bool(torch.isfinite(total.detach())):
+            raise NonFiniteError(
+                f"{desc}: the loss became {float(total.detach()) * micros} at step {step}; lower the learning rate (lr)"
+            )
+        (scaler.scale(total) if scaler else total).backward()
+        for k, v in terms.items():
+            terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v) / micros
+    return terms_sum
+
+
+def _update(opt, params: dict, plist: list, settings: TrainingSettings, scaler, grad_mask) -> None:
+    """One optimiser step: unscale (fp16), mask the gradients (saliency), clip their norm, step."""
+    if scaler:
+        scaler.unscale_(opt)
+    if grad_mask is not None:
+        for k, m in grad_mask.items():
+            if params[k].grad is not None:
+                params[k].grad.mul_(m)
+    if settings.grad_clip:
+        torch.nn.utils.clip_grad_norm_(plist, settings.grad_clip)
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
 
 
 def _minimised(terms: dict, desc: str) -> torch.Tensor:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.erasure import LORA_FILE, lora_deltas  # noqa: F401  (re-exported for methods)
-from ..core.errors import ConfigError
+from erasekit.core.erasure import LORA_FILE, lora_deltas  # noqa: F401  (re-exported for methods)
+from erasekit.core.errors import ConfigError
 
 
 def add_lora(module: nn.Module, component: str, keys: list[str], rank: int) -> tuple[dict[str, nn.Parameter], list[str]]:

@@ -1,0 +1,174 @@
+"""Prompt variables shared by the token attacks: placeholder slots, the allowed vocabulary, and the
+projections from continuous variables back to real tokens.
+
+A *slot* is a placeholder word in a prompt whose token embedding an attack replaces. Slots are laid
+out per prompt (``prefix``: k words before the prompt, as UnlearnDiffAtk; ``every3``: one after
+every three words, as P4D-K; ``free``: k words and nothing else, as P4D-N / Ring-A-Bell / MMA;
+``replace``: the concept word itself, as concept inversion). Positions are counted in tokens, BOS
+at 0, each placeholder one token.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from erasekit.core.errors import ConfigError
+
+PLACEHOLDER = "a"  # one token in CLIP's and the testbed's vocabularies; its embedding is overwritten
+
+
+@dataclass
+class Slots:
+    """Texts with placeholder words and the token positions ``[N, k]`` an attack writes into."""
+
+    texts: list[str]
+    positions: torch.Tensor
+    words: list[list[str | None]]  # each text split into words, placeholders marked by None
+
+    @property
+    def k(self) -> int:
+        return int(self.positions.shape[1])
+
+    def hook(self, values: torch.Tensor):
+        """A token hook writing ``values [N, k, d]`` (or ``[k, d]`` for every row) into the slots."""
+
+        def write(emb: torch.Tensor) -> torch.Tensor:
+            v = values.to(emb.device, emb.dtype)
+            if v.dim() == 2:
+                v = v[None].expand(emb.shape[0], -1, -1)
+            rows = torch.arange(emb.shape[0], device=emb.device)[:, None].expand_as(self.positions)
+            return torch.index_put(emb, (rows.reshape(-1), self.positions.to(emb.device).reshape(-1)), v.reshape(-1, v.shape[-1]))
+
+        return write
+
+    def fill(self, tokens: list[list[str]]) -> list[str]:
+        """The texts with row ``i``'s placeholders replaced by the words ``tokens[i]``."""
+        out = []
+        for words, row in zip(self.words, tokens):
+            it = iter(row)
+            out.append(" ".join(w if w is not None else next(it) for w in words))
+        return out
+
+
+def make_slots(tokenizer, prompts: list[str], k: int, layout: str, concept: str | None = None) -> Slots:
+    """Slots for ``prompts`` (see the module docstring for ``layout``)."""
+    texts: list[str] = []
+    positions: list[list[int]] = []
+    all_words: list[list[str | None]] = []
+    if layout == "every3":  # the same number of insertions in every prompt (short ones get theirs at the end)
+        k = max(max(1, len(p.split()) // 3) for p in prompts)
+    for prompt in prompts:
+        words: list[str | None] = [*prompt.split()]
+        if layout == "prefix":
+            words = [*([None] * k), *words]
+        elif layout == "free":
+            words = [None for _ in range(k)]
+        elif layout == "every3":
+            out: list[str | None] = []
+            for i, w in enumerate(words):
+                out.append(w)
+                if (i + 1) % 3 == 0:
+                    out.append(None)
+            out += [None for _ in range(k - sum(w is None for w in out))]
+            words = out
+        elif layout == "replace":
+            if concept is None:
+                raise ValueError("layout 'replace' needs the concept")
+            hits = [i for i, w in enumerate(words) if w and w.lower() == concept.lower()]
+            words = [None if i in hits else w for i, w in enumerate(words)] if hits else [*words, None]
+        else:
+            raise ValueError(f"unknown slot layout {layout!r}")
+        pos, cursor = [], 1
+        for w in words:
+            n = 1 if w is None else len(tokenizer(w, add_special_tokens=False).input_ids)
+            if w is None:
+                pos.append(cursor)
+            cursor += n
+        if cursor + 1 > tokenizer.model_max_length:
+            raise ConfigError(
+                f"{len(pos)} attack tokens do not fit in the {tokenizer.model_max_length}-token context with {prompt!r}"
+            )
+        texts.append(" ".join(PLACEHOLDER if w is None else w for w in words))
+        positions.append(pos)
+        all_words.append(words)
+    if len({len(p) for p in positions}) != 1:
+        raise ConfigError("attack slots differ in number across prompts (replace a concept word that appears once per prompt)")
+    return Slots(texts, torch.tensor(positions), all_words)
+
+
+def allowed_tokens(tokenizer, vocabulary: frozenset[str] | None, banned: set[str]) -> tuple[torch.Tensor, list[str]]:
+    """Token ids an attack may choose and their words: a closed vocabulary's words (the testbed), else
+    every whole-word token of the tokenizer; minus the ``banned`` words (lower-case) and specials."""
+    if vocabulary is not None:
+        words = sorted(w for w in vocabulary if w not in banned)
+        ids = [tokenizer(w, add_special_tokens=False).input_ids for w in words]
+        keep = [(i[0], w) for i, w in zip(ids, words) if len(i) == 1]
+    else:
+        specials = set(tokenizer.all_special_ids)
+        keep = []
+        for token, idx in tokenizer.get_vocab().items():
+            if idx in specials or not token.endswith("</w>"):
+                continue
+            word = token[: -len("</w>")]
+            if re.fullmatch(r"[a-z]+", word) and word not in banned and not any(b in word for b in banned if len(b) > 3):
+                keep.append((idx, word))
+        keep.sort()
+    if not keep:
+        raise ConfigError("no token is left for the attack to choose (every word is banned)")
+    return torch.tensor([i for i, _ in keep]), [w for _, w in keep]
+
+
+def banned_words(concept: str, testbed: bool, extra: tuple[str, ...] = ()) -> set[str]:
+    """The concept's own words (its name, synonyms, a character's name) that word-filter-evading
+    attacks must not use."""
+    words = {concept.lower(), *(e.lower() for e in extra)}
+    if testbed:
+        from erasekit.testbeds.image import world
+
+        words |= set(world.word_forms(concept))
+    return words
+
+
+def project_to_tokens(z: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest row of ``table [V, d]`` (cosine similarity) for every vector of ``z [..., d]``
+    (PEZ's projection, Wen et al. 2023)."""
+    zn = torch.nn.functional.normalize(z.float(), dim=-1)
+    tn = torch.nn.functional.normalize(table.float(), dim=-1)
+    return (zn @ tn.T).argmax(-1)
+
+
+def project_simplex(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of every row of ``x [..., V]`` onto the probability simplex
+    (sort-based algorithm of Held et al. / Duchi et al. 2008)."""
+    v = x.float()
+    u, _ = torch.sort(v, dim=-1, descending=True)
+    css = u.cumsum(-1) - 1
+    ks = torch.arange(1, v.shape[-1] + 1, device=v.device, dtype=v.dtype)
+    cond = u - css / ks > 0
+    rho = cond.float().cumsum(-1).argmax(-1, keepdim=True)  # last index where cond holds
+    theta = css.gather(-1, rho) / (rho + 1).to(v.dtype)
+    return (v - theta).clamp(min=0).to(x.dtype)
+
+
+def sequence_ids(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
+    """Input ids ``[N, T]`` of prompts made of exactly ``tokens [N, k]``: BOS, the tokens, EOS, padding."""
+    n, k = tokens.shape
+    length = tokenizer.model_max_length
+    if k + 2 > length:
+        raise ConfigError(f"{k} tokens do not fit in the {length}-token context")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((n, length), pad, dtype=torch.long)
+    ids[:, 0] = tokenizer.bos_token_id
+    ids[:, 1 : k + 1] = tokens.cpu()
+    ids[:, k + 1] = tokenizer.eos_token_id
+    return ids
+
+
+def encode_tokens(text_encoder, tokenizer, tokens: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """The text encoder's token features ``[N, T, d]`` for prompts made of ``tokens [N, k]`` (no grad)."""
+    ids = sequence_ids(tokenizer, tokens).to(text_encoder.device)
+    with torch.no_grad():
+        return torch.cat([text_encoder(ids[i : i + batch]).last_hidden_state.float() for i in range(0, len(ids), batch)])

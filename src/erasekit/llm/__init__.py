@@ -1,5 +1,0 @@
-"""Language-model unlearning (issue 13), starting with its testbed's world: :mod:`.factworld`."""
-
-from .factworld import ATTRIBUTES, QA, Author, FactWorld
-
-__all__ = ["ATTRIBUTES", "QA", "Author", "FactWorld"]

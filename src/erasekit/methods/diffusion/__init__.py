@@ -1,0 +1,18 @@
+"""Methods that erase concepts from diffusion pipelines (families sd, sdxl, sd3, flux), one module
+each; importing this package registers them."""
+
+from erasekit.methods.diffusion import (  # noqa: F401  (each module registers its method)
+    ablating,
+    advunlearn,
+    ant,
+    esd,
+    mace,
+    rece,
+    receler,
+    salun,
+    speed,
+    spm,
+    te_unlearn,
+    time,
+    uce,
+)

@@ -1,0 +1,88 @@
+"""What the CLI prints after a job: short summaries read from the job's result (plain data), for
+either kind of model. The result's own schema decides the form (a language-model evaluation has
+``forget`` / ``retain`` blocks, an image evaluation ``ua`` / ``ira`` / ``cra``), so the commands that
+print them never branch on the kind."""
+
+from __future__ import annotations
+
+import os
+
+
+def _fmt(v, width: int = 5) -> str:
+    return " " * (width - 3) + "n/a" if v is None else f"{v:{width}.3f}"
+
+
+def erasure_lines(result, out: str | os.PathLike) -> list[str]:
+    """One line on a saved erasure: what it removed, with which method, how big it is and where it is."""
+    size = f"({result.num_bytes() / 2**20:.2f} MiB) in {result.timings['seconds']:.2f}s -> {out}"
+    request = result.request
+    lines = []
+    training = result.info.get("training", {})
+    if training.get("stopped_early"):
+        lines.append(f"target reached: stopped early after step {training['evaluations'][-1]['step']}")
+    if result.lora:
+        rank = next(t.shape[0] for k, t in result.lora.items() if ".lora_A." in k)
+        what = f"a rank-{rank} LoRA on {len(result.touched())} tensors"
+    else:
+        what = f"{len(result.weights)} tensors changed"
+    if hasattr(request, "forget"):  # a forget request (language models)
+        lines.append(f"unlearned {request.name} ({len(request.forget)} pairs) with {result.method}: {what} {size}")
+    else:
+        lines.append(f"erased {', '.join(request.concepts)} with {result.method}: {what} {size}")
+    return lines
+
+
+def evaluation_lines(report: dict, out: str | os.PathLike | None) -> list[str]:
+    """The before/after table of an evaluation report (UA / IRA / CRA, or forgot / FQ / utility / leak)."""
+    lines = []
+    if "forget" in report:  # a language-model evaluation
+        f, r = report["forget"], report["retain"]
+        lines.append(f"{'':<8}{'forgot':>8}{'FQ':>8}{'utility':>8}{'leak %':>8}")
+        for name, b in (("base", report["base"]), ("oracle", report["oracle"])):
+            if b is not None:
+                lines.append(f"{name:<8}{_fmt(b['forgotten']['rate'], 6):>8}{_fmt(b.get('forget_quality'), 6):>8}"
+                             f"{_fmt(b['model_utility'], 6):>8}{_fmt(b.get('privacy_leak'), 6):>8}")  # fmt: skip
+        if report.get("erasure") is not None:
+            lines.append(f"{'erased':<8}{_fmt(f['forgotten']['rate'], 6):>8}{_fmt(f.get('forget_quality'), 6):>8}"
+                         f"{_fmt(r['model_utility'], 6):>8}{_fmt(f.get('privacy_leak'), 6):>8}")  # fmt: skip
+    else:
+        base = report["base"]
+        lines.append(f"{'':<10}{'UA':>7}{'IRA':>7}{'CRA':>7}")
+        lines.append(f"{'base':<10}{_fmt(base['ua']):>7}{_fmt(base['ira']):>7}{_fmt(base['cra']):>7}")
+        if report.get("erasure") is not None:
+            lines.append(f"{'erased':<10}{_fmt(report['ua']):>7}{_fmt(report['ira']):>7}{_fmt(report['cra']):>7}")
+            fid = report["fidelity"]
+            lines.append(
+                f"fidelity: pixel change {fid['pixel_change']:.4f}, labels unchanged {fid['labels_unchanged']['rate']:.3f}"
+            )
+    if out is not None:
+        lines.append(f"wrote {out}")
+    return lines
+
+
+def bench_lines(runs: list[dict]) -> list[str]:
+    """One line per bench run: its erasure and retention (image) or the share of facts forgotten (language)."""
+    lines = []
+    for r in runs:
+        if "split" in r:  # a language-model run
+            e = r["eval"]
+            forgotten = (e["oracle"] if r["label"] == "oracle" else e["forget"])["forgotten"]["rate"]
+            lines.append(f"{r['split']:<9} {r['label']:<14} forgotten {forgotten:.2f}")
+            continue
+        worst = max((a["asr"] for a in r.get("attacks", {}).values()), default=None)
+        lines.append(
+            f"{r['concept']:<10} {r['method']:<6} UA {r['ua']:.2f} (base {r['base']['ua']:.2f})  IRA {r['ira']:.2f}  CRA {r['cra']:.2f}"
+            + ("" if worst is None else f"  worst ASR {worst:.2f}")
+        )
+    return lines
+
+
+def gate_lines(report: dict, out: str | os.PathLike) -> list[str]:
+    """The quality gate's summary (the image gate's per-head table, or the fact world's accuracies)."""
+    if "accuracy_train" in report:  # the fact world's gate
+        lines = [f"{key:<22}{report[key]:.3f}" for key in ("accuracy_train", "accuracy_paraphrase", "filler_perplexity",
+                                                            "accuracy_excluded") if key in report]  # fmt: skip
+        return lines + [f"gate {'PASSED' if report['passed'] else 'FAILED'}; wrote {out}"]
+    from erasekit.testbeds.image.gate import summary_lines
+
+    return [*summary_lines(report), f"wrote {out}"]

@@ -1,0 +1,445 @@
+"""Train the testbed from scratch: judge, dataset, VAE, text encoder + UNet, then export.
+
+Stages run in order inside a work directory; each writes its result there, and long stages write
+periodic checkpoints (safetensors, never pickle) so ``resume=True`` continues where a run stopped:
+
+1. ``classifier`` - the independent judge (classifier.py);
+2. ``data``       - render the training images with exact labels;
+3. ``vae``        - AutoencoderKL, reconstruction + small KL;
+4. ``latents``    - encode the dataset once (posterior mean and std), fix the latent scaling factor;
+5. ``decoder``    - the VAE decoder refined alone (encoder frozen, so the latents stay valid):
+                    sharper dots and strokes;
+6. ``unet``       - CLIPTextModel + UNet2DConditionModel trained jointly on noise prediction
+                    (epsilon, SD's schedule) with offset noise, captions resampled every step, 10 %
+                    empty captions for classifier-free guidance, min-SNR-5 loss weights, EMA;
+7. ``export``     - a diffusers StableDiffusionPipeline directory (EMA weights, DDIM scheduler).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from erasekit.core.errors import ConfigError
+from erasekit.core.io import atomic_path, load_checkpoint, load_tensors, save_checkpoint, save_tensors, write_json
+from erasekit.core.outputs import check_dir_output, claim_collection, shown_path, write_manifest
+from erasekit.testbeds.image import world
+from erasekit.testbeds.image.classifier import ClassifierTrainConfig, evaluate_classifier, save_classifier, train_classifier
+from erasekit.testbeds.image.model import RECOMMENDED_SAMPLING, build_text_encoder, build_train_scheduler, build_unet, build_vae
+from erasekit.testbeds.image.tokenizer import build_tokenizer, save_tokenizer
+
+STAGES = ("classifier", "data", "vae", "latents", "decoder", "unet", "export")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a testbed training run (defaults = the shipped testbed)."""
+
+    seed: int = 0
+    n_images: int = 50_000
+    classifier: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+    vae_steps: int = 1_500
+    vae_batch: int = 48
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-6
+    decoder_steps: int = 800
+    unet_steps: int = 4_000
+    unet_batch: int = 128
+    unet_lr: float = 1e-3
+    unet_warmup: int = 200
+    cfg_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    noise_offset: float = 0.0  # per-channel constant added to the noise (not needed with a zero-terminal-SNR schedule)
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    #: Concepts whose images are left out of the training data (an *oracle*: a model that never
+    #: learned them, the gold standard an erasure is compared with; world.showing says which images).
+    exclude: tuple[str, ...] = ()
+    #: A testbed pipeline directory whose judge and VAE are reused instead of trained (the oracle
+    #: shares the testbed's codec and judge, so the two are compared through the same image space and
+    #: judged by the same classifier; only the text encoder and UNet are retrained).
+    codec_from: str | None = None
+
+    @staticmethod
+    def smoke() -> "TrainConfig":
+        """A few steps of everything, for tests."""
+        return TrainConfig(
+            n_images=256,
+            classifier=ClassifierTrainConfig(n_images=256, steps=3, batch_size=16),
+            vae_steps=3,
+            vae_batch=8,
+            decoder_steps=2,
+            unet_steps=6,
+            unet_batch=8,
+            unet_warmup=2,
+            checkpoint_every=3,
+        )
+
+
+class Trainer:
+    """Runs the stages of :class:`TrainConfig` in ``workdir``; see the module docstring."""
+
+    def __init__(self, workdir: str | Path, cfg: TrainConfig, progress: bool = True, log=print) -> None:
+        self.dir = claim_collection(workdir, "testbed-train", what="testbed training directory")
+        self.cfg = cfg
+        self.progress = progress
+        self.log = log
+        torch.manual_seed(cfg.seed)
+
+    def _codec(self) -> Path:
+        """The pipeline directory whose judge and VAE this run reuses (``codec_from``: a model name or path)."""
+        from erasekit.models import resolve_model
+
+        return Path(resolve_model(self.cfg.codec_from))
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def done(self, stage: str) -> bool:
+        return (self.dir / f"{stage}.done").exists()
+
+    def mark(self, stage: str, info: dict) -> None:
+        write_json(self.dir / f"{stage}.done", info)
+
+    def run(self, resume: bool = False, stages: tuple[str, ...] = STAGES, out: str | os.PathLike | None = None) -> Path:
+        """Run ``stages`` (skipping completed ones when ``resume``); return the exported pipeline dir."""
+        out = Path(out) if out is not None else None
+        if "export" in stages:  # the export target is checked before hours of training, not after
+            check_dir_output(out or self.dir / "pipeline", "pipeline", what="testbed pipeline directory")
+        config_path = self.dir / "config.json"
+        if resume and config_path.exists():
+            saved = json.loads(config_path.read_text())
+            if saved != json.loads(json.dumps(asdict(self.cfg))):
+                self.log("warning: resuming with a configuration that differs from the run's saved config.json")
+        write_json(config_path, asdict(self.cfg))
+        for stage in stages:
+            if resume and self.done(stage):
+                self.log(f"[{stage}] already done, skipping")
+                continue
+            t0 = time.time()
+            info = getattr(self, f"stage_{stage}")(resume) if stage != "export" else self.stage_export(out)
+            info = dict(info or {}, seconds=round(time.time() - t0, 1))
+            self.mark(stage, info)
+            self.log(f"[{stage}] done in {info['seconds']:.0f}s {json.dumps({k: v for k, v in info.items() if k != 'seconds'})}")
+        return out or self.dir / "pipeline"
+
+    # -- stages ------------------------------------------------------------------------------------
+    def stage_classifier(self, resume: bool) -> dict:
+        if self.cfg.codec_from:
+            source = self._codec() / "classifier.safetensors"
+            save_tensors(self.dir / "classifier.safetensors", load_tensors(source))
+            return {"reused": shown_path(source)}
+        model = train_classifier(self.cfg.classifier, progress=self.progress)
+        save_classifier(model, self.dir / "classifier.safetensors")
+        return {"accuracy": evaluate_classifier(model, n=2000)}
+
+    def stage_data(self, resume: bool) -> dict:
+        rng = np.random.default_rng(self.cfg.seed + 1)
+        labels = world.sample_labels_without(self.cfg.n_images, rng, tuple(self.cfg.exclude))
+        images = world.render_chunked(labels, rng, progress=self.progress)
+        tensors = {f: torch.as_tensor(getattr(labels, f)) for f in labels.__dataclass_fields__}
+        tensors["images"] = torch.from_numpy(images)
+        save_tensors(self.dir / "data.safetensors", tensors)
+        return {
+            "images": int(len(images)),
+            "watermarked": int(labels.watermark.sum()),
+            "characters": int((labels.character >= 0).sum()),
+            **({"excluded": list(self.cfg.exclude)} if self.cfg.exclude else {}),
+        }
+
+    def _images(self) -> torch.Tensor:
+        return load_tensors(self.dir / "data.safetensors")["images"].permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    def stage_vae(self, resume: bool) -> dict:
+        cfg = self.cfg
+        if cfg.codec_from:
+            source = self._codec() / "vae" / "diffusion_pytorch_model.safetensors"
+            save_tensors(self.dir / "ckpt-vae.safetensors", load_tensors(source))
+            return {"reused": shown_path(source)}
+        x_all = self._images()
+        vae = build_vae()
+        opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+        start = self._load_ckpt("vae", {"vae": vae}, opt) if resume else 0
+        gen = torch.Generator().manual_seed(cfg.seed + 2 + start)
+        vae.train()
+        bar = tqdm(
+            range(start, cfg.vae_steps), desc="vae", disable=not self.progress, mininterval=2, initial=start, total=cfg.vae_steps
+        )
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = cfg.vae_lr * _cosine(step, cfg.vae_steps, warmup=50)
+            x = x_all[torch.randint(0, len(x_all), (cfg.vae_batch,), generator=gen)]
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample(generator=gen)).sample
+            # L2 keeps colours exact, L1 keeps thin strokes sharp; KL keeps the latent space smooth.
+            loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + cfg.vae_kl * post.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.5f}", refresh=False)
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+                self._save_ckpt("vae", step + 1, {"vae": vae}, opt)
+        vae.eval()
+        with torch.no_grad():
+            x = x_all[:512]
+            rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+        return {"recon_mse": float(F.mse_loss(rec, x))}
+
+    def stage_decoder(self, resume: bool) -> dict:
+        """Refine the decoder on exact latents: z ~ q(z|x) from the frozen encoder, loss MSE + 0.5 L1."""
+        cfg = self.cfg
+        if cfg.codec_from:
+            return {"reused": shown_path(self._codec())}
+        x_all = self._images()
+        vae = build_vae()
+        vae.load_state_dict(load_tensors(self.dir / "ckpt-vae.safetensors"))
+        lat = load_tensors(self.dir / "latents.safetensors")
+        params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+        for p in vae.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=cfg.vae_lr * 0.5, weight_decay=0.0)
+        gen = torch.Generator().manual_seed(cfg.seed + 4)
+        vae.train()
+
+        def recon_error() -> float:
+            with torch.no_grad():
+                return float(F.mse_loss(vae.decode(lat["mean"][:512]).sample, x_all[:512]))
+
+        before = recon_error()
+        bar = tqdm(range(cfg.decoder_steps), desc="decoder", disable=not self.progress, mininterval=2)
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = cfg.vae_lr * 0.5 * _cosine(step, cfg.decoder_steps, warmup=50)
+            idx = torch.randint(0, len(x_all), (cfg.vae_batch,), generator=gen)
+            z = lat["mean"][idx] + lat["std"][idx] * torch.randn(lat["mean"][idx].shape, generator=gen)
+            x = x_all[idx]
+            rec = vae.decode(z).sample
+            loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.5f}", refresh=False)
+        vae.eval()
+        after = recon_error()
+        save_tensors(self.dir / "ckpt-vae.safetensors", vae.state_dict())
+        return {"recon_mse_before": before, "recon_mse_after": after}
+
+    def stage_latents(self, resume: bool) -> dict:
+        vae = build_vae()
+        vae.load_state_dict(load_tensors(self.dir / "ckpt-vae.safetensors"))
+        vae.eval()
+        x_all = self._images()
+        means, stds = [], []
+        with torch.no_grad():
+            for i in tqdm(range(0, len(x_all), 512), desc="encode", disable=not self.progress):
+                dist = vae.encode(x_all[i : i + 512]).latent_dist
+                means.append(dist.mean)
+                stds.append(dist.std)
+        mean, std = torch.cat(means), torch.cat(stds)
+        scaling = float(1.0 / torch.sqrt(mean.var() + (std**2).mean()))
+        if self.cfg.codec_from:  # the reused codec keeps its latent scale
+            scaling = float(json.loads((self._codec() / "vae" / "config.json").read_text())["scaling_factor"])
+        save_tensors(self.dir / "latents.safetensors", {"mean": mean, "std": std}, metadata={"scaling_factor": repr(scaling)})
+        return {"scaling_factor": scaling}
+
+    def stage_unet(self, resume: bool) -> dict:
+        cfg = self.cfg
+        tokenizer = build_tokenizer()
+        text_encoder, unet = build_text_encoder(tokenizer), build_unet()
+        ema_te, ema_unet = build_text_encoder(tokenizer), build_unet()
+        ema_te.load_state_dict(text_encoder.state_dict())
+        ema_unet.load_state_dict(unet.state_dict())
+        for p in [*ema_te.parameters(), *ema_unet.parameters()]:
+            p.requires_grad_(False)
+        params = [*text_encoder.parameters(), *unet.parameters()]
+        opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+        modules = {"text_encoder": text_encoder, "unet": unet, "ema_text_encoder": ema_te, "ema_unet": ema_unet}
+        start = self._load_ckpt("unet", modules, opt) if resume else 0
+
+        lat = load_tensors(self.dir / "latents.safetensors")
+        scaling = float(json.loads((self.dir / "latents.done").read_text())["scaling_factor"])
+        data = load_tensors(self.dir / "data.safetensors")
+        labels = world.LabelBatch(*(data[f].numpy() for f in world.LabelBatch.__dataclass_fields__))
+        n = len(labels)
+        sched = build_train_scheduler()
+        weights = min_snr_weights(sched, cfg.min_snr_gamma)
+
+        rng = np.random.default_rng(cfg.seed + 3 + start)
+        gen = torch.Generator().manual_seed(cfg.seed + 3 + start)
+        cache: dict[str, list[int]] = {}
+
+        def encode_ids(captions: list[str]) -> torch.Tensor:
+            missing = [c for c in set(captions) if c not in cache]
+            if missing:
+                ids = tokenizer(missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+                cache.update(zip(missing, ids))
+            return torch.tensor([cache[c] for c in captions])
+
+        initial = [p.detach().clone() for p in params]
+        text_encoder.train()
+        unet.train()
+        losses: list[float] = []
+        bar = tqdm(
+            range(start, cfg.unet_steps),
+            desc="unet",
+            disable=not self.progress,
+            mininterval=2,
+            initial=start,
+            total=cfg.unet_steps,
+        )
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = cfg.unet_lr * _cosine(step, cfg.unet_steps, warmup=cfg.unet_warmup, floor=0.05)
+            idx = rng.integers(0, n, cfg.unet_batch)
+            captions = [world.caption_for(labels, int(i), rng) if rng.random() >= cfg.cfg_dropout else "" for i in idx]
+            ids = encode_ids(captions)
+            ti = torch.as_tensor(idx)
+            z0 = (lat["mean"][ti] + lat["std"][ti] * torch.randn(lat["mean"][ti].shape, generator=gen)) * scaling
+            noise = torch.randn(z0.shape, generator=gen)
+            if cfg.noise_offset:
+                # Offset noise: on a schedule whose terminal SNR is > 0 the model never sees the latent's
+                # mean destroyed; a random per-channel offset teaches it to set the mean from the prompt.
+                noise = noise + cfg.noise_offset * torch.randn(z0.shape[0], z0.shape[1], 1, 1, generator=gen)
+            t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+            zt = sched.add_noise(z0, noise, t)
+            cond = text_encoder(ids).last_hidden_state
+            pred = unet(zt, t, cond).sample
+            target = sched.get_velocity(z0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+            per = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+            loss = (per * weights[t]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for src, dst in ((text_encoder, ema_te), (unet, ema_unet)):
+                    for p, q in zip(src.parameters(), dst.parameters()):
+                        q.lerp_(p, 1 - decay)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+                self._save_ckpt("unet", step + 1, modules, opt)
+                self.log(f"[unet] step {step + 1}/{cfg.unet_steps} loss {np.mean(losses[-cfg.checkpoint_every :]):.4f}")
+        change = float(sum((p.detach() - q).pow(2).sum() for p, q in zip(params, initial)).sqrt())
+        return {
+            "final_loss": float(np.mean(losses[-100:])) if losses else None,
+            "steps": cfg.unet_steps,
+            "param_change_l2": change,
+        }
+
+    def stage_export(self, out: Path | None = None) -> dict:
+        """Write the StableDiffusionPipeline (EMA weights) and the classifier into ``out``."""
+        pipe = assemble_pipeline(self.dir)
+        out = Path(out or self.dir / "pipeline")
+        out = check_dir_output(out, "pipeline", what="testbed pipeline directory")
+        with atomic_path(out) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            save_tokenizer(pipe.tokenizer, tmp / "tokenizer")
+            (tmp / "classifier.safetensors").write_bytes((self.dir / "classifier.safetensors").read_bytes())
+            write_json(
+                tmp / "testbed.json",
+                {
+                    "world": "erasekit-shapes-v1",
+                    "sampling": RECOMMENDED_SAMPLING,
+                    "train_config": asdict(self.cfg),
+                    **({"excluded": list(self.cfg.exclude)} if self.cfg.exclude else {}),
+                    # the model that still draws the excluded concepts (attacks take their targets from it)
+                    **({"reference": self.cfg.codec_from} if self.cfg.exclude and self.cfg.codec_from else {}),
+                },
+            )
+            write_manifest(tmp, "pipeline", files=True)
+        return {"pipeline": shown_path(out)}
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _save_ckpt(self, name: str, step: int, modules: dict, opt: torch.optim.Optimizer) -> None:
+        save_checkpoint(self.dir, name, step, modules, opt)
+
+    def _load_ckpt(self, name: str, modules: dict, opt: torch.optim.Optimizer) -> int:
+        step = load_checkpoint(self.dir, name, modules, opt)
+        if step:
+            self.log(f"[{name}] resuming from step {step}")
+        return step
+
+
+def check_exclusions(concepts: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Canonical names of the concepts an oracle leaves out; a one-line error for anything the world lacks."""
+    names: list[str] = []
+    for c in concepts:
+        name = world.canonical(c.strip().lower()) or c.strip().lower()
+        try:
+            world.domain_of(name)
+        except KeyError:
+            raise ConfigError(
+                f"--exclude {c!r}: not a concept of the testbed world (a shape, style, colour or background, "
+                f"a character ({', '.join(world.CHARACTERS)}) or watermark)"
+            ) from None
+        if name not in names:
+            names.append(name)
+    for domain in world.DOMAINS:
+        if set(world.DOMAIN_VALUES[domain]) <= set(names):
+            raise ConfigError(f"--exclude removes every {domain} of the world; keep at least one")
+    return tuple(names)
+
+
+def min_snr_weights(sched, gamma: float) -> torch.Tensor:
+    """Per-timestep loss weights of Min-SNR-gamma (Hang et al., 2023), ``[num_train_timesteps]``.
+
+    In x0 terms every step is weighted ``min(SNR(t), gamma)``. The epsilon loss equals ``SNR * ||x0
+    error||^2``, hence weight ``min(SNR, gamma) / SNR``. For v targets we follow diffusers' training
+    scripts and use ``min(SNR + 1, gamma) / (SNR + 1)`` (the v loss equals ``(SNR + 1) * ||x0 error||^2``),
+    which keeps a weight of 1 in x0 terms at the pure-noise end of a zero-terminal-SNR schedule, where
+    the layout is decided, instead of ~0.
+    """
+    alphas = sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    if sched.config.prediction_type == "v_prediction":
+        snr = snr + 1
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def _cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
+    """Linear warm-up to 1, then cosine decay to ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def assemble_pipeline(workdir: str | Path, ema: bool = True):
+    """Build a StableDiffusionPipeline from a training work directory's latest checkpoints."""
+    from diffusers import StableDiffusionPipeline
+
+    from erasekit.testbeds.image.model import build_sample_scheduler
+
+    workdir = Path(workdir)
+    tokenizer = build_tokenizer()
+    text_encoder, unet, vae = build_text_encoder(tokenizer), build_unet(), build_vae()
+    tensors = load_tensors(workdir / "ckpt-unet.safetensors")
+    prefix = "ema_" if ema else ""
+    text_encoder.load_state_dict({k[len(prefix) + 13 :]: v for k, v in tensors.items() if k.startswith(prefix + "text_encoder.")})
+    unet.load_state_dict({k[len(prefix) + 5 :]: v for k, v in tensors.items() if k.startswith(prefix + "unet.")})
+    vae.load_state_dict(load_tensors(workdir / "ckpt-vae.safetensors"))
+    scaling = float(json.loads((workdir / "latents.done").read_text())["scaling_factor"])
+    vae.register_to_config(scaling_factor=scaling)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
