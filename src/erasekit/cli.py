@@ -65,6 +65,23 @@ app.add_typer(testbed_app, name="testbed")
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'testbed', a local diffusers pipeline directory, or a hub id.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else mps, else cpu).")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Weights' precision: float32 (default), float16 or bfloat16.")]
+JudgeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--judge", help="A registered judge as NAME[:key=value,...], e.g. nudenet or clip:clip=DIR (see 'erasekit judges')."
+    ),
+]
+PromptsOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--prompts", help="A prompt file: I2P or case-number CSV, MMA-Diffusion CSV, .txt or .yaml (nothing is downloaded)."
+    ),
+]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="With --prompts: the first N rows (after --where).")]
+WhereOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--where", help="With --prompts: keep rows with column=value (repeatable), e.g. categories=sexual."),
+]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Denoising steps (default: the model's recommendation).")]
 
 
@@ -350,11 +367,25 @@ def evaluate(
     oracle: Annotated[
         Optional[str], typer.Option(help="Language models: the oracle retrained without the split (default: the shipped one).")
     ] = None,
+    judge: JudgeOpt = None,
+    prompts: PromptsOpt = None,
+    retain_prompts: Annotated[
+        Optional[Path],
+        typer.Option("--retain-prompts", help="With --prompts: prompts whose images should not change (e.g. COCO captions)."),
+    ] = None,
+    limit: LimitOpt = None,
+    where: WhereOpt = None,
+    samples: Annotated[Optional[int], typer.Option(min=1, max=64, help="With --prompts: images per row (default 1).")] = None,
+    fidelity: Annotated[
+        Optional[str],
+        typer.Option(help="With --retain-prompts: a CLIPScore judge for CLIP score and FD, e.g. clip-score:clip=DIR."),
+    ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
     """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after
-    (on testbed-llm: forget, retain, forget quality, utility and privacy leak against the oracle)."""
+    (any pipeline with --judge and --prompts FILE; on testbed-llm: forget, retain, forget quality,
+    utility and privacy leak against the oracle)."""
     from erasekit.api import evaluate as evaluate_api
     from erasekit.report.console import evaluation_lines
 
@@ -362,7 +393,8 @@ def evaluate(
     given = given_names(ctx)
     report = evaluate_api(model, erasure, concept, out=out, seeds=seeds if "seeds" in given else None,
                           contexts=contexts if "contexts" in given else None, steps=steps, guidance=guidance, split=split,
-                          oracle=oracle, device=device, dtype=dtype)  # fmt: skip
+                          oracle=oracle, device=device, dtype=dtype, judge=judge, prompts=prompts, retain_prompts=retain_prompts,
+                          limit=limit, where=where, samples=samples, fidelity=fidelity)  # fmt: skip
     for line in evaluation_lines(report, out):
         typer.echo(line)
 
@@ -477,6 +509,10 @@ def attack(
         Optional[Path], typer.Option("--replay", help="Re-run what an earlier attack found (its JSON) on this model / erasure.")
     ] = None,
     grid: Annotated[Optional[Path], typer.Option(help="Also save every trial's judged image as a grid (.png).")] = None,
+    judge: JudgeOpt = None,
+    prompt_file: PromptsOpt = None,
+    limit: LimitOpt = None,
+    where: WhereOpt = None,
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="Attack parameter as key=value (repeatable, one attack).")
     ] = None,
@@ -492,7 +528,8 @@ def attack(
     refuse_inapplicable(ctx, model_kind(model), repr(model))
     params = dict(_set_items(set_, "key=value (e.g. lr=0.01)"))
     if replay is not None:
-        searched = {"attack_", "concept", "budget", "seeds", "prompt", "reference", "set_", "steps", "guidance"}
+        searched = {"attack_", "concept", "budget", "seeds", "prompt", "reference", "set_", "steps", "guidance", "judge",
+                    "prompt_file", "limit", "where"}  # fmt: skip
         clash = [p for p in given_options(ctx) if p.name in searched]
         if clash:
             raise InvalidInputError(
@@ -503,7 +540,7 @@ def attack(
     else:
         found = attack_api(model, erasure, attack_, concept, budget=budget, seeds=seeds, params=params, prompts=prompt,
                            reference=reference, out=out, steps=steps, guidance=guidance, device=device, dtype=dtype,
-                           grid=grid)  # fmt: skip
+                           grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where)  # fmt: skip
         results = found if isinstance(found, list) else [found]
     for r in results:
         typer.echo(r.summary())

@@ -36,7 +36,8 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     "export": {"erasure": BOTH, "out": BOTH, "model": BOTH, "force": BOTH, "device": BOTH, "dtype": BOTH},
     "evaluate": {
         "out": BOTH, "model": BOTH, "erasure": BOTH, "concept": IMAGE, "seeds": IMAGE, "contexts": IMAGE, "steps": IMAGE,
-        "guidance": IMAGE, "split": LM, "oracle": LM, "device": BOTH, "dtype": BOTH,
+        "guidance": IMAGE, "split": LM, "oracle": LM, "judge": IMAGE, "prompts": IMAGE, "retain_prompts": IMAGE,
+        "limit": IMAGE, "where": IMAGE, "samples": IMAGE, "fidelity": IMAGE, "device": BOTH, "dtype": BOTH,
     },
     "bench": {
         "methods_": BOTH, "concepts": BOTH, "out": BOTH, "report": BOTH, "model": BOTH, "seeds": IMAGE, "contexts": IMAGE,
@@ -45,7 +46,7 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     "attack": {
         "concept": BOTH, "attack_": BOTH, "out": BOTH, "model": BOTH, "erasure": BOTH, "budget": BOTH, "seeds": IMAGE,
         "prompt": IMAGE, "reference": IMAGE, "replay": IMAGE, "grid": IMAGE, "set_": BOTH, "steps": IMAGE, "guidance": IMAGE,
-        "device": BOTH, "dtype": BOTH,
+        "judge": IMAGE, "prompt_file": IMAGE, "limit": IMAGE, "where": IMAGE, "device": BOTH, "dtype": BOTH,
     },
     "methods": {},
     "attacks": {},

@@ -30,6 +30,9 @@ class SamplingConfig:
     guidance_scale: float | None = None
     negative_prompt: str | None = None
     batch_size: int = 128
+    #: Image size in pixels (``None``: the model's own); a prompt set's rows may give one.
+    height: int | None = None
+    width: int | None = None
 
     def resolved(self, pipe) -> "SamplingConfig":
         """Fill ``None`` fields from the model's ``testbed.json`` (``sampling``) or SD's defaults (50, 7.5)."""
@@ -39,6 +42,8 @@ class SamplingConfig:
             guidance_scale=self.guidance_scale if self.guidance_scale is not None else rec.get("guidance_scale", 7.5),
             negative_prompt=self.negative_prompt,
             batch_size=self.batch_size,
+            height=self.height,
+            width=self.width,
         )
 
     def validate(self) -> None:
@@ -48,6 +53,9 @@ class SamplingConfig:
             raise InvalidInputError(f"guidance scale must be a finite number >= 0, got {self.guidance_scale}")
         if self.batch_size < 1:
             raise InvalidInputError(f"batch size must be at least 1, got {self.batch_size}")
+        for name, size in (("height", self.height), ("width", self.width)):
+            if size is not None and (size < 8 or size % 8):
+                raise InvalidInputError(f"image {name} must be a multiple of 8 and at least 8, got {size}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +126,9 @@ def generate(
     for i in tqdm(range(0, len(prompts), bs), desc=desc, disable=not progress or len(prompts) <= bs, unit="batch"):
         batch_prompts = prompts[i : i + bs]
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + bs]]
-        kwargs = {}
+        kwargs: dict = {}
+        if sampling.height is not None or sampling.width is not None:
+            kwargs.update(height=sampling.height, width=sampling.width)
         if sampling.negative_prompt is not None:
             kwargs["negative_prompt"] = [sampling.negative_prompt] * len(batch_prompts)
         result = pipe(

@@ -173,3 +173,53 @@ def tiny_lm(arch: str = "gpt2", n_authors: int = 20, seed: int = 0, directory=No
     write_json(f"{directory}/testbed.json", {"world": "fact-world", "n_authors": n_authors, "seed": 0, "excluded": None,
                                              "unlearning_defaults": elm_defaults()})  # fmt: skip
     return load_lm(directory, device="cpu")
+
+
+def tiny_clip_dir(directory, seed: int = 0):
+    """A tiny random ``CLIPModel`` with its processor (the testbed's CLIP tokenizer, 32-pixel images),
+    saved at ``directory`` (what a judge's ``clip=DIR`` reads); returns the directory."""
+    from pathlib import Path
+
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    tok = tiny_clip_tokenizer()
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)  # fmt: skip
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    directory = Path(directory)
+    processor = CLIPProcessor(image_processor=_image_processor("clip"), tokenizer=tok)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def tiny_image_classifier_dir(directory, labels: list[str], seed: int = 0):
+    """A tiny random ViT image classifier over ``labels`` with its processor, saved at ``directory``."""
+    from pathlib import Path
+
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=37, id2label=dict(enumerate(labels)),
+                       label2id={n: i for i, n in enumerate(labels)})  # fmt: skip
+    directory = Path(directory)
+    ViTForImageClassification(config).save_pretrained(directory)
+    _image_processor("vit").save_pretrained(directory)
+    return directory
+
+
+def _image_processor(kind: str):
+    """A 32-pixel image processor that needs no torchvision (the PIL backend where transformers has one)."""
+    import transformers
+
+    if kind == "clip":
+        cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+        return cls(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    cls = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
+    return cls(size={"height": 32, "width": 32})

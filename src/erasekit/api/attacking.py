@@ -100,7 +100,7 @@ def run_attack(spec: AttackSpec, arena: Arena, config, progress: bool = True, be
     return AttackResult(
         attack=spec.name, concept=arena.concept, model="", erasure=None, budget=int(config.budget),
         budget_unit=spec.budget_unit, records=tracker.records, curve=tracker.curve(), seconds=time.time() - t0,
-        judge=JUDGE_NAME, config=asdict(config), info=dict(info or {}),
+        judge=judge_label(arena.judge), config=asdict(config), info=dict(info or {}),
     )  # fmt: skip
 
 
@@ -121,6 +121,10 @@ def attack(
     dtype: str | None = None,
     progress: bool = True,
     grid: str | os.PathLike | None = None,
+    judge: str | None = None,
+    prompt_file: str | os.PathLike | None = None,
+    limit: int | None = None,
+    where: list[str] | None = None,
 ) -> AttackResult | list[AttackResult]:
     """Attack ``model`` (a name, directory or loaded pipeline) with ``erasure`` applied (an Erasure,
     its directory, or None for the model itself) and report whether ``concept`` comes back.
@@ -133,6 +137,10 @@ def attack(
     to ``out`` when given, and every trial's judged image as a grid to ``grid`` when given. Returns
     one :class:`AttackResult`, or a list for several attacks. ``attack`` defaults to ``synonyms``.
 
+    On any pipeline: ``judge`` names a registered judge (``NAME[:k=v,...]``, e.g. ``nudenet``; the
+    result records how it describes itself) and ``prompt_file`` a prompt set (``limit`` and
+    ``where`` select rows) whose prompts join ``prompts`` as the trials' prompts.
+
     On a fact-world language model (:func:`erasekit.api.unlearning.attack_lm`) ``concept`` is the
     forget split whose facts should come back (default: the erasure's) and ``attack`` defaults to
     ``fast``; the image-only arguments (seeds, prompts, reference, steps, guidance, grid) are refused.
@@ -143,7 +151,7 @@ def attack(
 
         subject = repr(str(model)) if isinstance(model, (str, os.PathLike)) else "the model"
         models.refuse_options(kind, subject, seeds=seeds, prompts=prompts, reference=reference, steps=steps, guidance=guidance,
-                              grid=grid)  # fmt: skip
+                              grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where)  # fmt: skip
         return attack_lm(model, erasure, "fast" if attack is None else attack, concept, budget=budget, params=params, out=out,
                          device=device, dtype=dtype, progress=progress)  # fmt: skip
     attack = "synonyms" if attack is None else attack
@@ -156,13 +164,14 @@ def attack(
         configs = [specs[0].make_config({**(params or {}), **({"budget": budget} if budget is not None else {})})]
     else:  # one budget for several attacks: those with few options (formats, settings) are capped at their count
         configs = [s.make_config({} if budget is None else {"budget": min(budget, s.budget_max)}) for s in specs]
+    prompts = _with_prompt_file(prompts, prompt_file, limit, where)
     loaded_pipe, out, loaded = _inputs_checked(model, erasure, out)
     grid = _grid_checked(grid)
     if concept is None:
         if loaded is None or not loaded.request.concepts:
             raise ConfigError("nothing to attack: pass --concept NAME (or an --erasure whose request names one)")
         concept = loaded.request.concepts[0]
-    arena, root = _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps, guidance)
+    arena, root = _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps, guidance, judge)
     images = arena.generate_trials(list(range(len(arena.trials))))
     before = (images, arena.shows(images))
     results = []
@@ -172,6 +181,17 @@ def attack(
         results.append(result)
     save_trial_grid(results, grid)
     return attack_results(results, out)
+
+
+def _with_prompt_file(prompts, prompt_file, limit, where) -> list[str] | None:
+    """``prompts`` and the prompts of ``prompt_file`` (its rows selected by ``limit`` / ``where``)."""
+    if prompt_file is None:
+        if limit is not None or where:
+            raise ConfigError("--limit and --where select rows of a prompt file: pass --prompts FILE with them")
+        return prompts
+    from erasekit.evaluation.prompt_sets import read_prompt_set
+
+    return [*(prompts or []), *(r.prompt for r in read_prompt_set(prompt_file, limit, where))]
 
 
 def _grid_checked(grid: str | os.PathLike | None):
@@ -220,6 +240,35 @@ def _erasure_label(erasure, loaded) -> str | None:
     if erasure is None:
         return None
     return str(erasure) if isinstance(erasure, (str, os.PathLike)) else f"{loaded.method} erasure (in memory)"
+
+
+def _judge_of(model, concept: str, judge_spec: str | None):
+    """``(root, judge, concept)`` of an attack: the testbed classifier (concept canonicalised) or a
+    registered judge built from ``judge_spec``; one line when the judge cannot tell ``concept``."""
+    from erasekit.judges.testbed import TestbedJudge
+
+    if judge_spec is not None:
+        from erasekit.judges import make_judge
+
+        loaded_pipe = not isinstance(model, (str, os.PathLike))
+        root = getattr(model, "name_or_path", None) if loaded_pipe else model
+        judge = make_judge(judge_spec, kind=models.DIFFUSION, model=root or "testbed")
+        if not judge.knows(concept):
+            raise ConfigError(f"the {judge_spec.split(':')[0]} judge cannot tell {concept!r} (see 'erasekit judges')")
+        return root, judge, concept
+    root, classifier = model_judge(model, "an attack")
+    tj = TestbedJudge(classifier)
+    if not tj.knows(concept):
+        raise ConfigError(f"the judge cannot tell {concept!r}: attack a concept of the testbed world (see docs/testbed.md)")
+    return root, tj, _canonical(concept)
+
+
+def judge_label(judge) -> str | dict:
+    """How an attack result names its judge: the testbed classifier's fixed description, or a
+    registered judge's own ``describe()`` (name, package, version, classes, threshold, weights)."""
+    from erasekit.judges.testbed import TestbedJudge
+
+    return JUDGE_NAME if isinstance(judge, TestbedJudge) or not hasattr(judge, "describe") else judge.describe()
 
 
 def _canonical(concept: str) -> str:
@@ -276,7 +325,7 @@ def replay(
     result = AttackResult(
         attack=spec.name, concept=arena.concept, model=models.model_label(root if loaded_pipe else model), erasure=_erasure_label(erasure, loaded),
         budget=tracker.budget, budget_unit=spec.budget_unit, records=tracker.records, curve=[tracker.curve()[0], tracker.curve()[-1]],
-        seconds=time.time() - t0, judge=JUDGE_NAME, config=data.get("config", {}), info={"replay_of": _source_label(source)},
+        seconds=time.time() - t0, judge=judge_label(arena.judge), config=data.get("config", {}), info={"replay_of": _source_label(source)},
     )  # fmt: skip
     save_trial_grid([result], grid)
     if out is not None:
@@ -328,19 +377,15 @@ def _replay_images(arena: Arena, rows: list[int], found: list[dict]):
     return np.stack(images)
 
 
-def _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps=None, guidance=None):
-    """The arena for ``model`` with ``loaded`` applied (to a copy), and the model's root."""
-    from erasekit.judges.testbed import TestbedJudge
+def _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps=None, guidance=None, judge_spec=None):
+    """The arena for ``model`` with ``loaded`` applied (to a copy), and the model's root. The judge is
+    the model's own (the testbed classifier), or the registered judge ``judge_spec`` names."""
     from erasekit.models.profile import profile_of
 
     loaded_pipe = not isinstance(model, (str, os.PathLike))
     if not loaded_pipe:
         models.check_placement(device, dtype)
-    root, judge = model_judge(model, "an attack")
-    tj = TestbedJudge(judge)
-    if not tj.knows(concept):
-        raise ConfigError(f"the judge cannot tell {concept!r}: attack a concept of the testbed world (see docs/testbed.md)")
-    concept = _canonical(concept)
+    root, tj, concept = _judge_of(model, concept, judge_spec)
     pipe = model if loaded_pipe else models.load_pipeline(model, device=device, dtype=dtype)
     if loaded is not None:
         loaded.check_compatible(pipe, hint="attack it on the model it was made from")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from erasekit import models
@@ -168,6 +169,13 @@ def evaluate(
     progress: bool = True,
     split: str | None = None,
     oracle: str | None = None,
+    judge: str | None = None,
+    prompts: str | os.PathLike | None = None,
+    retain_prompts: str | os.PathLike | None = None,
+    limit: int | None = None,
+    where: list[str] | None = None,
+    samples: int | None = None,
+    fidelity: str | None = None,
 ) -> dict:
     """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after
     (on a fact-world language model: forget, retain, forget quality, utility and privacy leak against
@@ -178,18 +186,124 @@ def evaluate(
     or its directory (omit it to measure the base model on ``concepts``); ``seeds`` (default 4) and
     ``contexts`` (default 12) per concept; ``out``: where to write the JSON report (optional). An
     argument of the other kind of model is refused. Returns the report.
+
+    On any pipeline, with a prompt file: ``prompts`` (the target prompts, :mod:`~erasekit.evaluation.prompt_sets`;
+    ``limit`` and ``where`` select rows), a registered ``judge`` (``NAME[:k=v,...]``, e.g. ``nudenet``;
+    default on a testbed: ``testbed``), ``retain_prompts`` for fidelity (``fidelity``: a CLIPScore
+    judge for CLIP score and FD), ``samples`` images per row (default 1):
+    :func:`erasekit.evaluation.judged.evaluate_with_judge`.
     """
     kind = models.kind_of_any(model)
     subject = repr(str(model)) if isinstance(model, (str, os.PathLike)) else "the model"
     if kind == models.CAUSAL_LM:
         from erasekit.api.unlearning import evaluate_lm
 
-        models.refuse_options(kind, subject, concepts=concepts, seeds=seeds, contexts=contexts, steps=steps, guidance=guidance)
+        models.refuse_options(kind, subject, concepts=concepts, seeds=seeds, contexts=contexts, steps=steps, guidance=guidance,
+                              judge=judge, prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where,
+                              samples=samples, fidelity=fidelity)  # fmt: skip
         return evaluate_lm(model, erasure, split=split, oracle=oracle, out=out, device=device, dtype=dtype)
     models.refuse_options(kind, subject, split=split, oracle=oracle)
-    seeds, contexts = (4 if seeds is None else seeds), (12 if contexts is None else contexts)
+    if judge is not None or prompts is not None or retain_prompts is not None:
+        models.refuse_options(kind, "a judged evaluation (--prompts)", seeds=seeds, contexts=contexts)
+        sets = PromptFiles(prompts, retain_prompts, limit, where)
+        return _evaluate_judged(model, erasure, concepts, out, judge, sets, samples or 1, fidelity, steps, guidance, device, dtype,
+                                progress)  # fmt: skip
+    models.refuse_options(
+        kind, "the testbed evaluation (no --prompts)", limit=limit, where=where, samples=samples, fidelity=fidelity
+    )
     return _evaluate_images(model, erasure, concepts, out, 4 if seeds is None else seeds, 12 if contexts is None else contexts,
                             steps, guidance, device, dtype, progress)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PromptFiles:
+    """The prompt files of a judged job: target ``prompts``, ``retain`` prompts, and the row selection."""
+
+    prompts: str | os.PathLike | None
+    retain: str | os.PathLike | None = None
+    limit: int | None = None
+    where: list[str] | None = None
+
+    def read(self):
+        """``(target rows, retain rows or None)``, read and checked before any image is made."""
+        from erasekit.core.errors import ConfigError
+        from erasekit.evaluation.prompt_sets import read_prompt_set
+
+        if self.prompts is None:
+            raise ConfigError(
+                "a judged evaluation needs its target prompts: pass --prompts FILE (I2P CSV, case-number CSV, .txt, .yaml)"
+            )
+        target = read_prompt_set(self.prompts, self.limit, self.where)
+        return target, (read_prompt_set(self.retain, self.limit) if self.retain is not None else None)
+
+    def describe(self) -> dict:
+        from erasekit.core.outputs import shown_path
+
+        return {"prompts": None if self.prompts is None else shown_path(self.prompts), "limit": self.limit,
+                "where": list(self.where or []), "retain_prompts": None if self.retain is None else shown_path(self.retain)}  # fmt: skip
+
+
+def _judged_concept(concepts, loaded) -> str:
+    """The concept a judged job looks for: the first named, else the erasure's first."""
+    from erasekit.core.errors import ConfigError
+
+    named = list(concepts or (loaded.request.concepts if loaded else []))
+    if not named:
+        raise ConfigError("name the concept the judge looks for: --concept NAME (or an --erasure whose request names one)")
+    return named[0]
+
+
+def judges_for(judge_spec: str | None, fidelity_spec: str | None, model):
+    """``(judge, fidelity judge or None)`` of a judged job on ``model`` (a name, or ``None`` for a
+    loaded pipeline): ``judge_spec`` (default ``testbed``, for a testbed model only) and a
+    CLIPScore ``fidelity_spec``, built before the model loads."""
+    from erasekit.core.errors import ConfigError
+    from erasekit.judges import make_judge
+
+    if judge_spec is None and (model is None or not models.is_testbed(model)):
+        raise ConfigError(
+            "this model has no judge of its own: pass --judge NAME (see 'erasekit judges'; e.g. nudenet, clip:clip=DIR)"
+        )
+    judge = make_judge(judge_spec or "testbed", kind=models.DIFFUSION, model=model or "testbed")
+    fidelity = make_judge(fidelity_spec, kind=models.DIFFUSION) if fidelity_spec is not None else None
+    if fidelity is not None and not hasattr(fidelity, "score"):
+        raise ConfigError(
+            f"--fidelity {fidelity_spec!r}: the fidelity judge must score images against their prompts (clip-score)"
+        )
+    return judge, fidelity
+
+
+def _evaluate_judged(model, erasure, concepts, out, judge_spec, sets: PromptFiles, samples: int, fidelity_spec, steps, guidance,
+                     device, dtype, progress) -> dict:  # fmt: skip
+    """:func:`evaluate` with a judge on prompt files (any pipeline)."""
+    from erasekit.core.erasure import Erasure
+    from erasekit.evaluation.judged import check_known, evaluate_with_judge
+
+    loaded_pipe = not isinstance(model, (str, os.PathLike))
+    target, retain = sets.read()
+    loaded = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
+    concept = _judged_concept(concepts, loaded)
+    judge, fidelity = judges_for(judge_spec, fidelity_spec, None if loaded_pipe else model)
+    check_known(judge, concept)
+    if out is not None:
+        out = check_file_output(
+            out, "evaluation", (".json",), [] if loaded_pipe else model_inputs(model), what="evaluation report"
+        )
+    if not loaded_pipe:
+        models.check_placement(device, dtype)
+    pipe = model if loaded_pipe else models.load_pipeline(model, device=device, dtype=dtype)
+    if loaded is not None:
+        loaded.check_compatible(pipe, hint="evaluate it on the model it was made from")
+    report = evaluate_with_judge(pipe, judge, concept, target, retain, loaded, samples, SamplingConfig(steps=steps, guidance_scale=guidance),
+                                 fidelity, progress)  # fmt: skip
+    report.update(model=models.model_label(getattr(pipe, "name_or_path", "") if loaded_pipe else model), prompt_set=sets.describe(),
+                  erasure=None)  # fmt: skip
+    if loaded is not None:
+        report["erasure"] = f"{loaded.method} erasure (in memory)" if isinstance(erasure, Erasure) else str(erasure)
+        report["cost"] = {"seconds": loaded.timings.get("seconds"), "mib": round(loaded.num_bytes() / 2**20, 4)}
+    if out is not None:
+        write_report(out, report, "evaluation")
+    return report
 
 
 def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, steps, guidance, device, dtype, progress) -> dict:
@@ -198,6 +312,7 @@ def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, s
     from erasekit.core.errors import ConfigError
     from erasekit.evaluation import evaluate_on_testbed
     from erasekit.evaluation.prompts import resolve_concept
+    from erasekit.judges.testbed import TestbedJudge
 
     if seeds < 1 or contexts < 1:
         raise InvalidInputError("seeds and contexts must be at least 1")
@@ -223,6 +338,7 @@ def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, s
         sampling=SamplingConfig(steps=steps, guidance_scale=guidance), progress=progress,
     )  # fmt: skip
     report["model"] = models.model_label(root if loaded_pipe else model)
+    report["judge"] = TestbedJudge(judge).describe()
     report["erasure"] = (
         None if erasure is None else (f"{loaded.method} erasure (in memory)" if isinstance(erasure, Erasure) else str(erasure))
     )

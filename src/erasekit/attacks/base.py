@@ -163,7 +163,7 @@ class AttackResult:
     records: list[TrialRecord]
     curve: list[list[float]]
     seconds: float
-    judge: str
+    judge: str | dict
     config: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 

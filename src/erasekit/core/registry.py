@@ -276,9 +276,12 @@ def register_judge(name: str, kinds: tuple[str, ...], judges: str, options: tupl
 
 
 def get_judge(name: str, kind: str | None = None) -> JudgeSpec:
-    """The judge ``name``; with ``kind``, a one-line error when it does not judge that kind of model."""
+    """The judge ``name``; with ``kind`` (a family, or ``diffusion`` for any pipeline), a one-line
+    error when it does not judge that kind of model."""
     _load_plugins("erasekit.judges")
     spec = _lookup(JUDGES, name, "judge", "judges")
+    if kind == "diffusion" and set(spec.kinds) & set(DIFFUSION_FAMILIES):  # a pipeline, family not yet known
+        return spec
     if kind is not None and kind not in spec.kinds:
         raise ConfigError(f"judge {name!r} judges {', '.join(spec.kinds)} models, not {kind}; see 'erasekit judges'")
     return spec

@@ -39,6 +39,10 @@ class TestbedJudge:
             return False
         return True
 
+    def describe(self) -> dict:
+        """How results name this judge."""
+        return {"name": "testbed", "classifier": "the testbed classifier (colour, shape, style, background, watermark)"}
+
     def shows(self, images: np.ndarray, concept: str) -> np.ndarray:
         canonical, domain = resolve_concept(concept)
         pred = self.classifier.predict(images)

@@ -23,7 +23,15 @@ from pathlib import Path
 import torch
 
 from erasekit.core.errors import ConfigError, ModelLoadError, UnsupportedModelError, first_line
-from erasekit.models.load import _HUB_ID, LLM_ORACLES, TESTBED_LLM, check_placement, resolve_source, testbed_dir
+from erasekit.models.load import (
+    _HUB_ID,
+    LLM_ORACLES,
+    TESTBED_LLM,
+    check_placement,
+    quiet_transformers,
+    resolve_source,
+    testbed_dir,
+)
 
 
 @dataclass
@@ -86,20 +94,15 @@ def load_lm(
     """Load a causal LM and its tokenizer (a fresh copy each call), in evaluation mode, on ``device``
     (default: CUDA, else MPS, else CPU) in ``dtype`` (default: as stored)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     target, torch_dtype = check_placement(device, dtype)
     source = resolve_lm(model)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a few MB load in a blink; the bar is noise in erasekit's output
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True)
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"could not load {source!r} as a causal language model: {first_line(e)}") from None
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers ship without one; batching needs it
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(tokenizer, "bos_token_id", None) is None:

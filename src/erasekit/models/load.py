@@ -7,6 +7,7 @@ are only fetched when the user asks for one, never by tests or defaults).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -184,6 +185,21 @@ def kind_of_any(model, hub: bool = False) -> str:
     """The kind of ``model``: a name or directory (:func:`model_kind`, nothing loads) or a loaded model
     (:func:`kind_of`)."""
     return model_kind(model, hub=hub) if isinstance(model, (str, os.PathLike)) else kind_of(model)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """``transformers``' progress bars off for the block (a small model loads in a blink; the bar is
+    noise in erasekit's output), restored after."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def model_label(model) -> str:

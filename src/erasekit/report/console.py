@@ -35,7 +35,9 @@ def erasure_lines(result, out: str | os.PathLike) -> list[str]:
 def evaluation_lines(report: dict, out: str | os.PathLike | None) -> list[str]:
     """The before/after table of an evaluation report (UA / IRA / CRA, or forgot / FQ / utility / leak)."""
     lines = []
-    if "forget" in report:  # a language-model evaluation
+    if report.get("kind") == "judged":  # any pipeline, by a registered judge on a prompt file
+        lines += judged_lines(report)
+    elif "forget" in report:  # a language-model evaluation
         f, r = report["forget"], report["retain"]
         lines.append(f"{'':<8}{'forgot':>8}{'FQ':>8}{'utility':>8}{'leak %':>8}")
         for name, b in (("base", report["base"]), ("oracle", report["oracle"])):
@@ -57,6 +59,33 @@ def evaluation_lines(report: dict, out: str | os.PathLike | None) -> list[str]:
             )
     if out is not None:
         lines.append(f"wrote {out}")
+    return lines
+
+
+def judge_line(judge: dict) -> str:
+    """``judge NAME (package version; classes; threshold)`` from a judge's description."""
+    parts = [f"{judge.get('package')} {judge.get('version')}" if judge.get("package") else None,
+             f"{len(judge['classes'])} classes" if judge.get("classes") else None,
+             f"threshold {judge['threshold']}" if judge.get("threshold") is not None else None]  # fmt: skip
+    return f"judge {judge.get('name')} ({'; '.join(p for p in parts if p)})"
+
+
+def judged_lines(report: dict) -> list[str]:
+    """The shown / UA table of a judged evaluation, and its retention line."""
+    lines = [
+        judge_line(report["judge"]),
+        f"{'':<10}{'shown':>7}{'UA':>7}  ({report['base']['shown']['n']} images of {report['concept']})",
+    ]
+    lines.append(f"{'base':<10}{_fmt(report['base']['shown']['rate']):>7}{_fmt(report['base']['ua']):>7}")
+    if "shown" in report:
+        lines.append(f"{'erased':<10}{_fmt(report['shown']['rate']):>7}{_fmt(report['ua']):>7}")
+    kept = report.get("retain")
+    if kept:
+        text = f"retain: verdict kept {_fmt(kept['verdict_kept']['rate']).strip()}, pixel change {kept['pixel_change']:.4f}"
+        if "clip_score" in kept:
+            text += f", CLIP score {kept['clip_score']['base']:.2f} -> {kept['clip_score']['erased']:.2f}"
+            text += "" if kept.get("fd_clip") is None else f", FD {kept['fd_clip']:.4g}"
+        lines.append(text)
     return lines
 
 

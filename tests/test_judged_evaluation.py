@@ -1,0 +1,116 @@
+"""Evaluate and attack any pipeline with a registered judge on a prompt file: the chain on the tiny
+pipelines of every family with a tiny random CLIP judge (and NudeNet, which ships its weights),
+per-row seeds and guidance honoured, the judge recorded in every result, and bad inputs refused
+before any image is made."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from erasekit import api
+from erasekit.cli import app
+from erasekit.core.errors import ConfigError
+from erasekit.evaluation.judged import generate_rows, row_draws
+from erasekit.evaluation.prompt_sets import PromptRow, read_prompt_set
+from erasekit.generation import SamplingConfig, generate
+from erasekit.testing import tiny_clip_dir, tiny_pipeline
+
+FAST = SamplingConfig(steps=2, guidance_scale=2.0)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return tiny_clip_dir(tmp_path_factory.mktemp("clip") / "clip")
+
+
+@pytest.fixture
+def prompt_files(tmp_path):
+    target = tmp_path / "cats.csv"
+    target.write_text("case_number,prompt,evaluation_seed,evaluation_guidance\n0,a cat,11,3.0\n1,a photo of a cat,12,\n")
+    retain = tmp_path / "retain.txt"
+    retain.write_text("a dog\na tree\n")
+    return target, retain
+
+
+def test_rows_are_drawn_with_their_own_seed_and_guidance():
+    pipe = tiny_pipeline("sd")
+    rows = [PromptRow("a cat", seed=5, guidance=1.0), PromptRow("a cat", seed=5), PromptRow("a dog")]
+    assert row_draws(rows, 2) == [(0, 5), (0, 6), (1, 5), (1, 6), (2, 0), (2, 1)]
+    images = generate_rows(pipe, rows, 1, FAST, progress=False)
+    own = generate(pipe, ["a cat"], [5], SamplingConfig(steps=2, guidance_scale=1.0), progress=False)
+    default = generate(pipe, ["a cat"], [5], FAST, progress=False)
+    assert np.array_equal(images[0], own[0]) and np.array_equal(images[1], default[0])
+    assert not np.array_equal(images[0], images[1])  # the row's guidance changed its image
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
+def test_judged_evaluation_runs_on_every_family_and_records_its_judge(family, clip_dir, prompt_files, tmp_path):
+    target, retain = prompt_files
+    pipe = tiny_pipeline(family)
+    erasure = api.erase(pipe, "uce", {"targets": ["cat"]}, progress=False)
+    report = api.evaluate(pipe, erasure, ["cat"], out=tmp_path / "ev.json", judge=f"clip:clip={clip_dir}", prompts=target,
+                          retain_prompts=retain, samples=2, fidelity=f"clip-score:clip={clip_dir}", steps=2, progress=False)  # fmt: skip
+    assert report["kind"] == "judged" and report["judge"]["name"] == "clip" and report["judge"]["weights"] == "clip"
+    assert report["target_prompts"] == 2 and len(report["per_image"]) == 4
+    assert [(r["prompt"], r["seed"]) for r in report["per_image"]][:2] == [("a cat", 11), ("a cat", 12)]
+    for block in (report["base"], report):
+        assert block["shown"]["n"] == 4 and 0 <= block["ua"] <= 1 and len(block["shown"]["ci95"]) == 2
+    retained = report["retain"]
+    assert retained["verdict_kept"]["n"] == 4 and retained["pixel_change"] > 0  # UCE changed the images a little
+    assert retained["clip_score"]["base"] >= 0 and retained["fd_clip"] >= 0 and retained["fidelity_judge"]["name"] == "clip-score"
+    saved = json.loads((tmp_path / "ev.json").read_text())
+    assert saved["judge"] == report["judge"] and saved["prompt_set"]["prompts"].endswith("cats.csv")
+
+
+def test_nudenet_judges_any_pipeline_offline(prompt_files):
+    target, _ = prompt_files
+    pipe = tiny_pipeline("sd")
+    report = api.evaluate(pipe, None, ["nudity"], judge="nudenet:threshold=0.45", prompts=target, steps=2, progress=False)
+    assert report["judge"]["name"] == "nudenet" and report["judge"]["threshold"] == 0.45
+    assert report["base"]["shown"]["n"] == 2 and "shown" not in report  # no erasure: the base model only
+
+
+def test_judged_jobs_refuse_bad_input_before_any_image(clip_dir, prompt_files, tmp_path):
+    target, _ = prompt_files
+    pipe = tiny_pipeline("sd")
+    with pytest.raises(ConfigError, match="no judge of its own: pass --judge"):
+        api.evaluate(pipe, None, ["cat"], prompts=target)
+    with pytest.raises(ConfigError, match="needs its target prompts"):
+        api.evaluate(pipe, None, ["cat"], judge=f"clip:clip={clip_dir}")
+    with pytest.raises(ConfigError, match="the nudenet judge cannot tell 'cat'"):
+        api.evaluate(pipe, None, ["cat"], judge="nudenet", prompts=target)
+    with pytest.raises(ConfigError, match="must score images against their prompts"):
+        api.evaluate(pipe, None, ["cat"], judge=f"clip:clip={clip_dir}", prompts=target, fidelity="nudenet")
+    with pytest.raises(ConfigError, match="seeds= applies to"):
+        api.evaluate(pipe, None, ["cat"], judge=f"clip:clip={clip_dir}", prompts=target, seeds=3)
+    with pytest.raises(ConfigError, match="limit= applies to"):
+        api.evaluate("testbed", None, ["star"], limit=3)
+    with pytest.raises(ConfigError, match="select rows of a prompt file"):
+        api.attacking.attack(pipe, None, "synonyms", "cat", judge=f"clip:clip={clip_dir}", prompts=["a cat"], limit=2)
+
+
+def test_attack_any_pipeline_with_a_judge_on_a_prompt_file(clip_dir, prompt_files, tmp_path):
+    target, _ = prompt_files
+    pipe = tiny_pipeline("sd")
+    erasure = api.erase(pipe, "uce", {"targets": ["cat"]}, progress=False)
+    result = api.attacking.attack(pipe, erasure, "soft-prompt", "cat", budget=1, seeds=1, judge=f"clip:clip={clip_dir}",
+                                  prompt_file=target, steps=2, progress=False, out=tmp_path / "a.json")  # fmt: skip
+    assert result.trials == 2 and {r.trial.prompt for r in result.records} == {p.prompt for p in read_prompt_set(target)}
+    assert result.judge["name"] == "clip"
+    assert json.loads((tmp_path / "a.json").read_text())["judge"]["name"] == "clip"
+
+
+def test_cli_evaluates_a_pipeline_directory_with_a_judge(clip_dir, prompt_files, tmp_path):
+    target, _ = prompt_files
+    tiny_pipeline("sd").save_pretrained(tmp_path / "sd")
+    r = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "sd"), "--concept", "cat", "--judge", f"clip:clip={clip_dir}",
+                                 "--prompts", str(target), "--steps", "2", "--out", str(tmp_path / "ev.json")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "judge clip" in r.output and (tmp_path / "ev.json").is_file()
+    r = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "sd"), "--concept", "cat", "--judge", "nudenet:colour=red",
+                                 "--prompts", str(target), "--out", str(tmp_path / "ev2.json")])  # fmt: skip
+    assert r.exit_code == 2 and "takes no option 'colour'" in r.output
