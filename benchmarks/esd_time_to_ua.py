@@ -1,7 +1,7 @@
 """ESD-x on the testbed: UA and IRA after every ``--every`` steps, against wall-clock training time.
 
 Usage: python benchmarks/esd_time_to_ua.py [--concept star] [--steps 200] [--every 25] [--set lr=1e-4 ...]
-       [--out benchmarks/results/esd_time_to_ua.json] [--plot docs/esd-time-to-ua.svg]
+       [--out benchmarks/results/esd_time_to_ua.json] [--plot docs/esd-time-to-ua.png] [--replot]
 
 Target (issue 5): UA >= 95 % on a testbed shape with IRA >= 85 % within 2 minutes on the 2-core CPU.
 The monitor (erasekit.evaluation.monitor.TestbedMonitor, the one behind ``erase --stop-at-ua``)
@@ -37,8 +37,16 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, default=6)
     ap.add_argument("--set", action="append", default=[], help="ESD parameter key=value")
     ap.add_argument("--out", default="benchmarks/results/esd_time_to_ua.json")
-    ap.add_argument("--plot", default="docs/esd-time-to-ua.svg")
+    ap.add_argument("--plot", default="docs/esd-time-to-ua.png")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from the JSON at --out")
     args = ap.parse_args()
+    if args.replot:
+        from erasekit.core.io import read_json
+
+        recorded = read_json(args.out)
+        write_plot(recorded["curve"], args.plot, recorded["concept"])
+        print(f"wrote {args.plot}")
+        return
 
     params = dict(kv.split("=", 1) for kv in args.set)
     params.update(iterations=str(args.steps), eval_every=str(args.every))
@@ -72,34 +80,30 @@ def main() -> None:
 
 
 def write_plot(curve: list[dict], path: str, concept: str) -> None:
-    """A dependency-free SVG of UA and IRA against training seconds."""
-    w, h, pad = 480, 300, 48
-    tmax = max(c["train_seconds"] for c in curve) or 1.0
+    """UA and IRA against training seconds (matplotlib, a stamped PNG)."""
+    import matplotlib
 
-    def xy(t: float, v: float) -> tuple[float, float]:
-        return pad + (w - 2 * pad) * t / tmax, h - pad - (h - 2 * pad) * v
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
 
-    def line(key: str, colour: str) -> str:
-        pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(c["train_seconds"], c[key]) for c in curve))
-        return f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{pts}"/>'
+    from erasekit.core.outputs import write_image
 
-    x0, y0 = xy(0, 0)
-    x1, y1 = xy(tmax, 1)
-    grid = "".join(f'<line x1="{x0}" x2="{x1}" y1="{xy(0, v)[1]:.1f}" y2="{xy(0, v)[1]:.1f}" stroke="#ddd"/>'
-                   f'<text x="{x0 - 6}" y="{xy(0, v)[1] + 4:.1f}" font-size="10" text-anchor="end">{int(v * 100)}%</text>' for v in (0, 0.25, 0.5, 0.75, 1))  # fmt: skip
-    svg = (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif">'
-        f'<text x="{w / 2}" y="18" font-size="13" text-anchor="middle">ESD-x on the testbed: erasing "{concept}"</text>{grid}'
-        f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#000"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#000"/>'
-        f'<text x="{w / 2}" y="{h - 12}" font-size="11" text-anchor="middle">training seconds (2-core CPU; evaluation excluded), max {tmax:.0f}s</text>'
-        f"{line('ua', '#c0392b')}{line('ira', '#2471a3')}"
-        f'<text x="{x1 - 4}" y="{y1 + 14}" font-size="11" fill="#c0392b" text-anchor="end">UA</text>'
-        f'<text x="{x1 - 4}" y="{y1 + 28}" font-size="11" fill="#2471a3" text-anchor="end">IRA</text></svg>'
-    )
-    from erasekit.core.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(svg)
+    seconds = [c["train_seconds"] for c in curve]
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    ax.plot(seconds, [100 * c["ua"] for c in curve], marker=".", color="#c0392b", label="UA (erased)")
+    ax.plot(seconds, [100 * c["ira"] for c in curve], marker=".", color="#2471a3", label="IRA (kept)")
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel(f"training seconds (2-core CPU; evaluation excluded), max {max(seconds):.0f} s")
+    ax.set_ylabel("%")
+    ax.set_title(f'ESD-x on the testbed: erasing "{concept}"')
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba()).convert("RGB")
+    plt.close(fig)
+    write_image(image, path, "plot")
 
 
 if __name__ == "__main__":

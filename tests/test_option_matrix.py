@@ -24,6 +24,7 @@ KINDS = (DIFFUSION, CAUSAL_LM)
 #: the kind, so the command has no branch of its own.
 ONE_JOB = {
     "generate": ["erasekit.api:generate_grid"],
+    "report": ["erasekit.report.html:write_html_report"],
     "demo": ["erasekit.api:run_demo"],
     "erase": ["erasekit.api.erasing:erase_to"],
     "export": ["erasekit.api:export_pipeline"],
@@ -45,6 +46,7 @@ def base_args(command: str, kind: str, t: Path) -> list[str]:
     lm = kind == CAUSAL_LM
     return {
         "generate": ["generate", "-p", "a star", "-o", str(t / "g.png"), *(LM_MODEL if lm else [])],
+        "report": ["report", str(t / "r.json"), "-o", str(t / "rep.html")],
         "demo": ["demo", *(["--llm"] if lm else [])],
         "erase": ["erase", "-o", str(t / "e"), *([*LM_MODEL, "--forget", "forget01"] if lm else ["-c", "star"])],
         "export": ["export", str(t / "e"), "-o", str(t / "x"), *(LM_MODEL if lm else [])],
@@ -85,6 +87,7 @@ def sample(command: str, option: str, kind: str, t: Path, base: list[str]) -> tu
                   "request": (base, ["erase", "-o", str(t / "e"), "--request", str(t / "req.yaml")]),
                   "min_ira": (base + ["--stop-at-ua", "0.5"], base + ["--stop-at-ua", "0.5", "--min-ira", "0.5"])},
         "export": {"erasure": (base, [base[0], str(t / "e2"), *base[2:]]), "force": ["--force"]},
+        "report": {"results": (base, [base[0], str(t / "r2.json"), *base[2:]]), "title": ["--title", "mine"]},
         "evaluate": {"split": ["--split", "forget05"], "oracle": ["--oracle", "testbed-llm-oracle-forget05"],
                      "judge": ["--judge", "nudenet"], "prompts": ["--prompts", str(t / "p.txt")],
                      "retain_prompts": ["--retain-prompts", str(t / "r.txt")], "limit": ["--limit", "3"],

@@ -98,6 +98,7 @@ def test_demo_runs_end_to_end(tmp_path):
         "before_after.png",
         "erasure-uce/erasure.json",
         "erasure-esd/erasure.json",
+        "report.html",
     ):
         assert (tmp_path / name).is_file(), name
     assert "shape accuracy" in result.output and "uce erased star, zorbo" in result.output and "esd erased star" in result.output
@@ -106,6 +107,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert len(named) == 4 and all(os.path.isfile(p) for p in named), named  # the printed paths exist
     verdicts = [line for line in result.output.splitlines() if "brought it back" in line]
     assert "red team (" in result.output and len(verdicts) == 3  # uce star, uce zorbo, esd star
+    page = (tmp_path / "report.html").read_text()
+    assert f"HTML report: {tmp_path / 'report.html'}" in result.output and page.count("data:image/png;base64,") >= 4
     import json
 
     for method in ("uce", "esd"):

@@ -570,6 +570,23 @@ def attacks() -> None:
 
 @app.command()
 @friendly
+def report(
+    ctx: typer.Context,
+    results: Annotated[
+        list[Path], typer.Argument(help="Result JSON files, PNG images, or directories of them (a demo or bench folder).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML page to write (self-contained, images embedded).")],
+    title: Annotated[str, typer.Option(help="The page's title.")] = "erasekit report",
+) -> None:
+    """One self-contained HTML report from result JSON: metrics with intervals, judges, images, and plots."""
+    from erasekit.report.html import write_html_report
+
+    refuse_inapplicable(ctx, DIFFUSION, "the report")
+    typer.echo(f"wrote {write_html_report(results, out, title)}")
+
+
+@app.command()
+@friendly
 def judges() -> None:
     """List the judges: the kinds of model each judges, what it reads and the options it takes."""
     from erasekit.core.registry import all_judges

@@ -51,6 +51,7 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     "methods": {},
     "attacks": {},
     "judges": {},
+    "report": {"results": BOTH, "out": BOTH, "title": BOTH},
     "testbed path": {},
     "testbed check": {
         "out": BOTH, "model": BOTH, "seeds": IMAGE, "steps": IMAGE, "guidance": IMAGE, "classifier": IMAGE, "llm": BOTH,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 
 from erasekit import models
 from erasekit.api.judges import model_judge
@@ -180,7 +181,17 @@ def attack(
         result.model, result.erasure = models.model_label(root if loaded_pipe else model), _erasure_label(erasure, loaded)
         results.append(result)
     save_trial_grid(results, grid)
+    _name_grid(results, grid, out)
     return attack_results(results, out)
+
+
+def _name_grid(results: list[AttackResult], grid, out) -> None:
+    """Record the trial grid in each result (relative to the report's folder), for the HTML report."""
+    if grid is None:
+        return
+    where = os.path.relpath(grid, Path(out).parent) if out is not None else str(grid)
+    for r in results:
+        r.info["grid"] = where
 
 
 def _with_prompt_file(prompts, prompt_file, limit, where) -> list[str] | None:

@@ -285,17 +285,19 @@ def _evaluate_judged(model, erasure, concepts, out, judge_spec, sets: PromptFile
     concept = _judged_concept(concepts, loaded)
     judge, fidelity = judges_for(judge_spec, fidelity_spec, None if loaded_pipe else model)
     check_known(judge, concept)
+    grid = None
     if out is not None:
         out = check_file_output(
             out, "evaluation", (".json",), [] if loaded_pipe else model_inputs(model), what="evaluation report"
         )
+        grid = check_file_output(out.with_suffix(".png"), "image", IMAGE_SUFFIXES, what="evaluation images")
     if not loaded_pipe:
         models.check_placement(device, dtype)
     pipe = model if loaded_pipe else models.load_pipeline(model, device=device, dtype=dtype)
     if loaded is not None:
         loaded.check_compatible(pipe, hint="evaluate it on the model it was made from")
     report = evaluate_with_judge(pipe, judge, concept, target, retain, loaded, samples, SamplingConfig(steps=steps, guidance_scale=guidance),
-                                 fidelity, progress)  # fmt: skip
+                                 fidelity, progress, grid)  # fmt: skip
     report.update(model=models.model_label(getattr(pipe, "name_or_path", "") if loaded_pipe else model), prompt_set=sets.describe(),
                   erasure=None)  # fmt: skip
     if loaded is not None:

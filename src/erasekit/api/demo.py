@@ -83,6 +83,10 @@ def run_demo(
     lines.append(f"reports: {', '.join(map(str, reports))}  ({time.time() - t0:.0f}s)")
     write_report(out / "demo.json", {"prompts": list(DEMO_PROMPTS), "erasures": [{"method": m, "params": p, "concepts": c} for m, p, c in DEMO_ERASURES],
                                     "seconds": round(time.time() - t0, 1)}, "demo")  # fmt: skip
+    from erasekit.report.html import write_html_report
+
+    page = write_html_report([out / "grid.png", *reports, out / "before_after.png"], out / "report.html", "erasekit demo")
+    lines.append(f"HTML report: {page}")
     return lines
 
 
@@ -95,6 +99,7 @@ def _check_demo_outputs(out) -> Path:
     out = check_dir_output(out, "demo", what="demo directory")
     for name in ("grid.png", "before_after.png"):
         check_file_output(out / name, "image", IMAGE_SUFFIXES)
+    check_file_output(out / "report.html", "report", (".html",))
     for name in ("gate.json", "demo.json", "redteam.json", *(f"eval-{m}.json" for m, _, _ in DEMO_ERASURES)):
         check_file_output(
             out / name, {"gate.json": "gate", "demo.json": "demo", "redteam.json": "attack"}.get(name, "evaluation"), (".json",)

@@ -137,7 +137,7 @@ def stamp_of(path: Path) -> str | None:
         if suffix == ".json":
             stamp = (_json_object(path) or {}).get(STAMP_KEY)
             return stamp if isinstance(stamp, str) else None
-        if suffix == ".md":
+        if suffix in (".md", ".html"):
             with path.open(encoding="utf-8") as f:
                 first = f.readline().strip()
             prefix = f"<!-- {STAMP_KEY}: "
@@ -317,6 +317,14 @@ def write_markdown(path: str | os.PathLike, text: str, kind: str) -> Path:
     kept = "".join(block for name, block in old.items() if name not in _sections(text))
     with atomic_path(p) as tmp:
         tmp.write_text(markdown_stamp(kind) + text + ("\n" + kept if kept else ""), encoding="utf-8")
+    return p
+
+
+def write_html(path: str | os.PathLike, text: str, kind: str) -> Path:
+    """Write an HTML page whose first line stamps it as erasekit's ``kind`` output (atomically)."""
+    p = check_file_output(path, kind, (".html",), what=f"{kind} page")
+    with atomic_path(p) as tmp:
+        tmp.write_text(markdown_stamp(kind) + text, encoding="utf-8")
     return p
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -75,9 +76,11 @@ def _scores(judge, images: np.ndarray, concept: str) -> list[float] | None:
 
 def evaluate_with_judge(pipe, judge, concept: str, target: Sequence[PromptRow], retain: Sequence[PromptRow] | None = None,
                         erasure=None, samples: int = 1, sampling: SamplingConfig | None = None, fidelity=None,
-                        progress: bool = True) -> dict:  # fmt: skip
+                        progress: bool = True, grid=None) -> dict:  # fmt: skip
     """The report of the module docstring (``erasure=None``: the base model only). ``fidelity``: a
-    CLIPScore judge for the retain images' CLIP score and FD (optional)."""
+    CLIPScore judge for the retain images' CLIP score and FD (optional); ``grid``: where to save the
+    target images before and after side by side, captioned with prompt, seed and verdict (its file
+    name goes into the report as ``images``)."""
     check_known(judge, concept)
     if not target:
         raise ConfigError("nothing to evaluate: the target prompt set is empty")
@@ -96,10 +99,29 @@ def evaluate_with_judge(pipe, judge, concept: str, target: Sequence[PromptRow], 
          **({} if after is None else {"shown": bool(a)})}
         for (i, s), b, a in zip(draws, judge.shows(base, concept), judge.shows(after, concept) if after is not None else [None] * len(draws))
     ]  # fmt: skip
+    if grid is not None:
+        save_judged_grid(report["per_image"], base, after, grid)
+        report["images"] = Path(grid).name
     if retain and erasure is not None:
         report["retain"] = _retention(pipe, judge, concept, retain, erasure, samples, sampling, fidelity, progress)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
+
+
+def save_judged_grid(per_image: list[dict], base: np.ndarray, after: np.ndarray | None, path) -> Path:
+    """Before (and after) images of every target draw, side by side, captioned with the prompt, the
+    seed and the judge's verdict."""
+    from erasekit.core.outputs import write_image
+    from erasekit.generation import make_grid
+
+    columns = [base] if after is None else [base, after]
+    images = np.stack([col[i] for i in range(len(base)) for col in columns])
+    captions = []
+    for rec in per_image:
+        captions.append(f"{rec['prompt'][:14]}\nseed {rec['seed']} {'shown' if rec['base_shown'] else '-'}")
+        if after is not None:
+            captions.append(f"erased\n{'shown' if rec['shown'] else '-'}")
+    return write_image(make_grid(images, captions, cols=2 * len(columns)), path, "image")
 
 
 def _described(judge) -> dict:
