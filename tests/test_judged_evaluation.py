@@ -114,3 +114,35 @@ def test_cli_evaluates_a_pipeline_directory_with_a_judge(clip_dir, prompt_files,
     r = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "sd"), "--concept", "cat", "--judge", "nudenet:colour=red",
                                  "--prompts", str(target), "--out", str(tmp_path / "ev2.json")])  # fmt: skip
     assert r.exit_code == 2 and "takes no option 'colour'" in r.output
+
+
+def test_the_image_cache_draws_each_image_once_and_resumes(clip_dir, prompt_files, tmp_path, monkeypatch):
+    """Keyed by model, erasure, prompt, seed and sampler: a rerun draws nothing, a longer run draws only
+    the new rows, another erasure draws again; the images read back are the ones drawn."""
+    import erasekit.evaluation.cache as cache_mod
+
+    target, _ = prompt_files
+    pipe = tiny_pipeline("sd")
+    erasure = api.erase(pipe, "uce", {"targets": ["cat"]}, progress=False)
+    drawn = []
+    real = cache_mod.generate
+
+    def counting(pipe_, prompts, seeds, *a, **k):
+        drawn.append(len(prompts))
+        return real(pipe_, prompts, seeds, *a, **k)
+
+    monkeypatch.setattr(cache_mod, "generate", counting)
+    args = dict(judge=f"clip:clip={clip_dir}", prompts=target, steps=2, progress=False, cache=tmp_path / "cache")
+    first = api.evaluate(pipe, erasure, ["cat"], limit=1, **args)  # as if killed after the first row
+    assert first["image_cache"] == {"hits": 0, "drawn": 2} and sum(drawn) == 2
+    full = api.evaluate(pipe, erasure, ["cat"], **args)
+    assert full["image_cache"] == {"hits": 2, "drawn": 2} and sum(drawn) == 4
+    again = api.evaluate(pipe, erasure, ["cat"], **args)
+    assert again["image_cache"] == {"hits": 4, "drawn": 0} and sum(drawn) == 4
+    assert again["per_image"] == full["per_image"] and again["base"] == full["base"]
+    other = api.erase(pipe, "uce", {"targets": ["cat"]}, progress=False, lamb=0.1)
+    assert api.evaluate(pipe, other, ["cat"], **args)["image_cache"] == {"hits": 2, "drawn": 2}  # the base images are shared
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(Exception, match="erasekit did not write"):
+        api.evaluate(pipe, erasure, ["cat"], **{**args, "cache": tmp_path / "mine"})

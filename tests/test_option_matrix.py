@@ -92,7 +92,7 @@ def sample(command: str, option: str, kind: str, t: Path, base: list[str]) -> tu
                      "judge": ["--judge", "nudenet"], "prompts": ["--prompts", str(t / "p.txt")],
                      "retain_prompts": ["--retain-prompts", str(t / "r.txt")], "limit": ["--limit", "3"],
                      "where": ["--where", "categories=sexual"], "samples": ["--samples", "2"],
-                     "fidelity": ["--fidelity", "clip-score:clip=DIR"]},
+                     "fidelity": ["--fidelity", "clip-score:clip=DIR"], "cache": ["--cache", str(t / "cache")]},
         "bench": {"methods_": ["--methods", "ga" if lm else "uce"], "concepts": ["--concepts", "forget01" if lm else "star"],
                   "out": ["--out", str(t / "b")], "report": ["--report", str(t / "r.md")], "set_": ["--set", "uce.lamb=0.1"],
                   "attacks_": ["--attacks", "fast"], "robustness": ["--robustness", str(t / "rob.md")]},

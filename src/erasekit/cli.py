@@ -380,6 +380,10 @@ def evaluate(
         Optional[str],
         typer.Option(help="With --retain-prompts: a CLIPScore judge for CLIP score and FD, e.g. clip-score:clip=DIR."),
     ] = None,
+    cache: Annotated[
+        Optional[Path],
+        typer.Option(help="With --prompts: keep every drawn image here; a rerun (or a killed run) draws only what is missing."),
+    ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
@@ -394,7 +398,7 @@ def evaluate(
     report = evaluate_api(model, erasure, concept, out=out, seeds=seeds if "seeds" in given else None,
                           contexts=contexts if "contexts" in given else None, steps=steps, guidance=guidance, split=split,
                           oracle=oracle, device=device, dtype=dtype, judge=judge, prompts=prompts, retain_prompts=retain_prompts,
-                          limit=limit, where=where, samples=samples, fidelity=fidelity)  # fmt: skip
+                          limit=limit, where=where, samples=samples, fidelity=fidelity, cache=cache)  # fmt: skip
     for line in evaluation_lines(report, out):
         typer.echo(line)
 

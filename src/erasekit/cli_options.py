@@ -37,7 +37,7 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     "evaluate": {
         "out": BOTH, "model": BOTH, "erasure": BOTH, "concept": IMAGE, "seeds": IMAGE, "contexts": IMAGE, "steps": IMAGE,
         "guidance": IMAGE, "split": LM, "oracle": LM, "judge": IMAGE, "prompts": IMAGE, "retain_prompts": IMAGE,
-        "limit": IMAGE, "where": IMAGE, "samples": IMAGE, "fidelity": IMAGE, "device": BOTH, "dtype": BOTH,
+        "limit": IMAGE, "where": IMAGE, "samples": IMAGE, "fidelity": IMAGE, "cache": IMAGE, "device": BOTH, "dtype": BOTH,
     },
     "bench": {
         "methods_": BOTH, "concepts": BOTH, "out": BOTH, "report": BOTH, "model": BOTH, "seeds": IMAGE, "contexts": IMAGE,

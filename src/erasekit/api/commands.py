@@ -176,6 +176,7 @@ def evaluate(
     where: list[str] | None = None,
     samples: int | None = None,
     fidelity: str | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> dict:
     """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after
     (on a fact-world language model: forget, retain, forget quality, utility and privacy leak against
@@ -190,7 +191,8 @@ def evaluate(
     On any pipeline, with a prompt file: ``prompts`` (the target prompts, :mod:`~erasekit.evaluation.prompt_sets`;
     ``limit`` and ``where`` select rows), a registered ``judge`` (``NAME[:k=v,...]``, e.g. ``nudenet``;
     default on a testbed: ``testbed``), ``retain_prompts`` for fidelity (``fidelity``: a CLIPScore
-    judge for CLIP score and FD), ``samples`` images per row (default 1):
+    judge for CLIP score and FD), ``samples`` images per row (default 1), ``cache`` a directory
+    that keeps every drawn image (a rerun draws only what is missing):
     :func:`erasekit.evaluation.judged.evaluate_with_judge`.
     """
     kind = models.kind_of_any(model)
@@ -200,17 +202,16 @@ def evaluate(
 
         models.refuse_options(kind, subject, concepts=concepts, seeds=seeds, contexts=contexts, steps=steps, guidance=guidance,
                               judge=judge, prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where,
-                              samples=samples, fidelity=fidelity)  # fmt: skip
+                              samples=samples, fidelity=fidelity, cache=cache)  # fmt: skip
         return evaluate_lm(model, erasure, split=split, oracle=oracle, out=out, device=device, dtype=dtype)
     models.refuse_options(kind, subject, split=split, oracle=oracle)
     if judge is not None or prompts is not None or retain_prompts is not None:
         models.refuse_options(kind, "a judged evaluation (--prompts)", seeds=seeds, contexts=contexts)
         sets = PromptFiles(prompts, retain_prompts, limit, where)
         return _evaluate_judged(model, erasure, concepts, out, judge, sets, samples or 1, fidelity, steps, guidance, device, dtype,
-                                progress)  # fmt: skip
-    models.refuse_options(
-        kind, "the testbed evaluation (no --prompts)", limit=limit, where=where, samples=samples, fidelity=fidelity
-    )
+                                progress, cache)  # fmt: skip
+    models.refuse_options(kind, "the testbed evaluation (no --prompts)", limit=limit, where=where, samples=samples,
+                          fidelity=fidelity, cache=cache)  # fmt: skip
     return _evaluate_images(model, erasure, concepts, out, 4 if seeds is None else seeds, 12 if contexts is None else contexts,
                             steps, guidance, device, dtype, progress)  # fmt: skip
 
@@ -274,7 +275,7 @@ def judges_for(judge_spec: str | None, fidelity_spec: str | None, model):
 
 
 def _evaluate_judged(model, erasure, concepts, out, judge_spec, sets: PromptFiles, samples: int, fidelity_spec, steps, guidance,
-                     device, dtype, progress) -> dict:  # fmt: skip
+                     device, dtype, progress, cache=None) -> dict:  # fmt: skip
     """:func:`evaluate` with a judge on prompt files (any pipeline)."""
     from erasekit.core.erasure import Erasure
     from erasekit.evaluation.judged import check_known, evaluate_with_judge
@@ -291,13 +292,17 @@ def _evaluate_judged(model, erasure, concepts, out, judge_spec, sets: PromptFile
             out, "evaluation", (".json",), [] if loaded_pipe else model_inputs(model), what="evaluation report"
         )
         grid = check_file_output(out.with_suffix(".png"), "image", IMAGE_SUFFIXES, what="evaluation images")
+    if cache is not None:
+        from erasekit.evaluation.cache import ImageCache
+
+        cache = ImageCache(cache)
     if not loaded_pipe:
         models.check_placement(device, dtype)
     pipe = model if loaded_pipe else models.load_pipeline(model, device=device, dtype=dtype)
     if loaded is not None:
         loaded.check_compatible(pipe, hint="evaluate it on the model it was made from")
     report = evaluate_with_judge(pipe, judge, concept, target, retain, loaded, samples, SamplingConfig(steps=steps, guidance_scale=guidance),
-                                 fidelity, progress, grid)  # fmt: skip
+                                 fidelity, progress, grid, cache)  # fmt: skip
     report.update(model=models.model_label(getattr(pipe, "name_or_path", "") if loaded_pipe else model), prompt_set=sets.describe(),
                   erasure=None)  # fmt: skip
     if loaded is not None:

@@ -38,7 +38,7 @@ EXIF_SOFTWARE = 0x0131
 #: Directory kinds replaced as a whole (every file in them must be erasekit's).
 REPLACED_KINDS = ("erasure", "pipeline")
 #: Directory kinds written file by file (foreign files may sit beside erasekit's; they are left alone).
-COLLECTION_KINDS = ("demo", "bench", "checkpoints", "testbed-train")
+COLLECTION_KINDS = ("demo", "bench", "checkpoints", "testbed-train", "image-cache")
 
 #: Files an erasure directory holds (erasure directories written before manifests existed are known by these).
 ERASURE_FILES = ("erasure.json", "weights.safetensors", "pytorch_lora_weights.safetensors", "attachment.safetensors")

@@ -49,9 +49,11 @@ def row_draws(rows: Sequence[PromptRow], samples: int) -> list[tuple[int, int]]:
 
 
 def generate_rows(pipe, rows: Sequence[PromptRow], samples: int, sampling: SamplingConfig | None = None,
-                  progress: bool = True, desc: str = "generate") -> np.ndarray:  # fmt: skip
+                  progress: bool = True, desc: str = "generate", cache=None, erasure=None) -> np.ndarray:  # fmt: skip
     """One image per :func:`row_draws` entry, in that order; rows that give a guidance or size are
-    drawn with it (grouped so each group is one batched call)."""
+    drawn with it (grouped so each group is one batched call). With ``cache`` (an
+    :class:`~erasekit.evaluation.cache.ImageCache`) images drawn before are read back; ``erasure``
+    names the erasure applied while drawing (part of the cache key)."""
     sampling = sampling or SamplingConfig()
     draws = row_draws(rows, samples)
     groups: dict[tuple, list[int]] = {}
@@ -63,8 +65,11 @@ def generate_rows(pipe, rows: Sequence[PromptRow], samples: int, sampling: Sampl
         cfg = SamplingConfig(steps=sampling.steps, batch_size=sampling.batch_size, negative_prompt=sampling.negative_prompt,
                              guidance_scale=sampling.guidance_scale if guidance is None else guidance,
                              height=height, width=width)  # fmt: skip
-        images = generate(pipe, [rows[draws[j][0]].prompt for j in members], [draws[j][1] for j in members], cfg,
-                          progress=progress, desc=desc)  # fmt: skip
+        prompts, seeds = [rows[draws[j][0]].prompt for j in members], [draws[j][1] for j in members]
+        if cache is not None:
+            images = cache.generate(pipe, prompts, seeds, cfg, erasure, progress=progress, desc=desc)
+        else:
+            images = generate(pipe, prompts, seeds, cfg, progress=progress, desc=desc)
         for j, img in zip(members, images):
             out[j] = img
     return np.stack([img for img in out if img is not None]) if draws else np.zeros((0, 0, 0, 3), np.uint8)
@@ -76,22 +81,23 @@ def _scores(judge, images: np.ndarray, concept: str) -> list[float] | None:
 
 def evaluate_with_judge(pipe, judge, concept: str, target: Sequence[PromptRow], retain: Sequence[PromptRow] | None = None,
                         erasure=None, samples: int = 1, sampling: SamplingConfig | None = None, fidelity=None,
-                        progress: bool = True, grid=None) -> dict:  # fmt: skip
+                        progress: bool = True, grid=None, cache=None) -> dict:  # fmt: skip
     """The report of the module docstring (``erasure=None``: the base model only). ``fidelity``: a
     CLIPScore judge for the retain images' CLIP score and FD (optional); ``grid``: where to save the
     target images before and after side by side, captioned with prompt, seed and verdict (its file
-    name goes into the report as ``images``)."""
+    name goes into the report as ``images``); ``cache``: an image cache that keeps every drawn image
+    (a rerun, or a killed run resumed, draws only what is missing)."""
     check_known(judge, concept)
     if not target:
         raise ConfigError("nothing to evaluate: the target prompt set is empty")
     t0 = time.perf_counter()
-    base = generate_rows(pipe, target, samples, sampling, progress, "target prompts (base)")
+    base = generate_rows(pipe, target, samples, sampling, progress, "target prompts (base)", cache)
     report: dict = {"kind": "judged", "concept": concept, "judge": _described(judge), "samples": samples,
                     "target_prompts": len(target), "base": _verdicts(judge, base, concept)}  # fmt: skip
     after = None
     if erasure is not None:
         with erasure.applied(pipe):
-            after = generate_rows(pipe, target, samples, sampling, progress, "target prompts (erased)")
+            after = generate_rows(pipe, target, samples, sampling, progress, "target prompts (erased)", cache, erasure)
         report.update(_verdicts(judge, after, concept))
     draws = row_draws(target, samples)
     report["per_image"] = [
@@ -103,8 +109,10 @@ def evaluate_with_judge(pipe, judge, concept: str, target: Sequence[PromptRow], 
         save_judged_grid(report["per_image"], base, after, grid)
         report["images"] = Path(grid).name
     if retain and erasure is not None:
-        report["retain"] = _retention(pipe, judge, concept, retain, erasure, samples, sampling, fidelity, progress)
+        report["retain"] = _retention(pipe, judge, concept, retain, erasure, samples, sampling, fidelity, progress, cache)
     report["seconds"] = round(time.perf_counter() - t0, 3)
+    if cache is not None:
+        report["image_cache"] = {"hits": cache.hits, "drawn": cache.misses}
     return report
 
 
@@ -137,12 +145,12 @@ def _verdicts(judge, images: np.ndarray, concept: str) -> dict:
     return out
 
 
-def _retention(pipe, judge, concept, retain, erasure, samples, sampling, fidelity, progress) -> dict:
+def _retention(pipe, judge, concept, retain, erasure, samples, sampling, fidelity, progress, cache=None) -> dict:
     from erasekit.evaluation.metrics import frechet_distance
 
-    before = generate_rows(pipe, retain, samples, sampling, progress, "retain prompts (base)")
+    before = generate_rows(pipe, retain, samples, sampling, progress, "retain prompts (base)", cache)
     with erasure.applied(pipe):
-        after = generate_rows(pipe, retain, samples, sampling, progress, "retain prompts (erased)")
+        after = generate_rows(pipe, retain, samples, sampling, progress, "retain prompts (erased)", cache, erasure)
     kept = np.asarray(judge.shows(before, concept), dtype=bool) == np.asarray(judge.shows(after, concept), dtype=bool)
     out: dict = {"prompts": len(retain), "verdict_kept": rate(kept),
                  "pixel_change": round(float(np.abs(after.astype(np.float32) - before.astype(np.float32)).mean() / 255), 5)}  # fmt: skip

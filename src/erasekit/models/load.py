@@ -189,15 +189,18 @@ def kind_of_any(model, hub: bool = False) -> str:
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """``transformers``' progress bars off for the block (a small model loads in a blink; the bar is
-    noise in erasekit's output), restored after."""
+    """``transformers``' progress bars and notices off for the block (a small model loads in a blink;
+    the bar is noise in erasekit's output, and so is the note that torchvision is absent: erasekit
+    never installs it and uses the PIL image processors), restored after."""
     from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
 

@@ -1,0 +1,89 @@
+"""A cache of generated images, so that a judged evaluation run again (after a kill, with another
+judge, or with more rows) does not draw again what it has drawn.
+
+An image is keyed by everything that decides it: the model's weights (a fingerprint), the erasure
+applied (its checksum, or none), the prompt, the seed, and the sampler (scheduler, steps, guidance,
+negative prompt, size). It is stored losslessly as ``<cache>/<key[:2]>/<key>.png`` the moment its
+batch is drawn, so an interrupted run resumes where it stopped. The cache directory is an erasekit
+collection (a manifest marks it); nothing else is written or removed there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from erasekit.core.outputs import claim_collection
+from erasekit.generation import SamplingConfig, generate
+
+
+class ImageCache:
+    """Images by key in ``root`` (module docstring)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = claim_collection(root, "image-cache", what="image cache directory")
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def model_key(pipe, erasure=None) -> str:
+        """The identity of the drawing model: weights fingerprint and the erasure's checksum."""
+        from erasekit.core.erasure import model_fingerprint
+
+        return hashlib.sha256(
+            f"{model_fingerprint(pipe)}|{erasure.checksum() if erasure is not None else 'none'}".encode()
+        ).hexdigest()
+
+    @staticmethod
+    def key(model_key: str, prompt: str, seed: int, sampling: SamplingConfig, scheduler: str) -> str:
+        """The key of one image: model, prompt, seed and sampler."""
+        sampler = {"scheduler": scheduler, "steps": sampling.steps, "guidance": sampling.guidance_scale,
+                   "negative": sampling.negative_prompt, "height": sampling.height, "width": sampling.width}  # fmt: skip
+        return hashlib.sha256(json.dumps([model_key, prompt, int(seed), sampler], sort_keys=True).encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.png"
+
+    def generate(self, pipe, prompts: list[str], seeds: list[int], sampling: SamplingConfig, erasure=None,
+                 progress: bool = True, desc: str = "generate") -> np.ndarray:  # fmt: skip
+        """:func:`~erasekit.generation.generate` through the cache: the images already drawn are read,
+        the others drawn (in batches, each saved as soon as it is drawn). ``erasure`` is the erasure
+        applied to ``pipe`` while drawing (part of the key; the caller applies it)."""
+        sampling = sampling.resolved(pipe)
+        model = self.model_key(pipe, erasure)
+        scheduler = type(getattr(pipe, "scheduler", None)).__name__
+        keys = [self.key(model, p, s, sampling, scheduler) for p, s in zip(prompts, seeds)]
+        images: list[np.ndarray | None] = [self._read(k) for k in keys]
+        missing = [i for i, img in enumerate(images) if img is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        step = max(1, sampling.batch_size)
+        for start in range(0, len(missing), step):
+            rows = missing[start : start + step]
+            drawn = generate(pipe, [prompts[i] for i in rows], [seeds[i] for i in rows], sampling, progress, desc)
+            for i, img in zip(rows, drawn):
+                self._write(keys[i], img)
+                images[i] = img
+        return np.stack([img for img in images if img is not None]) if images else np.zeros((0, 0, 0, 3), np.uint8)
+
+    def _read(self, key: str) -> np.ndarray | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except OSError:  # a damaged entry is drawn again
+            return None
+
+    def _write(self, key: str, image: np.ndarray) -> None:
+        from erasekit.core.io import atomic_path
+
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Image.fromarray(image).save(tmp, format="PNG")
