@@ -146,3 +146,22 @@ def test_the_image_cache_draws_each_image_once_and_resumes(clip_dir, prompt_file
     (tmp_path / "mine" / "notes.txt").write_text("x")
     with pytest.raises(Exception, match="erasekit did not write"):
         api.evaluate(pipe, erasure, ["cat"], **{**args, "cache": tmp_path / "mine"})
+
+
+def test_a_judged_bench_shares_the_base_images_and_writes_its_table(clip_dir, prompt_files, tmp_path):
+    target, retain = prompt_files
+    tiny_pipeline("sd").save_pretrained(tmp_path / "sd")
+    runs = api.bench(["uce", "time"], ["cat"], out_dir=tmp_path / "b", model=str(tmp_path / "sd"), judge=f"clip:clip={clip_dir}",
+                     prompts=target, retain_prompts=retain, progress=False)  # fmt: skip
+    assert [(r["method"], r["concept"]) for r in runs] == [("uce", "cat"), ("time", "cat")]
+    assert runs[1]["image_cache"]["hits"] >= 4  # the base model's target and retain images were drawn once, for uce
+    assert all((tmp_path / "b" / f"{m}-cat.json").is_file() for m in ("uce", "time"))
+    table = (tmp_path / "b" / "results.md").read_text()
+    assert "| uce | cat |" in table and "| time | cat |" in table and "clip" in table
+    with pytest.raises(ConfigError, match="seeds= applies to the testbed bench"):
+        api.bench(["uce"], ["cat"], out_dir=tmp_path / "b2", model=str(tmp_path / "sd"), judge=f"clip:clip={clip_dir}", prompts=target,
+                  seeds=3)  # fmt: skip
+    with pytest.raises(ConfigError, match="needs --methods and --concepts"):
+        api.bench(
+            ["uce"], None, out_dir=tmp_path / "b3", model=str(tmp_path / "sd"), judge=f"clip:clip={clip_dir}", prompts=target
+        )

@@ -421,7 +421,10 @@ def bench(
         Optional[Path],
         typer.Option("--out", help="Directory for the per-run JSON (default: benchmarks/results/testbed, or .../llm)."),
     ] = None,
-    report: Annotated[Path, typer.Option("--report", help="Markdown report to (re)write.")] = Path("docs/results.md"),
+    report: Annotated[
+        Optional[Path],
+        typer.Option("--report", help="Markdown report to (re)write (default: docs/results.md; with --judge: OUT/results.md)."),
+    ] = None,
     model: ModelOpt = "testbed",
     seeds: Annotated[int, typer.Option(min=1, max=64, help="Seeds per prompt.")] = 4,
     contexts: Annotated[int, typer.Option(min=1, max=64, help="Attribute contexts per concept.")] = 12,
@@ -433,10 +436,21 @@ def bench(
     robustness: Annotated[
         Path, typer.Option("--robustness", help="Robustness table to (re)write with --attacks (a .png plot beside it).")
     ] = Path("docs/robustness.md"),
+    judge: JudgeOpt = None,
+    prompts: PromptsOpt = None,
+    retain_prompts: Annotated[
+        Optional[Path], typer.Option("--retain-prompts", help="With --prompts: prompts whose images should not change.")
+    ] = None,
+    limit: LimitOpt = None,
+    where: WhereOpt = None,
+    samples: Annotated[Optional[int], typer.Option(min=1, max=64, help="With --prompts: images per row (default 1).")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
     """Erase each concept with each method, evaluate every run, and write JSON plus a results table (with --attacks: a robustness table).
+
+    On any pipeline with --judge NAME --prompts FILE: every method erases every concept and the judge
+    measures each erasure on the prompt file (JSON per run under --out, default bench-results/, and a table).
 
     With --model testbed-llm: unlearn each forget split (--concepts, default forget01,forget05) with each
     language-model method (--methods, default all), evaluate against the base model and the oracle, and write
@@ -454,12 +468,13 @@ def bench(
     def listed(text: str | None) -> list[str] | None:
         return [t.strip() for t in text.split(",") if t.strip()] if text is not None else None
 
-    runs = bench_api(listed(methods_), listed(concepts), out_dir=out, report=report, model=model,
-                     seeds=seeds if "seeds" in given else None, contexts=contexts if "contexts" in given else None,
-                     params=params, device=device, dtype=dtype, attacks=listed(attacks_), robustness=robustness)  # fmt: skip
+    runs = bench_api(listed(methods_), listed(concepts), out_dir=out, report=report if report is not None else "default",
+                     model=model, seeds=seeds if "seeds" in given else None, contexts=contexts if "contexts" in given else None,
+                     params=params, device=device, dtype=dtype, attacks=listed(attacks_), robustness=robustness, judge=judge,
+                     prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where, samples=samples)  # fmt: skip
     for line in bench_lines(runs):
         typer.echo(line)
-    typer.echo(f"wrote {report}" + (f" and {robustness}" if attacks_ else ""))
+    typer.echo(f"wrote {len(runs)} runs" + (f" and {robustness}" if attacks_ else ""))
 
 
 def _shown(default) -> str:

@@ -22,7 +22,7 @@ def bench(
     methods: list[str] | None = None,
     concepts: list[str] | None = None,
     out_dir: str | os.PathLike | None = None,
-    report: str | os.PathLike | None = "docs/results.md",
+    report: str | os.PathLike | None = "default",
     model: str = "testbed",
     seeds: int | None = None,
     contexts: int | None = None,
@@ -33,6 +33,12 @@ def bench(
     attacks: list[str] | str | None = None,
     robustness: str | os.PathLike | None = "docs/robustness.md",
     oracle: str | None = "default",
+    judge: str | None = None,
+    prompts: str | os.PathLike | None = None,
+    retain_prompts: str | os.PathLike | None = None,
+    limit: int | None = None,
+    where: list[str] | None = None,
+    samples: int | None = None,
 ) -> list[dict]:
     """Erase every concept with every method (one concept at a time), evaluate each, write JSON and a report.
 
@@ -48,23 +54,43 @@ def bench(
     On a fact-world language model (:func:`erasekit.api.bench_llm.bench_llm`) ``concepts`` are forget
     splits and ``methods`` the language-model methods (defaults: forget01 and forget05, every method;
     ``out_dir`` ``benchmarks/results/llm``); ``seeds``, ``contexts``, ``device`` and ``dtype`` are refused.
+
+    On any pipeline with ``judge`` and a prompt file ``prompts`` (``retain_prompts``, ``limit``,
+    ``where``, ``samples`` as for :func:`erasekit.api.commands.evaluate`):
+    :func:`erasekit.api.bench_judged.bench_judged` (``report="default"``: ``OUT/results.md``).
     """
     kind = models.model_kind(model)
     if kind == models.CAUSAL_LM:
         from erasekit.api.bench_llm import bench_llm
 
-        models.refuse_options(kind, repr(str(model)), seeds=seeds, contexts=contexts, device=device, dtype=dtype)
-        return bench_llm(model, methods, concepts, attacks, params, out_dir=out_dir or "benchmarks/results/llm", report=report,
+        models.refuse_options(kind, repr(str(model)), seeds=seeds, contexts=contexts, device=device, dtype=dtype, judge=judge,
+                              prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where, samples=samples)  # fmt: skip
+        return bench_llm(model, methods, concepts, attacks, params, out_dir=out_dir or "benchmarks/results/llm",
+                         report="docs/results.md" if report == "default" else report,
                          robustness=robustness, progress=progress, oracle=None if oracle == "default" else oracle)  # fmt: skip
-    methods, concepts = methods or DEFAULT_METHODS, concepts or DEFAULT_CONCEPTS
-    seeds, contexts = (4 if seeds is None else seeds), (12 if contexts is None else contexts)
-    oracle = "testbed-oracle" if oracle == "default" else oracle
+    if judge is not None or prompts is not None:
+        from erasekit.api.bench_judged import bench_judged, check_judged_bench_options
+        from erasekit.api.commands import PromptFiles
+
+        check_judged_bench_options(seeds, contexts, attacks)
+        return bench_judged(model, methods or ["uce"], concepts or [], judge, PromptFiles(prompts, retain_prompts, limit, where),
+                            out_dir or "bench-results", report, params, samples or 1, device=device, dtype=dtype,
+                            progress=progress)  # fmt: skip
+    models.refuse_options(kind, "the testbed bench (no --prompts)", retain_prompts=retain_prompts, limit=limit, where=where,
+                          samples=samples)  # fmt: skip
+    return _bench_testbed(methods or DEFAULT_METHODS, concepts or DEFAULT_CONCEPTS, out_dir or "benchmarks/results/testbed",
+                          "docs/results.md" if report == "default" else report, model, 4 if seeds is None else seeds,
+                          12 if contexts is None else contexts, params, device, dtype, progress, attacks, robustness,
+                          "testbed-oracle" if oracle == "default" else oracle)  # fmt: skip
+
+
+def _bench_testbed(methods, concepts, out_dir, report, model, seeds: int, contexts: int, params, device, dtype, progress, attacks,
+                   robustness, oracle) -> list[dict]:  # fmt: skip
+    """:func:`bench` on the image testbed."""
     if isinstance(attacks, str):
         attacks = [a for a in attacks.split(",") if a.strip()] or None
     _check_bench_request(methods, concepts, params)
-    out_dir, report, robustness = _check_bench_outputs(
-        methods, concepts, out_dir or "benchmarks/results/testbed", report, robustness, model, bool(attacks)
-    )
+    out_dir, report, robustness = _check_bench_outputs(methods, concepts, out_dir, report, robustness, model, bool(attacks))
     models.check_placement(device, dtype)
     attack_list = _attack_list(attacks)
     claim_collection(out_dir, "bench", what="bench results directory")

@@ -93,6 +93,10 @@ def bench_lines(runs: list[dict]) -> list[str]:
     """One line per bench run: its erasure and retention (image) or the share of facts forgotten (language)."""
     lines = []
     for r in runs:
+        if r.get("kind") == "judged":  # a judged run on any pipeline
+            lines.append(f"{r['concept']:<10} {r['method']:<6} shown {_fmt(r['base']['shown']['rate'])} -> {_fmt(r['shown']['rate'])}"
+                         f"  UA {_fmt(r['ua'])}")  # fmt: skip
+            continue
         if "split" in r:  # a language-model run
             e = r["eval"]
             forgotten = (e["oracle"] if r["label"] == "oracle" else e["forget"])["forgotten"]["rate"]
