@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from erasekit import api
 from erasekit.cli import app
 from erasekit.core.errors import ConfigError
+from erasekit.core.registry import all_attacks, get_attack
 from erasekit.evaluation.judged import generate_rows, row_draws
 from erasekit.evaluation.prompt_sets import PromptRow, read_prompt_set
 from erasekit.generation import SamplingConfig, generate
@@ -93,15 +94,23 @@ def test_judged_jobs_refuse_bad_input_before_any_image(clip_dir, prompt_files, t
         api.attacking.attack(pipe, None, "synonyms", "cat", judge=f"clip:clip={clip_dir}", prompts=["a cat"], limit=2)
 
 
-def test_attack_any_pipeline_with_a_judge_on_a_prompt_file(clip_dir, prompt_files, tmp_path):
-    target, _ = prompt_files
+@pytest.fixture(scope="module")
+def erased_sd():
     pipe = tiny_pipeline("sd")
-    erasure = api.erase(pipe, "uce", {"targets": ["cat"]}, progress=False)
-    result = api.attacking.attack(pipe, erasure, "soft-prompt", "cat", budget=1, seeds=1, judge=f"clip:clip={clip_dir}",
-                                  prompt_file=target, steps=2, progress=False, out=tmp_path / "a.json")  # fmt: skip
+    return pipe, api.erase(pipe, "uce", {"targets": ["cat"]}, progress=False)
+
+
+@pytest.mark.parametrize("name", [a.name for a in all_attacks("diffusion")])
+def test_every_image_attack_runs_on_any_pipeline_with_a_judge(name, erased_sd, clip_dir, prompt_files, tmp_path):
+    """No testbed profile needed: each attack runs on the prompt file's prompts and records the judge."""
+    target, _ = prompt_files
+    pipe, erasure = erased_sd
+    budget = min(2, get_attack(name).budget_max)
+    result = api.attacking.attack(pipe, erasure, name, "cat", budget=budget, seeds=1, judge=f"clip:clip={clip_dir}", prompt_file=target,
+                                  steps=2, progress=False, out=tmp_path / "a.json")  # fmt: skip
     assert result.trials == 2 and {r.trial.prompt for r in result.records} == {p.prompt for p in read_prompt_set(target)}
-    assert result.judge["name"] == "clip"
-    assert json.loads((tmp_path / "a.json").read_text())["judge"]["name"] == "clip"
+    assert result.judge["name"] == "clip" and json.loads((tmp_path / "a.json").read_text())["judge"]["name"] == "clip"
+    assert result.curve[0] == [0, result.asr_before] and 0 <= result.asr_before <= result.asr <= 1
 
 
 def test_cli_evaluates_a_pipeline_directory_with_a_judge(clip_dir, prompt_files, tmp_path):
