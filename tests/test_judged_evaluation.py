@@ -174,3 +174,15 @@ def test_a_judged_bench_shares_the_base_images_and_writes_its_table(clip_dir, pr
         api.bench(
             ["uce"], None, out_dir=tmp_path / "b3", model=str(tmp_path / "sd"), judge=f"clip:clip={clip_dir}", prompts=target
         )
+
+
+def test_the_attack_reads_its_plain_images_from_the_cache(erased_sd, clip_dir, prompt_files, tmp_path):
+    target, _ = prompt_files
+    pipe, erasure = erased_sd
+    args = dict(
+        budget=1, seeds=1, judge=f"clip:clip={clip_dir}", prompt_file=target, steps=2, progress=False, cache=tmp_path / "c"
+    )
+    first = api.attacking.attack(pipe, erasure, "soft-prompt", "cat", **args)
+    second = api.attacking.attack(pipe, erasure, "synonyms", "cat", **args)
+    assert first.info["image_cache"] == {"hits": 0, "drawn": 2} and second.info["image_cache"] == {"hits": 2, "drawn": 0}
+    assert first.asr_before == second.asr_before  # the same plain images, judged alike

@@ -103,7 +103,7 @@ def sample(command: str, option: str, kind: str, t: Path, base: list[str]) -> tu
                    "prompt": ["-p", "a star"], "reference": ["--reference", "testbed-oracle"],
                    "replay": ["--replay", str(t / "a.json")], "grid": ["--grid", str(t / "grid.png")],
                    "judge": ["--judge", "nudenet"], "prompt_file": ["--prompts", str(t / "p.txt")], "limit": ["--limit", "3"],
-                   "where": ["--where", "categories=sexual"]},
+                   "where": ["--where", "categories=sexual"], "cache": ["--cache", str(t / "cache")]},
         "testbed check": {"classifier": ["--classifier", str(t / "judge")], "seeds": ["--seeds", "9"]},
         "testbed train": {"workdir": ["--workdir", str(t / "w2")], "out": ["--out", str(t / "p")], "smoke": ["--smoke"],
                           "unet_steps": ["--unet-steps", "5"], "exclude": ["--exclude", "forget01" if lm else "star"],

@@ -532,6 +532,9 @@ def attack(
     prompt_file: PromptsOpt = None,
     limit: LimitOpt = None,
     where: WhereOpt = None,
+    cache: Annotated[
+        Optional[Path], typer.Option(help="Keep the trials' plain images here; a rerun (or another attack) draws them once.")
+    ] = None,
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="Attack parameter as key=value (repeatable, one attack).")
     ] = None,
@@ -548,7 +551,7 @@ def attack(
     params = dict(_set_items(set_, "key=value (e.g. lr=0.01)"))
     if replay is not None:
         searched = {"attack_", "concept", "budget", "seeds", "prompt", "reference", "set_", "steps", "guidance", "judge",
-                    "prompt_file", "limit", "where"}  # fmt: skip
+                    "prompt_file", "limit", "where", "cache"}  # fmt: skip
         clash = [p for p in given_options(ctx) if p.name in searched]
         if clash:
             raise InvalidInputError(
@@ -559,7 +562,7 @@ def attack(
     else:
         found = attack_api(model, erasure, attack_, concept, budget=budget, seeds=seeds, params=params, prompts=prompt,
                            reference=reference, out=out, steps=steps, guidance=guidance, device=device, dtype=dtype,
-                           grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where)  # fmt: skip
+                           grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where, cache=cache)  # fmt: skip
         results = found if isinstance(found, list) else [found]
     for r in results:
         typer.echo(r.summary())

@@ -47,7 +47,7 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     "attack": {
         "concept": BOTH, "attack_": BOTH, "out": BOTH, "model": BOTH, "erasure": BOTH, "budget": BOTH, "seeds": IMAGE,
         "prompt": IMAGE, "reference": IMAGE, "replay": IMAGE, "grid": IMAGE, "set_": BOTH, "steps": IMAGE, "guidance": IMAGE,
-        "judge": IMAGE, "prompt_file": IMAGE, "limit": IMAGE, "where": IMAGE, "device": BOTH, "dtype": BOTH,
+        "judge": IMAGE, "prompt_file": IMAGE, "limit": IMAGE, "where": IMAGE, "cache": IMAGE, "device": BOTH, "dtype": BOTH,
     },
     "methods": {},
     "attacks": {},

@@ -126,6 +126,7 @@ def attack(
     prompt_file: str | os.PathLike | None = None,
     limit: int | None = None,
     where: list[str] | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> AttackResult | list[AttackResult]:
     """Attack ``model`` (a name, directory or loaded pipeline) with ``erasure`` applied (an Erasure,
     its directory, or None for the model itself) and report whether ``concept`` comes back.
@@ -140,7 +141,8 @@ def attack(
 
     On any pipeline: ``judge`` names a registered judge (``NAME[:k=v,...]``, e.g. ``nudenet``; the
     result records how it describes itself) and ``prompt_file`` a prompt set (``limit`` and
-    ``where`` select rows) whose prompts join ``prompts`` as the trials' prompts.
+    ``where`` select rows) whose prompts join ``prompts`` as the trials' prompts. ``cache``: an image
+    cache directory for the trials' plain images (drawn once across runs and attacks).
 
     On a fact-world language model (:func:`erasekit.api.unlearning.attack_lm`) ``concept`` is the
     forget split whose facts should come back (default: the erasure's) and ``attack`` defaults to
@@ -152,37 +154,63 @@ def attack(
 
         subject = repr(str(model)) if isinstance(model, (str, os.PathLike)) else "the model"
         models.refuse_options(kind, subject, seeds=seeds, prompts=prompts, reference=reference, steps=steps, guidance=guidance,
-                              grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where)  # fmt: skip
+                              grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where, cache=cache)  # fmt: skip
         return attack_lm(model, erasure, "fast" if attack is None else attack, concept, budget=budget, params=params, out=out,
                          device=device, dtype=dtype, progress=progress)  # fmt: skip
-    attack = "synonyms" if attack is None else attack
     if seeds is not None and seeds < 1:
         raise InvalidInputError(f"--seeds must be >= 1, got {seeds}")
-    specs = [get_attack(n) for n in attack_names(attack)]
-    if params and len(specs) > 1:
-        raise ConfigError("--set applies to one attack; run attacks with their own settings one at a time")
-    if len(specs) == 1:  # the config checks the budget (>= 0, and at most the options of a bounded attack)
-        configs = [specs[0].make_config({**(params or {}), **({"budget": budget} if budget is not None else {})})]
-    else:  # one budget for several attacks: those with few options (formats, settings) are capped at their count
-        configs = [s.make_config({} if budget is None else {"budget": min(budget, s.budget_max)}) for s in specs]
+    specs, configs = _attack_configs("synonyms" if attack is None else attack, budget, params)
     prompts = _with_prompt_file(prompts, prompt_file, limit, where)
     loaded_pipe, out, loaded = _inputs_checked(model, erasure, out)
     grid = _grid_checked(grid)
+    store = None
+    if cache is not None:
+        from erasekit.evaluation.cache import ImageCache
+
+        store = ImageCache(cache)
     if concept is None:
         if loaded is None or not loaded.request.concepts:
             raise ConfigError("nothing to attack: pass --concept NAME (or an --erasure whose request names one)")
         concept = loaded.request.concepts[0]
     arena, root = _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps, guidance, judge)
-    images = arena.generate_trials(list(range(len(arena.trials))))
+    images, cached = plain_trial_images(arena, loaded, store)
     before = (images, arena.shows(images))
     results = []
     for spec, config in zip(specs, configs):
         result = run_attack(spec, arena, config, progress=progress, before=before)
         result.model, result.erasure = models.model_label(root if loaded_pipe else model), _erasure_label(erasure, loaded)
+        if cached is not None:
+            result.info["image_cache"] = cached
         results.append(result)
     save_trial_grid(results, grid)
     _name_grid(results, grid, out)
     return attack_results(results, out)
+
+
+def _attack_configs(attack: str | list[str], budget: int | None, params: dict | None) -> tuple[list, list]:
+    """The attacks named and their configs: ``params`` for one attack; one budget for several (those
+    with few options capped at their count); the configs check the budget."""
+    specs = [get_attack(n) for n in attack_names(attack)]
+    if params and len(specs) > 1:
+        raise ConfigError("--set applies to one attack; run attacks with their own settings one at a time")
+    if len(specs) == 1:  # the config checks the budget (>= 0, and at most the options of a bounded attack)
+        return specs, [specs[0].make_config({**(params or {}), **({"budget": budget} if budget is not None else {})})]
+    return specs, [s.make_config({} if budget is None else {"budget": min(budget, s.budget_max)}) for s in specs]
+
+
+def plain_trial_images(arena: Arena, erasure, cache) -> tuple:
+    """``(images, cache stats or None)`` of every trial's plain prompt in ``arena``, read from the
+    :class:`~erasekit.evaluation.cache.ImageCache` ``cache`` where drawn before (keyed by the attacked model's weights, the
+    erasure, prompt, seed and the arena's sampler)."""
+    rows = list(range(len(arena.trials)))
+    if cache is None:
+        return arena.generate_trials(rows), None
+    store = cache
+    model = store.model_key(arena.pipe, erasure)
+    sampler = SamplingConfig(steps=arena.steps, guidance_scale=arena.guidance)
+    keys = [store.key(model, t.prompt, t.seed, sampler, "erasekit-arena") for t in arena.trials]
+    images = store.through(keys, arena.generate_trials, arena.batch_size)
+    return images, store.stats()
 
 
 def _name_grid(results: list[AttackResult], grid, out) -> None:

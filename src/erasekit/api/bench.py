@@ -165,7 +165,7 @@ def _bench_runs(pipe, judge, methods, concepts, out_dir, model, seeds, contexts,
             run = evaluate_on_testbed(
                 pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=cache
             )
-            run.update(method=method, concept=concept, model=str(model), peak_memory_mib=peak_memory_mib(pipe.device),
+            run.update(method=method, concept=concept, model=str(model), judge=method_judge.describe(), peak_memory_mib=peak_memory_mib(pipe.device),
                        peak_memory_scope=scope)  # fmt: skip
             if attack_list:
                 run["attacks"] = attacks_of(pipe, erasure, concept, attack_list, progress)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from erasekit.core.errors import ConfigError, MissingFileError, UnsupportedModelError
 from erasekit.core.request import ForgetRequest, QAPair
+from erasekit.judges.facts import AnswerJudge
 from erasekit.models.load import model_label
 
 
@@ -276,6 +277,7 @@ def evaluate_lm(model="testbed-llm", erasure=None, split: str | None = None, ora
     report = evaluate_unlearning(lm, world, split, erasure, base_report=cache[base_key], oracle_report=cache.get(oracle_key))
     report.update(
         model=model_label(model if not loaded else lm.name_or_path),
+        judge=AnswerJudge().describe(),
         oracle_model=oracle,
         erasure=None if erasure is None else {"method": erasure.method, "params": erasure.params},
         cost=None
@@ -374,7 +376,7 @@ def attack_lm(model="testbed-llm", erasure=None, attack: str | list[str] = "fast
         results.append(AttackResult(
             attack=spec.name, concept=split, model=model_label(lm.name_or_path if loaded else model),
             erasure=None if erasure is None else erasure.method, budget=int(config.budget), budget_unit=spec.budget_unit,
-            records=tracker.records, curve=tracker.curve(), seconds=time.time() - t0, judge="exact answer",
+            records=tracker.records, curve=tracker.curve(), seconds=time.time() - t0, judge=AnswerJudge().describe(),
             config=asdict(config),
         ))  # fmt: skip
     return attack_results(results, out, [] if loaded else lm_inputs(model))

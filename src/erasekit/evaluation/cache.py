@@ -57,18 +57,29 @@ class ImageCache:
         model = self.model_key(pipe, erasure)
         scheduler = type(getattr(pipe, "scheduler", None)).__name__
         keys = [self.key(model, p, s, sampling, scheduler) for p, s in zip(prompts, seeds)]
+        step = max(1, sampling.batch_size)
+
+        def draw(rows: list[int]) -> np.ndarray:
+            return generate(pipe, [prompts[i] for i in rows], [seeds[i] for i in rows], sampling, progress, desc)
+
+        return self.through(keys, draw, step)
+
+    def through(self, keys: list[str], draw, batch_size: int = 32) -> np.ndarray:
+        """The images of ``keys``: read where cached, else ``draw(rows)`` (the missing rows, in batches
+        of ``batch_size``), each batch saved as soon as it is drawn."""
         images: list[np.ndarray | None] = [self._read(k) for k in keys]
         missing = [i for i, img in enumerate(images) if img is None]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        step = max(1, sampling.batch_size)
-        for start in range(0, len(missing), step):
-            rows = missing[start : start + step]
-            drawn = generate(pipe, [prompts[i] for i in rows], [seeds[i] for i in rows], sampling, progress, desc)
-            for i, img in zip(rows, drawn):
+        for start in range(0, len(missing), batch_size):
+            rows = missing[start : start + batch_size]
+            for i, img in zip(rows, draw(rows)):
                 self._write(keys[i], img)
                 images[i] = img
         return np.stack([img for img in images if img is not None]) if images else np.zeros((0, 0, 0, 3), np.uint8)
+
+    def stats(self) -> dict:
+        return {"hits": self.hits, "drawn": self.misses}
 
     def _read(self, key: str) -> np.ndarray | None:
         path = self._path(key)

@@ -112,7 +112,7 @@ def evaluate_with_judge(pipe, judge, concept: str, target: Sequence[PromptRow], 
         report["retain"] = _retention(pipe, judge, concept, retain, erasure, samples, sampling, fidelity, progress, cache)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     if cache is not None:
-        report["image_cache"] = {"hits": cache.hits, "drawn": cache.misses}
+        report["image_cache"] = cache.stats()
     return report
 
 

@@ -20,6 +20,10 @@ from erasekit.evaluation.lm.metrics import contains_value
 class AnswerJudge:
     """``reveals`` by exact word match of the fact's value (:func:`contains_value`)."""
 
+    def describe(self) -> dict:
+        """How results name this judge."""
+        return {"name": "fact-answer", "rule": "the answer holds the fact's value, its words in order and adjacent"}
+
     def reveals(self, answers: Sequence[str], values: Sequence[str]) -> np.ndarray:
         if len(answers) != len(values):
             raise ValueError(f"{len(answers)} answers for {len(values)} values")
