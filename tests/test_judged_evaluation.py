@@ -63,8 +63,16 @@ def test_judged_evaluation_runs_on_every_family_and_records_its_judge(family, cl
     retained = report["retain"]
     assert retained["verdict_kept"]["n"] == 4 and retained["pixel_change"] > 0  # UCE changed the images a little
     assert retained["clip_score"]["base"] >= 0 and retained["fd_clip"] >= 0 and retained["fidelity_judge"]["name"] == "clip-score"
+    assert isinstance(retained["kid_clip"], float)
     saved = json.loads((tmp_path / "ev.json").read_text())
     assert saved["judge"] == report["judge"] and saved["prompt_set"]["prompts"].endswith("cats.csv")
+    attacked = api.attacking.attack(pipe, erasure, "synonyms", "cat", budget=1, seeds=1, judge=f"clip:clip={clip_dir}",
+                                    prompt_file=target, steps=2, progress=False, out=tmp_path / "a.json")  # fmt: skip
+    assert attacked.judge["name"] == "clip" and attacked.trials == 2
+    from erasekit.report.html import write_html_report
+
+    page = write_html_report([tmp_path / "ev.json", tmp_path / "a.json"], tmp_path / "r.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "synonyms" in page  # the chain ends in the report
 
 
 def test_nudenet_judges_any_pipeline_offline(prompt_files):
@@ -186,3 +194,24 @@ def test_the_attack_reads_its_plain_images_from_the_cache(erased_sd, clip_dir, p
     second = api.attacking.attack(pipe, erasure, "synonyms", "cat", **args)
     assert first.info["image_cache"] == {"hits": 0, "drawn": 2} and second.info["image_cache"] == {"hits": 2, "drawn": 0}
     assert first.asr_before == second.asr_before  # the same plain images, judged alike
+
+
+def test_kid_is_the_unbiased_polynomial_mmd():
+    import torch
+
+    from erasekit.evaluation.metrics import kernel_distance
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
+
+    def k(x, y):
+        return (float(x @ y) / 4 + 1) ** 3
+
+    aa = sum(k(a[i], a[j]) for i in range(6) for j in range(6) if i != j) / 30
+    bb = sum(k(b[i], b[j]) for i in range(5) for j in range(5) if i != j) / 20
+    ab = sum(k(a[i], b[j]) for i in range(6) for j in range(5)) / 30
+    assert kernel_distance(a, b) == pytest.approx(aa + bb - 2 * ab, rel=1e-9)
+    same, shifted = torch.randn(400, 4, generator=g), torch.randn(400, 4, generator=g)
+    assert abs(kernel_distance(same, shifted)) < 0.05 < kernel_distance(same, shifted + 2)
+    with pytest.raises(ValueError, match="at least two"):
+        kernel_distance(a[:1], b)

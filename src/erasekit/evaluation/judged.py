@@ -13,7 +13,8 @@ after give the fidelity of what should not change:
     verdict kept = #{images whose judge verdict on the concept is the base's} / #images
     pixel change = mean |after − before| / 255
     CLIP score   = mean max(100 · cos(image, its prompt), 0), before and after   (with a CLIPScore judge)
-    FD           = Fréchet distance between CLIP image features before and after (with a CLIPScore judge)
+    FD, KID      = Fréchet and kernel (KID) distances between CLIP image features before and after
+                   (with a CLIPScore judge)
 
 Every report names the judge as it describes itself (package, version, classes, threshold, weights)
 and the prompt file, filter and row count, so its numbers can be compared with others only when those
@@ -146,7 +147,7 @@ def _verdicts(judge, images: np.ndarray, concept: str) -> dict:
 
 
 def _retention(pipe, judge, concept, retain, erasure, samples, sampling, fidelity, progress, cache=None) -> dict:
-    from erasekit.evaluation.metrics import frechet_distance
+    from erasekit.evaluation.metrics import frechet_distance, kernel_distance
 
     before = generate_rows(pipe, retain, samples, sampling, progress, "retain prompts (base)", cache)
     with erasure.applied(pipe):
@@ -158,10 +159,8 @@ def _retention(pipe, judge, concept, retain, erasure, samples, sampling, fidelit
         texts = [retain[i].prompt for i, _ in row_draws(retain, samples)]
         out["clip_score"] = {"base": round(float(fidelity.score(before, texts).mean()), 4),
                              "erased": round(float(fidelity.score(after, texts).mean()), 4)}  # fmt: skip
-        out["fd_clip"] = (
-            round(frechet_distance(fidelity.image_features(before), fidelity.image_features(after)), 6)
-            if len(texts) > 1
-            else None
-        )
+        fa, fb = fidelity.image_features(before), fidelity.image_features(after)
+        out["fd_clip"] = round(frechet_distance(fa, fb), 6) if len(texts) > 1 else None
+        out["kid_clip"] = round(kernel_distance(fa, fb), 6) if len(texts) > 1 else None
         out["fidelity_judge"] = _described(fidelity)
     return out

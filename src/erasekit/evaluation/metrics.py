@@ -41,6 +41,27 @@ def shows(labels: dict[str, np.ndarray], concept: str, domain: str) -> np.ndarra
     return labels[domain] == concept
 
 
+def kernel_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """KID (Bińkowski et al. 2018): the unbiased MMD² between feature sets ``a: [m, d]`` and
+    ``b: [n, d]`` with the cubic polynomial kernel ``k(x, y) = (x·y / d + 1)³``::
+
+        1/(m(m−1)) Σ_{i≠j} k(a_i, a_j) + 1/(n(n−1)) Σ_{i≠j} k(b_i, b_j) − 2/(mn) Σ_{i,j} k(a_i, b_j)
+
+    (one estimate over all features; it needs at least two of each, and is unbiased, so it can be
+    slightly negative for sets from one distribution)."""
+    a, b = a.double(), b.double()
+    m, n, d = a.shape[0], b.shape[0], a.shape[1]
+    if m < 2 or n < 2:
+        raise ValueError(f"KID needs at least two features in each set, got {m} and {n}")
+
+    def k(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (x @ y.T / d + 1) ** 3
+
+    kaa, kbb = k(a, a), k(b, b)
+    within = (kaa.sum() - kaa.diagonal().sum()) / (m * (m - 1)) + (kbb.sum() - kbb.diagonal().sum()) / (n * (n - 1))
+    return float(within - 2 * k(a, b).mean())
+
+
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to feature sets ``a, b: [n, f]``."""
     a, b = a.double(), b.double()

@@ -85,6 +85,7 @@ def judged_lines(report: dict) -> list[str]:
         if "clip_score" in kept:
             text += f", CLIP score {kept['clip_score']['base']:.2f} -> {kept['clip_score']['erased']:.2f}"
             text += "" if kept.get("fd_clip") is None else f", FD {kept['fd_clip']:.4g}"
+            text += "" if kept.get("kid_clip") is None else f", KID {kept['kid_clip']:.4g}"
         lines.append(text)
     return lines
 
