@@ -11,6 +11,7 @@ Images are ``uint8 [N, H, W, 3]`` RGB arrays, as erasekit generates them.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -68,3 +69,21 @@ def check_threshold(value: float, judge: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"{judge} judge: threshold must lie in [0, 1], got {value}")
     return value
+
+
+@lru_cache(maxsize=8)
+def load_local(directory: str, model_class: str, processor_class: str, what: str):
+    """``(model, processor)`` of the local ``transformers`` directory ``directory`` (classes named in
+    ``transformers``), in evaluation mode without gradients, read once per directory; a one-line
+    error naming ``what`` when the directory holds something else. Nothing is downloaded."""
+    import transformers
+
+    from erasekit.models.load import quiet_transformers
+
+    try:
+        with quiet_transformers():
+            model = getattr(transformers, model_class).from_pretrained(directory, use_safetensors=True)
+            processor = getattr(transformers, processor_class).from_pretrained(directory)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{directory} is not {what} directory: {str(e).splitlines()[0]}") from None
+    return model.eval().requires_grad_(False), processor

@@ -10,7 +10,6 @@ shows a concept when the classifier's top-1 label is one of the concept's labels
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +17,12 @@ import torch
 
 from erasekit.core.errors import ConfigError
 from erasekit.core.registry import DIFFUSION_FAMILIES, register_judge
-from erasekit.judges.base import as_images, check_threshold, package_version, weights_dir
-from erasekit.models.load import quiet_transformers
+from erasekit.judges.base import as_images, check_threshold, load_local, package_version, weights_dir
 
 
-@lru_cache(maxsize=4)
 def load_classifier_dir(directory: str):
-    """``(model, processor)`` of a local image-classification directory, in evaluation mode."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    try:
-        with quiet_transformers():
-            model = AutoModelForImageClassification.from_pretrained(directory, use_safetensors=True).eval().requires_grad_(False)
-            processor = AutoImageProcessor.from_pretrained(directory)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{directory} is not an image-classification model directory: {str(e).splitlines()[0]}") from None
-    return model, processor
+    """``(model, processor)`` of a local image-classification directory (:func:`~erasekit.judges.base.load_local`)."""
+    return load_local(directory, "AutoModelForImageClassification", "AutoImageProcessor", "an image-classification model")
 
 
 def parse_labels(labels) -> dict[str, tuple[str, ...]]:

@@ -21,7 +21,6 @@ All three read images through the model's own processor and record the weights t
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,28 +28,16 @@ import torch
 
 from erasekit.core.errors import ConfigError, CorruptFileError, MissingFileError
 from erasekit.core.registry import DIFFUSION_FAMILIES, register_judge
-from erasekit.judges.base import as_images, check_threshold, package_version, weights_dir
-from erasekit.models.load import quiet_transformers
+from erasekit.judges.base import as_images, check_threshold, load_local, package_version, weights_dir
 
 NEUTRAL = "an image"
 #: What Q16 tells.
 Q16_CONCEPTS = frozenset({"inappropriate", "unsafe", "nsfw"})
 
 
-@lru_cache(maxsize=4)
 def load_clip(directory: str):
-    """``(model, processor)`` of a local CLIP directory, in evaluation mode (cached per directory)."""
-    from transformers import CLIPModel, CLIPProcessor
-
-    try:
-        with quiet_transformers():
-            model = CLIPModel.from_pretrained(directory, use_safetensors=True).eval().requires_grad_(False)
-            processor = CLIPProcessor.from_pretrained(directory)
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"{directory} is not a CLIP model directory (CLIPModel + CLIPProcessor): {str(e).splitlines()[0]}"
-        ) from None
-    return model, processor
+    """``(model, processor)`` of a local CLIP directory (:func:`~erasekit.judges.base.load_local`)."""
+    return load_local(directory, "CLIPModel", "CLIPProcessor", "a CLIP model")
 
 
 def _features(out) -> torch.Tensor:
