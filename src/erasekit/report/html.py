@@ -231,9 +231,10 @@ def _bench(path: Path, data: dict) -> str:
 
 
 def _gate(path: Path, data: dict) -> str:
-    return f"<p>gate {'PASSED' if data['passed'] else 'FAILED'}</p>" + _kv(
-        {k: v for k, v in data.items() if isinstance(v, (int, float, str)) and not k.startswith("_")}
-    )
+    from erasekit.core.outputs import STAMP_KEY
+
+    scalars = {k: v for k, v in data.items() if isinstance(v, (int, float, str)) and k != STAMP_KEY}
+    return f"<p>gate {'PASSED' if data['passed'] else 'FAILED'}</p>" + _kv(scalars)
 
 
 def _demo(path: Path, data: dict) -> str:
