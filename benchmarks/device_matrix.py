@@ -26,7 +26,7 @@ import torch
 
 import erasekit
 from erasekit import api
-from erasekit.core.io import write_json
+from erasekit.core.io import read_json, write_json
 from erasekit.core.registry import all_attacks, all_methods, get_method
 from erasekit.core.resources import peak_memory_mib, reset_peak_memory
 from erasekit.testing import tiny_params, tiny_pipeline
@@ -158,46 +158,62 @@ def command_cells(device: str, dtype: str) -> dict[str, dict]:
     return cells
 
 
+def _in_kind(family: str, kind: str) -> bool:
+    """Whether a cell of ``family`` belongs to the ``--kind`` being run."""
+    return kind == "all" or (family == "causal-lm") == (kind == "causal-lm")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     ap.add_argument("--out", default="benchmarks/results/device_matrix.json")
+    ap.add_argument("--merge", action="store_true", help="keep the cells of other devices already in --out")
+    ap.add_argument(
+        "--kind", choices=("all", "image", "causal-lm"), default="all", help="only image pipelines or language models"
+    )
     args = ap.parse_args()
     methods = args.methods.split(",") if args.methods else [s.name for s in all_methods()]
     devices = [d for d in args.devices.split(",") if d]
-    rows = []
+    kept = []
+    if args.merge and Path(args.out).exists():  # keep the other devices' cells (e.g. the CPU's, measured elsewhere)
+        kept = [c for c in read_json(args.out)["cells"] if c["device"] not in devices or not _in_kind(c["family"], args.kind)]
+    rows: list[dict] = []
+
+    def record(what: str, family: str, device: str, dtype: str, cell: dict) -> None:
+        """Append one cell and rewrite the JSON, so a run stopped at its time limit keeps what it measured."""
+        rows.append({"what": what, "family": family, "device": device, "dtype": dtype, **cell})
+        print(
+            f"{device:5} {dtype:9} {family:5} {what:11} {'ok' if cell['ok'] else 'FAIL ' + cell['error']} {cell['seconds']}s",
+            flush=True,
+        )
+        cells = kept + rows
+        write_json(
+            args.out,
+            {
+                "benchmark": "device_matrix",
+                "devices": sorted({c["device"] for c in cells}),
+                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                "torch_threads": torch.get_num_threads(),
+                "cpu_count": os.cpu_count(),
+                "machine": platform.machine(),
+                "torch": torch.__version__,
+                "erasekit": erasekit.__version__,
+                "cells": cells,
+            },
+        )
+
     for device in devices:
         for dtype in DTYPES[device]:
             for method in methods:
                 for family in get_method(method).families:
-                    cell = run_cell(lambda: method_cell(method, family, device, dtype), device)
-                    rows.append({"what": method, "family": family, "device": device, "dtype": dtype, **cell})
-                    print(
-                        f"{device:5} {dtype:9} {family:5} {method:11} {'ok' if cell['ok'] else 'FAIL ' + cell['error']} {cell['seconds']}s",
-                        flush=True,
-                    )
-            for name, cell in [*command_cells(device, dtype).items(), *lm_command_cells(device, dtype).items()]:
-                family = "causal-lm" if name.startswith("llm") else "sd"
-                rows.append({"what": name, "family": family, "device": device, "dtype": dtype, **cell})
-                print(
-                    f"{device:5} {dtype:9} {family:5} {name:11} {'ok' if cell['ok'] else 'FAIL ' + cell['error']} {cell['seconds']}s",
-                    flush=True,
-                )
-    write_json(
-        args.out,
-        {
-            "benchmark": "device_matrix",
-            "devices": devices,
-            "gpu": torch.cuda.get_device_name(0) if "cuda" in devices else None,
-            "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "torch": torch.__version__,
-            "erasekit": erasekit.__version__,
-            "cells": rows,
-        },
-    )
+                    if not _in_kind(family, args.kind):
+                        continue
+                    record(method, family, device, dtype, run_cell(lambda: method_cell(method, family, device, dtype), device))
+            commands = {**(command_cells(device, dtype) if args.kind != "causal-lm" else {}),
+                        **(lm_command_cells(device, dtype) if args.kind != "image" else {})}  # fmt: skip
+            for name, cell in commands.items():
+                record(name, "causal-lm" if name.startswith("llm") else "sd", device, dtype, cell)
     print(f"wrote {args.out}: {sum(r['ok'] for r in rows)}/{len(rows)} cells ok")
 
 

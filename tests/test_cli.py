@@ -145,3 +145,14 @@ def test_training_stops_early_once_the_target_ua_is_reached(tmp_path):
         app, ["erase", "--model", "testbed", "--method", "uce", "--concept", "star", "--out", str(out), "--stop-at-ua", "0.5"]
     )
     assert r.exit_code == 2 and "monitor" in r.output
+
+
+def test_python_dash_m_runs_the_same_command_line():
+    """``python -m erasekit`` names its commands like ``erasekit`` (the option table is keyed by command)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "erasekit", "bench", "--model", "testbed", "--limit", "3"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: limit= does not apply to the testbed bench")

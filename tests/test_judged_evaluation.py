@@ -94,10 +94,12 @@ def test_judged_jobs_refuse_bad_input_before_any_image(clip_dir, prompt_files, t
         api.evaluate(pipe, None, ["cat"], judge="nudenet", prompts=target)
     with pytest.raises(ConfigError, match="must score images against their prompts"):
         api.evaluate(pipe, None, ["cat"], judge=f"clip:clip={clip_dir}", prompts=target, fidelity="nudenet")
-    with pytest.raises(ConfigError, match="seeds= applies to"):
+    with pytest.raises(ConfigError, match=r"^seeds= does not apply to a judged evaluation \(--prompts\): .*use --samples"):
         api.evaluate(pipe, None, ["cat"], judge=f"clip:clip={clip_dir}", prompts=target, seeds=3)
-    with pytest.raises(ConfigError, match="limit= applies to"):
+    with pytest.raises(ConfigError, match=r"^limit= does not apply to the testbed evaluation \(no --prompts\): .*--prompts FILE"):
         api.evaluate("testbed", None, ["star"], limit=3)
+    with pytest.raises(ConfigError, match=r"^limit= does not apply to the testbed bench \(no --prompts\)"):
+        api.bench(model="testbed", methods=["uce"], concepts=["star"], limit=3, progress=False)
     with pytest.raises(ConfigError, match="select rows of a prompt file"):
         api.attacking.attack(pipe, None, "synonyms", "cat", judge=f"clip:clip={clip_dir}", prompts=["a cat"], limit=2)
 

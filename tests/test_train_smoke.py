@@ -3,12 +3,17 @@
 import json
 import math
 
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from typer.testing import CliRunner
 
 from erasekit.cli import app
-from erasekit.testbeds.image.train import TrainConfig, Trainer
+from erasekit.core.errors import ConfigError
+from erasekit.core.io import load_tensors
+from erasekit.testbeds.image.model import build_text_encoder
+from erasekit.testbeds.image.tokenizer import build_tokenizer
+from erasekit.testbeds.image.train import STAGES, TrainConfig, Trainer
 
 
 def test_smoke_training_writes_a_loadable_pipeline_and_resumes(tmp_path):
@@ -37,3 +42,29 @@ def test_smoke_training_writes_a_loadable_pipeline_and_resumes(tmp_path):
     assert any("[classifier] already done" in line for line in logs)
     assert any(f"resuming from step {TrainConfig.smoke().unet_steps}" in line for line in logs)
     assert json.loads((work / "ckpt-unet.json").read_text())["step"] == cfg.unet_steps
+
+
+@pytest.mark.testbed
+def test_contrastive_text_encoder_is_pretrained_then_frozen(tmp_path):
+    """text_encoder="contrastive": the text stage trains the encoder alone (CLIP-style), the UNet stage
+    leaves it exactly as pre-trained (model and EMA copy), and the UNet still learns."""
+    cfg = TrainConfig.smoke()
+    cfg.text_encoder, cfg.codec_from = "contrastive", "testbed"
+    Trainer(tmp_path, cfg, progress=False, log=lambda m: None).run(stages=STAGES[:-1])
+    text = json.loads((tmp_path / "text.done").read_text())
+    assert math.isfinite(text["final_loss"]) and text["steps"] == cfg.text_steps
+    pre = load_tensors(tmp_path / "ckpt-text.safetensors")
+    fresh = build_text_encoder(build_tokenizer()).state_dict()
+    assert any(not torch.equal(pre[k], fresh[k]) for k in pre)  # the pre-training moved the encoder
+    ckpt = load_tensors(tmp_path / "ckpt-unet.safetensors")
+    for prefix in ("text_encoder.", "ema_text_encoder."):
+        for k, v in pre.items():
+            assert torch.equal(ckpt[prefix + k], v), f"{prefix}{k} changed while the UNet trained"
+    assert json.loads((tmp_path / "unet.done").read_text())["param_change_l2"] > 0
+
+
+def test_unknown_text_encoder_training_is_refused():
+    with pytest.raises(ConfigError, match="text_encoder must be one of joint, contrastive"):
+        TrainConfig(text_encoder="frozen")
+    result = CliRunner().invoke(app, ["testbed", "train", "--smoke", "--text-encoder", "frozen"])
+    assert result.exit_code == 2 and "text_encoder must be one of" in result.output

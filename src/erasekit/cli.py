@@ -685,6 +685,13 @@ def testbed_train(
         ),
     ] = False,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="With --llm: override the number of epochs.")] = None,
+    text_encoder: Annotated[
+        Optional[str],
+        typer.Option(
+            "--text-encoder",
+            help="joint: trained with the UNet (the shipped testbed); contrastive: pre-trained CLIP-style, then frozen.",
+        ),
+    ] = None,
 ) -> None:
     """Train the testbed from scratch (judge, VAE, text encoder + UNet) on the CPU; over an hour on 2 cores.
 
@@ -696,7 +703,7 @@ def testbed_train(
     given = given_names(ctx)
     path = train_testbed(workdir if "workdir" in given else None, out, resume=resume, smoke=smoke, exclude=exclude,
                          unet_steps=unet_steps, retrain_codec=retrain_codec, epochs=epochs, llm=llm,
-                         log=lambda m: typer.echo(m, err=True))  # fmt: skip
+                         text_encoder=text_encoder, log=lambda m: typer.echo(m, err=True))  # fmt: skip
     typer.echo(f"{'fact-world model' if llm else 'testbed pipeline'} written to {path}")
 
 

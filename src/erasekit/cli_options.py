@@ -60,7 +60,7 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     },
     "testbed train": {
         "workdir": BOTH, "out": BOTH, "resume": BOTH, "smoke": BOTH, "unet_steps": IMAGE, "exclude": BOTH,
-        "retrain_codec": IMAGE, "llm": BOTH, "epochs": LM,
+        "retrain_codec": IMAGE, "llm": BOTH, "epochs": LM, "text_encoder": IMAGE,
     },
 }  # fmt: skip
 
@@ -87,11 +87,21 @@ def given_names(ctx) -> set[str]:
     return {p.name for p in given_options(ctx)}
 
 
+def command_name(ctx) -> str:
+    """``ctx``'s command as typed after the program (``testbed train``), whatever the program was called
+    (``erasekit``, ``python -m erasekit``): the names of the contexts below the root."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
 def refuse_inapplicable(ctx, kind: str, subject: str) -> None:
     """Raise a one-line :class:`InvalidInputError` when the user gave an option of ``ctx``'s command
     that does not apply to ``kind``; ``subject`` names the model in the message. Every option must be
     declared in :data:`SCOPES` (an undeclared one is a programming error)."""
-    command = ctx.command_path.split(" ", 1)[1] if " " in ctx.command_path else ctx.command_path
+    command = command_name(ctx)
     scope = SCOPES[command]
     if scope and not any(kind in kinds for kinds in scope.values()):
         raise InvalidInputError(

@@ -70,14 +70,14 @@ def bench(
                          robustness=robustness, progress=progress, oracle=None if oracle == "default" else oracle)  # fmt: skip
     if judge is not None or prompts is not None:
         from erasekit.api.bench_judged import bench_judged, check_judged_bench_options
-        from erasekit.api.commands import PromptFiles
+        from erasekit.evaluation.prompt_sets import PromptFiles
 
         check_judged_bench_options(seeds, contexts, attacks)
         return bench_judged(model, methods or ["uce"], concepts or [], judge, PromptFiles(prompts, retain_prompts, limit, where),
                             out_dir or "bench-results", report, params, samples or 1, device=device, dtype=dtype,
                             progress=progress)  # fmt: skip
-    models.refuse_options(kind, "the testbed bench (no --prompts)", retain_prompts=retain_prompts, limit=limit, where=where,
-                          samples=samples)  # fmt: skip
+    models.refuse_mode("the testbed bench (no --prompts)", "it applies to a judged bench with --prompts FILE",
+                       retain_prompts=retain_prompts, limit=limit, where=where, samples=samples)  # fmt: skip
     return _bench_testbed(methods or DEFAULT_METHODS, concepts or DEFAULT_CONCEPTS, out_dir or "benchmarks/results/testbed",
                           "docs/results.md" if report == "default" else report, model, 4 if seeds is None else seeds,
                           12 if contexts is None else contexts, params, device, dtype, progress, attacks, robustness,

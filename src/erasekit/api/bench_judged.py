@@ -20,7 +20,7 @@ def bench_judged(model, methods: list[str], concepts: list[str], judge_spec: str
                  params: dict | None = None, samples: int = 1, steps: int | None = None, guidance: float | None = None,
                  device: str | None = None, dtype: str | None = None, progress: bool = True) -> list[dict]:  # fmt: skip
     """Run, record and tabulate (module docstring). ``sets``: the
-    :class:`~erasekit.api.commands.PromptFiles` of the target (and retain) prompts; ``report``: the
+    :class:`~erasekit.evaluation.prompt_sets.PromptFiles` of the target (and retain) prompts; ``report``: the
     Markdown table (``"default"``: ``OUT/results.md``; ``None``: none)."""
     from erasekit.api.commands import judges_for
     from erasekit.api.erasing import erase

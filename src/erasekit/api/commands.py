@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from erasekit import models
 from erasekit.api.judges import describe_labels, load_judge, model_judge
 from erasekit.core.errors import InvalidInputError, MissingFileError
 from erasekit.core.outputs import IMAGE_SUFFIXES, check_dir_output, check_file_output, write_report
+from erasekit.evaluation.prompt_sets import PromptFiles
 from erasekit.generation import SamplingConfig, generate, make_grid, save_image, warn_unknown_words
 
 
@@ -206,42 +206,15 @@ def evaluate(
         return evaluate_lm(model, erasure, split=split, oracle=oracle, out=out, device=device, dtype=dtype)
     models.refuse_options(kind, subject, split=split, oracle=oracle)
     if judge is not None or prompts is not None or retain_prompts is not None:
-        models.refuse_options(kind, "a judged evaluation (--prompts)", seeds=seeds, contexts=contexts)
+        models.refuse_mode("a judged evaluation (--prompts)", "it sizes the testbed evaluation (no --prompts); use --samples",
+                           seeds=seeds, contexts=contexts)  # fmt: skip
         sets = PromptFiles(prompts, retain_prompts, limit, where)
         return _evaluate_judged(model, erasure, concepts, out, judge, sets, samples or 1, fidelity, steps, guidance, device, dtype,
                                 progress, cache)  # fmt: skip
-    models.refuse_options(kind, "the testbed evaluation (no --prompts)", limit=limit, where=where, samples=samples,
-                          fidelity=fidelity, cache=cache)  # fmt: skip
+    models.refuse_mode("the testbed evaluation (no --prompts)", "it applies to a judged evaluation with --prompts FILE",
+                       limit=limit, where=where, samples=samples, fidelity=fidelity, cache=cache)  # fmt: skip
     return _evaluate_images(model, erasure, concepts, out, 4 if seeds is None else seeds, 12 if contexts is None else contexts,
                             steps, guidance, device, dtype, progress)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class PromptFiles:
-    """The prompt files of a judged job: target ``prompts``, ``retain`` prompts, and the row selection."""
-
-    prompts: str | os.PathLike | None
-    retain: str | os.PathLike | None = None
-    limit: int | None = None
-    where: list[str] | None = None
-
-    def read(self):
-        """``(target rows, retain rows or None)``, read and checked before any image is made."""
-        from erasekit.core.errors import ConfigError
-        from erasekit.evaluation.prompt_sets import read_prompt_set
-
-        if self.prompts is None:
-            raise ConfigError(
-                "a judged evaluation needs its target prompts: pass --prompts FILE (I2P CSV, case-number CSV, .txt, .yaml)"
-            )
-        target = read_prompt_set(self.prompts, self.limit, self.where)
-        return target, (read_prompt_set(self.retain, self.limit) if self.retain is not None else None)
-
-    def describe(self) -> dict:
-        from erasekit.core.outputs import shown_path
-
-        return {"prompts": None if self.prompts is None else shown_path(self.prompts), "limit": self.limit,
-                "where": list(self.where or []), "retain_prompts": None if self.retain is None else shown_path(self.retain)}  # fmt: skip
 
 
 def _judged_concept(concepts, loaded) -> str:
@@ -364,17 +337,20 @@ def train_testbed(
     retrain_codec: bool = False,
     epochs: int | None = None,
     llm: bool = False,
+    text_encoder: str | None = None,
     log=print,
 ) -> Path:
     """What ``erasekit testbed train`` does: train the image testbed (judge, VAE, text encoder and
     UNet; ``exclude``: an oracle without those concepts, reusing the shipped judge and VAE unless
     ``retrain_codec``) or, with ``llm``, the fact-world GPT-2 (``exclude``: one forget split, an
-    oracle; ``epochs`` overrides its run length). Both directories are checked before anything is
+    oracle; ``epochs`` overrides its run length). ``text_encoder`` (image testbed): ``joint`` or
+    ``contrastive`` (:class:`~erasekit.testbeds.image.train.TrainConfig`). Both directories are checked before anything is
     written; ``resume`` continues from the workdir's checkpoints. Returns the model directory."""
     if llm:
         from erasekit.testbeds.facts.train import LLMTrainConfig, LLMTrainer, check_split
 
-        models.refuse_options(models.CAUSAL_LM, "the --llm testbed", unet_steps=unet_steps, retrain_codec=retrain_codec)
+        models.refuse_options(models.CAUSAL_LM, "the --llm testbed", unet_steps=unet_steps, retrain_codec=retrain_codec,
+                              text_encoder=text_encoder)  # fmt: skip
         if exclude and len(exclude) > 1:
             raise InvalidInputError("--llm --exclude takes one forget split (forget01, forget05 or forget10)")
         workdir = Path("runs/testbed-llm") if workdir is None else Path(workdir)
@@ -394,6 +370,9 @@ def train_testbed(
     cfg = TrainConfig.smoke() if smoke else TrainConfig()
     if unet_steps is not None:
         cfg.unet_steps = unet_steps
+    if text_encoder is not None:
+        cfg.text_encoder = text_encoder
+        cfg.__post_init__()  # the one-line error for an unknown value, before any work
     if exclude:
         cfg.exclude = check_exclusions(exclude)
         if not retrain_codec:

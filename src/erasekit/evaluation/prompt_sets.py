@@ -171,3 +171,28 @@ def _filtered(rows: list[PromptRow], where, p: Path) -> list[PromptRow]:
             raise ConfigError(f"--where {condition!r}: {p} has no column {key!r}")
         rows = [r for r in rows if (value in r.categories if key == "categories" else r.columns.get(key) == value)]
     return rows
+
+
+@dataclass(frozen=True)
+class PromptFiles:
+    """The prompt files of a judged job: target ``prompts``, ``retain`` prompts, and the row selection."""
+
+    prompts: str | os.PathLike | None
+    retain: str | os.PathLike | None = None
+    limit: int | None = None
+    where: list[str] | None = None
+
+    def read(self):
+        """``(target rows, retain rows or None)``, read and checked before any image is made."""
+        if self.prompts is None:
+            raise ConfigError(
+                "a judged evaluation needs its target prompts: pass --prompts FILE (I2P CSV, case-number CSV, .txt, .yaml)"
+            )
+        target = read_prompt_set(self.prompts, self.limit, self.where)
+        return target, (read_prompt_set(self.retain, self.limit) if self.retain is not None else None)
+
+    def describe(self) -> dict:
+        from erasekit.core.outputs import shown_path
+
+        return {"prompts": None if self.prompts is None else shown_path(self.prompts), "limit": self.limit,
+                "where": list(self.where or []), "retain_prompts": None if self.retain is None else shown_path(self.retain)}  # fmt: skip

@@ -181,6 +181,17 @@ def refuse_options(kind: str, subject: str, **options) -> None:
             )
 
 
+def refuse_mode(mode: str, why: str, **options) -> None:
+    """A one-line :class:`~erasekit.core.errors.ConfigError` for the first of ``options`` that was given
+    although ``mode`` (a way the job runs on the same kind of model, e.g. the testbed bench without
+    ``--prompts``) cannot use it; ``why`` says where it belongs."""
+    from erasekit.core.errors import ConfigError
+
+    for name, value in options.items():
+        if value is not None and value is not False:
+            raise ConfigError(f"{name}= does not apply to {mode}: {why} (drop {name})")
+
+
 def kind_of_any(model, hub: bool = False) -> str:
     """The kind of ``model``: a name or directory (:func:`model_kind`, nothing loads) or a loaded model
     (:func:`kind_of`)."""

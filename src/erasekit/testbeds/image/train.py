@@ -9,10 +9,15 @@ periodic checkpoints (safetensors, never pickle) so ``resume=True`` continues wh
 4. ``latents``    - encode the dataset once (posterior mean and std), fix the latent scaling factor;
 5. ``decoder``    - the VAE decoder refined alone (encoder frozen, so the latents stay valid):
                     sharper dots and strokes;
-6. ``unet``       - CLIPTextModel + UNet2DConditionModel trained jointly on noise prediction
-                    (epsilon, SD's schedule) with offset noise, captions resampled every step, 10 %
-                    empty captions for classifier-free guidance, min-SNR-5 loss weights, EMA;
-7. ``export``     - a diffusers StableDiffusionPipeline directory (EMA weights, DDIM scheduler).
+6. ``text``       - with ``text_encoder="contrastive"`` only: the CLIPTextModel pre-trained as CLIP's
+                    text tower, by a symmetric InfoNCE loss between its pooled (EOS) state and a small
+                    image tower's embedding of the caption's image (images of identical labels count
+                    as positives); the UNet stage then keeps it frozen, as Stable Diffusion keeps CLIP;
+7. ``unet``       - UNet2DConditionModel trained on v-prediction (SD's schedule rescaled to zero
+                    terminal SNR) with the text encoder (jointly, or frozen after ``text``), captions
+                    resampled every step, 10 % empty captions for classifier-free guidance, min-SNR-5
+                    loss weights, EMA;
+8. ``export``     - a diffusers StableDiffusionPipeline directory (EMA weights, DDIM scheduler).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from erasekit.testbeds.image.classifier import ClassifierTrainConfig, evaluate_c
 from erasekit.testbeds.image.model import RECOMMENDED_SAMPLING, build_text_encoder, build_train_scheduler, build_unet, build_vae
 from erasekit.testbeds.image.tokenizer import build_tokenizer, save_tokenizer
 
-STAGES = ("classifier", "data", "vae", "latents", "decoder", "unet", "export")
+STAGES = ("classifier", "data", "vae", "latents", "decoder", "text", "unet", "export")
+TEXT_ENCODER_TRAINING = ("joint", "contrastive")
 
 
 @dataclass
@@ -61,6 +67,14 @@ class TrainConfig:
     noise_offset: float = 0.0  # per-channel constant added to the noise (not needed with a zero-terminal-SNR schedule)
     ema_decay: float = 0.999
     checkpoint_every: int = 250
+    #: How the text encoder learns: ``joint`` (with the UNet, the shipped testbed) or ``contrastive``
+    #: (pre-trained CLIP-style on the world's image-caption pairs, then frozen while the UNet trains).
+    #: A jointly trained encoder spreads a prompt's attributes into its later tokens and padding, which a
+    #: frozen CLIP does not (docs/testbed.md, *Validity*).
+    text_encoder: str = "joint"
+    text_steps: int = 3_000
+    text_batch: int = 256
+    text_lr: float = 1e-3
     #: Concepts whose images are left out of the training data (an *oracle*: a model that never
     #: learned them, the gold standard an erasure is compared with; world.showing says which images).
     exclude: tuple[str, ...] = ()
@@ -82,7 +96,13 @@ class TrainConfig:
             unet_batch=8,
             unet_warmup=2,
             checkpoint_every=3,
+            text_steps=3,
+            text_batch=8,
         )
+
+    def __post_init__(self) -> None:
+        if self.text_encoder not in TEXT_ENCODER_TRAINING:
+            raise ConfigError(f"text_encoder must be one of {', '.join(TEXT_ENCODER_TRAINING)}, got {self.text_encoder!r}")
 
 
 class Trainer:
@@ -251,16 +271,75 @@ class Trainer:
         save_tensors(self.dir / "latents.safetensors", {"mean": mean, "std": std}, metadata={"scaling_factor": repr(scaling)})
         return {"scaling_factor": scaling}
 
+    def stage_text(self, resume: bool) -> dict:
+        """CLIP-style pre-training of the text encoder (``text_encoder="contrastive"``; else nothing).
+
+        L = ½ [CE(s · T Iᵀ, Y) + CE(s · I Tᵀ, Yᵀ)] with T, I the L2-normalised projections of the
+        captions' pooled (EOS) states and of their images' embeddings (a small CNN), s = exp(logit
+        scale) (CLIP's, initialised at 1/0.07 and capped at 100), and Y the row-normalised matrix of
+        positives: images whose labels are identical (the world repeats label combinations, so a batch
+        holds true duplicates that plain InfoNCE would push apart). The image tower and the projections
+        are discarded; only the encoder is kept (``ckpt-text.safetensors``), as SD keeps CLIP's text tower.
+        """
+        cfg = self.cfg
+        if cfg.text_encoder != "contrastive":
+            return {"skipped": f"text_encoder={cfg.text_encoder!r}: trained with the UNet"}
+        from erasekit.testbeds.image.classifier import TestbedClassifier
+
+        tokenizer = build_tokenizer()
+        text_encoder = build_text_encoder(tokenizer)
+        width = text_encoder.config.hidden_size
+        image_tower = TestbedClassifier()
+        text_proj, image_proj = torch.nn.Linear(width, width, bias=False), torch.nn.Linear(256, width, bias=False)
+        logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        modules = {"text_encoder": text_encoder, "image_tower": image_tower, "text_proj": text_proj, "image_proj": image_proj}
+        params = [*(p for m in modules.values() for p in m.parameters()), logit_scale]
+        opt = torch.optim.AdamW(params, lr=cfg.text_lr, weight_decay=0.1)
+        data = load_tensors(self.dir / "data.safetensors")
+        labels = world.LabelBatch(*(data[f].numpy() for f in world.LabelBatch.__dataclass_fields__))
+        images = data["images"]
+        key = np.stack([labels.shape, labels.style, labels.colour, labels.background, labels.watermark, labels.character], 1)
+        rng = np.random.default_rng(cfg.seed + 5)
+        losses: list[float] = []
+        for step in tqdm(range(cfg.text_steps), desc="text", disable=not self.progress, mininterval=2):
+            for g in opt.param_groups:
+                g["lr"] = cfg.text_lr * _cosine(step, cfg.text_steps, warmup=min(200, cfg.text_steps // 10))
+            idx = rng.integers(0, len(labels), cfg.text_batch)
+            captions = [world.caption_for(labels, int(i), rng) for i in idx]
+            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+            t = F.normalize(text_proj(text_encoder(ids).pooler_output), dim=-1)
+            x = images[torch.as_tensor(idx)].permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            v = F.normalize(image_proj(image_tower.embed(x)), dim=-1)
+            same = torch.as_tensor((key[idx][:, None, :] == key[idx][None, :, :]).all(-1), dtype=torch.float32)
+            targets = same / same.sum(1, keepdim=True)
+            logits = logit_scale.exp().clamp(max=100) * t @ v.T
+            loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(loss.item())
+        save_tensors(self.dir / "ckpt-text.safetensors", text_encoder.state_dict())
+        return {
+            "final_loss": float(np.mean(losses[-100:])),
+            "steps": cfg.text_steps,
+            "logit_scale": float(logit_scale.detach().exp()),
+        }
+
     def stage_unet(self, resume: bool) -> dict:
         cfg = self.cfg
         tokenizer = build_tokenizer()
         text_encoder, unet = build_text_encoder(tokenizer), build_unet()
         ema_te, ema_unet = build_text_encoder(tokenizer), build_unet()
+        frozen_text = cfg.text_encoder == "contrastive"
+        if frozen_text:  # the pre-trained encoder stays as it is, as SD keeps CLIP's
+            text_encoder.load_state_dict(load_tensors(self.dir / "ckpt-text.safetensors"))
+            text_encoder.requires_grad_(False)
         ema_te.load_state_dict(text_encoder.state_dict())
         ema_unet.load_state_dict(unet.state_dict())
         for p in [*ema_te.parameters(), *ema_unet.parameters()]:
             p.requires_grad_(False)
-        params = [*text_encoder.parameters(), *unet.parameters()]
+        params = [*unet.parameters()] if frozen_text else [*text_encoder.parameters(), *unet.parameters()]
         opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
         modules = {"text_encoder": text_encoder, "unet": unet, "ema_text_encoder": ema_te, "ema_unet": ema_unet}
         start = self._load_ckpt("unet", modules, opt) if resume else 0
@@ -285,7 +364,7 @@ class Trainer:
             return torch.tensor([cache[c] for c in captions])
 
         initial = [p.detach().clone() for p in params]
-        text_encoder.train()
+        text_encoder.train(not frozen_text)
         unet.train()
         losses: list[float] = []
         bar = tqdm(
@@ -311,7 +390,8 @@ class Trainer:
                 noise = noise + cfg.noise_offset * torch.randn(z0.shape[0], z0.shape[1], 1, 1, generator=gen)
             t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
             zt = sched.add_noise(z0, noise, t)
-            cond = text_encoder(ids).last_hidden_state
+            with torch.set_grad_enabled(not frozen_text):
+                cond = text_encoder(ids).last_hidden_state
             pred = unet(zt, t, cond).sample
             target = sched.get_velocity(z0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
             per = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
@@ -322,7 +402,7 @@ class Trainer:
             opt.step()
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
-                for src, dst in ((text_encoder, ema_te), (unet, ema_unet)):
+                for src, dst in ((unet, ema_unet),) if frozen_text else ((text_encoder, ema_te), (unet, ema_unet)):
                     for p, q in zip(src.parameters(), dst.parameters()):
                         q.lerp_(p, 1 - decay)
             losses.append(loss.item())
