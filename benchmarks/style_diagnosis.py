@@ -57,9 +57,25 @@ def contexts(domain: str, n: int) -> list[dict[str, str]]:
 
 @torch.no_grad()
 def encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text-encoder states ``[N, L, D]`` and token ids ``[N, L]`` (padded to the context)."""
+    """Text-encoder states ``[N, L, D]`` and token ids ``[N, L]`` (padded to the context); ``pipe`` is
+    anything with a ``tokenizer`` and a ``text_encoder`` (a pipeline, or :class:`TextTower`)."""
     tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt")
     return pipe.text_encoder(tok.input_ids)[0], tok.input_ids
+
+
+class TextTower:
+    """A local CLIP text encoder and its tokenizer, for the geometry (``--clip DIR``: a Stable Diffusion
+    pipeline directory, whose ``text_encoder`` and ``tokenizer`` are read, or a CLIP model directory)."""
+
+    def __init__(self, directory: str) -> None:
+        from pathlib import Path
+
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        root = Path(directory)
+        sub = (root / "text_encoder").is_dir()
+        self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer" if sub else root)
+        self.text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder" if sub else root, use_safetensors=True).eval()
 
 
 def positions(ids: torch.Tensor, word_index: int, eos_id: int) -> dict[str, list[int]]:
@@ -77,10 +93,12 @@ def positions(ids: torch.Tensor, word_index: int, eos_id: int) -> dict[str, list
 
 
 def word_position(pipe, prompt: str, word: str) -> int:
-    """Index of ``word``'s single token in ``prompt`` (the world's words are one token each)."""
+    """Index of the last token of ``word`` in ``prompt`` (one token per world word on the testbed; CLIP
+    may split a word, and its last piece is the one that has read all of it)."""
     ids = pipe.tokenizer(prompt).input_ids
-    wid = pipe.tokenizer.convert_tokens_to_ids(word + "</w>")
-    return ids.index(wid)
+    before = pipe.tokenizer(prompt[: prompt.index(f" {word} ") + len(word) + 1]).input_ids
+    assert ids[: len(before) - 1] == before[:-1], f"{word!r} does not tokenize on its own in {prompt!r}"
+    return len(before) - 2  # the last token before the EOS that closes the prefix
 
 
 @torch.no_grad()
@@ -223,6 +241,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="probe,geometry,methods")
     ap.add_argument("--out", default="benchmarks/results/style_diagnosis.json")
+    ap.add_argument("--clip", default=None, help="a local CLIP text-encoder directory: its geometry beside the testbed's")
     args = ap.parse_args()
     torch.manual_seed(0)
     pipe = load_pipeline("testbed")
@@ -242,9 +261,11 @@ def main() -> None:
     parts = {
         "probe": lambda: probe(pipe, classifier, steps, guidance),
         "geometry": lambda: geometry(pipe),
+        "clip_geometry": lambda: geometry(TextTower(args.clip)),
         "methods": lambda: methods(pipe, classifier),
     }
-    for name in args.only.split(","):
+    names = args.only.split(",") + (["clip_geometry"] if args.clip else [])
+    for name in names:
         result[name] = parts[name]()
         result["seconds"] = round(time.time() - t0, 1)
         write_json(args.out, result)  # after each part, so a stopped run keeps what it measured

@@ -14,7 +14,8 @@ style.``), ``--seeds`` images per prompt, judged by the testbed classifier. For 
 - IRA = share of the images of prompts naming another value of ``D`` whose ``D`` is judged right;
 - CRA = share of the images of prompts not naming ``c`` whose ``D'`` is judged right.
 
-Per method, the metrics are averaged over the runs of a domain (UnlearnCanvas averages over its
+A method runs on the domains that a compared table measures it on (ANT's style table adds MACE and
+ANT on the styles). Per method, the metrics are averaged over the runs of a domain (UnlearnCanvas averages over its
 requests). Published tables live in ``benchmarks/published_tables.json`` (paper, table, URL, cells); for
 every table and metric the testbed's per-method averages are compared with the table's by Kendall's τ-b
 and Spearman's ρ over the methods both have, and per cell (testbed − published, in points).
@@ -151,7 +152,15 @@ def run_all(methods: list[str], seeds: int, concepts: list[str] | None = None, p
 
     pipe = load_pipeline("testbed")
     classifier = load_judge("testbed")
-    todo = [(m, c, d) for m in methods for d in DOMAINS for c in world.DOMAIN_VALUES[d] if concepts is None or c in concepts]
+    needed = needed_domains(read_json(PUBLISHED))
+    todo = [
+        (m, c, d)
+        for m in methods
+        for d in DOMAINS
+        if d in needed.get(m, ())
+        for c in world.DOMAIN_VALUES[d]
+        if concepts is None or c in concepts
+    ]
     runs = []
     for method, concept, domain in tqdm(todo, desc="validity runs", disable=not progress, unit="run"):
         settings = scaled_settings(method)
@@ -166,6 +175,19 @@ def run_all(methods: list[str], seeds: int, concepts: list[str] | None = None, p
         runs.append(run)
     base = {d: grid_metrics_base(pipe, classifier, seeds, d) for d in DOMAINS}
     return runs + [{"method": "base", "domain": d, "metrics": m} for d, m in base.items()]
+
+
+def needed_domains(published: dict) -> dict[str, set[str]]:
+    """``{method: testbed domains}`` that some compared table measures the method on (a table's
+    ``style_*`` metrics need the style runs, ``object_*`` the shape runs)."""
+    domain_of = {"style": "style", "object": "shape"}
+    out: dict[str, set[str]] = {}
+    for table in published["tables"]:
+        mapped = table.get("testbed_metrics", {}).values()
+        domains = {domain_of[m.lstrip("-").split("_")[0]] for m in mapped}
+        for method in table["rows"]:
+            out.setdefault(method, set()).update(domains)
+    return out
 
 
 def grid_metrics_base(pipe, classifier, seeds: int, domain: str) -> dict[str, float]:

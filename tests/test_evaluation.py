@@ -121,6 +121,8 @@ def test_results_table_is_generated_from_run_json():
     rows = [line for line in text.splitlines() if line.startswith("| star")]
     assert len(rows) == 2 and "*base model*" in rows[0] and "| fake |" in rows[1]
     assert "| 100 (" in rows[1]  # UA 100 % with its interval
+    run["cost"]["params"] = {"variant": "2023"}  # a method with variants names the one that ran
+    assert "| star | fake (2023) |" in results_markdown([run])
 
 
 def test_watermark_prompts_split_its_subset_from_the_other_backgrounds():

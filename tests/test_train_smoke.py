@@ -53,7 +53,7 @@ def test_contrastive_text_encoder_is_pretrained_then_frozen(tmp_path):
     Trainer(tmp_path, cfg, progress=False, log=lambda m: None).run(stages=STAGES[:-1])
     text = json.loads((tmp_path / "text.done").read_text())
     assert math.isfinite(text["final_loss"]) and text["steps"] == cfg.text_steps
-    pre = load_tensors(tmp_path / "ckpt-text.safetensors")
+    pre = load_tensors(tmp_path / "text-encoder.safetensors")
     fresh = build_text_encoder(build_tokenizer()).state_dict()
     assert any(not torch.equal(pre[k], fresh[k]) for k in pre)  # the pre-training moved the encoder
     ckpt = load_tensors(tmp_path / "ckpt-unet.safetensors")

@@ -90,3 +90,9 @@ def test_published_tables_hold_the_issue_numbers_and_map_to_testbed_metrics():
     assert uc["rows"]["esd"]["style_UA"] == 98.58 and uc["rows"]["ablating"]["object_UA"] == 46.67
     compared = [t for t in tables.values() if "testbed_metrics" in t]
     assert compared and all(len(t["rows"]) >= 4 for t in compared)
+
+
+def test_methods_run_on_the_domains_their_tables_measure():
+    v = _validity()
+    needed = v.needed_domains(read_json(ROOT / "benchmarks" / "published_tables.json"))
+    assert needed["esd"] == {"style", "shape"} and needed["mace"] == {"style"} and needed["ant"] == {"style"}

@@ -19,6 +19,12 @@ def _peak(run: dict) -> str:
     return f"{run['peak_memory_mib']:.0f}" if run.get("peak_memory_scope") == "run" else "–"
 
 
+def method_label(run: dict) -> str:
+    """The method as a results row names it: with its variant when the method has several (``uce (current)``)."""
+    variant = (run.get("cost") or {}).get("params", {}).get("variant")
+    return f"{run['method']} ({variant})" if variant else run["method"]
+
+
 def results_markdown(runs: list[dict], header: str = "") -> str:
     """One table per concept domain; a base-model row per concept, then one row per method."""
     by_domain: dict[str, list[dict]] = defaultdict(list)
@@ -40,7 +46,7 @@ def results_markdown(runs: list[dict], header: str = "") -> str:
             t, fid, cost = run["targets"][0], run["fidelity"], run["cost"]
             fd = "–" if fid["frechet_distance"] is None else f"{fid['frechet_distance']:.2f}"
             lines.append(
-                f"| {concept} | {run['method']} | {_pct(t['ua'])} | {_pct(t['ua_synonym'])} | {_pct(t['ira'])} | "
+                f"| {concept} | {method_label(run)} | {_pct(t['ua'])} | {_pct(t['ua_synonym'])} | {_pct(t['ira'])} | "
                 f"{_pct(t['ira_neighbours'])} | {_pct(t['cra'])} | {fid['pixel_change']:.3f} | {_pct(fid['labels_unchanged'])} | "
                 f"{fd} | {cost['erase_seconds']:.2f} | {_peak(run)} | {cost['delta_bytes'] / 2**20:.2f} |"
             )

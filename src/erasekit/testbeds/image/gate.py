@@ -99,6 +99,143 @@ def all_prompts() -> list[GatePrompt]:
     return grid + synonym_prompts(grid) + character_prompts()
 
 
+class _Judged:
+    """The classifier's labels for every gate prompt's ``seeds`` images (rows ``i*seeds ..`` of prompt ``i``)."""
+
+    def __init__(self, pred: dict[str, np.ndarray], unique: list[str], seeds: int) -> None:
+        self.pred, self.seeds = pred, seeds
+        self.names = {d: LABEL_NAMES[d] for d in (*world.DOMAINS, "watermark")}
+        self.row_of = {p: i * seeds for i, p in enumerate(unique)}
+
+    def predicted(self, prompt: str) -> dict[str, np.ndarray]:
+        """The label names of ``prompt``'s images, per head."""
+        r = self.row_of[prompt]
+        return {d: np.array([self.names[d][x] for x in self.pred[d][r : r + self.seeds]]) for d in self.names}
+
+    def correct(self, gp: GatePrompt) -> dict[str, np.ndarray]:
+        """Per domain, which of ``gp``'s images show the attribute it asks for."""
+        p = self.predicted(gp.prompt)
+        return {d: p[d] == getattr(gp.expected, d) for d in world.DOMAINS}
+
+
+def _asks_excluded(gp: GatePrompt, excluded: tuple[str, ...]) -> bool:
+    """Whether ``gp`` asks for an excluded concept (its attribute, its word, or a character's combination)."""
+    attrs = gp.expected
+    return (
+        any(getattr(attrs, d) in excluded for d in world.DOMAINS)
+        or (gp.word in excluded)
+        or any(
+            c in excluded and all(getattr(attrs, d) == getattr(world.CHARACTERS[c], d) for d in world.DOMAINS)
+            for c in world.CHARACTERS
+        )
+    )
+
+
+def _excluded_hits(judged: _Judged, prompts: list[GatePrompt], excluded: tuple[str, ...]) -> dict[str, list[int]]:
+    """``{concept: [images that show it, images]}`` on the prompts that ask for each excluded concept."""
+    out = {}
+    for c in excluded:
+        domain = world.domain_of(c)
+        if domain == "watermark":
+            group = [g for g in prompts if g.kind == "grid" and world.WATERMARK.in_subset(g.expected)]
+            shown = [judged.predicted(g.prompt)["watermark"] == "present" for g in group]
+        elif domain == "character":
+            group = [g for g in prompts if g.kind == "character" and g.word == c]
+            a = world.CHARACTERS[c]
+            shown = [
+                np.logical_and.reduce([judged.predicted(g.prompt)[d] == getattr(a, d) for d in world.DOMAINS]) for g in group
+            ]
+        else:
+            group = [g for g in prompts if g.kind == "grid" and getattr(g.expected, domain) == c]
+            shown = [judged.predicted(g.prompt)[domain] == c for g in group]
+        hits = np.concatenate(shown) if shown else np.zeros(0, dtype=bool)
+        out[c] = [int(hits.sum()), int(hits.size)]
+    return out
+
+
+def _grid_counts(judged: _Judged, prompts: list[GatePrompt]):
+    """``(totals, watermark counts, per-prompt rows)`` of the grid prompts: correct / all per domain,
+    marked / all inside and outside the watermark's subset."""
+    seeds = judged.seeds
+    details = []
+    totals = {d: [0, 0] for d in world.DOMAINS}
+    wm = {"subset": [0, 0], "elsewhere": [0, 0]}
+    for gp in (g for g in prompts if g.kind == "grid"):
+        c = judged.correct(gp)
+        marked = judged.predicted(gp.prompt)["watermark"] == "present"
+        for d in world.DOMAINS:
+            totals[d][0] += int(c[d].sum())
+            totals[d][1] += seeds
+        part = "subset" if world.WATERMARK.in_subset(gp.expected) else "elsewhere"
+        wm[part][0] += int(marked.sum())
+        wm[part][1] += seeds
+        details.append(
+            {
+                "prompt": gp.prompt,
+                "kind": gp.kind,
+                **{d: float(c[d].mean()) for d in world.DOMAINS},
+                "watermark": float(marked.mean()),
+            }
+        )
+    return totals, wm, details
+
+
+def _synonym_rows(judged: _Judged, prompts: list[GatePrompt]) -> list[dict]:
+    """Per synonym: its accuracy, its canonical word's on the same grid prompts, and the gap in points."""
+    rows = []
+    for word in dict.fromkeys(g.word for g in prompts if g.kind == "synonym"):
+        group = [g for g in prompts if g.kind == "synonym" and g.word == word]
+        concept = world.canonical(str(word))
+        domain = world.domain_of(concept)
+        syn = float(np.mean([judged.correct(g)[domain].mean() for g in group]))
+        canon_prompts = [GatePrompt(str(g.canonical_prompt), "grid", g.expected) for g in group]
+        can = float(np.mean([judged.correct(g)[domain].mean() for g in canon_prompts]))
+        rows.append(
+            {
+                "word": word,
+                "concept": concept,
+                "domain": domain,
+                "accuracy": syn,
+                "canonical_accuracy": can,
+                "gap_points": round(abs(syn - can) * 100, 2),
+                "n": len(group) * judged.seeds,
+            }
+        )
+    return rows
+
+
+def _character_rows(judged: _Judged, prompts: list[GatePrompt], excluded: tuple[str, ...]) -> tuple[list[dict], list[int]]:
+    """Per character not excluded, by name and by description: all-attributes and per-domain accuracy;
+    and ``[all correct, images]`` over the name prompts."""
+    rows: list[dict] = []
+    by_name = [0, 0]
+    for name, attrs in world.CHARACTERS.items():
+        if name in excluded or any(getattr(attrs, d) in excluded for d in world.DOMAINS):
+            continue
+        for kind in ("character", "description"):
+            group = [g for g in prompts if g.kind == kind and g.word == name]
+            allc = np.concatenate([np.logical_and.reduce([judged.correct(g)[d] for d in world.DOMAINS]) for g in group])
+            per_domain = {d: float(np.concatenate([judged.correct(g)[d] for g in group]).mean()) for d in world.DOMAINS}
+            rows.append({"name": name, "prompts": kind, "all_attributes": float(allc.mean()), **per_domain, "n": int(allc.size)})
+            if kind == "character":
+                by_name[0] += int(allc.sum())
+                by_name[1] += int(allc.size)
+    return rows, by_name
+
+
+def _checks(accuracy: dict, gap: float, wm_rates: dict, excluded_ua: dict, excluded: tuple[str, ...]) -> dict[str, bool]:
+    """Each gate check against :data:`THRESHOLDS`."""
+    checks = {d: accuracy[d] >= THRESHOLDS[d] for d in (*world.DOMAINS, "character")}
+    checks["synonym_gap"] = gap <= THRESHOLDS["synonym_gap_points"]
+    checks["watermark_subset"] = "watermark" in excluded or (
+        abs(wm_rates["subset"] - world.WATERMARK.share) * 100 <= THRESHOLDS["watermark_subset_tolerance_points"]
+    )
+    for c, ua in excluded_ua.items():
+        checks[f"excluded_{c}"] = ua is not None and ua >= THRESHOLDS["excluded_ua"]
+    checks["watermark_elsewhere"] = wm_rates["elsewhere"] <= THRESHOLDS["watermark_elsewhere_max"]
+    return checks
+
+
 def run_gate(
     pipe,
     classifier: TestbedClassifier,
@@ -116,120 +253,22 @@ def run_gate(
     t0 = time.time()
     prompts = all_prompts()
     unique = list(dict.fromkeys(p.prompt for p in prompts))
-    flat_prompts = [p for p in unique for _ in range(seeds)]
-    flat_seeds = prompt_seeds(len(unique), seeds)
     sampling = (sampling or SamplingConfig()).resolved(pipe)
-    images = generate(pipe, flat_prompts, flat_seeds, sampling, progress=progress, desc="gate")
-    pred = classifier.predict(images)
-    names = {d: LABEL_NAMES[d] for d in (*world.DOMAINS, "watermark")}
-    row_of = {p: i * seeds for i, p in enumerate(unique)}
-
-    def predicted(prompt: str) -> dict[str, np.ndarray]:
-        r = row_of[prompt]
-        return {d: np.array([names[d][x] for x in pred[d][r : r + seeds]]) for d in names}
-
-    def correct(gp: GatePrompt) -> dict[str, np.ndarray]:
-        p = predicted(gp.prompt)
-        return {d: p[d] == getattr(gp.expected, d) for d in world.DOMAINS}
-
-    def asks_excluded(gp: GatePrompt) -> bool:
-        attrs = gp.expected
-        return (
-            any(getattr(attrs, d) in excluded for d in world.DOMAINS)
-            or (gp.word in excluded)
-            or any(
-                c in excluded and all(getattr(attrs, d) == getattr(world.CHARACTERS[c], d) for d in world.DOMAINS)
-                for c in world.CHARACTERS
-            )
-        )
-
-    excluded_hits = {c: [0, 0] for c in excluded}
-    for c in excluded:
-        domain = world.domain_of(c)
-        if domain == "watermark":
-            group = [g for g in prompts if g.kind == "grid" and world.WATERMARK.in_subset(g.expected)]
-            shown = [predicted(g.prompt)["watermark"] == "present" for g in group]
-        elif domain == "character":
-            group = [g for g in prompts if g.kind == "character" and g.word == c]
-            a = world.CHARACTERS[c]
-            shown = [np.logical_and.reduce([predicted(g.prompt)[d] == getattr(a, d) for d in world.DOMAINS]) for g in group]
-        else:
-            group = [g for g in prompts if g.kind == "grid" and getattr(g.expected, domain) == c]
-            shown = [predicted(g.prompt)[domain] == c for g in group]
-        hits = np.concatenate(shown) if shown else np.zeros(0, dtype=bool)
-        excluded_hits[c] = [int(hits.sum()), int(hits.size)]
-    prompts = [g for g in prompts if not asks_excluded(g)]
-
-    details = []
-    totals = {d: [0, 0] for d in world.DOMAINS}
-    wm = {"subset": [0, 0], "elsewhere": [0, 0]}
-    for gp in (g for g in prompts if g.kind == "grid"):
-        c = correct(gp)
-        marked = predicted(gp.prompt)["watermark"] == "present"
-        for d in world.DOMAINS:
-            totals[d][0] += int(c[d].sum())
-            totals[d][1] += seeds
-        part = "subset" if world.WATERMARK.in_subset(gp.expected) else "elsewhere"
-        wm[part][0] += int(marked.sum())
-        wm[part][1] += seeds
-        details.append(
-            {
-                "prompt": gp.prompt,
-                "kind": gp.kind,
-                **{d: float(c[d].mean()) for d in world.DOMAINS},
-                "watermark": float(marked.mean()),
-            }
-        )
-
-    synonyms = []
-    for word in dict.fromkeys(g.word for g in prompts if g.kind == "synonym"):
-        group = [g for g in prompts if g.kind == "synonym" and g.word == word]
-        concept = world.canonical(word)
-        domain = world.domain_of(concept)
-        syn = float(np.mean([correct(g)[domain].mean() for g in group]))
-        canon_prompts = [GatePrompt(g.canonical_prompt, "grid", g.expected) for g in group]
-        can = float(np.mean([correct(g)[domain].mean() for g in canon_prompts]))
-        synonyms.append(
-            {
-                "word": word,
-                "concept": concept,
-                "domain": domain,
-                "accuracy": syn,
-                "canonical_accuracy": can,
-                "gap_points": round(abs(syn - can) * 100, 2),
-                "n": len(group) * seeds,
-            }
-        )
-
-    characters = []
-    char_all = [0, 0]
-    for name, attrs in world.CHARACTERS.items():
-        if name in excluded or any(getattr(attrs, d) in excluded for d in world.DOMAINS):
-            continue
-        for kind in ("character", "description"):
-            group = [g for g in prompts if g.kind == kind and g.word == name]
-            allc = np.concatenate([np.logical_and.reduce([correct(g)[d] for d in world.DOMAINS]) for g in group])
-            per_domain = {d: float(np.concatenate([correct(g)[d] for g in group]).mean()) for d in world.DOMAINS}
-            characters.append(
-                {"name": name, "prompts": kind, "all_attributes": float(allc.mean()), **per_domain, "n": int(allc.size)}
-            )
-            if kind == "character":
-                char_all[0] += int(allc.sum())
-                char_all[1] += int(allc.size)
+    images = generate(pipe, [p for p in unique for _ in range(seeds)], prompt_seeds(len(unique), seeds), sampling,
+                      progress=progress, desc="gate")  # fmt: skip
+    judged = _Judged(classifier.predict(images), unique, seeds)
+    excluded_hits = _excluded_hits(judged, prompts, excluded)
+    prompts = [g for g in prompts if not _asks_excluded(g, excluded)]
+    totals, wm, details = _grid_counts(judged, prompts)
+    synonyms = _synonym_rows(judged, prompts)
+    characters, char_all = _character_rows(judged, prompts, excluded)
 
     accuracy = {d: totals[d][0] / totals[d][1] for d in world.DOMAINS}
     accuracy["character"] = char_all[0] / char_all[1]
-    gap = max(s["gap_points"] for s in synonyms)
+    gap = max(float(s["gap_points"]) for s in synonyms)
     wm_rates = {k: v[0] / v[1] for k, v in wm.items()}
-    checks = {d: accuracy[d] >= THRESHOLDS[d] for d in (*world.DOMAINS, "character")}
-    checks["synonym_gap"] = gap <= THRESHOLDS["synonym_gap_points"]
-    checks["watermark_subset"] = "watermark" in excluded or (
-        abs(wm_rates["subset"] - world.WATERMARK.share) * 100 <= THRESHOLDS["watermark_subset_tolerance_points"]
-    )
     excluded_ua = {c: (1 - k / n if n else None) for c, (k, n) in excluded_hits.items()}
-    for c, ua in excluded_ua.items():
-        checks[f"excluded_{c}"] = ua is not None and ua >= THRESHOLDS["excluded_ua"]
-    checks["watermark_elsewhere"] = wm_rates["elsewhere"] <= THRESHOLDS["watermark_elsewhere_max"]
+    checks = _checks(accuracy, gap, wm_rates, excluded_ua, excluded)
     return {
         "accuracy": accuracy,
         "synonym_gap": gap,

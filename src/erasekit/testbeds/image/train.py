@@ -279,7 +279,8 @@ class Trainer:
         scale) (CLIP's, initialised at 1/0.07 and capped at 100), and Y the row-normalised matrix of
         positives: images whose labels are identical (the world repeats label combinations, so a batch
         holds true duplicates that plain InfoNCE would push apart). The image tower and the projections
-        are discarded; only the encoder is kept (``ckpt-text.safetensors``), as SD keeps CLIP's text tower.
+        are discarded; only the encoder is kept (``text-encoder.safetensors``), as SD keeps CLIP's text tower.
+        Checkpoints every ``checkpoint_every`` steps (``ckpt-text``) let ``resume`` continue the stage.
         """
         cfg = self.cfg
         if cfg.text_encoder != "contrastive":
@@ -291,17 +292,22 @@ class Trainer:
         width = text_encoder.config.hidden_size
         image_tower = TestbedClassifier()
         text_proj, image_proj = torch.nn.Linear(width, width, bias=False), torch.nn.Linear(256, width, bias=False)
-        logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        modules = {"text_encoder": text_encoder, "image_tower": image_tower, "text_proj": text_proj, "image_proj": image_proj}
-        params = [*(p for m in modules.values() for p in m.parameters()), logit_scale]
+        scale = torch.nn.Module()
+        scale.logit = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        modules = {"text_encoder": text_encoder, "image_tower": image_tower, "text_proj": text_proj, "image_proj": image_proj,
+                   "logit_scale": scale}  # fmt: skip
+        params = [p for m in modules.values() for p in m.parameters()]
         opt = torch.optim.AdamW(params, lr=cfg.text_lr, weight_decay=0.1)
+        start = self._load_ckpt("text", modules, opt) if resume else 0
         data = load_tensors(self.dir / "data.safetensors")
         labels = world.LabelBatch(*(data[f].numpy() for f in world.LabelBatch.__dataclass_fields__))
         images = data["images"]
         key = np.stack([labels.shape, labels.style, labels.colour, labels.background, labels.watermark, labels.character], 1)
-        rng = np.random.default_rng(cfg.seed + 5)
+        rng = np.random.default_rng(cfg.seed + 5 + start)
         losses: list[float] = []
-        for step in tqdm(range(cfg.text_steps), desc="text", disable=not self.progress, mininterval=2):
+        bar = tqdm(range(start, cfg.text_steps), desc="text", disable=not self.progress, mininterval=2, initial=start,
+                   total=cfg.text_steps)  # fmt: skip
+        for step in bar:
             for g in opt.param_groups:
                 g["lr"] = cfg.text_lr * _cosine(step, cfg.text_steps, warmup=min(200, cfg.text_steps // 10))
             idx = rng.integers(0, len(labels), cfg.text_batch)
@@ -312,18 +318,21 @@ class Trainer:
             v = F.normalize(image_proj(image_tower.embed(x)), dim=-1)
             same = torch.as_tensor((key[idx][:, None, :] == key[idx][None, :, :]).all(-1), dtype=torch.float32)
             targets = same / same.sum(1, keepdim=True)
-            logits = logit_scale.exp().clamp(max=100) * t @ v.T
+            logits = scale.logit.exp().clamp(max=100) * t @ v.T
             loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             losses.append(loss.item())
-        save_tensors(self.dir / "ckpt-text.safetensors", text_encoder.state_dict())
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.text_steps:
+                self._save_ckpt("text", step + 1, modules, opt)
+                self.log(f"[text] step {step + 1}/{cfg.text_steps} loss {np.mean(losses[-cfg.checkpoint_every :]):.4f}")
+        save_tensors(self.dir / "text-encoder.safetensors", text_encoder.state_dict())
         return {
-            "final_loss": float(np.mean(losses[-100:])),
+            "final_loss": float(np.mean(losses[-100:])) if losses else None,
             "steps": cfg.text_steps,
-            "logit_scale": float(logit_scale.detach().exp()),
+            "logit_scale": float(scale.logit.detach().exp()),
         }
 
     def stage_unet(self, resume: bool) -> dict:
@@ -333,7 +342,7 @@ class Trainer:
         ema_te, ema_unet = build_text_encoder(tokenizer), build_unet()
         frozen_text = cfg.text_encoder == "contrastive"
         if frozen_text:  # the pre-trained encoder stays as it is, as SD keeps CLIP's
-            text_encoder.load_state_dict(load_tensors(self.dir / "ckpt-text.safetensors"))
+            text_encoder.load_state_dict(load_tensors(self.dir / "text-encoder.safetensors"))
             text_encoder.requires_grad_(False)
         ema_te.load_state_dict(text_encoder.state_dict())
         ema_unet.load_state_dict(unet.state_dict())
