@@ -121,13 +121,13 @@ def grid_metrics(judged: dict[str, np.ndarray], concept: str, domain: str) -> di
     }
 
 
-def run_one(pipe, classifier, method: str, concept: str, domain: str, settings: dict, seeds: int) -> dict:
+def run_one(pipe, classifier, method: str, concept: str, domain: str, settings: dict, seeds: int, model: str = "testbed") -> dict:
     """Erase ``concept`` with ``method`` at ``settings`` and measure it on the grid."""
     from erasekit.api import erase
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    erasure = erase(pipe, method, {"targets": [concept]}, model="testbed", progress=False, **settings)
+    erasure = erase(pipe, method, {"targets": [concept]}, model=model, progress=False, **settings)
     seconds = time.perf_counter() - t0
     judged = judge_grid(pipe, classifier, seeds, erasure)
     return {
@@ -141,8 +141,12 @@ def run_one(pipe, classifier, method: str, concept: str, domain: str, settings: 
     }
 
 
-def run_all(methods: list[str], seeds: int, concepts: list[str] | None = None, progress: bool = True) -> list[dict]:
-    """Every (method, concept) run, reusing recorded ones with the same settings and seeds."""
+def run_all(
+    methods: list[str], seeds: int, concepts: list[str] | None = None, model: str = "testbed", progress: bool = True
+) -> list[dict]:
+    """Every (method, concept) run on ``model`` (the shipped testbed, or a testbed pipeline directory such
+    as a retrained candidate: its runs go to a folder of their own), reusing recorded ones with the same
+    settings and seeds."""
     from tqdm import tqdm
 
     from erasekit.api import load_judge
@@ -150,8 +154,9 @@ def run_all(methods: list[str], seeds: int, concepts: list[str] | None = None, p
     from erasekit.models import load_pipeline
     from erasekit.testbeds.image import world
 
-    pipe = load_pipeline("testbed")
-    classifier = load_judge("testbed")
+    pipe = load_pipeline(model)
+    classifier = load_judge(model)
+    runs_dir = RUNS_DIR if model == "testbed" else RUNS_DIR / Path(model).name
     needed = needed_domains(read_json(PUBLISHED))
     todo = [
         (m, c, d)
@@ -164,13 +169,13 @@ def run_all(methods: list[str], seeds: int, concepts: list[str] | None = None, p
     runs = []
     for method, concept, domain in tqdm(todo, desc="validity runs", disable=not progress, unit="run"):
         settings = scaled_settings(method)
-        path = RUNS_DIR / f"{method}-{concept}.json"
+        path = runs_dir / f"{method}-{concept}.json"
         if path.exists():
             old = read_json(path)
             if old.get("settings") == settings and old.get("seeds_per_prompt") == seeds:
                 runs.append(old)
                 continue
-        run = run_one(pipe, classifier, method, concept, domain, settings, seeds)
+        run = run_one(pipe, classifier, method, concept, domain, settings, seeds, model)
         write_json(path, run)
         runs.append(run)
     base = {d: grid_metrics_base(pipe, classifier, seeds, d) for d in DOMAINS}
@@ -236,7 +241,7 @@ def render(result: dict) -> str:
     """The *Validity* section of docs/testbed.md (markdown) from the benchmark's JSON."""
     lines = [
         START,
-        "## Measured agreement with published real-model tables (`benchmarks/validity.py`)",
+        "### Measured agreement with published real-model tables",
         "",
         f"From `benchmarks/results/validity.json`: every style ({result['n_concepts']['style']}) and every shape "
         f"({result['n_concepts']['shape']}) erased in its own run, {result['seeds_per_prompt']} seeds x "
@@ -247,8 +252,10 @@ def render(result: dict) -> str:
     avg = result["testbed"]
     for table in result["tables"]:
         metrics = list(table["agreement"])
-        lines += [f"### {table['paper']} — {table['table']}", "", f"{table['setting']} Source: {table['url']}", ""]
-        lines.append("| method | " + " | ".join(f"{m} real / testbed" for m in metrics) + " |")
+        lines += [f"#### {table['title']}", "", f"{table['setting']} Source: {table['url']}", ""]
+        lines.append(
+            "| method | " + " | ".join(f"{m}: real / testbed {table['agreement'][m]['testbed_metric']}" for m in metrics) + " |"
+        )
         lines.append("|---|" + "---|" * len(metrics))
         for method in table["rows"]:
             cells = []
@@ -277,7 +284,7 @@ def _fmt(x, digits: int = 1) -> str:
 
 def write_docs(result: dict) -> None:
     """Replace the section between the markers in docs/testbed.md (append it if absent)."""
-    from erasekit.core.outputs import write_text_atomic
+    from erasekit.core.io import atomic_path
 
     text = DOCS.read_text()
     section = render(result)
@@ -285,7 +292,8 @@ def write_docs(result: dict) -> None:
         text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    write_text_atomic(DOCS, text)
+    with atomic_path(DOCS) as tmp:
+        tmp.write_text(text)
 
 
 def main() -> None:
@@ -299,6 +307,8 @@ def main() -> None:
     ap.add_argument("--concepts", default=None, help="only these concepts (a quick check; the table needs all)")
     ap.add_argument("--out", default="benchmarks/results/validity.json")
     ap.add_argument("--render", action="store_true", help="only re-render docs/testbed.md from --out")
+    ap.add_argument("--model", default="testbed", help="a testbed pipeline directory (e.g. a retrained candidate); "
+                    "docs/testbed.md is written for the shipped testbed only")  # fmt: skip
     args = ap.parse_args()
     if args.render:
         write_docs(read_json(args.out))
@@ -306,7 +316,7 @@ def main() -> None:
     t0 = time.time()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     concepts = args.concepts.split(",") if args.concepts else None
-    runs = run_all(methods, args.seeds, concepts)
+    runs = run_all(methods, args.seeds, concepts, args.model)
     testbed = averages(runs)
     published = read_json(PUBLISHED)
     tables = []
@@ -316,7 +326,7 @@ def main() -> None:
         tables.append({**table, "agreement": agreement(testbed, table)})
     result = {
         "benchmark": "validity",
-        "model": "testbed",
+        "model": args.model if args.model == "testbed" else Path(args.model).name,
         "erasekit": __version__,
         "torch": torch.__version__,
         "machine": platform.machine(),
@@ -326,7 +336,7 @@ def main() -> None:
         "rule": (
             f"each method's reference defaults with lr x {LR_FACTOR:g}, iterations x {ITERATION_FACTOR:g} "
             f"(at least {MIN_ITERATIONS}), its sampler at {SAMPLER_STEPS} steps; variants "
-            + ", ".join(f"{m} {v}" for m, v in VARIANTS.items())
+            + ", ".join(f"{m} " + " ".join(f"{k}={x}" for k, x in v.items()) for m, v in VARIANTS.items())
         ),
         "settings": {m: scaled_settings(m) for m in methods},
         "testbed": testbed,
@@ -335,7 +345,8 @@ def main() -> None:
         "seconds": round(time.time() - t0, 1),
     }
     write_json(args.out, result)
-    write_docs(result)
+    if args.model == "testbed":
+        write_docs(result)
     for t in tables:
         for m, a in t["agreement"].items():
             print(
