@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,8 +69,6 @@ class TextTower:
     pipeline directory, whose ``text_encoder`` and ``tokenizer`` are read, or a CLIP model directory)."""
 
     def __init__(self, directory: str) -> None:
-        from pathlib import Path
-
         from transformers import CLIPTextModel, CLIPTokenizer
 
         root = Path(directory)
@@ -205,7 +204,7 @@ def geometry(pipe) -> dict:
     return out
 
 
-def methods(pipe, classifier) -> dict:
+def methods(pipe, classifier, model: str = "testbed") -> dict:
     """UCE current vs 2023 and ESD-x at 150 / 600 iterations on ``striped`` (bench-style evaluation)."""
     from erasekit.api import erase
     from erasekit.evaluation import evaluate_on_testbed
@@ -221,7 +220,7 @@ def methods(pipe, classifier) -> dict:
     cache: dict = {}
     for name, (method, params) in runs.items():
         t0 = time.time()
-        erasure = erase(pipe, method, {"targets": ["striped"]}, model="testbed", progress=False, **params)
+        erasure = erase(pipe, method, {"targets": ["striped"]}, model=model, progress=False, **params)
         rep = evaluate_on_testbed(
             pipe, classifier, ["striped"], erasure=erasure, seeds=2, n_contexts=6, progress=False, base_cache=cache
         )
@@ -241,19 +240,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="probe,geometry,methods")
     ap.add_argument("--out", default="benchmarks/results/style_diagnosis.json")
+    ap.add_argument("--model", default="testbed", help="a testbed pipeline directory (e.g. a retrained candidate)")
     ap.add_argument("--clip", default=None, help="a local CLIP text-encoder directory: its geometry beside the testbed's")
     args = ap.parse_args()
     torch.manual_seed(0)
-    pipe = load_pipeline("testbed")
+    pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     from erasekit.api import load_judge
 
-    classifier = load_judge("testbed")
+    classifier = load_judge(args.model)
     steps, guidance = 20, 3.0
     t0 = time.time()
     result: dict = {
         "benchmark": "style_diagnosis",
-        "model": "testbed",
+        "model": args.model if args.model == "testbed" else Path(args.model).name,
         "sampling": {"steps": steps, "guidance_scale": guidance},
         "seeds_per_cell": len(SEEDS),
         "labels": {d: list(LABEL_NAMES[d]) for d in ("style", "shape")},
@@ -262,7 +262,7 @@ def main() -> None:
         "probe": lambda: probe(pipe, classifier, steps, guidance),
         "geometry": lambda: geometry(pipe),
         "clip_geometry": lambda: geometry(TextTower(args.clip)),
-        "methods": lambda: methods(pipe, classifier),
+        "methods": lambda: methods(pipe, classifier, args.model),
     }
     names = args.only.split(",") + (["clip_geometry"] if args.clip else [])
     for name in names:
