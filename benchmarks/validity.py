@@ -34,6 +34,7 @@ later call skips recorded runs with the same settings (resumable in the backgrou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import platform
 import re
@@ -92,11 +93,8 @@ def judge_grid(pipe, classifier, seeds: int, erasure=None) -> dict[str, np.ndarr
     cells = grid()
     prompts = [p for _, _, p in cells for _ in range(seeds)]
     seed_list = prompt_seeds(len(cells), seeds)
-    if erasure is None:
+    with erasure.applied(pipe) if erasure is not None else contextlib.nullcontext():
         images = generate(pipe, prompts, seed_list, SamplingConfig(), progress=False)
-    else:
-        with erasure.applied(pipe):
-            images = generate(pipe, prompts, seed_list, SamplingConfig(), progress=False)
     pred = classifier.predict(images)
     return {
         "shape": pred["shape"],
@@ -178,7 +176,8 @@ def run_all(
         run = run_one(pipe, classifier, method, concept, domain, settings, seeds, model)
         write_json(path, run)
         runs.append(run)
-    base = {d: grid_metrics_base(pipe, classifier, seeds, d) for d in DOMAINS}
+    judged_base = judge_grid(pipe, classifier, seeds)  # one grid of the base model serves both domains
+    base = {d: grid_metrics_base(judged_base, d) for d in DOMAINS}
     return runs + [{"method": "base", "domain": d, "metrics": m} for d, m in base.items()]
 
 
@@ -195,11 +194,11 @@ def needed_domains(published: dict) -> dict[str, set[str]]:
     return out
 
 
-def grid_metrics_base(pipe, classifier, seeds: int, domain: str) -> dict[str, float]:
-    """The base model's UA / IRA / CRA averaged over the concepts of ``domain`` (UA is its false-negative rate)."""
+def grid_metrics_base(judged: dict[str, np.ndarray], domain: str) -> dict[str, float]:
+    """The base model's UA / IRA / CRA on its judged grid, averaged over the concepts of ``domain``
+    (UA is its false-negative rate)."""
     from erasekit.testbeds.image import world
 
-    judged = judge_grid(pipe, classifier, seeds)
     per = [grid_metrics(judged, c, domain) for c in world.DOMAIN_VALUES[domain]]
     return {k: round(float(np.mean([p[k] for p in per])), 2) for k in ("UA", "IRA", "CRA")}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -371,8 +372,7 @@ def train_testbed(
     if unet_steps is not None:
         cfg.unet_steps = unet_steps
     if text_encoder is not None:
-        cfg.text_encoder = text_encoder
-        cfg.__post_init__()  # the one-line error for an unknown value, before any work
+        cfg = dataclasses.replace(cfg, text_encoder=text_encoder)  # checked on construction, before any work
     if exclude:
         cfg.exclude = check_exclusions(exclude)
         if not retrain_codec:

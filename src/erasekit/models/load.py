@@ -174,11 +174,16 @@ def refuse_options(kind: str, subject: str, **options) -> None:
     an API job never ignores an argument it cannot use. ``subject`` names the model."""
     from erasekit.core.errors import ConfigError
 
-    for name, value in options.items():
-        if value is not None and value is not False:
-            raise ConfigError(
-                f"{name}= applies to {KIND_WORDS[other_kind(kind)][0]} only; {subject} is {KIND_WORDS[kind][1]} (drop {name})"
-            )
+    name = _first_given(options)
+    if name is not None:
+        raise ConfigError(
+            f"{name}= applies to {KIND_WORDS[other_kind(kind)][0]} only; {subject} is {KIND_WORDS[kind][1]} (drop {name})"
+        )
+
+
+def _first_given(options: dict) -> str | None:
+    """The name of the first of ``options`` that was given (not ``None``, not ``False``)."""
+    return next((name for name, value in options.items() if value is not None and value is not False), None)
 
 
 def refuse_mode(mode: str, why: str, **options) -> None:
@@ -187,9 +192,9 @@ def refuse_mode(mode: str, why: str, **options) -> None:
     ``--prompts``) cannot use it; ``why`` says where it belongs."""
     from erasekit.core.errors import ConfigError
 
-    for name, value in options.items():
-        if value is not None and value is not False:
-            raise ConfigError(f"{name}= does not apply to {mode}: {why} (drop {name})")
+    name = _first_given(options)
+    if name is not None:
+        raise ConfigError(f"{name}= does not apply to {mode}: {why} (drop {name})")
 
 
 def kind_of_any(model, hub: bool = False) -> str:

@@ -174,6 +174,11 @@ class Trainer:
             **({"excluded": list(self.cfg.exclude)} if self.cfg.exclude else {}),
         }
 
+    def _data(self) -> tuple[dict[str, torch.Tensor], world.LabelBatch]:
+        """The rendered training data (``data.safetensors``) and its labels."""
+        data = load_tensors(self.dir / "data.safetensors")
+        return data, world.LabelBatch(*(data[f].numpy() for f in world.LabelBatch.__dataclass_fields__))
+
     def _images(self) -> torch.Tensor:
         return load_tensors(self.dir / "data.safetensors")["images"].permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
@@ -299,8 +304,7 @@ class Trainer:
         params = [p for m in modules.values() for p in m.parameters()]
         opt = torch.optim.AdamW(params, lr=cfg.text_lr, weight_decay=0.1)
         start = self._load_ckpt("text", modules, opt) if resume else 0
-        data = load_tensors(self.dir / "data.safetensors")
-        labels = world.LabelBatch(*(data[f].numpy() for f in world.LabelBatch.__dataclass_fields__))
+        data, labels = self._data()
         images = data["images"]
         key = np.stack([labels.shape, labels.style, labels.colour, labels.background, labels.watermark, labels.character], 1)
         rng = np.random.default_rng(cfg.seed + 5 + start)
@@ -355,8 +359,7 @@ class Trainer:
 
         lat = load_tensors(self.dir / "latents.safetensors")
         scaling = float(json.loads((self.dir / "latents.done").read_text())["scaling_factor"])
-        data = load_tensors(self.dir / "data.safetensors")
-        labels = world.LabelBatch(*(data[f].numpy() for f in world.LabelBatch.__dataclass_fields__))
+        _, labels = self._data()
         n = len(labels)
         sched = build_train_scheduler()
         weights = min_snr_weights(sched, cfg.min_snr_gamma)
