@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from erasekit.core.io import write_json
+from erasekit.core.outputs import check_file_output, write_report
 from erasekit.models import load_pipeline
 from erasekit.testbeds.image import world
 from erasekit.testbeds.image.classifier import LABEL_NAMES
@@ -243,6 +243,7 @@ def main() -> None:
     ap.add_argument("--model", default="testbed", help="a testbed pipeline directory (e.g. a retrained candidate)")
     ap.add_argument("--clip", default=None, help="a local CLIP text-encoder directory: its geometry beside the testbed's")
     args = ap.parse_args()
+    check_file_output(args.out, "style-diagnosis", (".json",))  # before the work, not after
     torch.manual_seed(0)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
@@ -268,7 +269,7 @@ def main() -> None:
     for name in names:
         result[name] = parts[name]()
         result["seconds"] = round(time.time() - t0, 1)
-        write_json(args.out, result)  # after each part, so a stopped run keeps what it measured
+        write_report(args.out, result, "style-diagnosis")  # after each part, so a stopped run keeps what it measured
     print("wrote", args.out)
 
 

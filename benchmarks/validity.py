@@ -297,7 +297,8 @@ def write_docs(result: dict) -> None:
 
 def main() -> None:
     from erasekit import __version__
-    from erasekit.core.io import read_json, write_json
+    from erasekit.core.io import read_json
+    from erasekit.core.outputs import check_file_output, write_report
     from erasekit.testbeds.image import world
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -312,6 +313,7 @@ def main() -> None:
     if args.render:
         write_docs(read_json(args.out))
         return
+    check_file_output(args.out, "validity", (".json",))  # before an hour of runs, not after
     t0 = time.time()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     concepts = args.concepts.split(",") if args.concepts else None
@@ -343,7 +345,7 @@ def main() -> None:
         "runs": [r for r in runs if r["method"] != "base"],
         "seconds": round(time.time() - t0, 1),
     }
-    write_json(args.out, result)
+    write_report(args.out, result, "validity")
     if args.model == "testbed":
         write_docs(result)
     for t in tables:
