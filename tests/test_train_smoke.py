@@ -13,7 +13,7 @@ from erasekit.core.errors import ConfigError
 from erasekit.core.io import load_tensors
 from erasekit.testbeds.image.model import build_text_encoder
 from erasekit.testbeds.image.tokenizer import build_tokenizer
-from erasekit.testbeds.image.train import STAGES, TrainConfig, Trainer
+from erasekit.testbeds.image.train import STAGES, TrainConfig, Trainer, padding_mask, shuffle_padding
 
 
 def test_smoke_training_writes_a_loadable_pipeline_and_resumes(tmp_path):
@@ -68,3 +68,52 @@ def test_unknown_text_encoder_training_is_refused():
         TrainConfig(text_encoder="frozen")
     result = CliRunner().invoke(app, ["testbed", "train", "--smoke", "--text-encoder", "frozen"])
     assert result.exit_code == 2 and "text_encoder must be one of" in result.output
+
+
+def test_padding_mask_marks_the_positions_after_the_first_end_token():
+    eos = 9
+    ids = torch.tensor([[1, 4, 9, 9, 9], [1, 4, 5, 6, 9], [1, 4, 5, 6, 7]])
+    assert padding_mask(ids, eos).tolist() == [
+        [False, False, False, True, True],
+        [False, False, False, False, False],
+        [False, False, False, False, False],  # truncated: no end token, no padding
+    ]
+
+
+def test_shuffle_padding_gives_every_row_another_rows_padding_and_keeps_its_words():
+    """padding="shuffled": after the end token each row holds a state of one other row (a derangement),
+    the same other row at every padding position; words and the end token are the row's own."""
+    eos, b, length = 9, 6, 7
+    ids = torch.tensor([[1, 4, 5, 9, 9, 9, 9]] * 3 + [[1, 4, 9, 9, 9, 9, 9]] * 3)
+    cond = torch.arange(b, dtype=torch.float32).view(b, 1, 1).expand(b, length, 2).clone()  # row b holds value b
+    mask = padding_mask(ids, eos)
+    for seed in range(20):
+        out = shuffle_padding(cond, ids, eos, torch.Generator().manual_seed(seed))
+        assert torch.equal(out[~mask], cond[~mask])
+        sources = [set(out[r][mask[r]][:, 0].tolist()) for r in range(b)]
+        assert all(len(s) == 1 for s in sources)
+        picked = [int(next(iter(s))) for s in sources]
+        assert sorted(picked) == list(range(b)) and all(p != r for r, p in enumerate(picked))
+    single = cond[:1]
+    assert torch.equal(shuffle_padding(single, ids[:1], eos, torch.Generator().manual_seed(0)), single)
+
+
+@pytest.mark.testbed
+def test_shuffled_padding_trains_and_changes_the_unet_update(tmp_path):
+    """The option reaches the UNet stage: same data, seeds and noise draws (the shuffle has its own
+    generator), so the UNets differ by the shuffled padding alone."""
+    runs = {}
+    for padding in ("prompt", "shuffled"):
+        cfg = TrainConfig.smoke()
+        cfg.codec_from, cfg.padding = "testbed", padding
+        work = tmp_path / padding
+        Trainer(work, cfg, progress=False, log=lambda m: None).run(stages=STAGES[:-1])
+        runs[padding] = load_tensors(work / "ckpt-unet.safetensors")
+    assert any(not torch.equal(runs["prompt"][k], runs["shuffled"][k]) for k in runs["prompt"] if k.startswith("unet."))
+
+
+def test_unknown_padding_training_is_refused():
+    with pytest.raises(ConfigError, match="padding must be one of prompt, shuffled"):
+        TrainConfig(padding="masked")
+    result = CliRunner().invoke(app, ["testbed", "train", "--smoke", "--padding", "masked"])
+    assert result.exit_code == 2 and "padding must be one of" in result.output

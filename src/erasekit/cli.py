@@ -692,6 +692,13 @@ def testbed_train(
             help="joint: trained with the UNet (the shipped testbed); contrastive: pre-trained CLIP-style, then frozen.",
         ),
     ] = None,
+    padding: Annotated[
+        Optional[str],
+        typer.Option(
+            "--padding",
+            help="What the UNet trains on after a caption's end: prompt (its own padding) or shuffled (another caption's).",
+        ),
+    ] = None,
 ) -> None:
     """Train the testbed from scratch (judge, VAE, text encoder + UNet) on the CPU; over an hour on 2 cores.
 
@@ -703,7 +710,7 @@ def testbed_train(
     given = given_names(ctx)
     path = train_testbed(workdir if "workdir" in given else None, out, resume=resume, smoke=smoke, exclude=exclude,
                          unet_steps=unet_steps, retrain_codec=retrain_codec, epochs=epochs, llm=llm,
-                         text_encoder=text_encoder, log=lambda m: typer.echo(m, err=True))  # fmt: skip
+                         text_encoder=text_encoder, padding=padding, log=lambda m: typer.echo(m, err=True))  # fmt: skip
     typer.echo(f"{'fact-world model' if llm else 'testbed pipeline'} written to {path}")
 
 

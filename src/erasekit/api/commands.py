@@ -339,19 +339,21 @@ def train_testbed(
     epochs: int | None = None,
     llm: bool = False,
     text_encoder: str | None = None,
+    padding: str | None = None,
     log=print,
 ) -> Path:
     """What ``erasekit testbed train`` does: train the image testbed (judge, VAE, text encoder and
     UNet; ``exclude``: an oracle without those concepts, reusing the shipped judge and VAE unless
     ``retrain_codec``) or, with ``llm``, the fact-world GPT-2 (``exclude``: one forget split, an
     oracle; ``epochs`` overrides its run length). ``text_encoder`` (image testbed): ``joint`` or
-    ``contrastive`` (:class:`~erasekit.testbeds.image.train.TrainConfig`). Both directories are checked before anything is
+    ``contrastive``, ``padding`` (image testbed): ``prompt`` or ``shuffled``
+    (:class:`~erasekit.testbeds.image.train.TrainConfig`). Both directories are checked before anything is
     written; ``resume`` continues from the workdir's checkpoints. Returns the model directory."""
     if llm:
         from erasekit.testbeds.facts.train import LLMTrainConfig, LLMTrainer, check_split
 
         models.refuse_options(models.CAUSAL_LM, "the --llm testbed", unet_steps=unet_steps, retrain_codec=retrain_codec,
-                              text_encoder=text_encoder)  # fmt: skip
+                              text_encoder=text_encoder, padding=padding)  # fmt: skip
         if exclude and len(exclude) > 1:
             raise InvalidInputError("--llm --exclude takes one forget split (forget01, forget05 or forget10)")
         workdir = Path("runs/testbed-llm") if workdir is None else Path(workdir)
@@ -371,8 +373,9 @@ def train_testbed(
     cfg = TrainConfig.smoke() if smoke else TrainConfig()
     if unet_steps is not None:
         cfg.unet_steps = unet_steps
-    if text_encoder is not None:
-        cfg = dataclasses.replace(cfg, text_encoder=text_encoder)  # checked on construction, before any work
+    chosen = {k: v for k, v in (("text_encoder", text_encoder), ("padding", padding)) if v is not None}
+    if chosen:
+        cfg = dataclasses.replace(cfg, **chosen)  # checked on construction, before any work
     if exclude:
         cfg.exclude = check_exclusions(exclude)
         if not retrain_codec:

@@ -44,6 +44,7 @@ from erasekit.testbeds.image.tokenizer import build_tokenizer, save_tokenizer
 
 STAGES = ("classifier", "data", "vae", "latents", "decoder", "text", "unet", "export")
 TEXT_ENCODER_TRAINING = ("joint", "contrastive")
+PADDING_TRAINING = ("prompt", "shuffled")
 
 
 @dataclass
@@ -75,6 +76,12 @@ class TrainConfig:
     text_steps: int = 3_000
     text_batch: int = 256
     text_lr: float = 1e-3
+    #: What the UNet sees at the positions after a caption's end token while it trains: ``prompt``
+    #: (the caption's own padding states, the shipped testbed) or ``shuffled`` (the padding states of
+    #: another caption in the batch, so that the padding carries nothing the UNet could learn to read
+    #: a concept from, as Stable Diffusion's UNet hardly reads CLIP's padding; see
+    #: :func:`shuffle_padding`). Sampling is unchanged: a pipeline always encodes the prompt's own.
+    padding: str = "prompt"
     #: Concepts whose images are left out of the training data (an *oracle*: a model that never
     #: learned them, the gold standard an erasure is compared with; world.showing says which images).
     exclude: tuple[str, ...] = ()
@@ -103,6 +110,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.text_encoder not in TEXT_ENCODER_TRAINING:
             raise ConfigError(f"text_encoder must be one of {', '.join(TEXT_ENCODER_TRAINING)}, got {self.text_encoder!r}")
+        if self.padding not in PADDING_TRAINING:
+            raise ConfigError(f"padding must be one of {', '.join(PADDING_TRAINING)}, got {self.padding!r}")
 
 
 class Trainer:
@@ -366,6 +375,7 @@ class Trainer:
 
         rng = np.random.default_rng(cfg.seed + 3 + start)
         gen = torch.Generator().manual_seed(cfg.seed + 3 + start)
+        pad_gen = torch.Generator().manual_seed(cfg.seed + 5 + start)  # its own: the noise draws stay as with "prompt"
         cache: dict[str, list[int]] = {}
 
         def encode_ids(captions: list[str]) -> torch.Tensor:
@@ -404,6 +414,8 @@ class Trainer:
             zt = sched.add_noise(z0, noise, t)
             with torch.set_grad_enabled(not frozen_text):
                 cond = text_encoder(ids).last_hidden_state
+            if cfg.padding == "shuffled":
+                cond = shuffle_padding(cond, ids, tokenizer.eos_token_id, pad_gen)
             pred = unet(zt, t, cond).sample
             target = sched.get_velocity(z0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
             per = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
@@ -481,6 +493,36 @@ def check_exclusions(concepts: list[str] | tuple[str, ...]) -> tuple[str, ...]:
         if set(world.DOMAIN_VALUES[domain]) <= set(names):
             raise ConfigError(f"--exclude removes every {domain} of the world; keep at least one")
     return tuple(names)
+
+
+def padding_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """``(B, L)`` bool: True at the positions after each row's first ``eos_id`` (its padding).
+
+    A row without an end token (truncated) has no padding."""
+    is_eos = ids == eos_id
+    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), ids.shape[1])
+    return torch.arange(ids.shape[1]) > first[:, None]
+
+
+def shuffle_padding(cond: torch.Tensor, ids: torch.Tensor, eos_id: int, gen: torch.Generator) -> torch.Tensor:
+    """The encoder states ``cond`` ``(B, L, D)`` with each row's padding taken from another row.
+
+    With a permutation π of the batch (a derangement for B > 1: a random cyclic shift of a random
+    order), position ``j`` of row ``b`` becomes ``cond[π(b), j]`` wherever ``j`` lies after row
+    ``b``'s first end token, and ``π(b)`` still has a state there (its padding or, for a shorter
+    caption, its words); prompt tokens and the end token keep their own. The padding states then
+    describe a random other caption: a UNet trained on them learns that they say nothing about the
+    image, which is what a frozen CLIP's padding is to Stable Diffusion's UNet (Toker et al., *Padding
+    Tone*, NAACL 2025)."""
+    b = cond.shape[0]
+    if b < 2:
+        return cond
+    order = torch.randperm(b, generator=gen)
+    shift = int(torch.randint(1, b, (1,), generator=gen))
+    perm = torch.empty_like(order)
+    perm[order] = order.roll(-shift)
+    mask = padding_mask(ids, eos_id).unsqueeze(-1)
+    return torch.where(mask, cond[perm], cond)
 
 
 def min_snr_weights(sched, gamma: float) -> torch.Tensor:
