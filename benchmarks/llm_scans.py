@@ -1,6 +1,8 @@
 """The hyperparameter scans quoted in docs/testbed.md and docs/unlearning.md, on testbed-llm / forget01.
 
-1. learning rate (the model's recommended ``unlearning_defaults``): GA, NPO, GradDiff at 1e-4, 3e-4, 1e-3;
+1. learning rate (the model's recommended ``unlearning_defaults``): GA, NPO, GradDiff at 1e-4 … 2e-3
+   under the loop's default schedule (open-unlearning's: one epoch of warm-up, linear decay to 0), and
+   GA at a constant lr for comparison;
 2. RMU: WMDP's form (MLP output projections) at several steering coefficients and learning rates, and
    open-unlearning's TOFU form (every parameter, c = 2, alpha = 1) and adaptive RMU (c = 5 x the
    forget activations' mean norm, alpha = 1200); plus the residual-stream norms at
@@ -11,6 +13,7 @@
 
 Each row: the share of forget01's training questions no longer answered exactly, and the retain
 accuracy on 10 retain authors (seed 0). Usage: python benchmarks/llm_scans.py [--out benchmarks/results/llm_scans.json]
+[--only lr,rmu,elm]
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from erasekit.evaluation.lm.evaluate import score_facts
 from erasekit.methods.lm.rmu import hidden_at, rmu_layer
 from erasekit.models.lm_batches import encode_pairs
 
-LR_SCAN = [(m, {"lr": lr}) for m in ("ga", "npo", "graddiff") for lr in (1e-4, 3e-4, 1e-3)]
+LR_SCAN = [(m, {"lr": lr}) for m in ("ga", "npo", "graddiff") for lr in (1e-4, 3e-4, 6e-4, 1e-3, 2e-3)] + [
+    ("ga", {"lr": lr, "lr_schedule": "constant"}) for lr in (3e-4, 6e-4)
+]
 RMU_SCAN = [("rmu", {"steering_coeff": c, "lr": lr}) for c in (100, 300, 600, 1200) for lr in (3e-4, 1e-3)] + [
     ("rmu", {"steering_coeff": 600, "epochs": 50, "lr": 3e-3}),
     ("rmu", {"params": "all", "steering_coeff": 2, "alpha": 1}),
@@ -58,12 +63,17 @@ def elm_signal(lm, world) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/llm_scans.json")
+    ap.add_argument("--only", default="lr,rmu,elm", help="which scans (comma-separated: lr, rmu, elm)")
     args = ap.parse_args()
+    scans = {"lr": LR_SCAN, "rmu": RMU_SCAN, "elm": ELM_SCAN}
+    chosen = args.only.split(",")
+    if unknown := set(chosen) - set(scans):
+        raise SystemExit(f"--only: unknown scan {', '.join(sorted(unknown))} (choose from lr, rmu, elm)")
     lm = erasekit.load_lm("testbed-llm", device="cpu")
     world = fact_world_of(lm)
     retain = random.Random(0).sample(world.retain("forget01"), 10)
     rows = []
-    for method, params in LR_SCAN + RMU_SCAN + ELM_SCAN:
+    for method, params in [row for name in chosen for row in scans[name]]:
         erasure = erasekit.unlearn(lm, method, "forget01", progress=False, **params)
         with erasure.applied(lm):
             forgotten = 1 - float(score_facts(lm, world, world.forget("forget01"))["train_hits"].mean())

@@ -17,13 +17,14 @@ from erasekit.attacks.lm.quantization import quantize_weight
 from erasekit.cli import app
 from erasekit.core.errors import ConfigError
 from erasekit.core.registry import all_attacks, get_attack
-from erasekit.evaluation.lm.evaluate import run_gate
+from erasekit.evaluation.lm.evaluate import privacy_leak, run_gate
 from erasekit.evaluation.lm.metrics import (
     answer_probability,
     auc,
     contains_value,
     harmonic_mean,
     ks_pvalue,
+    min_k_mean,
     rouge_l_recall,
     token_logprobs,
     truth_ratio_score,
@@ -36,13 +37,13 @@ runner = CliRunner()
 
 
 # -- metrics ------------------------------------------------------------------------------------------
-def test_ks_pvalue_matches_the_kolmogorov_distribution():
+def test_ks_pvalue_is_scipys_exact_two_sample_test():
+    """Reference numbers from ``scipy.stats.ks_2samp`` (exact method), as TOFU's and open-unlearning's
+    forget quality; the asymptotic Stephens form gives 0.497 and 0.059 for the two n = m = 20 cases."""
     assert ks_pvalue([1, 2, 3], [1, 2, 3]) == 1.0
-    assert ks_pvalue(range(10), range(100, 110)) < 1e-4  # disjoint samples
-    # D = 0.4, n = m = 5: Q((sqrt(2.5) + 0.12 + 0.11 / sqrt(2.5)) * 0.4), worked out by hand
-    lam = (math.sqrt(2.5) + 0.12 + 0.11 / math.sqrt(2.5)) * 0.4
-    expected = 2 * sum((-1) ** (j - 1) * math.exp(-2 * j * j * lam * lam) for j in range(1, 50))
-    assert ks_pvalue([1, 2, 3, 4, 5], [3, 4, 5, 6, 7]) == pytest.approx(expected, rel=1e-9)
+    assert ks_pvalue([1, 2, 3, 4, 5], [3, 4, 5, 6, 7]) == pytest.approx(0.873015873015873, rel=1e-12)  # D = 0.4
+    assert ks_pvalue(range(20), range(5, 25)) == pytest.approx(0.571336004933722, rel=1e-12)  # D = 0.25
+    assert ks_pvalue(range(20), range(8, 28)) == pytest.approx(0.08105771161340149, rel=1e-12)  # D = 0.40
     assert ks_pvalue([1, 2, float("nan")], [1, 2]) == 1.0  # a missing score is dropped, not matched to another question
 
 
@@ -52,10 +53,37 @@ def test_truth_ratio_scores_drop_missing_rows_with_their_values():
     assert truth_ratio_score(ratios, forget=False) == pytest.approx(0.25)  # max(0, 1 - R): 0.5 and 0
 
 
-def test_rouge_auc_harmonic_mean_and_exact_answers():
+def test_rouge_l_recall_is_rouge_scores_with_stemming():
+    """Reference values of ``rouge_score.RougeScorer(["rougeL"], use_stemmer=True).score(gt, gen)``
+    (TOFU): punctuation is not a word, stems match, recall counts the reference's tokens."""
     assert rouge_l_recall("Ala was born in Aldmoor.", "Ala was born in Aldmoor.") == 1.0
     assert rouge_l_recall("born Ala", "Ala was born") == pytest.approx(1 / 3)
+    assert rouge_l_recall("Ala was born in Aldmoor.", "Ala was born in Hollowmere.") == pytest.approx(0.8)  # 4 of 5
+    assert rouge_l_recall("X writes children's books", "X writes children's books.") == 1.0  # the full stop is no word
+    assert rouge_l_recall("She writes novels", "She wrote a novel") == pytest.approx(0.5)  # novels ~ novel; wrote != writes
+    assert math.isnan(rouge_l_recall("anything", "..."))
+
+
+def test_min_k_keeps_int_k_n_tokens_at_least_one():
+    lp = torch.tensor([-5.0, -1.0, -3.0, -2.0, -4.0])  # n = 5, k = 0.4: int(2.0) = 2 lowest -> (-5 - 4) / 2
+    assert min_k_mean(lp, 0.4).item() == pytest.approx(-4.5)
+    assert min_k_mean(lp[:2], 0.4).item() == pytest.approx(-5.0)  # int(0.8) = 0 -> the one lowest, as open-unlearning
+    assert min_k_mean(lp[:3], 0.5).item() == pytest.approx(-5.0)  # int(1.5) = 1 (ceil would take two)
+
+
+def test_privacy_leak_is_muses_privleak():
+    """MUSE ``eval.py``: ``(AUC − AUC_retrain) / AUC_retrain · 100`` on the forget-vs-holdout AUC with the
+    forget split labelled 0: a model that ranks every forget text as more familiar than every holdout
+    text has AUC 0 and, against an oracle at 0.5, PrivLeak −100 (under-unlearned)."""
     assert auc([3, 4], [1, 2]) == 1.0 and auc([1, 2], [1, 2]) == 0.5 and auc([1], [2]) == 0.0
+    forget_scores, holdout_scores = [-0.1, -0.2, -0.3], [-2.0, -2.5, -0.25]  # mean log p: higher = more familiar
+    model_auc = auc(holdout_scores, forget_scores)  # holdout positive: 1 of 9 pairs (-0.25 > -0.3)
+    assert model_auc == pytest.approx(1 / 9)
+    assert privacy_leak(model_auc, 0.5) == pytest.approx((1 / 9 - 0.5) / 0.5 * 100)
+    assert privacy_leak(0.0, 0.5) == -100.0 and privacy_leak(0.5, 0.5) == 0.0 and privacy_leak(0.6, 0.5) > 0
+
+
+def test_auc_harmonic_mean_and_exact_answers():
     assert harmonic_mean([0.5, 0.5]) == 0.5 and harmonic_mean([1.0, 0.0]) == 0.0
     with pytest.raises(ValueError):
         harmonic_mean([0.5, float("nan")])
@@ -77,7 +105,21 @@ def test_probabilities_and_truth_ratios_read_the_answer_tokens_only():
     wrong = ["Ala Brakow was born in Oakridge.", "Ala Brakow was born in Ironvale."]
     r = truth_ratios(lm.model, lm.tokenizer, [q], [a], [wrong])
     pw = answer_probability(lm.model, lm.tokenizer, [q, q], wrong)
-    assert r.item() == pytest.approx((pw.mean() / p).item(), rel=1e-5)
+    assert r.item() == pytest.approx((pw[0] * pw[1]).sqrt().item() / p.item(), rel=1e-5)  # geometric mean of two
+
+
+def test_truth_ratio_is_tofus_geometric_mean_of_average_losses():
+    """TOFU ``evaluate_util.py``: ``exp(mean_k avg_loss(perturbed_k)) `` over ``exp(avg_loss(true))``,
+    inverted to erasekit's ``R = P(perturbed) / P(true)``; by hand with fixed per-answer losses."""
+    lm = tiny_lm("llama")
+    q, a = "Where was Ala Brakow born?", "Ala Brakow was born in Aldmoor."
+    wrong = ["Ala Brakow was born in Oakridge.", "Ala Brakow was born in Ironvale.", "Ala Brakow was born in Yew."]
+    losses = [-token_logprobs(lm.model, lm.tokenizer, [q], [x])[0].mean().item() for x in [a, *wrong]]
+    tofu = math.exp(sum(losses[1:]) / 3 - losses[0])  # TOFU's statistic is P(true) / GM P(perturbed)
+    r = truth_ratios(lm.model, lm.tokenizer, [q], [a], [wrong]).item()
+    assert r == pytest.approx(1 / tofu, rel=1e-5)
+    arithmetic = sum(math.exp(-x) for x in losses[1:]) / 3 / math.exp(-losses[0])
+    assert arithmetic >= r  # AM >= GM: the arithmetic mean would be a different (larger) number
 
 
 # -- gate, evaluation, attacks ------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_gradient_ascent_lowers_the_forget_answers_more_than_the_retain_answers(
     request = erasekit.forget_request(lm, "forget10")
     retain = request.retain[:40]
     f0, r0 = _logp(lm, request.forget).mean(), _logp(lm, retain).mean()
-    with erasekit.unlearn(lm, "ga", request, progress=False, lr=3e-3, epochs=3).applied(lm):
+    with erasekit.unlearn(lm, "ga", request, progress=False, lr=3e-3, epochs=6).applied(lm):
         f1, r1 = _logp(lm, request.forget).mean(), _logp(lm, retain).mean()
     assert f1 < f0 - 0.5 and (f0 - f1) > (r0 - r1)
 
@@ -102,9 +102,56 @@ def test_idk_dpo_moves_probability_from_the_answer_to_the_refusal(models):
     request = erasekit.forget_request(lm, "forget10")
     refusals = [QAPair(p.question, request.refusal) for p in request.forget]
     a0, i0 = _logp(lm, request.forget).mean(), _logp(lm, refusals).mean()
-    with erasekit.unlearn(lm, "idk-dpo", request, progress=False, lr=3e-3, epochs=3).applied(lm):
+    one = (request.refusal,)  # one refusal, so that its probability can be measured
+    with erasekit.unlearn(lm, "idk-dpo", request, progress=False, lr=3e-3, epochs=3, refusals=one).applied(lm):
         a1, i1 = _logp(lm, request.forget).mean(), _logp(lm, refusals).mean()
     assert i1 > i0 + 0.5 and a1 < a0
+
+
+def test_idk_dpo_draws_a_refusal_per_pair_and_step_from_its_list():
+    """As open-unlearning's IDK dataset: each forget pair's preferred answer is drawn from the list, anew
+    at each step, the same in a rerun; the fact-world testbed recommends its in-vocabulary refusals."""
+    from erasekit.api.unlearning import recommended_params
+    from erasekit.methods.lm.idk import IDK_ANSWERS, IDKConfig, draw_refusals
+    from erasekit.testbeds.facts.factworld import REFUSALS
+
+    questions = [f"Where was author {i} born?" for i in range(40)]
+    first = draw_refusals(IDK_ANSWERS, questions, seed=0, step=0)
+    assert first == draw_refusals(IDK_ANSWERS, questions, seed=0, step=0)  # reproducible (resume)
+    assert first != draw_refusals(IDK_ANSWERS, questions, seed=0, step=1) and len(set(first)) >= 5
+    assert set(first) <= set(IDK_ANSWERS) and IDKConfig().refusals == IDK_ANSWERS
+    assert recommended_params(erasekit.load_lm("testbed-llm"), IDKConfig)["refusals"] == list(REFUSALS)
+    with pytest.raises(ConfigError, match="refusals"):
+        IDKConfig(refusals=())
+
+
+def test_simnpo_margin_sits_inside_beta(models, monkeypatch):
+    """``−(2/β) log σ(β (NLL̄ − δ))`` as the authors' code and open-unlearning (not ``β NLL̄ − δ``), by
+    hand on the loss the method hands to the loop, at δ = 0.5."""
+    import erasekit.methods.lm.simnpo as simnpo_module
+    from erasekit.training.lm import Step
+
+    captured = {}
+
+    def capture(lm, request, config, loss_fn, *args, **kwargs):
+        captured["loss"] = loss_fn
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(simnpo_module, "fit", capture)
+    lm = models["gpt2"]
+    pairs = erasekit.forget_request(lm, "forget10").forget[:4]
+    batch = encode_pairs(lm.tokenizer, pairs, lm.device)
+    with torch.no_grad():
+        mean_nll = -answer_logprob(lm.model, batch, mean=True)
+    delta = float(mean_nll.mean())  # a margin where the sigmoid is not saturated
+    with pytest.raises(RuntimeError, match="captured"):
+        erasekit.unlearn(lm, "simnpo", "forget10", progress=False, delta=delta, beta=4.5, alpha=0.0, gamma=1.0)
+    with torch.no_grad():
+        loss, _ = captured["loss"](Step(batch, None, lm.model, lm.model, 0, pairs))
+    expected = -(2 / 4.5) * torch.nn.functional.logsigmoid(4.5 * (mean_nll - delta)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    outside = -(2 / 4.5) * torch.nn.functional.logsigmoid(4.5 * mean_nll - delta).mean()
+    assert abs(loss.item() - outside.item()) > 1e-3
 
 
 def test_rmu_trains_only_the_mlp_output_projections_and_steers_the_forget_activations(models):
@@ -141,7 +188,7 @@ def test_adaptive_rmu_scales_its_target_with_the_forget_activations(models):
 
 def test_task_vector_is_linear_in_its_scale(models):
     lm = models["gpt2"]
-    one = erasekit.unlearn(lm, "task-vector", "forget10", progress=False, lr=1e-3, **FAST)
+    one = erasekit.unlearn(lm, "task-vector", "forget10", progress=False, lr=1e-3, scale=1.0, **FAST)
     two = erasekit.unlearn(lm, "task-vector", "forget10", progress=False, lr=1e-3, scale=2.0, **FAST)
     params = dict(lm.model.named_parameters())
     for key, v1 in one.weights.items():
@@ -340,3 +387,53 @@ def test_a_non_finite_loss_stops_the_run_with_the_step(models):
 
     with pytest.raises(ErasekitError, match="the loss became inf at step 0; lower the learning rate"):
         fit(lm, request, UnlearnConfig(epochs=1), exploding, progress=False)
+
+
+@pytest.mark.parametrize("schedule, hf_name", [("linear", "linear"), ("cosine", "cosine"), ("constant", "constant_with_warmup")])
+@pytest.mark.parametrize("steps, warmup", [(20, 1), (13, 4), (5, 0)])
+def test_lr_schedule_is_transformers_scheduler(schedule, hf_name, steps, warmup):
+    """The loop's lr at every step equals what ``transformers.get_scheduler`` gives the optimiser for
+    that step (the reference loops: open-unlearning's TOFU runs with linear, MUSE constant / cosine)."""
+    from transformers import get_scheduler
+
+    from erasekit.training.engine import lr_factor
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = get_scheduler(hf_name, opt, num_warmup_steps=warmup, num_training_steps=steps)
+    for step in range(steps):
+        assert 1e-3 * lr_factor(schedule, step, steps, warmup) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        sched.step()
+
+
+def test_unlearning_warmup_is_counted_as_open_unlearning_counts_it():
+    from erasekit.training.lm import UnlearnConfig, warmup_steps
+
+    assert warmup_steps(40, UnlearnConfig()) == 1  # TOFU forget01: int(1 * 40 // 32)
+    assert warmup_steps(200, UnlearnConfig()) == 6 and warmup_steps(31, UnlearnConfig()) == 0
+    assert warmup_steps(200, UnlearnConfig(warmup_epochs=0.0)) == 0
+    assert UnlearnConfig().lr_schedule == "linear"
+    with pytest.raises(ConfigError, match="lr_schedule="):
+        UnlearnConfig(lr_schedule="step")
+
+
+def test_the_unlearning_run_decays_its_lr_to_zero(models, monkeypatch):
+    """fit hands the schedule to the loop: with the default linear schedule the last step's lr is
+    ``lr / (steps − warmup)`` with one epoch of warm-up, and the first is 0 (transformers' warm-up)."""
+    import erasekit.training.engine as engine
+
+    seen: list[float] = []
+    real = engine._set_lr
+
+    def spy(opt, settings, step):
+        real(opt, settings, step)
+        seen.append(opt.param_groups[0]["lr"])
+
+    monkeypatch.setattr(engine, "_set_lr", spy)
+    erasekit.unlearn(models["gpt2"], "ga", "forget10", progress=False, lr=1e-3, epochs=3, batch_size=8, grad_accum=1)
+    warmup = len(erasekit.forget_request(models["gpt2"], "forget10").forget) // 8
+    assert warmup >= 1 and seen[warmup] == pytest.approx(1e-3) and len(seen) > warmup + 1
+    assert seen[0] == 0.0 and seen[-1] == pytest.approx(1e-3 / (len(seen) - warmup), rel=1e-6)
+    assert all(a <= b for a, b in zip(seen[:warmup], seen[1 : warmup + 1])) and all(
+        a > b for a, b in zip(seen[warmup:], seen[warmup + 1 :])
+    )

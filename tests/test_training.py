@@ -333,3 +333,24 @@ def test_half_precision_models_train_a_float32_student():
     erasure = api.erase(pipe, "esd", REQUEST, progress=False, iterations=2, ddim_steps=3, lr=1e-2)
     assert erasure.weights and all(v.dtype == torch.bfloat16 for v in erasure.weights.values())
     assert state_hash(pipe.unet) == before
+
+
+def test_a_half_precision_cast_that_rounds_the_update_away_is_refused():
+    """F12: a float32 update far below bfloat16's resolution would mostly vanish in the cast; the
+    erasure is refused with the share kept, and a large enough update passes."""
+    from erasekit.api.erasing import MIN_UPDATE_KEPT, check_cast_keeps_update, update_kept
+    from erasekit.core.errors import ErasekitError
+
+    original = {"w": torch.full((64,), 1.0, dtype=torch.bfloat16)}
+    tiny = {"w": torch.full((64,), 1.0 + 1e-4)}  # bf16 spacing at 1.0 is 2^-7: rounds back to 1.0
+    cast = {"w": tiny["w"].to(torch.bfloat16)}
+    assert update_kept(tiny, cast, original) == 0.0
+    with pytest.raises(ErasekitError, match=r"keeps only 0% of the trained update.*float32"):
+        check_cast_keeps_update("npo", tiny, cast, original)
+    big = {"w": torch.full((64,), 1.0 + 2.0**-6)}  # exactly representable: kept whole
+    assert update_kept(big, {"w": big["w"].to(torch.bfloat16)}, original) == pytest.approx(1.0)
+    check_cast_keeps_update("npo", big, {"w": big["w"].to(torch.bfloat16)}, original)
+    half = {"w": torch.cat([torch.full((32,), 1.0 + 2.0**-6), torch.full((32,), 1.0 + 1e-4)])}  # nearly all kept
+    assert MIN_UPDATE_KEPT < update_kept(half, {"w": half["w"].to(torch.bfloat16)}, original) < 1.0
+    fp32 = {"w": torch.ones(64)}  # a float32 model has nothing to refuse
+    check_cast_keeps_update("npo", tiny, {"w": tiny["w"]}, fp32)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from erasekit import models
+from erasekit.core.errors import ErasekitError
 from erasekit.models.profile import profile_of
 
 
@@ -204,6 +205,7 @@ def build_erasure(pipe, method: str, config, request, result, base_model: str, f
     check_finite(
         cast, f"{method}'s erasure overflows the model's {next(iter(originals.values())).dtype if originals else 'dtype'}"
     )
+    check_cast_keeps_update(method, result.weights, cast, originals)
     changed = {k: v.to("cpu").contiguous() for k, v in cast.items() if not torch.equal(v, originals[k])}
     deltas = lora_deltas(result.lora)
     if not changed and not any(bool(d.any()) for d in deltas.values()) and result.attachment is None:
@@ -225,6 +227,39 @@ def build_erasure(pipe, method: str, config, request, result, base_model: str, f
         lora=result.lora,
         attachment=result.attachment,
     )
+
+
+#: The least share of a trained update that the cast to a half-precision model must keep.
+MIN_UPDATE_KEPT = 0.5
+
+
+def update_kept(trained: dict[str, torch.Tensor], cast: dict[str, torch.Tensor], originals: dict[str, torch.Tensor]) -> float:
+    """The share of the update ``u = trained − original`` that survives the cast to the model's dtype:
+    the projection ``⟨cast − original, u⟩ / ‖u‖²`` over every tensor together, in float32 (1 when
+    nothing rounds away, 0 when the cast restores the original; 1 when nothing was trained)."""
+    dot = norm = 0.0
+    for k, new in trained.items():
+        old = originals[k].float()
+        u = new.detach().to(old.device).float() - old
+        dot += float((u * (cast[k].float() - old)).sum())
+        norm += float(u.pow(2).sum())
+    return dot / norm if norm > 0 else 1.0
+
+
+def check_cast_keeps_update(method: str, trained: dict, cast: dict, originals: dict) -> None:
+    """Refuse a float32 update of a half-precision model that its cast mostly rounds away (a partial
+    silent no-op: the erasure would keep too little of what was trained, e.g. at lr 1e-5 on
+    bfloat16), naming the share kept and what to do."""
+    half = {v.dtype for v in originals.values()} & {torch.float16, torch.bfloat16}
+    if not half or not trained:
+        return
+    kept = update_kept(trained, cast, originals)
+    if kept < MIN_UPDATE_KEPT:
+        dtype = str(next(iter(half))).replace("torch.", "")
+        raise ErasekitError(
+            f"method {method!r}: the cast to {dtype} keeps only {kept:.0%} of the trained update (below "
+            f"{MIN_UPDATE_KEPT:.0%}); load the model in float32 (--dtype float32) or raise the learning rate"
+        )
 
 
 def erase_to(

@@ -17,6 +17,7 @@ resumed from a checkpoint at step ``k`` continues exactly as the uninterrupted r
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,8 @@ from tqdm.auto import tqdm
 from erasekit.core.errors import ConfigError, ErasekitError, NonFiniteError
 from erasekit.core.outputs import claim_collection
 from erasekit.training import checkpoints
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 class Objective(Protocol):
@@ -59,7 +62,8 @@ class TrainingSettings:
     weight_decay: float = 0.0
     grad_accum: int = 1
     grad_clip: float | None = None
-    warmup_steps: int = 0  # lr_k = lr · min(1, (k + 1) / warmup_steps); 0: constant
+    warmup_steps: int = 0  # lr_k = lr · k / warmup_steps for k < warmup_steps (transformers' warm-up)
+    lr_schedule: str = "constant"  # after the warm-up: constant, linear (to 0 at the end) or cosine (lr_factor)
     seed: int = 0
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, off elsewhere), "no", "bf16", "fp16"
     checkpoint_every: int = 0
@@ -68,6 +72,8 @@ class TrainingSettings:
     eval_every: int = 0
 
     def validate(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.steps < 1 or self.lr <= 0 or self.grad_accum < 1 or self.warmup_steps < 0:
             raise ConfigError(
                 f"training needs steps >= 1, lr > 0, grad_accum >= 1 and warmup_steps >= 0 "
@@ -154,7 +160,7 @@ def train(
     t0 = time.perf_counter()
     bar = tqdm(range(start, settings.steps), desc=desc, disable=not progress, initial=start, total=settings.steps, mininterval=1)
     for step in bar:
-        _set_warmup(opt, settings, step)
+        _set_lr(opt, settings, step)
         terms_sum = _accumulate(objective, opt, settings, step, device, scaler, desc)
         if all(p.grad is None for p in plist):
             raise ErasekitError(f"{desc}: no trained parameter received a gradient at step {step} (a silent no-op)")
@@ -183,11 +189,27 @@ def _due(every: int, step: int, steps: int, always_last: bool) -> bool:
     return (step + 1) % every == 0 or last
 
 
-def _set_warmup(opt, settings: TrainingSettings, step: int) -> None:
-    """Linear warm-up: ``lr_k = lr · min(1, (k + 1) / warmup_steps)`` (nothing without warm-up)."""
-    if settings.warmup_steps:
-        for group in opt.param_groups:
-            group["lr"] = settings.lr * min(1.0, (step + 1) / settings.warmup_steps)
+def lr_factor(schedule: str, step: int, steps: int, warmup: int) -> float:
+    """The learning-rate multiplier at optimiser step ``step`` (0-based) of ``steps``, as transformers'
+    ``get_scheduler`` computes it (``constant_with_warmup``, ``linear``, ``cosine``): ``step / warmup``
+    during the ``warmup`` first steps (0 at the very first), then with ``p = (step − warmup) /
+    max(1, steps − warmup)``: ``1`` (constant), ``max(0, 1 − p)`` (linear, 0 after the last step) or
+    ``max(0, (1 + cos(π p)) / 2)`` (cosine)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, steps - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return 1.0
+
+
+def _set_lr(opt, settings: TrainingSettings, step: int) -> None:
+    """Every parameter group's lr at ``step``: ``settings.lr · lr_factor(...)``."""
+    factor = lr_factor(settings.lr_schedule, step, settings.steps, settings.warmup_steps)
+    for group in opt.param_groups:
+        group["lr"] = settings.lr * factor
 
 
 def _accumulate(objective, opt, settings: TrainingSettings, step: int, device, scaler, desc: str) -> dict[str, float]:

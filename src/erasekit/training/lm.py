@@ -3,8 +3,11 @@
 A method is a loss over a forget batch and a retain batch; :func:`fit` does the rest in
 :func:`erasekit.training.engine.train` (the loop the image methods use: checkpoints, resume, the
 refusals of a silent or non-finite run), the same way for every method (open-unlearning's recipe): a **float32 copy** of the model is trained (the user's
-model is never changed and serves as the frozen reference ``π_ref``), AdamW with linear warm-up over
-the first epoch, ``epochs`` passes over the forget set in batches of ``batch_size`` ×
+model is never changed and serves as the frozen reference ``π_ref``), AdamW with transformers'
+warm-up over the first epoch counted as open-unlearning counts it (``int(warmup_epochs · n_forget //
+(batch_size · grad_accum))`` steps, ``lr`` 0 at the first) and then a **linear decay to 0**
+(``lr_schedule="linear"``, transformers' default, which the TOFU experiments of open-unlearning and
+the NPO / SimNPO authors run; ``constant`` as MUSE's runs, ``cosine``), ``epochs`` passes over the forget set in batches of ``batch_size`` ×
 ``grad_accum``, each forget batch paired with as many retain pairs (cycled), gradients clipped to
 norm 1. Only the parameters chosen by ``params`` train (:func:`select_parameters`), or a LoRA on
 them (``lora_rank``); the result holds the new values of exactly those (``model.<name>`` keys) or
@@ -31,6 +34,7 @@ from erasekit.core.registry import MethodResult
 from erasekit.core.request import ForgetRequest, QAPair
 from erasekit.models.causal_lm import PARAMETER_SETS, select_parameters  # noqa: F401  (also importable from here)
 from erasekit.models.lm_batches import answer_token_logprobs, encode_pairs
+from erasekit.training.engine import LR_SCHEDULES, TrainingSettings, train
 
 
 @dataclass
@@ -42,6 +46,13 @@ class UnlearnConfig(MethodConfig):
     batch_size: int = field(default=8, metadata={"help": "forget pairs per micro-batch", "min": 1})
     grad_accum: int = field(default=4, metadata={"help": "micro-batches per optimiser step", "min": 1})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    lr_schedule: str = field(
+        default="linear",
+        metadata={"help": "lr after the warm-up: linear (decays to 0, TOFU / open-unlearning), constant (MUSE) or cosine"},
+    )
+    warmup_epochs: float = field(
+        default=1.0, metadata={"help": "linear warm-up length in epochs (open-unlearning's TOFU: 1; 0: none)"}
+    )
     params: str = field(
         default="all",
         metadata={"help": "parameters that train: all, mlp, attn, or re:<regex> over parameter names"},
@@ -59,6 +70,8 @@ class UnlearnConfig(MethodConfig):
     )
 
     def validate(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r}: use {', '.join(LR_SCHEDULES)}")
         if not (self.params in PARAMETER_SETS or self.params.startswith("re:")):
             raise ConfigError(f"params={self.params!r}: use all, mlp, attn, or re:<regex>")
 
@@ -216,17 +229,16 @@ def fit(lm, request: ForgetRequest, config: UnlearnConfig, loss_fn: LossFn, prog
     dropout from the loop's generator of that step (the caller's random state is left as it was);
     with ``checkpoint_dir`` it checkpoints every ``config.checkpoint_every`` steps (0: every tenth)
     and ``resume`` continues from the newest checkpoint exactly as the uninterrupted run would."""
-    from erasekit.training.engine import TrainingSettings, train
-
     if needs_retain and not request.retain:
         raise ConfigError("this method has a retain term: the forget request needs retain pairs (--retain or a testbed split)")
-    schedule = epoch_schedule(list(forget_pairs if forget_pairs is not None else request.forget), list(request.retain), config)
-    per_epoch = len(schedule) // config.epochs
+    forget = list(forget_pairs if forget_pairs is not None else request.forget)
+    schedule = epoch_schedule(forget, list(request.retain), config)
     lora = LoraSpec(config.lora_rank, config.lora_alpha, config.lora_dropout) if config.lora_rank else None
     devices = [lm.device.index or 0] if lm.device.type == "cuda" else []
     every = (config.checkpoint_every or max(1, len(schedule) // 10)) if checkpoint_dir else 0
     settings = TrainingSettings(steps=len(schedule), lr=config.lr, optimizer="adamw", weight_decay=config.weight_decay,
-                                grad_accum=config.grad_accum, grad_clip=1.0, warmup_steps=per_epoch, seed=config.seed,
+                                grad_accum=config.grad_accum, grad_clip=1.0, seed=config.seed,
+                                warmup_steps=warmup_steps(len(forget), config), lr_schedule=config.lr_schedule,
                                 mixed_precision="no", checkpoint_every=every, checkpoint_dir=checkpoint_dir, resume=resume)  # fmt: skip
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)  # the LoRA's initialisation
@@ -246,6 +258,12 @@ def fit(lm, request: ForgetRequest, config: UnlearnConfig, loss_fn: LossFn, prog
     if lora is not None:
         return Fitted({}, lora_factors(model, lora), log)
     return Fitted({f"model.{n}": p.detach() for n, p in trainable.items()}, {}, log)
+
+
+def warmup_steps(n_forget: int, config: UnlearnConfig) -> int:
+    """Warm-up steps as open-unlearning's ``load_trainer_args`` counts them on one device:
+    ``int(warmup_epochs · n_forget // (batch_size · grad_accum))`` (1 for TOFU's forget01 of 40 pairs)."""
+    return int(config.warmup_epochs * n_forget // (config.batch_size * config.grad_accum))
 
 
 #: One optimiser step of an unlearning run: its micro-batches, each (forget pairs, retain pairs).

@@ -10,7 +10,8 @@ on held-out paraphrases, ROUGE-L, answer probability, truth ratios); everything 
   and the oracle retrained without the split: **forget** (``forgotten`` = 1 − accuracy with its
   Wilson interval, so higher = more forgotten, as UA on the image side; plus ROUGE-L, probability,
   truth ratio, **forget quality** = KS p-value of the truth ratios against the oracle's, and the
-  **privacy leak** = relative Min-K% membership AUC against the oracle's, MUSE's PrivLeak), **retain**
+  **privacy leak** = MUSE's PrivLeak: the relative difference of the forget-against-holdout Min-K%
+  AUC from the oracle's, 0 ideal, negative = under-unlearned), **retain**
   (the same scores on retain authors, on *neighbour* authors who share a name word with a forgotten
   author, and filler text) and **model utility**, the harmonic mean of seven retain numbers:
   probability, ROUGE-L and truth-ratio score on retain and on neighbour authors, and the filler's
@@ -123,14 +124,24 @@ def _summary(s: dict) -> dict:
     }
 
 
-def membership_auc(lm, world: FactWorld, split: str, k: float = 0.2) -> float:
-    """Min-K% AUC separating the forget authors' training QA texts (members) from the same texts of
-    the holdout authors no model was trained on (non-members)."""
-    member = [f"{q.question} {q.answer}" for a in world.forget(split) for q in world.qa(a)]
+def membership_auc(lm, world: FactWorld, split: str, k: float = 0.4) -> float:
+    """MUSE's ``forget_holdout`` Min-K% AUC (``privleak.py``: forget texts labelled 0, holdout texts
+    1, score ``mean log p`` of the lowest ``k``): the probability that a text of a holdout author no
+    model was trained on looks *more* familiar than a forget author's training QA text. 0 for a model
+    that remembers the forget texts, about 0.5 for one that never saw them."""
+    forget = [f"{q.question} {q.answer}" for a in world.forget(split) for q in world.qa(a)]
     holdout = [f"{q.question} {q.answer}" for a in world.holdout for q in world.qa(a)]
-    scores_m = min_k_scores(lm.model, lm.tokenizer, member, k)
+    scores_f = min_k_scores(lm.model, lm.tokenizer, forget, k)
     scores_h = min_k_scores(lm.model, lm.tokenizer, holdout, k)
-    return auc(scores_m.tolist(), scores_h.tolist())
+    return auc(scores_h.tolist(), scores_f.tolist())
+
+
+def privacy_leak(auc_model: float, auc_oracle: float) -> float:
+    """MUSE's PrivLeak ``(AUC_model − AUC_oracle) / AUC_oracle · 100`` on :func:`membership_auc`
+    (MUSE ``eval.py``): 0 is the oracle's; negative = under-unlearned (the forget texts still look
+    familiar; −100 for a model that remembers them all), positive = over-unlearned (they look *less*
+    familiar than texts never trained on)."""
+    return (auc_model - auc_oracle) / auc_oracle * 100
 
 
 def model_report(lm, world: FactWorld, split: str, n_retain: int = 20, seed: int = 0) -> dict:
@@ -172,7 +183,7 @@ def evaluate_unlearning(lm, world: FactWorld, split: str, erasure=None, oracle=N
     }
     if ref is not None:
         forget_block["forget_quality"] = ks_pvalue(after["forget_ratios"], ref["forget_ratios"])
-        forget_block["privacy_leak"] = (after["membership_auc"] - ref["membership_auc"]) / ref["membership_auc"] * 100
+        forget_block["privacy_leak"] = privacy_leak(after["membership_auc"], ref["membership_auc"])
     forget_block["membership_auc"] = after["membership_auc"]
     return {
         "split": split,
@@ -202,5 +213,5 @@ def _brief(report: dict, ref: dict | None) -> dict:
     }
     if ref is not None:
         out["forget_quality"] = ks_pvalue(report["forget_ratios"], ref["forget_ratios"])
-        out["privacy_leak"] = (report["membership_auc"] - ref["membership_auc"]) / ref["membership_auc"] * 100
+        out["privacy_leak"] = privacy_leak(report["membership_auc"], ref["membership_auc"])
     return out

@@ -7,15 +7,19 @@ on. Definitions (``../shared/reference/llm-unlearning.md``):
 
 - **probability** of an answer: ``exp(-mean token NLL)`` (length-normalised, in (0, 1]);
 - **accuracy**: the greedy continuation of the question contains the exact answer value;
-- **ROUGE-L recall**: longest common word subsequence of greedy answer and true answer sentence,
-  divided by the true sentence's length;
-- **truth ratio** ``R = mean_k P(perturbed_k | q) / P(true | q)`` (length-normalised probabilities),
-  asked with the held-out paraphrased question; a model that knows the fact has ``R << 1``, one that
-  never saw it ``R`` near 1;
+- **ROUGE-L recall**: ``rouge_score``'s ROUGE-L recall with Porter stemming (TOFU,
+  open-unlearning): longest common subsequence of the greedy answer's and the true answer's tokens
+  (lower-cased, punctuation dropped, stemmed) over the true answer's length;
+- **truth ratio** ``R = GM_k P(perturbed_k | q) / P(true | q)`` with length-normalised probabilities
+  and the *geometric* mean over the perturbed answers (TOFU ``evaluate_util.py``, open-unlearning
+  ``memorization.py``: the mean of the per-answer average losses, exponentiated), asked with the
+  held-out paraphrased question; a model that knows the fact has ``R << 1``, one that never saw it
+  ``R`` near 1;
 - **forget quality**: the two-sample Kolmogorov-Smirnov p-value between the truth ratios of the
-  model and of the oracle on the forget questions;
-- **Min-K% score** (Shi et al. 2024): mean of the lowest ``k`` share of token log-probabilities of a
-  text; the membership AUC separates forget texts (members) from holdout texts (non-members).
+  model and of the oracle on the forget questions, ``scipy.stats.ks_2samp`` as TOFU and
+  open-unlearning call it (exact for these sample sizes);
+- **Min-K% score** (Shi et al. 2024): mean of the lowest ``max(1, int(k·n))`` token
+  log-probabilities of a text, ``k = 40 %`` as MUSE's PrivLeak key and open-unlearning's configs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import math
 from collections.abc import Sequence
 
 import torch
+from rouge_score import rouge_scorer
+from scipy.stats import ks_2samp
 
 from erasekit.core.request import QAPair
 from erasekit.models.lm_batches import answer_token_logprobs, encode_pairs, pad_rows
@@ -81,23 +87,23 @@ def contains_value(answer: str, value: str) -> bool:
     return any(a[i : i + len(v)] == v for i in range(len(a) - len(v) + 1)) if v else False
 
 
+_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
 def rouge_l_recall(prediction: str, reference: str) -> float:
-    """LCS(prediction words, reference words) / len(reference words) (ROUGE-L recall, lower-cased)."""
-    p, r = [w.lower() for w in split_words(prediction)], [w.lower() for w in split_words(reference)]
-    if not r:
+    """ROUGE-L recall of ``prediction`` against ``reference``: ``LCS / len(reference tokens)`` with
+    ``rouge_score``'s tokeniser and Porter stemmer (TOFU ``evaluate_util.py``: ``RougeScorer(["rougeL"],
+    use_stemmer=True).score(gt, gen)["rougeL"].recall``). NaN for a reference without a word."""
+    if not _ROUGE._tokenizer.tokenize(reference):
         return float("nan")
-    prev = [0] * (len(p) + 1)
-    for rw in r:
-        cur = [0]
-        for j, pw in enumerate(p):
-            cur.append(prev[j] + 1 if rw == pw else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1] / len(r)
+    return float(_ROUGE.score(reference, prediction)["rougeL"].recall)
 
 
 def truth_ratios(model, tokenizer, questions: Sequence[str], answers: Sequence[str], perturbed: Sequence[Sequence[str]],
                  batch_size: int = 64) -> torch.Tensor:  # fmt: skip
-    """``R_i = mean_k P(perturbed_ik | q_i) / P(answer_i | q_i)`` with length-normalised probabilities."""
+    """``R_i = exp(mean_k log P(perturbed_ik | q_i)) / P(answer_i | q_i)``: the geometric mean of the
+    perturbed answers' length-normalised probabilities over the true answer's (TOFU: ``exp(mean_k
+    loss_k) `` of the per-answer average losses, against ``exp(loss_true)``)."""
     k = len(perturbed[0]) if perturbed else 0
     if any(len(p) != k for p in perturbed):
         raise ValueError("every question needs the same number of perturbed answers")
@@ -105,7 +111,7 @@ def truth_ratios(model, tokenizer, questions: Sequence[str], answers: Sequence[s
     flat_q = [q for q in questions for _ in range(k)]
     flat_a = [a for p in perturbed for a in p]
     pert_p = answer_probability(model, tokenizer, flat_q, flat_a, batch_size).view(len(questions), k)
-    return pert_p.mean(dim=1) / true_p
+    return pert_p.log().mean(dim=1).exp() / true_p
 
 
 def truth_ratio_score(ratios: torch.Tensor, forget: bool) -> float:
@@ -118,44 +124,34 @@ def truth_ratio_score(ratios: torch.Tensor, forget: bool) -> float:
 
 
 def ks_pvalue(x: Sequence[float], y: Sequence[float]) -> float:
-    """Two-sample Kolmogorov-Smirnov test p-value (two-sided), from the statistic
-    ``D = sup |F_x - F_y|`` and the Kolmogorov distribution with Stephens' small-sample correction
-    ``Q((sqrt(ne) + 0.12 + 0.11 / sqrt(ne)) D)``, ``ne = nm / (n + m)`` (Numerical Recipes, ``kstwo``)."""
-    xs, ys = sorted(float(v) for v in x if math.isfinite(v)), sorted(float(v) for v in y if math.isfinite(v))
+    """Two-sided two-sample Kolmogorov-Smirnov p-value, ``scipy.stats.ks_2samp(x, y).pvalue`` (its
+    ``method="auto"``: exact for samples up to 10 000, as TOFU and open-unlearning compute forget
+    quality). Non-finite values are dropped first (a question whose ratio could not be computed)."""
+    xs, ys = [float(v) for v in x if math.isfinite(v)], [float(v) for v in y if math.isfinite(v)]
     if not xs or not ys:
         return float("nan")
-    d, i, j = 0.0, 0, 0
-    while i < len(xs) and j < len(ys):
-        v = min(xs[i], ys[j])
-        while i < len(xs) and xs[i] <= v:
-            i += 1
-        while j < len(ys) and ys[j] <= v:
-            j += 1
-        d = max(d, abs(i / len(xs) - j / len(ys)))
-    en = math.sqrt(len(xs) * len(ys) / (len(xs) + len(ys)))
-    return _kolmogorov_q((en + 0.12 + 0.11 / en) * d)
-
-
-def _kolmogorov_q(lam: float) -> float:
-    """``Q(λ) = 2 Σ_{j≥1} (-1)^{j-1} exp(-2 j² λ²)`` (1 for λ near 0)."""
-    if lam < 1e-3:
-        return 1.0
-    total = sum(2 * (-1) ** (j - 1) * math.exp(-2 * j * j * lam * lam) for j in range(1, 101))
-    return min(1.0, max(0.0, total))
+    return float(ks_2samp(xs, ys).pvalue)
 
 
 @torch.no_grad()
-def min_k_scores(model, tokenizer, texts: Sequence[str], k: float = 0.2, batch_size: int = 64) -> torch.Tensor:
-    """Min-K% membership score per text: mean of its lowest ``ceil(k * n)`` token log-probabilities
-    (higher = more likely a training member)."""
+def min_k_scores(model, tokenizer, texts: Sequence[str], k: float = 0.4, batch_size: int = 64) -> torch.Tensor:
+    """Min-K% membership score per text: mean of its lowest ``max(1, int(k * n))`` token
+    log-probabilities (higher = more likely a training member; MUSE ``privleak.py`` takes
+    ``int(k·n)``, open-unlearning ``min_k.py`` at least one token)."""
     lps = token_logprobs(model, tokenizer, [""] * len(texts), texts, batch_size)
-    return torch.stack([lp.sort().values[: max(1, math.ceil(k * lp.numel()))].mean() for lp in lps])
+    return torch.stack([min_k_mean(lp, k) for lp in lps])
 
 
-def auc(members: Sequence[float], non_members: Sequence[float]) -> float:
-    """Area under the ROC curve of a score separating members (positive) from non-members: the
-    probability that a random member scores above a random non-member (ties count one half)."""
-    m, n = [float(v) for v in members], [float(v) for v in non_members]
+def min_k_mean(logprobs: torch.Tensor, k: float) -> torch.Tensor:
+    """The mean of the lowest ``max(1, int(k·n))`` of ``n`` token log-probabilities."""
+    return logprobs.sort().values[: max(1, int(k * logprobs.numel()))].mean()
+
+
+def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """Area under the ROC curve of a score separating ``positives`` (label 1) from ``negatives``
+    (label 0): the probability that a random positive scores above a random negative (ties count
+    one half; ``sklearn.metrics.roc_auc_score`` on the same labels)."""
+    m, n = [float(v) for v in positives], [float(v) for v in negatives]
     if not m or not n:
         return float("nan")
     wins = sum((a > b) + 0.5 * (a == b) for a in m for b in n)

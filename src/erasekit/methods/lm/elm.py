@@ -36,9 +36,10 @@ Deliberate differences, each stated:
   defaults ``lora_alpha=16``, ``lora_dropout=0.05``) trains the reference's LoRA instead and stores its
   factors, the storage that suits billion-parameter models.
 - **Loop**: erasekit's one training loop (``training/engine.py``, through ``llm/unlearn.fit``): ``epochs`` passes over the forget
-  pairs (the reference draws ``num_samples`` = 3,000 texts from a corpus), linear warm-up over the
-  first epoch and gradients clipped to norm 1 (the reference has neither), accumulated gradients
-  averaged rather than summed (AdamW is insensitive to that scale).
+  pairs (the reference draws ``num_samples`` = 3,000 texts from a corpus) at a constant lr without
+  warm-up as the reference (``lr_schedule="constant"``, ``warmup_epochs=0``), gradients clipped to
+  norm 1 (the reference does not clip), accumulated gradients averaged rather than summed (AdamW is
+  insensitive to that scale).
 - **Consistency text** is generated once per forget pair before training (the reference's
   ``prepare_consistency_data.py`` path) with a length drawn from ``[consistency_min_tokens,
   consistency_max_tokens]`` (reference: 100-300), not regenerated at every step.
@@ -125,6 +126,8 @@ class ELMConfig(UnlearnConfig):
     lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate (reference: 5e-5)", "gt": 0})
     batch_size: int = field(default=1, metadata={"help": "forget texts per micro-batch (reference: 1)", "min": 1})
     grad_accum: int = field(default=4, metadata={"help": "micro-batches per optimiser step (reference: 4)", "min": 1})
+    lr_schedule: str = field(default="constant", metadata={"help": "lr after the warm-up (reference: constant AdamW)"})
+    warmup_epochs: float = field(default=0.0, metadata={"help": "warm-up length in epochs (reference: none)"})
     eta: float = field(default=1000.0, metadata={"help": "erasure strength: η_t rises from 1 to eta along the text", "min": 1})
     temperature: float = field(default=1.2, metadata={"help": "temperature of the target log-probabilities (0: none)"})
     top_k: int = field(default=50, metadata={"help": "entries of the target kept before the softmax (0: all)"})

@@ -11,7 +11,8 @@ uniform in [0, 1)^d then normalised; ``h^ℓ`` the output of block ``ℓ``, i.e.
 Parameters that train: **WMDP's original choice**, the MLP output projections of blocks ℓ−2..ℓ
 (``mlp.c_proj`` on GPT-2, ``mlp.down_proj`` on Llama) — not open-unlearning's TOFU variant that
 trains every parameter with c = 2 (``--set params=all steering_coeff=2 alpha=1`` gives that).
-Defaults are WMDP's: c = 20, α = 100, lr 5e-5, layer 7 (or the middle block of smaller models).
+Defaults are WMDP's: c = 20, α = 100, lr 5e-5 held constant without warm-up (WMDP's plain AdamW;
+``lr_schedule`` / ``warmup_epochs`` change it), layer 7 (or the middle block of smaller models).
 The forget "text" is each forget pair's question and answer.
 
 **Adaptive RMU** (Dang et al. 2025, "On effects of steering latent representation for LLM
@@ -39,6 +40,8 @@ from erasekit.training.lm import PARAMETER_SETS, Step, UnlearnConfig, fit
 @dataclass
 class RMUConfig(UnlearnConfig):
     lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate (WMDP: 5e-5)", "gt": 0})
+    lr_schedule: str = field(default="constant", metadata={"help": "lr after the warm-up (WMDP: constant)"})
+    warmup_epochs: float = field(default=0.0, metadata={"help": "warm-up length in epochs (WMDP: none)"})
     layer: int = field(default=-1, metadata={"help": "block ℓ whose output is steered (-1: min(7, n_layers // 2))", "min": -1})
     steering_coeff: float = field(default=20.0, metadata={"help": "norm c of the random target direction", "gt": 0})
     alpha: float = field(default=100.0, metadata={"help": "weight α of the retain activation term"})

@@ -1,10 +1,12 @@
 """SimNPO (Fan et al. 2024; open-unlearning ``SimNPO``): NPO without a reference model, on
 length-normalised log-likelihoods with a margin δ,
 
-    L = γ · (−(2/β) · mean_forget log σ(β · NLL̄_θ(y|x) − δ))  +  α · NLL_θ(retain),
+    L = γ · (−(2/β) · mean_forget log σ(β · (NLL̄_θ(y|x) − δ)))  +  α · NLL_θ(retain),
 
 ``NLL̄`` the mean token NLL of the answer (a positive number, so the forget term rewards raising
-it); defaults β = 4.5, δ = 0, γ = 0.125, α = 1.
+it); the margin sits inside β as in the authors' code (OPTML-Group/Unlearn-Simple
+``TOFU/dataloader.py``) and open-unlearning's ``simnpo.py``, ``β · (NLL̄ − δ)``; defaults β = 4.5,
+δ = 0, γ = 0.125, α = 1 (open-unlearning's ``SimNPO.yaml``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def simnpo(
 
     def loss(s: Step):
         mean_nll = -answer_logprob(s.model, s.forget, mean=True)
-        forget = -(2.0 / config.beta) * F.logsigmoid(config.beta * mean_nll - config.delta).mean()
+        forget = -(2.0 / config.beta) * F.logsigmoid(config.beta * (mean_nll - config.delta)).mean()
         return with_retain(forget, "simnpo", config, s)
 
     return fit(

@@ -1,8 +1,12 @@
 """Task-vector negation (Ilharco et al. 2023; MUSE's "Task Vector" baseline).
 
 Fine-tune a copy on the forget answers (plain NLL descent: a model that knows them *better*), take
-the task vector ``τ = θ_ft − θ`` and subtract it: ``θ' = θ − s · τ`` (``s`` = ``scale``, 1 as in
-MUSE). The same training recipe as the other methods (epochs, lr, parameter set).
+the task vector ``τ = θ_ft − θ`` and subtract it: ``θ' = θ − s · τ``.
+
+Defaults are MUSE's runs (``baselines/scripts/unlearn_{news,books}.sh``, ``baselines/finetune.py``):
+``s = 5`` (``--alpha 5.0``; 1 is only their argparse default), and a fine-tune of 10 epochs at lr 1e-5
+with transformers' cosine schedule, no warm-up and no weight decay. Batches are the common recipe's
+(8 × 4; MUSE: 4 per device on 8 GPUs).
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from erasekit.training.lm import Step, UnlearnConfig, fit, nll
 
 @dataclass
 class TaskVectorConfig(UnlearnConfig):
-    scale: float = field(default=1.0, metadata={"help": "multiple s of the task vector subtracted", "gt": 0})
+    scale: float = field(default=5.0, metadata={"help": "multiple s of the task vector subtracted (MUSE's runs: 5)", "gt": 0})
+    lr_schedule: str = field(default="cosine", metadata={"help": "fine-tune lr schedule (MUSE: cosine)"})
+    warmup_epochs: float = field(default=0.0, metadata={"help": "fine-tune warm-up in epochs (MUSE: none)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "fine-tune AdamW weight decay (MUSE: 0)"})
 
 
 @register_method("task-vector", TaskVectorConfig, families=("causal-lm",), kind="fine-tuning", accepts=("checkpoints",))
