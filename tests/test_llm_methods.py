@@ -312,16 +312,60 @@ def test_undial_targets_lower_only_the_true_token_and_the_loss_is_minimal_at_the
     assert torch.allclose(q, torch.softmax(torch.tensor([[-8.0, 1.0, 0.0]]), -1))  # only the label's logit moves
     lm = models["gpt2"]
     batch = encode_pairs(lm.tokenizer, erasekit.forget_request(lm, "forget10").forget[:4], lm.device)
-    at_zero = undial_loss(lm.model, lm.model, batch, beta=0.0)  # β = 0: the target is the model itself
+    at_zero = undial_loss(lm.model, lm.model, batch, beta=0.0, positions="answer")  # β = 0: the target is the model
     labels = batch["labels"][:, 1:]
     logits = lm.model(input_ids=batch["input_ids"]).logits[:, :-1][labels != -100]
     entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1).mean()
     assert at_zero.item() == pytest.approx(entropy.item(), rel=1e-5)  # CE(p, p) = H(p)
     w = lm.model.transformer.h[0].mlp.c_fc.weight
     assert torch.autograd.grad(at_zero, w)[0].abs().max() < 1e-6  # the target is the model: nothing to learn
-    g = torch.autograd.grad(undial_loss(lm.model, lm.model, batch, beta=10.0), w)[0]
+    g = torch.autograd.grad(undial_loss(lm.model, lm.model, batch, beta=10.0, positions="answer"), w)[0]
     g_ll = torch.autograd.grad(answer_logprob(lm.model, batch).sum(), w)[0]
     assert (g * g_ll).sum() > 0  # descending the UNDIAL loss lowers the answers' log-likelihood
+
+
+def test_undial_default_averages_over_every_token_as_the_authors_code(models):
+    """The authors' ``DITrainer.compute_loss`` (dong-river/LLM_unlearning ``utils/ft_utils.py``): the
+    target ``softmax(z_ref − β·onehot(next token))`` at every shifted position, the soft cross-entropy
+    averaged over them (here over the real ones: padding left out)."""
+    from erasekit.methods.lm.undial import undial_loss
+
+    lm = models["gpt2"]
+    batch = encode_pairs(lm.tokenizer, erasekit.forget_request(lm, "forget10").forget[:4], lm.device)
+    student = tiny_lm("gpt2", seed=1).model  # a different model, so that the loss is not its own entropy
+    with torch.no_grad():
+        ids, real = batch["input_ids"], batch["attention_mask"][:, 1:].bool()
+        shift_labels, logits = ids[..., 1:], student(input_ids=ids, attention_mask=batch["attention_mask"]).logits[..., :-1, :]
+        teacher = lm.model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[..., :-1, :]
+        mask = torch.zeros_like(teacher)
+        mask[
+            torch.arange(mask.shape[0]).view(-1, 1, 1), torch.arange(mask.shape[1]).view(1, -1, 1), shift_labels.unsqueeze(-1)
+        ] = 1
+        soft = torch.softmax(teacher - mask * 10.0, dim=-1)
+        per = torch.nn.CrossEntropyLoss(reduction="none")(logits.reshape(-1, logits.shape[-1]), soft.reshape(-1, soft.shape[-1]))
+        reference = per.view(real.shape)[real].mean()
+        ours = undial_loss(student, lm.model, batch, beta=10.0)
+        answer_only = undial_loss(student, lm.model, batch, beta=10.0, positions="answer")
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    answers = (batch["labels"][:, 1:] != -100).sum()
+    assert real.sum() > answers and answer_only.item() != ours.item()  # the question tokens count too
+
+
+def test_kl_retain_term_averages_over_every_real_position_by_default(models):
+    """open-unlearning's ``compute_kl_divergence``: ``kl_div(log p_θ, log p_ref, batchmean, log_target)``
+    over the flattened positions, i.e. the mean ``KL(p_ref ‖ p_θ)`` per position (padding left out here)."""
+    from erasekit.training.lm import kl_to_reference
+
+    lm = models["gpt2"]
+    batch = encode_pairs(lm.tokenizer, erasekit.forget_request(lm, "forget10").retain[:4], lm.device)
+    student = tiny_lm("gpt2", seed=1).model
+    with torch.no_grad():
+        real = batch["attention_mask"][:, 1:].bool()
+        cur = torch.log_softmax(student(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits[:, :-1][real], -1)
+        ref = torch.log_softmax(lm.model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits[:, :-1][real], -1)
+        reference = torch.nn.functional.kl_div(cur, ref, reduction="batchmean", log_target=True)
+        assert kl_to_reference(student, lm.model, batch).item() == pytest.approx(reference.item(), rel=1e-5)
+        assert kl_to_reference(student, lm.model, batch, "answer").item() != pytest.approx(reference.item(), rel=1e-3)
 
 
 def test_unlearning_runs_in_the_one_loop_and_resumes_exactly(models, tmp_path, monkeypatch):

@@ -123,3 +123,21 @@ def test_speed_equals_a_re_derivation_of_the_reference_update(testbed_pipe):
             expected = w + w @ (sum_at - sum_tt) @ p @ inner @ m
             got = ours.weights[f"unet.{name}.weight"].double()
             assert (got - expected).abs().max() <= 1e-4 * expected.abs().max(), name
+
+
+def test_invariant_centroids_cluster_the_empty_prompts_eos_and_padding(monkeypatch):
+    """The reference's K2: BOS of "" plus k-means centroids of ``null_hidden[1:]`` (EOS and padding)."""
+    import erasekit.methods.diffusion.speed as speed_module
+
+    seen = []
+    real = speed_module.kmeans
+
+    def spy(x, k, iters=25):
+        seen.append(x.clone())
+        return real(x, k, iters)
+
+    monkeypatch.setattr(speed_module, "kmeans", spy)
+    pipe = tiny_pipeline("sd")
+    erase(pipe, "speed", ErasureRequest([Target("star", anchor="a shape")]), tau=1e-2, augment=0)
+    empty = get_adapter(pipe).encode(pipe, [""]).tokens[0].double()
+    assert len(seen) == 1 and torch.allclose(seen[0], empty[1:])  # EOS included, BOS not

@@ -90,8 +90,17 @@ def test_variant_2023_and_to_v_only():
     v_only = erase(pipe, "uce", REQUEST, with_to_k=False)
     assert v_only.weights and all(k.endswith("to_v.weight") for k in v_only.weights)
     paper = erase(pipe, "uce", REQUEST, variant="2023")
-    assert paper.info["token"] == "end" and paper.info["preserve_scale"] == pytest.approx(1 / 3)
+    # the 2023 code always preserves "" too: η_p = max(0.1, 1 / (|P| + 1)) with |P| = 3
+    assert paper.info["token"] == "end" and paper.info["preserve_scale"] == pytest.approx(1 / 4)
     assert paper.info["target_keys"]["tokens"] > 2 * 2  # many end tokens per prompt
+    # a preserved prompt keeps every position (the code's new_emb[:]): |plan.preserve| prompts x all tokens
+    length = get_adapter(pipe).encode(pipe, ["circle"]).tokens.shape[1]
+    preserved = paper.info["preserve_keys"]["tokens"]
+    assert preserved % length == 0 and preserved // length >= 4
+    without = erase(pipe, "uce", REQUEST, variant="2023", preserve_empty=False)
+    assert (
+        without.info["preserve_scale"] == pytest.approx(1 / 3) and without.info["preserve_keys"]["tokens"] == preserved - length
+    )
 
 
 def test_mass_erasure_uses_one_shared_solve():

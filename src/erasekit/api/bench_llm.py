@@ -100,9 +100,10 @@ def render_llm_tables(out_dir: str | os.PathLike, report: str | os.PathLike | No
         "configuration, its settings in its JSON and docs/unlearning.md); *base*: before unlearning; "
         "*oracle*: retrained without the split's authors (the target). forgotten: forget questions no longer "
         "answered exactly (95 % Wilson interval); truth ratio: TOFU's forget aggregate (oracle-like ≈ the "
-        "oracle's value); forget quality: KS p-value against the oracle's truth ratios (higher = closer to "
-        "retraining); model utility: harmonic mean of retain, neighbour and filler scores; privacy leak: "
-        "Min-K% membership AUC relative to the oracle's (0 ideal)."
+        "oracle's value; geometric mean over the perturbed answers); forget quality: KS p-value "
+        "(scipy's ks_2samp) against the oracle's truth ratios (higher = closer to retraining); model utility: "
+        "harmonic mean of retain, neighbour and filler scores; privacy leak: MUSE's PrivLeak, the forget-vs-holdout "
+        "Min-K% (k = 40 %) AUC relative to the oracle's (0 ideal, negative = under-unlearned, −100 = remembers all)."
     )
     if report is not None:
         write_section(report, SECTION, llm_results_markdown(recorded, header_r), "results")

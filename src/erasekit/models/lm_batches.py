@@ -61,6 +61,18 @@ def encode_texts(tokenizer, texts: Sequence[str], device: torch.device | str = "
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": ids.masked_fill(mask == 0, -100).to(device)}
 
 
+def target_positions(batch: dict[str, torch.Tensor], positions: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(targets, valid)`` ``[N, T-1]``: the next token at every position and where a loss reads it —
+    ``"answer"``: the answer tokens (the batch's labels), ``"text"``: every real token after ``<bos>``
+    (question and answer; padding never)."""
+    if positions == "answer":
+        targets = batch["labels"][:, 1:]
+        return targets.clamp(min=0), targets != -100
+    if positions == "text":
+        return batch["input_ids"][:, 1:], batch["attention_mask"][:, 1:].bool()
+    raise ValueError(f"positions={positions!r}: use answer or text")
+
+
 def answer_token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log π(token | prefix), valid)`` for every target position of ``batch`` (float32, ``[N, T-1]``);
     ``valid`` marks the scored (answer) positions, and the log-probabilities are 0 elsewhere."""

@@ -33,8 +33,11 @@ from erasekit.core.errors import ConfigError
 from erasekit.core.registry import MethodResult
 from erasekit.core.request import ForgetRequest, QAPair
 from erasekit.models.causal_lm import PARAMETER_SETS, select_parameters  # noqa: F401  (also importable from here)
-from erasekit.models.lm_batches import answer_token_logprobs, encode_pairs
+from erasekit.models.lm_batches import answer_token_logprobs, encode_pairs, target_positions
 from erasekit.training.engine import LR_SCHEDULES, TrainingSettings, train
+
+#: Which positions a per-token loss averages over (:func:`~erasekit.models.lm_batches.target_positions`).
+POSITIONS = ("text", "answer")
 
 
 @dataclass
@@ -89,22 +92,28 @@ def nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
 
 
-def kl_to_reference(model: torch.nn.Module, reference: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``KL(π_ref ‖ π_θ)`` per answer token, averaged (the KL retain term)."""
+def kl_to_reference(
+    model: torch.nn.Module, reference: torch.nn.Module, batch: dict[str, torch.Tensor], positions: str = "text"
+) -> torch.Tensor:
+    """``KL(π_ref ‖ π_θ)`` per position, averaged over the positions (the KL retain term): ``text``
+    every real token (open-unlearning's ``compute_kl_divergence``, a ``batchmean`` over every position
+    of the flattened batch; its padding positions are left out here, as their number depends on the
+    longest text of the batch) or ``answer`` the answer tokens only."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()[:, :-1]
     with torch.no_grad():
         ref = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()[:, :-1]
-    valid = batch["labels"][:, 1:] != -100
+    _, valid = target_positions(batch, positions)
     kl = F.kl_div(torch.log_softmax(logits, -1), torch.log_softmax(ref, -1), log_target=True, reduction="none").sum(-1)
     return (kl * valid).sum() / valid.sum().clamp(min=1)
 
 
-def retain_loss(kind: str, model, reference, batch) -> torch.Tensor:
-    """The retain term ``L_retain``: ``NLL`` of the retain answers or ``KL`` to the frozen model."""
+def retain_loss(kind: str, model, reference, batch, kl_positions: str = "text") -> torch.Tensor:
+    """The retain term ``L_retain``: ``NLL`` of the retain answers or ``KL`` to the frozen model (over
+    ``kl_positions``)."""
     if kind == "NLL":
         return nll(model, batch)
     if kind == "KL":
-        return kl_to_reference(model, reference, batch)
+        return kl_to_reference(model, reference, batch, kl_positions)
     raise ConfigError(f"retain_loss={kind!r}: use NLL or KL")
 
 
@@ -115,11 +124,17 @@ class RetainConfig(UnlearnConfig):
     gamma: float = field(default=1.0, metadata={"help": "weight γ of the forget term"})
     alpha: float = field(default=1.0, metadata={"help": "weight α of the retain term (0: none)"})
     retain_loss: str = field(default="NLL", metadata={"help": "NLL (of retain answers) or KL (to the frozen model)"})
+    kl_positions: str = field(
+        default="text",
+        metadata={"help": "with retain_loss=KL: text (every real token, open-unlearning) or answer (answer tokens)"},
+    )
 
     def validate(self) -> None:
         super().validate()
         if self.retain_loss not in ("NLL", "KL"):
             raise ConfigError(f"retain_loss={self.retain_loss!r}: use NLL or KL")
+        if self.kl_positions not in POSITIONS:
+            raise ConfigError(f"kl_positions={self.kl_positions!r}: use {' or '.join(POSITIONS)}")
 
 
 @dataclass
@@ -141,7 +156,7 @@ def with_retain(forget: torch.Tensor, name: str, config: RetainConfig, s: "Step"
     parts = {name: forget.item()}
     total = config.gamma * forget
     if config.alpha and s.retain is not None:
-        retain = retain_loss(config.retain_loss, s.model, s.reference, s.retain)
+        retain = retain_loss(config.retain_loss, s.model, s.reference, s.retain, config.kl_positions)
         total = total + config.alpha * retain
         parts["retain"] = retain.item()
     return total, parts

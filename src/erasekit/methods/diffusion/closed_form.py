@@ -200,7 +200,8 @@ def token_keys(enc: Encoded, plan: PromptPlan, token: str) -> tuple[torch.Tensor
             return enc.tokens[i[:, None].expand(-1, s).reshape(-1), pos[i].reshape(-1)]
 
         return rows([a for a, _ in plan.pairs]), rows([b for _, b in plan.pairs]), rows(plan.preserve)
-    # token == "end": positions from the last word to the segment end, aligned from the start.
+    # token == "end": positions from the last word to the segment end, aligned from the start; the
+    # preserved prompts keep all their positions (BOS to the last padding token).
     ce, cg = [], []
     for a, b in plan.pairs:
         pa, pb = enc.end_positions(a), enc.end_positions(b)
@@ -210,7 +211,7 @@ def token_keys(enc: Encoded, plan: PromptPlan, token: str) -> tuple[torch.Tensor
             k = min(len(sa), len(sb))
             ce.append(enc.tokens[a, sa[:k]])
             cg.append(enc.tokens[b, sb[:k]])
-    cp = [enc.tokens[j, enc.end_positions(j)] for j in plan.preserve]
+    cp = [enc.tokens[j] for j in plan.preserve]  # every position of a preserved prompt, as the 2023 code's new_emb[:]
     d = enc.tokens.shape[-1]
     return torch.cat(ce), torch.cat(cg), torch.cat(cp) if cp else enc.tokens.new_zeros(0, d)
 
@@ -228,8 +229,9 @@ class UCEConfig(MethodConfig):
     )
     with_to_k: bool = field(default=True, metadata={"help": "edit to_k as well as to_v (UNet families)"})
     default_anchor: str = field(default="", metadata={"help": "guide for targets without an anchor ('' = BOS)"})
-    preserve_empty: bool = field(
-        default=False, metadata={"help": "also preserve the empty prompt's keys (the 2023 code always does; RECE starts so)"}
+    preserve_empty: bool | None = field(
+        default=None,
+        metadata={"help": "also preserve the empty prompt's keys (default by variant: 2023 yes, as its code; current no)"},
     )
     solver: Literal["auto", "direct", "woodbury"] = field(
         default="auto", metadata={"help": "linear solver (auto: Woodbury when cheaper)"}
@@ -238,6 +240,9 @@ class UCEConfig(MethodConfig):
     def validate(self) -> None:
         if self.lamb < 0 or self.erase_scale <= 0 or (self.preserve_scale is not None and self.preserve_scale < 0):
             raise ConfigError("uce needs lamb >= 0, erase_scale > 0 and preserve_scale >= 0")
+
+    def resolved_preserve_empty(self) -> bool:
+        return self.variant == "2023" if self.preserve_empty is None else self.preserve_empty
 
     def resolved_token(self) -> str:
         return self.token or ("end" if self.variant == "2023" else "last")
@@ -252,9 +257,10 @@ def uce_edit(pipe, request: ErasureRequest, config: UCEConfig, adapter: FamilyAd
     """UCE's edit (:mod:`erasekit.methods.diffusion.uce` states it): one ridge regression per kind of key
     the projections read, applied to each projection. Here because RECE repeats it."""
     token = config.resolved_token()
-    plan = PromptPlan.build(request, config.default_anchor, ("",) if config.preserve_empty else ())
+    preserve_empty = config.resolved_preserve_empty()
+    plan = PromptPlan.build(request, config.default_anchor, ("",) if preserve_empty else ())
     enc = adapter.encode(pipe, plan.prompts, upto="real" if token == "last" else None)
-    eta_p = config.resolved_preserve_scale(len(request.preserve) + int(config.preserve_empty))
+    eta_p = config.resolved_preserve_scale(len(request.preserve) + int(preserve_empty))
     projections = [p for p in adapter.text_projections(pipe) if config.with_to_k or not p.path.endswith("to_k")]
 
     keys: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}

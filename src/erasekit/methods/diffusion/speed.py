@@ -15,8 +15,9 @@ retained concepts:
   ``n ~ N(0, I)`` and ``v`` the right singular vector of ``W``'s smallest singular value (of the
   reduced SVD: a direction ``W`` maps weakly), of which those with ``‖E r′‖`` above their mean join the
   retained set — the retained subspace widens where the values barely change.
-- Invariant equality constraints (IEC): ``K₂ = [BOS of "", 3 k-means centroids of the padding
-  tokens of ""]`` are left exactly unchanged when λ = 0 (``Δ K₂ = 0``).
+- Invariant equality constraints (IEC): ``K₂ = [BOS of "", 3 k-means centroids of the EOS and
+  padding tokens of ""]`` (the reference clusters ``null_hidden[1:]``, ``train_erase_null.py``) are
+  left exactly unchanged when λ = 0 (``Δ K₂ = 0``).
 
 All of it follows the reference code (``train_erase_null.py``): with no preserved concepts the
 retained keys are the empty prompt's tokens after BOS (its default ``retain_texts = [""]``); IPF runs
@@ -125,7 +126,7 @@ def speed(pipe, request: ErasureRequest, config: SPEEDConfig, adapter: FamilyAda
         retain = empty[1:]
     k2 = empty[:1]
     if config.invariant_centroids and empty.shape[0] > 2:
-        k2 = torch.cat([k2, kmeans(empty[2:], config.invariant_centroids)])
+        k2 = torch.cat([k2, kmeans(empty[1:], config.invariant_centroids)])  # EOS and padding, as null_hidden[1:]
     projections = [p for p in adapter.text_projections(pipe) if p.path.endswith("to_v")]
     eye = torch.eye(c_t.shape[1], dtype=torch.float64, device=dev)
     weights, kept_counts = {}, []

@@ -10,8 +10,9 @@ c_i: keys of the target prompts, g_i: keys of their guide (anchor) prompts, p_j:
 Defaults follow the current reference script (``trainscripts/uce_sd_erase.py``): one key per prompt,
 the last word token (index ``attention_mask.sum() − 2``); λ = 0.5, η_e = 1, η_p = 1; the guide ""
 (whose "last word" is the BOS token); both to_k and to_v. ``variant="2023"`` follows the paper's
-code instead: the keys are the tokens from the last word to the end (EOS and padding), aligned
-position by position with the guide prompt's, and η_p = max(0.1, 1/|P|).
+code instead: the target keys are the tokens from the last word to the end (EOS and padding), aligned
+position by position with the guide prompt's; a preserved prompt keeps every position (BOS to the
+last padding token, the code's ``new_emb[:]``), "" is always preserved, and η_p = max(0.1, 1/|P|).
 
 The guide is expanded with the same template as its target prompt, the empty one included, as the
 reference's ``--expand_prompts`` does (``f"image of {''}"``: the expanded target maps to the key of

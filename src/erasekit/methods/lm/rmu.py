@@ -7,6 +7,9 @@ while the retain text's stay those of the frozen model:
 
 (mean squared error over every non-padding token and hidden unit; ``u`` drawn once as WMDP does,
 uniform in [0, 1)^d then normalised; ``h^ℓ`` the output of block ``ℓ``, i.e. ``hidden_states[ℓ+1]``).
+WMDP's ``F.mse_loss`` averages over every element of the batch, its left padding included; the
+padding is left out here, because its share depends on the batch's longest text (the deliberate
+difference). open-unlearning's RMU instead masks to the answer tokens and averages per sample.
 
 Parameters that train: **WMDP's original choice**, the MLP output projections of blocks ℓ−2..ℓ
 (``mlp.c_proj`` on GPT-2, ``mlp.down_proj`` on Llama) — not open-unlearning's TOFU variant that

@@ -1,13 +1,18 @@
 """UNDIAL — self-distillation with adjusted logits (Dong et al., NAACL 2025; open-unlearning ``UNDIAL``).
 
-The model is distilled towards its frozen original, whose logits on every forget *answer* token are
-first lowered on the token itself:
+The model is distilled towards its frozen original, whose logits at every position of the forget
+text are first lowered on the position's next token:
 
     q_t = softmax(z_ref,t − β · onehot(y_t)),   L = γ · mean_t CE(q_t, softmax(z_θ,t)) + α · L_retain
 
-(answer positions only; β = 10). Unlike gradient ascent the target is a fixed, bounded distribution,
-so the loss cannot diverge. Defaults: β = 10, α = 0 — the paper uses no retain set (open-unlearning's
-community notes say the same); ``--set alpha=1`` adds the NLL retain term.
+with ``t`` over ``positions``: ``text`` (default), every real token of ``<bos> question answer`` as
+the authors' code averages over every token of its texts (dong-river/LLM_unlearning
+``utils/ft_utils.py`` ``DITrainer``; open-unlearning's ``compute_undial_loss`` also averages over every
+position, padding included, where its label −100 lowers an arbitrary vocabulary entry — padding is
+left out here), or ``answer`` (the answer tokens only). Unlike gradient ascent the target is a fixed,
+bounded distribution, so the loss cannot diverge. Defaults: β = 10 (open-unlearning's
+``UNDIAL.yaml``), α = 0 — the paper uses no retain set (open-unlearning's community notes say the
+same); ``--set alpha=1`` adds the NLL retain term.
 """
 
 from __future__ import annotations
@@ -17,14 +22,24 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from erasekit.core.errors import ConfigError
 from erasekit.core.registry import MethodResult, register_method
-from erasekit.training.lm import RetainConfig, Step, fit, with_retain
+from erasekit.models.lm_batches import target_positions
+from erasekit.training.lm import POSITIONS, RetainConfig, Step, fit, with_retain
 
 
 @dataclass
 class UNDIALConfig(RetainConfig):
     beta: float = field(default=10.0, metadata={"help": "how far the true token's logit is lowered in the target", "gt": 0})
     alpha: float = field(default=0.0, metadata={"help": "weight α of the retain term (the paper: 0)"})
+    positions: str = field(
+        default="text", metadata={"help": "positions distilled: text (every real token, the authors') or answer"}
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"positions={self.positions!r}: use {' or '.join(POSITIONS)}")
 
 
 def undial_targets(ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
@@ -33,10 +48,9 @@ def undial_targets(ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) 
     return torch.softmax(adjusted, dim=-1)
 
 
-def undial_loss(model, reference, batch: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
-    """Mean cross-entropy of the model against the adjusted targets on the answer tokens."""
-    labels = batch["labels"][:, 1:]
-    valid = labels != -100
+def undial_loss(model, reference, batch: dict[str, torch.Tensor], beta: float, positions: str = "text") -> torch.Tensor:
+    """Mean cross-entropy of the model against the adjusted targets over ``positions`` (module docstring)."""
+    labels, valid = target_positions(batch, positions)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][valid]
     with torch.no_grad():
         ref = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][valid]
@@ -57,7 +71,7 @@ def undial(
     """Self-distillation towards the original model with the true answer tokens' logits lowered."""
 
     def loss(s: Step):
-        return with_retain(undial_loss(s.model, s.reference, s.forget, config.beta), "undial", config, s)
+        return with_retain(undial_loss(s.model, s.reference, s.forget, config.beta, config.positions), "undial", config, s)
 
     return fit(
         lm, request, config, loss, progress, needs_retain=config.alpha > 0, checkpoint_dir=checkpoint_dir, resume=resume
