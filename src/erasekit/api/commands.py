@@ -373,9 +373,10 @@ def train_testbed(
     cfg = TrainConfig.smoke() if smoke else TrainConfig()
     if unet_steps is not None:
         cfg.unet_steps = unet_steps
-    chosen = {k: v for k, v in (("text_encoder", text_encoder), ("padding", padding)) if v is not None}
-    if chosen:
-        cfg = dataclasses.replace(cfg, **chosen)  # checked on construction, before any work
+    if text_encoder is not None:  # each checked on construction, before any work
+        cfg = dataclasses.replace(cfg, text_encoder=text_encoder)
+    if padding is not None:
+        cfg = dataclasses.replace(cfg, padding=padding)
     if exclude:
         cfg.exclude = check_exclusions(exclude)
         if not retrain_codec:

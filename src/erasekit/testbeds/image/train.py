@@ -73,7 +73,8 @@ class TrainConfig:
     #: A jointly trained encoder spreads a prompt's attributes into its later tokens and padding, which a
     #: frozen CLIP does not (docs/testbed.md, *Validity*).
     text_encoder: str = "joint"
-    text_steps: int = 3_000
+    #: 1 000: the pilots' (InfoNCE loss 0.97; the probe of docs/testbed.md *Validity* ran on it).
+    text_steps: int = 1_000
     text_batch: int = 256
     text_lr: float = 1e-3
     #: What the UNet sees at the positions after a caption's end token while it trains: ``prompt``
