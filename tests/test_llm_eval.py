@@ -109,7 +109,7 @@ def test_probabilities_and_truth_ratios_read_the_answer_tokens_only():
 
 
 def test_truth_ratio_is_tofus_geometric_mean_of_average_losses():
-    """TOFU ``evaluate_util.py``: ``exp(mean_k avg_loss(perturbed_k)) `` over ``exp(avg_loss(true))``,
+    """TOFU ``evaluate_util.py``: ``exp(mean_k avg_loss(perturbed_k))`` over ``exp(avg_loss(true))``,
     inverted to erasekit's ``R = P(perturbed) / P(true)``; by hand with fixed per-answer losses."""
     lm = tiny_lm("llama")
     q, a = "Where was Ala Brakow born?", "Ala Brakow was born in Aldmoor."

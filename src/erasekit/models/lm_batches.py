@@ -77,7 +77,6 @@ def answer_token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     """``(log π(token | prefix), valid)`` for every target position of ``batch`` (float32, ``[N, T-1]``);
     ``valid`` marks the scored (answer) positions, and the log-probabilities are 0 elsewhere."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    targets = batch["labels"][:, 1:]
-    valid = targets != -100
-    lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    targets, valid = target_positions(batch, "answer")
+    lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets[..., None])[..., 0]
     return lp * valid, valid

@@ -28,7 +28,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from rouge_score import rouge_scorer
+from rouge_score import rouge_scorer, tokenizers
 from scipy.stats import ks_2samp
 
 from erasekit.core.request import QAPair
@@ -87,14 +87,15 @@ def contains_value(answer: str, value: str) -> bool:
     return any(a[i : i + len(v)] == v for i in range(len(a) - len(v) + 1)) if v else False
 
 
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+_ROUGE_TOKENIZER = tokenizers.DefaultTokenizer(use_stemmer=True)
+_ROUGE = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_ROUGE_TOKENIZER)
 
 
 def rouge_l_recall(prediction: str, reference: str) -> float:
     """ROUGE-L recall of ``prediction`` against ``reference``: ``LCS / len(reference tokens)`` with
     ``rouge_score``'s tokeniser and Porter stemmer (TOFU ``evaluate_util.py``: ``RougeScorer(["rougeL"],
     use_stemmer=True).score(gt, gen)["rougeL"].recall``). NaN for a reference without a word."""
-    if not _ROUGE._tokenizer.tokenize(reference):
+    if not _ROUGE_TOKENIZER.tokenize(reference):
         return float("nan")
     return float(_ROUGE.score(reference, prediction)["rougeL"].recall)
 
@@ -103,7 +104,7 @@ def truth_ratios(model, tokenizer, questions: Sequence[str], answers: Sequence[s
                  batch_size: int = 64) -> torch.Tensor:  # fmt: skip
     """``R_i = exp(mean_k log P(perturbed_ik | q_i)) / P(answer_i | q_i)``: the geometric mean of the
     perturbed answers' length-normalised probabilities over the true answer's (TOFU: ``exp(mean_k
-    loss_k) `` of the per-answer average losses, against ``exp(loss_true)``)."""
+    loss_k)`` of the per-answer average losses, against ``exp(loss_true)``)."""
     k = len(perturbed[0]) if perturbed else 0
     if any(len(p) != k for p in perturbed):
         raise ValueError("every question needs the same number of perturbed answers")
