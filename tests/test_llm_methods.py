@@ -366,6 +366,8 @@ def test_kl_retain_term_averages_over_every_real_position_by_default(models):
         reference = torch.nn.functional.kl_div(cur, ref, reduction="batchmean", log_target=True)
         assert kl_to_reference(student, lm.model, batch).item() == pytest.approx(reference.item(), rel=1e-5)
         assert kl_to_reference(student, lm.model, batch, "answer").item() != pytest.approx(reference.item(), rel=1e-3)
+    with pytest.raises(ConfigError, match="applies to retain_loss=KL only"):
+        erasekit.unlearn(lm, "graddiff", "forget10", progress=False, kl_positions="answer")  # NLL retain: refused, not ignored
 
 
 def test_unlearning_runs_in_the_one_loop_and_resumes_exactly(models, tmp_path, monkeypatch):

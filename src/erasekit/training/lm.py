@@ -135,6 +135,8 @@ class RetainConfig(UnlearnConfig):
             raise ConfigError(f"retain_loss={self.retain_loss!r}: use NLL or KL")
         if self.kl_positions not in POSITIONS:
             raise ConfigError(f"kl_positions={self.kl_positions!r}: use {' or '.join(POSITIONS)}")
+        if self.kl_positions != "text" and self.retain_loss != "KL":
+            raise ConfigError(f"kl_positions={self.kl_positions!r} applies to retain_loss=KL only (drop it or set retain_loss=KL)")
 
 
 @dataclass
