@@ -136,7 +136,9 @@ class RetainConfig(UnlearnConfig):
         if self.kl_positions not in POSITIONS:
             raise ConfigError(f"kl_positions={self.kl_positions!r}: use {' or '.join(POSITIONS)}")
         if self.kl_positions != "text" and self.retain_loss != "KL":
-            raise ConfigError(f"kl_positions={self.kl_positions!r} applies to retain_loss=KL only (drop it or set retain_loss=KL)")
+            raise ConfigError(
+                f"kl_positions={self.kl_positions!r} applies to retain_loss=KL only (drop it or set retain_loss=KL)"
+            )
 
 
 @dataclass
