@@ -3,9 +3,11 @@
 Each run is erased again with the exact method settings its JSON records (``cost.params``; erasures
 are deterministic given their seed), the named attacks are run against it, their entries in the
 run's ``attacks`` are replaced (``attacks_rerun`` lists them with the date), and docs/robustness.md is
-rewritten from every run.
+rewritten from every run. The reference rows (``attacks-base-CONCEPT``, ``attacks-oracle-CONCEPT``)
+are attacked as they are, the base testbed and the shipped oracle.
 
     python benchmarks/robustness_update.py --runs spm-star,spm-zorbo,spm-watermark --attacks quantization
+    python benchmarks/robustness_update.py --runs attacks-base-star,attacks-oracle-star --attacks soft-prompt
 """
 
 from __future__ import annotations
@@ -30,12 +32,20 @@ if __name__ == "__main__":
     ap.add_argument("--why", default="", help="recorded with the rerun")
     args = ap.parse_args()
     pipe = erasekit.load_pipeline("testbed")
+    oracle = None
     names = attack_names(args.attacks)
     for run_name in args.runs.split(","):
         path = OUT / f"{run_name.strip()}.json"
         run = {k: v for k, v in read_json(path).items() if k != STAMP_KEY}
-        erasure = erasekit.erase(pipe, run["method"], ErasureRequest([Target(run["concept"])]), **run["cost"]["params"])
-        run["attacks"].update(attacks_of(pipe, erasure, run["concept"], names, progress=True))
+        if run_name.startswith("attacks-oracle-"):
+            oracle = oracle or erasekit.load_pipeline("testbed-oracle")
+            target, erasure = oracle, None
+        elif run_name.startswith("attacks-base-"):
+            target, erasure = pipe, None
+        else:
+            target = pipe
+            erasure = erasekit.erase(pipe, run["method"], ErasureRequest([Target(run["concept"])]), **run["cost"]["params"])
+        run["attacks"].update(attacks_of(target, erasure, run["concept"], names, progress=True))
         run.setdefault("attacks_rerun", []).append({"attacks": names, "date": str(datetime.date.today()), "why": args.why})
         write_report(path, run, "bench-run")
         print("updated", path, {n: run["attacks"][n]["asr"] for n in names})

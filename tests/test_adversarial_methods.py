@@ -12,7 +12,7 @@ from checks import assert_terms_have_gradient, state_hash
 from erasekit import api
 from erasekit.attacks.diffusion.soft_prompt import SoftPrompt, SoftPromptConfig, optimise_soft_prompt
 from erasekit.core.erasure import Erasure
-from erasekit.core.errors import IncompatibleErasureError
+from erasekit.core.errors import ConfigError, IncompatibleErasureError
 from erasekit.core.registry import get_method
 from erasekit.models.diffusion import get_adapter
 from erasekit.testing import tiny_pipeline
@@ -76,6 +76,11 @@ def test_advunlearn_terms_carry_gradient_and_only_text_layers_move(sd):
         assert len(drawn) == 1 + (config.attack_steps - 1) + 1
         retain_cond = objective.retain_cond.select([0])
         assert torch.equal(drawn[-1].tokens, retain_cond.tokens) and not torch.equal(drawn[0].tokens, retain_cond.tokens)
+        # the retain batch (5 as released) is drawn without replacement; fewer than 5 unseen: the set starts over
+        many = AdvUnlearnObjective(bench, ["cat"], [f"p{i}" for i in range(10)], config)
+        gen = torch.Generator().manual_seed(0)
+        first, second, third = many.retain_rows(gen), many.retain_rows(gen), many.retain_rows(gen)
+        assert sorted(first + second) == list(range(10)) and len(set(third)) == 5
     unet_before = state_hash(sd.unet)
     erasure = api.erase(sd, "advunlearn", REQUEST, progress=False, iterations=2, warmup=1, attack_steps=2, ddim_steps=3, lr=1e-3)
     assert erasure.weights and all(k.startswith("text_encoder.") and "embeddings" not in k for k in erasure.weights)
@@ -83,22 +88,65 @@ def test_advunlearn_terms_carry_gradient_and_only_text_layers_move(sd):
     assert erasure.info["last_attack_loss"] is not None
 
 
+def test_advunlearn_retains_object_prompts_without_preserved_concepts(sd, monkeypatch):
+    """AdvUnlearn's README retains COCO object prompts (coco_object); the targets' own words are left out."""
+    import erasekit.methods.diffusion.advunlearn as module
+    from erasekit.models.profile import COCO_OBJECTS, ModelProfile
+
+    seen = {}
+    real = module.AdvUnlearnObjective.__init__
+
+    def spy(self, bench, prompts, retain, config):
+        seen[config.retain_set] = list(retain)
+        real(self, bench, prompts, retain, config)
+
+    monkeypatch.setattr(module.AdvUnlearnObjective, "__init__", spy)
+    for retain_set in ("objects", "empty"):
+        api.erase(sd, "advunlearn", {"targets": [{"concept": "cat"}]}, progress=False, iterations=1, warmup=5,
+                  ddim_steps=2, lr=1e-3, retain_set=retain_set)  # fmt: skip
+    assert seen["empty"] == [""]
+    assert len(seen["objects"]) == len(COCO_OBJECTS) - 1 and "a photo of cat" not in seen["objects"]
+    assert "a photo of dog" in seen["objects"]
+    testbed = ModelProfile(name="testbed").retain_prompts(("star",))
+    assert "a star" not in testbed and "a circle" in testbed and "a zorbo" in testbed
+
+
 def test_ant_all_four_terms_carry_gradient(sd):
-    from erasekit.methods.diffusion.ant import ANTObjective
+    from erasekit.methods.diffusion.ant import ANTObjective, gradient_mask
 
     adapter = get_adapter(sd)
-    config = get_method("ant").make_config({"iterations": 2, "ddim_steps": 4, "before_step": 2, "mask_batches": 1})
+    config = get_method("ant").make_config(
+        {"iterations": 2, "ddim_steps": 4, "before_step": 2, "mask_runs": 2, "mask_iterations": 2}
+    )
     with Workbench.for_parameters(sd, adapter, "full") as bench:
         params, _ = trainable_parameters(bench, "full", 0)
         objective = ANTObjective(bench, ["cat"], config)
         terms = objective.loss(0, step_generator(0, 0))
         assert set(terms) == {"keep", "uncond_early", "reverse", "uncond_late"}
         assert_terms_have_gradient(objective, params)  # the reference's unconditional terms had none
+        before = {k: p.detach().clone() for k, p in params.items()}
+        mask = gradient_mask(params, objective, config)
+        assert all(torch.equal(before[k], p) for k, p in params.items())  # the gradient runs' updates are undone
+        kept = sum(float(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
+        assert 0 < kept <= 0.5  # two runs' halves intersected
     erasure = api.erase(
-        sd, "ant", REQUEST, progress=False, iterations=2, ddim_steps=4, before_step=2, mask_batches=1, mask_ratio=0.2, lr=1e-3
-    )
+        sd, "ant", REQUEST, progress=False, iterations=2, ddim_steps=4, before_step=2, mask_runs=1, mask_iterations=1,
+        mask_ratio=0.2, lr=1e-3,
+    )  # fmt: skip
     moved = sum(int((erasure.weights[k] != dict(sd.unet.named_parameters())[k[5:]]).sum()) for k in erasure.weights)
     assert 0 < moved <= 0.21 * sum(p.numel() for p in sd.unet.parameters())
+
+
+def test_ant_mask_keeps_each_tensors_share_as_generate_mask_does():
+    """generate_mask.py (ANT as released): ascending argsort, ranks < int(n * 0.5) -> the lowest half."""
+    from erasekit.methods.diffusion.ant import per_tensor_share
+
+    g = torch.tensor([0.1, 0.9, 0.5, 0.3])
+    assert per_tensor_share(g, 0.5, top=False).tolist() == [1.0, 0.0, 0.0, 1.0]  # the released code's own example
+    assert per_tensor_share(g, 0.5, top=True).tolist() == [0.0, 1.0, 1.0, 0.0]
+    big = torch.randn(7, 11, generator=torch.Generator().manual_seed(0)).abs()
+    low = per_tensor_share(big, 0.5, top=False)
+    assert int(low.sum()) == int(77 * 0.5) and big[low.bool()].max() < big[~low.bool()].min()
 
 
 def test_receler_erasers_start_as_identity_train_and_attach_exactly(sd, tmp_path):
@@ -109,8 +157,9 @@ def test_receler_erasers_start_as_identity_train_and_attach_exactly(sd, tmp_path
     # the soft map (mask_threshold 0): the tiny random model attends almost uniformly, so the reference's
     # binarisation at 0.1 marks every position as the concept and leaves the penalty nothing to act on
     config = get_method("receler").make_config(
-        {"iterations": 2, "adv_warmup": 0, "adv_every": 1, "adv_steps": 2, "ddim_steps": 3, "rank": 4, "mask_threshold": 0.0}
-    )
+        {"iterations": 2, "adv_warmup": 0, "adv_every": 1, "adv_steps": 2, "ddim_steps": 3, "rank": 4, "mask_threshold": 0.0,
+         "adv_tokens": 4}
+    )  # fmt: skip
     with Workbench(sd, adapter, ["unet"]) as bench:
         student = bench.student["unet"]
         erasers = ReceleErasers.build(student, "unet", 4)
@@ -139,6 +188,7 @@ def test_receler_erasers_start_as_identity_train_and_attach_exactly(sd, tmp_path
         adv_warmup=0,
         adv_every=1,
         adv_steps=2,
+        adv_tokens=4,
         ddim_steps=3,
         rank=4,
         lr=1e-2,
@@ -154,6 +204,25 @@ def test_receler_erasers_start_as_identity_train_and_attach_exactly(sd, tmp_path
     assert torch.equal(unet_output(pipe), base)
     with pytest.raises(IncompatibleErasureError, match="cannot hold"):
         api.export_pipeline(tmp_path / "rec", str(tmp_path / "nowhere"), tmp_path / "out")
+
+
+def test_spm_released_anchor_batch_is_the_second_half_of_the_interleaved_list(sd):
+    """SPM as released anchors [∅, s3, ∅, s4] of [∅, s1, ∅, s2, ∅, s3, ∅, s4] (predict_noise's second half)."""
+    from erasekit.methods.diffusion.spm import anchor_batch, random_anchor
+
+    adapter = get_adapter(sd)
+    with Workbench(sd, adapter, ["unet"]) as bench:
+        target, empty = bench.cond(["cat"]), bench.cond([""])
+        gen = torch.Generator().manual_seed(3)
+        draws = [random_anchor(target, gen).tokens for _ in range(4)]
+        got = anchor_batch(target, empty, 4, True, torch.Generator().manual_seed(3)).tokens
+        assert got.shape[0] == 4
+        assert torch.equal(got[0], empty.tokens[0]) and torch.equal(got[2], empty.tokens[0])
+        assert torch.equal(got[1], draws[2][0]) and torch.equal(got[3], draws[3][0])
+        odd = anchor_batch(target, empty, 3, True, torch.Generator().manual_seed(3)).tokens  # [s2, ∅, s3]
+        assert torch.equal(odd[0], draws[1][0]) and torch.equal(odd[1], empty.tokens[0]) and torch.equal(odd[2], draws[2][0])
+        intended = anchor_batch(target, empty, 4, False, torch.Generator().manual_seed(3)).tokens
+        assert torch.equal(intended, torch.cat(draws))  # anchors="random": every draw, no ∅
 
 
 def test_spm_transport_scales_by_similarity_and_spms_compose(sd, tmp_path):
@@ -233,11 +302,60 @@ def test_receler_regularises_with_exact_masks_on_the_testbed(testbed_pipe):
     assert m.shape == (1, 64) and float(m.mean()) == 0.5
     inside, outside = torch.zeros(1, 64, 8), torch.zeros(1, 64, 8)
     inside[:, :32], outside[:, 32:] = 1.0, 1.0
-    assert float(_masked_energy([inside], [m])) == 0.0 and float(_masked_energy([outside], [m])) == 0.5
+    # released normalisation: Σ over outside pixels of the channel mean, divided by their number
+    assert float(_masked_energy([inside], [m])) == 0.0 and abs(float(_masked_energy([outside], [m])) - 1.0) < 1e-6
+    half = outside.clone()
+    half[:, 48:] = 0.0
+    assert abs(float(_masked_energy([half], [m])) - 0.5) < 1e-6
     erasure = api.erase(
         testbed_pipe, "receler", request, progress=False, iterations=2, adv_every=0, ddim_steps=3, rank=4, n_images=2
     )
     assert erasure.info["masks"] == "exact (testbed world renders)"
+
+
+def test_receler_mask_is_the_released_get_mask():
+    """concept_reg.get_mask on fixed maps: the quarter-side layers averaged, min-max, >= 0.1, nearest resize."""
+    import torch.nn.functional as F
+
+    from erasekit.methods.diffusion.receler import concept_masks
+
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.rand(2, s * s, generator=gen) for s in (8, 4, 4, 2, 4, 8)]  # a 16-latent UNet's layers
+    got = concept_masks(maps, 16, 0.1)
+    avg = torch.stack([m.view(2, 4, 4) for m in maps if m.shape[1] == 16], dim=1).mean(1)  # res == 16 / 4
+    lo = avg.min(dim=1, keepdim=True)[0].min(dim=2, keepdim=True)[0]
+    hi = avg.max(dim=1, keepdim=True)[0].max(dim=2, keepdim=True)[0]
+    mask = (avg - lo) / (hi - lo)
+    mask[mask >= 0.1] = 1
+    mask[mask < 0.1] = 0
+    for m, g in zip(maps, got):
+        side = int(m.shape[1] ** 0.5)
+        assert torch.equal(g, F.interpolate(mask.unsqueeze(0), (side, side)).squeeze(0).flatten(1))
+    assert 0 < float(got[1].mean()) < 1
+
+
+def test_receler_output_space_adversary_reaches_the_unet(sd):
+    """The adversary overwrites text-encoder outputs after the concept, out of place: its conditioning
+    differs at exactly those slots, carries gradient, and moves the prediction (the released write did not)."""
+    from erasekit.methods.diffusion.receler import OutputSpaceAdversary
+
+    adapter = get_adapter(sd)
+    config = get_method("receler").make_config({"adv_tokens": 3, "adv_steps": 2})
+    with Workbench(sd, adapter, ["unet"]) as bench:
+        cond = bench.cond(["a cat"])
+        adversary = OutputSpaceAdversary(cond, [[2]], config, torch.Generator().manual_seed(0))
+        start = adversary.vectors[0].detach().clone()
+        assert float(start.min()) >= 0 and float(start.max()) < 1  # torch.rand, as released
+        gen = torch.Generator().manual_seed(1)
+        b = bench.noised(torch.randn(1, *bench.latents_shape(1)[1:], generator=gen), bench.sample_t(1, gen), gen)
+        target = bench.teacher_predict(b.xt, b.t, cond)
+        adv = adversary.optimise(bench, cond, 0, b.xt, b.t, target)
+        changed = (adv.tokens != cond.tokens).any(-1)[0].nonzero().flatten().tolist()
+        assert changed == [3, 4, 5]
+        assert not torch.equal(adversary.vectors[0].detach(), start)
+        assert not torch.allclose(bench.predict(b.xt, b.t, adv), bench.predict(b.xt, b.t, cond))
+        with pytest.raises(ConfigError, match="do not fit"):
+            OutputSpaceAdversary(cond, [[cond.tokens.shape[1] - 2]], config, torch.Generator())
 
 
 def test_receler_binarises_attention_masks_at_its_threshold(sd):

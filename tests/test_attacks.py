@@ -168,13 +168,18 @@ def test_word_free_attacks_improve_their_objective_without_banned_words(name, te
 def test_optimised_vectors_change(testbed_pipe, judge):
     arena = _arena(testbed_pipe, judge)
     spec = get_attack("soft-prompt")
-    result = run_attack(spec, arena, spec.make_config({"budget": 2}), progress=False, before=_forced(arena))
+    config = spec.make_config({"budget": 2, "init": "placeholder", "n_tokens": 2})
+    result = run_attack(spec, arena, config, progress=False, before=_forced(arena))
     start = testbed_pipe.text_encoder.get_input_embeddings().weight[
         testbed_pipe.tokenizer("a", add_special_tokens=False).input_ids[0]
     ]
     found = torch.tensor(result.records[0].found["vectors"])
-    assert found.shape == (5, start.shape[0])
+    assert found.shape == (2, start.shape[0])
     assert not torch.allclose(found, start.detach().expand_as(found), atol=1e-4)
+    # AdvUnlearn's default: one vector from a random vocabulary token (each trial its own)
+    default = run_attack(spec, arena, spec.make_config({"budget": 1}), progress=False, before=_forced(arena))
+    firsts = [torch.tensor(r.found["vectors"]) for r in default.records]
+    assert firsts[0].shape == (1, start.shape[0]) and not all(torch.allclose(firsts[0], f) for f in firsts[1:])
 
 
 @pytest.mark.testbed
@@ -238,15 +243,19 @@ def test_project_simplex():
 def test_slots_write_their_positions(testbed_pipe):
     tok = testbed_pipe.tokenizer
     slots = make_slots(tok, ["a red filled star on a black background", "zorbo"], 0, "every3")
-    assert slots.k == 2
-    assert slots.positions[0].tolist() == [4, 8]  # after "a red filled", after "star on a"
+    # P4D-K (optimize_k.py): floor(8 tokens / 3) + 1 = 3 slots, right after BOS and after every 3 tokens
+    assert slots.k == 3
+    assert slots.positions[0].tolist() == [1, 5, 9]  # before "a", after "a red filled", after "star on a"
+    assert slots.positions[1].tolist() == [1, 3, 4]  # "zorbo": floor(1 / 3) + 1 = 1 before it, the rest at the end
     emb = torch.zeros(2, 32, 4, requires_grad=True)
-    vals = torch.ones(2, 2, 4, requires_grad=True)
+    vals = torch.ones(2, 3, 4, requires_grad=True)
     out = slots.hook(vals)(emb)
-    assert out[0, 4].sum() == 4 and out[0, 5].sum() == 0
+    assert out[0, 5].sum() == 4 and out[0, 4].sum() == 0
     out.sum().backward()
     assert vals.grad is not None and vals.grad.abs().sum() > 0
-    assert slots.fill([["x", "y"], ["u", "v"]])[0] == "a red filled x star on a y black background"
+    assert slots.fill([["x", "y", "z"], ["u", "v", "w"]])[0] == "x a red filled y star on a z black background"
+    three = make_slots(tok, ["a red star"], 0, "every3")  # the audit's example: 2 slots, before and after
+    assert three.positions[0].tolist() == [1, 5] and three.fill([["x", "y"]]) == ["x a red star y"]
     ids, words = allowed_tokens(tok, _world_vocab(), banned_words("star", True))
     assert "star" not in words and "pentagram" not in words and "circle" in words and len(ids) == len(words)
 
@@ -271,7 +280,7 @@ def test_attacks_lists_every_attack_with_its_budget():
     assert result.exit_code == 0
     for name in ALL:
         assert name in result.output
-    assert "budget 40 iterations" in result.output  # unlearndiffatk's default
+    assert "budget 200 iterations" in result.output  # unlearndiffatk's default (50 timesteps x 4)
 
 
 @pytest.mark.parametrize(

@@ -95,3 +95,48 @@ def test_cfr_maps_the_context_keys_and_the_loss_covers_the_end_token():
     own = loss_positions(tok, "a photo of cat", "cat", use_pooler=False)
     assert own and set(own) < set(positions) and ids.index(tok.eos_token_id) in positions
     assert all(ids[i] == tok.eos_token_id for i in set(positions) - set(own))
+
+
+def test_attention_loss_is_the_released_attn_controller_loss():
+    """The probe's loss equals MACE's AttnController.loss (cfr_utils.py, verbatim formula) on fixed inputs:
+    every head, the mask resized by nearest neighbour and > 0.5, the chosen tokens, unsquared norm per layer."""
+    import torch.nn.functional as F
+    from diffusers.models.attention_processor import Attention
+
+    from erasekit.training.attention import CrossAttentionProbe
+
+    torch.manual_seed(0)
+    net = torch.nn.Module()
+    net.attn2 = Attention(query_dim=8, cross_attention_dim=6, heads=2, dim_head=4)
+    h, enc = torch.randn(1, 16, 8), torch.randn(1, 5, 6)  # a 4 x 4 layer, 5 tokens
+    mask = torch.zeros(1, 8, 8)
+    mask[0, 2:6, 1:5] = 1.0
+    positions = [1, 3, 4]
+    probe = CrossAttentionProbe(net)
+    handles = probe.install()
+    probe.reset([positions], mask)
+    net.attn2(h, encoder_hidden_states=enc)
+    for hd in handles:
+        hd.remove()
+    a = net.attn2
+    probs = a.get_attention_scores(a.head_to_batch_dim(a.to_q(h)), a.head_to_batch_dim(a.to_k(enc)))  # [heads, HW, T]
+    d = int(probs.shape[1] ** 0.5)
+    resized = (F.interpolate(mask[None], size=(d, d), mode="nearest") > 0.5).view(-1)
+    chosen = torch.zeros(5, dtype=torch.bool)
+    chosen[positions] = True
+    reference = torch.norm(probs[:, resized, :][:, :, chosen])
+    assert torch.allclose(probe.loss, reference, atol=1e-6)
+    squared = CrossAttentionProbe(net, "squared")
+    handles = squared.install()
+    squared.reset([positions], mask)
+    net.attn2(h, encoder_hidden_states=enc)
+    for hd in handles:
+        hd.remove()
+    assert not torch.allclose(squared.loss, reference)  # the earlier form differs
+
+
+def test_fusion_ridge_defaults_to_the_refinement_lambda():
+    from erasekit.core.registry import get_method
+
+    assert get_method("mace").make_config({"lamb": 300.0}).ridge == 300.0  # as released: one λ
+    assert get_method("mace").make_config({"lamb": 300.0, "fuse_ridge": 1e-3}).ridge == 1e-3

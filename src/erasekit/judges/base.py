@@ -82,7 +82,7 @@ def load_local(directory: str, model_class: str, processor_class: str, what: str
 
     try:
         with quiet_transformers():
-            model = getattr(transformers, model_class).from_pretrained(directory, use_safetensors=True)
+            model = getattr(transformers, model_class).from_pretrained(directory, use_safetensors=True, use_kernels=False)
             processor = getattr(transformers, processor_class).from_pretrained(directory)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{directory} is not {what} directory: {str(e).splitlines()[0]}") from None

@@ -100,7 +100,7 @@ def load_lm(
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source)
-            lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True)
+            lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True, use_kernels=False)
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"could not load {source!r} as a causal language model: {first_line(e)}") from None
     if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers ship without one; batching needs it

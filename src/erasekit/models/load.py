@@ -154,7 +154,18 @@ def load_pipeline(model: str | os.PathLike = TESTBED, device: str | None = None,
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"could not load {source!r} as a diffusers pipeline: {first_line(e)}") from None
     pipe.set_progress_bar_config(disable=True)
+    for component in pipe.components.values():
+        without_hub_kernels(component)
     return pipe.to(target)
+
+
+def without_hub_kernels(model):
+    """Turn off transformers' Hub kernels on a loaded model (on by default in transformers 5): with them,
+    ``model.train()`` on a GPU re-kernelizes its layers with kernels fetched from the Hub, which
+    erasekit's default path never does (and which would change the numerics between devices)."""
+    if getattr(model, "use_kernels", False) and hasattr(model, "set_use_kernels"):
+        model.set_use_kernels(False)
+    return model
 
 
 #: The two kinds of model erasekit works on (the registry's families group under them).

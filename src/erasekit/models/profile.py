@@ -20,6 +20,20 @@ from pathlib import Path
 
 import torch
 
+#: The 80 object categories of MS-COCO: real models' retain set of object prompts ("a photo of ...",
+#: the form of AdvUnlearn's ``coco_object_retain.csv``).
+COCO_OBJECTS: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class ModelProfile:
@@ -71,6 +85,19 @@ class ModelProfile:
                 f"not in the {self.name}'s vocabulary: {', '.join(unknown)} (see docs/testbed.md for its {len(self.vocabulary)} "
                 "words; a concept no word names is erased through the prompts that show it: --trigger PROMPT)"
             )
+
+    def retain_prompts(self, avoid: tuple[str, ...] = ()) -> list[str]:
+        """Object prompts a method may keep unchanged while it erases: the world's shapes and characters
+        on the testbed, "a photo of {object}" over COCO's categories elsewhere; prompts sharing a word
+        with ``avoid`` (the targets) left out."""
+        if self.name == "testbed":
+            from erasekit.testbeds.image import world
+
+            prompts = [f"a {x}" for x in (*world.SHAPES, *world.CHARACTERS)]
+        else:
+            prompts = [f"a photo of {o}" for o in COCO_OBJECTS]
+        banned = {w.lower() for a in avoid for w in a.split()}
+        return [p for p in prompts if not banned & set(p.lower().split()[1:])]
 
     def classifier(self):
         """The model's own judge (its ``classifier.safetensors``), or ``None``."""

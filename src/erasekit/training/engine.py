@@ -16,6 +16,7 @@ resumed from a checkpoint at step ``k`` continues exactly as the uninterrupted r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -115,7 +116,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def _autocast(device: torch.device, mode: str):
     if mode == "no" or (mode == "auto" and device.type != "cuda"):
-        return torch.autocast(device.type, enabled=False)
+        return contextlib.nullcontext()  # full precision (also on devices autocast does not know)
     if mode == "auto":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:

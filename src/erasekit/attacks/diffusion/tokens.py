@@ -2,8 +2,9 @@
 projections from continuous variables back to real tokens.
 
 A *slot* is a placeholder word in a prompt whose token embedding an attack replaces. Slots are laid
-out per prompt (``prefix``: k words before the prompt, as UnlearnDiffAtk; ``every3``: one after
-every three words, as P4D-K; ``free``: k words and nothing else, as P4D-N / Ring-A-Bell / MMA;
+out per prompt (``prefix``: k words before the prompt, as UnlearnDiffAtk; ``every3``: one right
+after BOS and one after every three of the prompt's tokens, ``⌊L/3⌋ + 1`` for ``L`` tokens, as P4D-K;
+``free``: k words and nothing else, as P4D-N / Ring-A-Bell / MMA;
 ``replace``: the concept word itself, as concept inversion). Positions are counted in tokens, BOS
 at 0, each placeholder one token.
 """
@@ -59,7 +60,7 @@ def make_slots(tokenizer, prompts: list[str], k: int, layout: str, concept: str 
     positions: list[list[int]] = []
     all_words: list[list[str | None]] = []
     if layout == "every3":  # the same number of insertions in every prompt (short ones get theirs at the end)
-        k = max(max(1, len(p.split()) // 3) for p in prompts)
+        k = max(1 + len(tokenizer(p, add_special_tokens=False).input_ids) // 3 for p in prompts)
     for prompt in prompts:
         words: list[str | None] = [*prompt.split()]
         if layout == "prefix":
@@ -67,13 +68,7 @@ def make_slots(tokenizer, prompts: list[str], k: int, layout: str, concept: str 
         elif layout == "free":
             words = [None for _ in range(k)]
         elif layout == "every3":
-            out: list[str | None] = []
-            for i, w in enumerate(words):
-                out.append(w)
-                if (i + 1) % 3 == 0:
-                    out.append(None)
-            out += [None for _ in range(k - sum(w is None for w in out))]
-            words = out
+            words = every3_layout(tokenizer, words, k)
         elif layout == "replace":
             if concept is None:
                 raise ValueError("layout 'replace' needs the concept")
@@ -97,6 +92,21 @@ def make_slots(tokenizer, prompts: list[str], k: int, layout: str, concept: str 
     if len({len(p) for p in positions}) != 1:
         raise ConfigError("attack slots differ in number across prompts (replace a concept word that appears once per prompt)")
     return Slots(texts, torch.tensor(positions), all_words)
+
+
+def every3_layout(tokenizer, words: list[str | None], k: int) -> list[str | None]:
+    """P4D-K's layout (``optimize_k.py``: slots at every 4th position from the one after BOS): a slot
+    first, then one after every 3 tokens of the prompt, and the rest of the ``k`` slots at the end. A
+    word of several tokens is never split: its slot follows the word that reaches 3 tokens."""
+    out: list[str | None] = [None]
+    run = 0
+    for w in words:
+        out.append(w)
+        run += len(tokenizer(w, add_special_tokens=False).input_ids)
+        if run >= 3:
+            out.append(None)
+            run = 0
+    return out + [None for _ in range(k - sum(w is None for w in out))]
 
 
 def allowed_tokens(tokenizer, vocabulary: frozenset[str] | None, banned: set[str]) -> tuple[torch.Tensor, list[str]]:

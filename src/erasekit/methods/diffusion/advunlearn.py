@@ -9,10 +9,16 @@ ESD loss to the adversarial prompt plus a retain term:
         + λ ‖ f(x_t, E_θ(c_r), t) − f(x_t, E₀(c_r), t) ‖²
 
 ``x_t`` from the frozen model's partial denoising with ``c`` (as ESD) for the erase term and with
-``c_r`` for the retain term (each prompt on its own trajectory, as the reference); the inner attack
-draws a fresh ``(x_t, t)`` of the concept's trajectory for every one of its steps. ``E_θ`` the trained text encoder (its
-layers, not the embeddings: parameter set ``text-encoder``), ``E₀`` the original; ``c_r`` retain
-prompts (the request's preserved concepts, else the empty prompt). Defaults follow the reference:
+``c_r`` for the retain term (each prompt on its own trajectory, stopped at the concept's step, as
+``get_loss.py``); the inner attack draws a fresh ``(x_t, t)`` of the concept's trajectory for every
+one of its steps. ``E_θ`` the trained text encoder (its layers, not the embeddings: parameter set
+``text-encoder``), ``E₀`` the original; ``c_r`` a batch of ``retain_batch`` (5) retain prompts per
+step, drawn without replacement until the set is used up (``retain_prompt.get_random_prompts``): the
+request's preserved concepts when it has them, else (``retain_set="objects"``, the README's
+``--dataset_retain coco_object``) object prompts, "a photo of {object}" over COCO's 80 categories on
+real models and the world's shapes and characters on the testbed, minus those naming a target; the
+released list is its own 243 object words, erasekit ships COCO's category names. ``retain_set="empty"``
+is erasekit's earlier retain set, the empty prompt alone. Defaults follow the reference:
 1000 iterations, Adam lr 1e-5, λ 0.3, the attack (1 token, Adam lr 1e-3, 30 steps) every
 iteration after 200 warm-up iterations, the adversarial vectors carried from one attack to the next.
 On SDXL the vectors go into the first text encoder (CLIP-L) only. The reference's custom text encoder
@@ -33,6 +39,7 @@ import torch.nn.functional as F
 from erasekit.attacks.diffusion.soft_prompt import SoftPrompt, SoftPromptConfig, optimise_soft_prompt
 from erasekit.core.errors import ConfigError, UnsupportedModelError
 from erasekit.core.registry import MethodResult, register_method
+from erasekit.models.profile import profile_of
 from erasekit.training import TrajectoryConfig, Workbench, esd_point, fit, target_prompts, trainable_parameters
 
 
@@ -45,13 +52,19 @@ class AdvUnlearnConfig(TrajectoryConfig):
     attack_lr: float = field(default=1e-3, metadata={"help": "learning rate of the inner attack", "gt": 0})
     attack_tokens: int = field(default=1, metadata={"help": "adversarial token vectors inserted after BOS", "min": 1})
     filler: str = field(default="a", metadata={"help": "placeholder word whose embedding slots the vectors take"})
+    retain_set: str = field(
+        default="objects", metadata={"help": "without preserved concepts: objects (COCO / the world's objects) or empty ('')"}
+    )
+    retain_batch: int = field(default=5, metadata={"help": "retain prompts per step", "min": 1})
     iterations: int = field(default=1000, metadata={"help": "optimisation steps", "min": 1})
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate of the text encoder", "gt": 0})
 
     def validate(self) -> None:
         self.check_trajectory("advunlearn")
-        if min(self.attack_every, self.attack_tokens) < 1 or self.warmup < 0:
-            raise ConfigError("advunlearn needs attack_every, attack_tokens >= 1 and warmup >= 0")
+        if min(self.attack_every, self.attack_tokens, self.retain_batch) < 1 or self.warmup < 0:
+            raise ConfigError("advunlearn needs attack_every, attack_tokens, retain_batch >= 1 and warmup >= 0")
+        if self.retain_set not in ("objects", "empty"):
+            raise ConfigError(f"advunlearn's retain_set must be objects or empty, got {self.retain_set!r}")
 
 
 class AdvUnlearnObjective:
@@ -65,14 +78,26 @@ class AdvUnlearnObjective:
         )
         self.soft = SoftPrompt(bench.pipe, attack)
         self.last_attack_loss: float | None = None
+        self.unseen: list[int] = []
 
     def attacking(self, step: int) -> bool:
         return step >= self.config.warmup and (step - self.config.warmup) % self.config.attack_every == 0
 
+    def retain_rows(self, gen: torch.Generator) -> list[int]:
+        """``retain_batch`` retain prompts not drawn since the set was last used up (then it starts over)."""
+        k = min(self.config.retain_batch, len(self.retain))
+        if len(self.unseen) < k:
+            self.unseen = list(range(len(self.retain)))
+        picks = torch.randperm(len(self.unseen), generator=gen)[:k].tolist()
+        rows = [self.unseen[p] for p in picks]
+        self.unseen = [r for r in self.unseen if r not in rows]
+        return rows
+
     def loss(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg, bench = self.config, self.bench
         i = int(torch.randint(0, len(self.prompts), (1,), generator=gen))
-        pt = esd_point(bench, self.cond.select([i]), self.uncond, cfg, gen)
+        stop = int(torch.randint(0, cfg.ddim_steps, (1,), generator=gen))  # shared by the concept and the retain batch
+        pt = esd_point(bench, self.cond.select([i]), self.uncond, cfg, gen, stop=stop)
         xt, t = pt.xt, pt.t
         if self.attacking(step):
 
@@ -85,9 +110,9 @@ class AdvUnlearnObjective:
         else:
             adv = bench.student_cond([self.prompts[i]])
         terms = {"esd": F.mse_loss(bench.predict(xt, t, adv).float(), pt.target.float())}
-        j = int(torch.randint(0, len(self.retain), (1,), generator=gen))
-        rp = esd_point(bench, self.retain_cond.select([j]), self.uncond, cfg, gen)  # the retain prompt's own trajectory
-        r_pred = bench.predict(rp.xt, rp.t, bench.student_cond([self.retain[j]]))
+        rows = self.retain_rows(gen)
+        rp = esd_point(bench, self.retain_cond.select(rows), self.uncond, cfg, gen, stop=stop)  # their own trajectories
+        r_pred = bench.predict(rp.xt, rp.t, bench.student_cond([self.retain[j] for j in rows]))
         terms["retain"] = cfg.retain_weight * F.mse_loss(r_pred.float(), rp.f_c.float())
         return terms
 
@@ -106,7 +131,11 @@ def advunlearn(
     """AdvUnlearn: text-encoder ESD training on adversarial soft prompts, with a retain term."""
     if adapter.objective != "ddpm":
         raise UnsupportedModelError(f"advunlearn trains CLIP text encoders of UNet models; {adapter.name} is not supported")
-    retain = request.preserve_prompts() or [""]
+    retain = request.preserve_prompts()
+    if not retain:
+        targets = tuple(ph for t in request.targets for ph in t.phrases())
+        retain = profile_of(pipe).retain_prompts(targets) if config.retain_set == "objects" else []
+    retain = retain or [""]
     with Workbench.for_parameters(pipe, adapter, "text-encoder") as bench:
         params, info = trainable_parameters(bench, "text-encoder", config.lora_rank)
         objective = AdvUnlearnObjective(bench, target_prompts(request), retain, config)

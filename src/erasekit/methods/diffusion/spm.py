@@ -27,12 +27,21 @@ prompt, 0.37 for an unrelated description. Evaluating the same testbed SPM with 
 fixed multiplier 1 everywhere instead raised UA only from 50 % to 62 % and cost 17 points of IRA, so
 the transport is not what limits SPM's UA there.
 
-Anchors (``anchors="random"``, the reference): every step a fresh Gaussian embedding of the target's
-shape, scaled to its norm (see :func:`random_anchor`), so anchoring keeps the adapters silent on
-"anything else". ``anchors="vocabulary"`` (the earlier choice here) uses the request's preserved
-concepts plus ``n_anchors`` words of the tokenizer's vocabulary whose feature similarity to every
-target is below ``anchor_max_similarity``. Defaults: η 2 (see above), β 1000, Adam
-lr 1e-4, 3000 iterations (reference); the transport runs in every forward, training uses ``s = 1``.
+Anchors (``anchors="released"``, the default: Con6924/SPM@3dd762e as released): every step draws
+``anchor_batch`` (the reference's ``sampling_batch_size``, 4) fresh Gaussian embeddings ``s_k`` of the
+target's shape, scaled to its norm (see :func:`random_anchor`), and interleaves them with the empty
+prompt, ``[∅, s₁, ∅, s₂, ∅, s₃, ∅, s₄]`` (``src/engine/sampling.py``). The released ``predict_noise``
+splits that batch in halves as if it were ``[uncond, text]`` and at guidance 1 returns the second
+half, so the anchors the loss really holds are ``[∅, s₃, ∅, s₄]``: half of β keeps ``f(∅)`` — the
+unconditional branch of every guided sample — fixed, and ``s₁, s₂`` are drawn and never used.
+erasekit reproduces that set by default (the second half of the interleaved list, whatever
+``anchor_batch``), since it is what the published results were trained with. ``anchors="random"``
+is the paper's intent without the quirk: all ``anchor_batch`` random embeddings and no ``∅`` (what
+erasekit did before, with one embedding per step: the adapters were free to move ``f(∅)``).
+``anchors="vocabulary"`` uses the request's preserved concepts plus ``n_anchors`` words of the
+tokenizer's vocabulary whose feature similarity to every target is below ``anchor_max_similarity``.
+Defaults: η 2 (see above), β 1000, Adam lr 1e-4, 3000 iterations (reference); the transport runs in
+every forward, training uses ``s = 1``.
 """
 
 from __future__ import annotations
@@ -102,8 +111,9 @@ class SPMAdapters(Attachment):
         unet = getattr(pipe, self.component)
         device = next(unet.parameters()).device
         for d in (self.down, self.up):
-            for k in d:
-                d[k].data = d[k].data.to(device)
+            for k, p in d.items():
+                if p.device != device:  # a new parameter on the device (``.data =`` cannot change a tensor's type)
+                    d[k] = nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
 
         def pre(_m, args, kwargs):
             tokens = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
@@ -157,9 +167,13 @@ class SPMAdapters(Attachment):
 class SPMConfig(TrajectoryConfig):
     anchor_weight: float = field(default=1000.0, metadata={"help": "β of latent anchoring"})
     anchors: str = field(
-        default="random",
-        metadata={"help": "random (the reference: Gaussian embeddings, fresh each step) or vocabulary (dissimilar words)"},
+        default="released",
+        metadata={
+            "help": "released (random embeddings interleaved with '' as the reference's batch: [∅, s3, ∅, s4]), "
+            "random (anchor_batch random embeddings, no ∅) or vocabulary (dissimilar words)"
+        },
     )
+    anchor_batch: int = field(default=4, metadata={"help": "random embeddings drawn per step (sampling_batch_size)", "min": 1})
     n_anchors: int = field(default=32, metadata={"help": "vocabulary words drawn as anchor prompts"})
     anchor_max_similarity: float = field(
         default=0.5, metadata={"help": "anchors must be less similar than this to every target", "max": 1}
@@ -171,8 +185,10 @@ class SPMConfig(TrajectoryConfig):
         self.check_trajectory("spm")
         if self.anchor_weight < 0 or self.n_anchors < 0:
             raise ConfigError("spm needs anchor_weight >= 0 and n_anchors >= 0")
-        if self.anchors not in ("random", "vocabulary"):
-            raise ConfigError(f"spm's anchors must be random or vocabulary, got {self.anchors!r}")
+        if self.anchors not in ("released", "random", "vocabulary"):
+            raise ConfigError(f"spm's anchors must be released, random or vocabulary, got {self.anchors!r}")
+        if self.anchor_batch < 1:
+            raise ConfigError("spm needs anchor_batch >= 1")
         if self.lora_rank:
             raise ConfigError("spm trains its own rank-1 adapters; set lora_rank=0")
 
@@ -220,6 +236,16 @@ def random_anchor(target: Conditioning, gen: torch.Generator) -> Conditioning:
     return Conditioning(draw(target.tokens), extra)
 
 
+def anchor_batch(target: Conditioning, empty: Conditioning, k: int, released: bool, gen: torch.Generator) -> Conditioning:
+    """The step's anchors: ``k`` random embeddings (:func:`random_anchor`); ``released``: the second
+    half of ``[∅, s₁, ∅, s₂, ..., ∅, s_k]``, the rows the released ``predict_noise`` anchors."""
+    draws = [random_anchor(target, gen) for _ in range(k)]
+    if not released:
+        return Conditioning.cat(draws)
+    interleaved = [c for s in draws for c in (empty, s)]
+    return Conditioning.cat(interleaved[len(interleaved) // 2 :])
+
+
 class SPMObjective:
     def __init__(self, bench: Workbench, prompts: list[str], anchors: list[str] | None, config: SPMConfig):
         """``anchors``: anchor prompts, or ``None`` for the reference's random embeddings."""
@@ -234,14 +260,16 @@ class SPMObjective:
         pt = esd_point(bench, cond, self.uncond, cfg, gen)
         xt, t = pt.xt, pt.t
         if self.anchor_cond is None:
-            anchor = random_anchor(cond, gen)
+            anchor = anchor_batch(cond, self.uncond, cfg.anchor_batch, cfg.anchors == "released", gen)
         else:
             a = int(torch.randint(0, len(self.anchors), (1,), generator=gen))
             anchor = self.anchor_cond.select([a])
-        f_a = bench.teacher_predict(xt, t, anchor)
+        n = anchor.tokens.shape[0]
+        xa, ta = xt.expand(n, *xt.shape[1:]), t.expand(n)  # every anchor at the step's x_t and t
+        f_a = bench.teacher_predict(xa, ta, anchor)
         return {
             "esd": F.mse_loss(bench.predict(xt, t, cond).float(), pt.target.float()),
-            "anchor": cfg.anchor_weight * F.mse_loss(bench.predict(xt, t, anchor).float(), f_a.float()),
+            "anchor": cfg.anchor_weight * F.mse_loss(bench.predict(xa, ta, anchor).float(), f_a.float()),
         }
 
 
@@ -267,7 +295,9 @@ def spm(
             info = {
                 "layers": len(spm_adapters.down),
                 "numel": int(sum(p.numel() for p in params.values())),
-                "anchors": "random embeddings" if anchors is None else len(anchors),
+                "anchors": f"{config.anchors} random embeddings ({config.anchor_batch} per step)"
+                if anchors is None
+                else len(anchors),
             }
             result = fit(bench, params, objective, config.settings(checkpoint_dir, resume), progress, desc="spm", info=info)
         finally:
