@@ -92,6 +92,13 @@ CHECKS: dict[str, tuple[str, str, dict, int, str]] = {
         2,
         "ANT with one early step instead of 3",
     ),
+    "star-ant-mask-top": (
+        "ant",
+        "star",
+        {"ddim_steps": 20, "before_step": 3, "iterations": 100, "mask_side": "top"},
+        2,
+        "ANT's mask keeping the most salient half (the paper's words) instead of the released lowest half",
+    ),
     "striped-uce-token-end": ("uce", "striped", {"token": "end"}, 2, "UCE editing the end tokens too (2023 variant)"),
     "zorbo-receler-reg0.1": ("receler", "zorbo", {**RECELER, "reg_weight": 0.1}, 2, "Receler's reference λ with exact masks"),
     "star-spm-multiplier": ("spm", "star", SPM, 2, "SPM with its transport vs the fixed multiplier 1"),

@@ -229,7 +229,7 @@ def test_spm_transport_scales_by_similarity_and_spms_compose(sd, tmp_path):
     from erasekit.methods.diffusion.spm import SPMObjective
 
     adapter = get_adapter(sd)
-    config = get_method("spm").make_config({"iterations": 2, "ddim_steps": 3, "n_anchors": 4})
+    config = get_method("spm").make_config({"iterations": 2, "ddim_steps": 3})
     with Workbench(sd, adapter, ["unet"]) as bench:
         from erasekit.methods.diffusion.spm import SPMAdapters, last_word_features
         from erasekit.training.diffusion import PipeView
@@ -253,10 +253,8 @@ def test_spm_transport_scales_by_similarity_and_spms_compose(sd, tmp_path):
         cat = spm.transport(bench.cond(["cat"]).tokens)
         other = spm.transport(bench.cond(["xyz qq"]).tokens)
         assert float(cat) > 0.99 and float(other) < float(cat)
-    first = api.erase(sd, "spm", REQUEST, progress=False, iterations=2, ddim_steps=3, n_anchors=4, lr=1e-2)
-    second = api.erase(
-        sd, "spm", {"targets": [{"concept": "dog"}]}, progress=False, iterations=2, ddim_steps=3, n_anchors=4, lr=1e-2
-    )
+    first = api.erase(sd, "spm", REQUEST, progress=False, iterations=2, ddim_steps=3, lr=1e-2)
+    second = api.erase(sd, "spm", {"targets": [{"concept": "dog"}]}, progress=False, iterations=2, ddim_steps=3, lr=1e-2)
     first.save(tmp_path / "a")
     second.save(tmp_path / "b")
     pipe = copy.deepcopy(sd)
@@ -388,3 +386,25 @@ def test_receler_binarises_attention_masks_at_its_threshold(sd):
                 h.remove()
     assert all(set(torch.unique(m).tolist()) <= {0.0, 1.0} for m in seen[0.5])
     assert any(len(torch.unique(m)) > 2 for m in seen[0.0])
+
+
+@pytest.mark.parametrize(
+    "kind, name, params, message",
+    [
+        ("method", "receler", {"adv_space": "embedding", "adv_weight_decay": 0.0}, "applies to adv_space=output"),
+        ("method", "receler", {"filler": "the"}, "applies to adv_space=embedding"),
+        ("method", "spm", {"anchors": "vocabulary", "anchor_batch": 2}, "anchor_batch applies"),
+        ("method", "spm", {"n_anchors": 8}, "apply to anchors=vocabulary"),
+        ("method", "ant", {"mask_ratio": 1.0, "mask_side": "top"}, "mask_ratio=1 has none"),
+        ("method", "mace", {"attention_loss": "cubed"}, "norm or squared"),
+        ("method", "advunlearn", {"retain_set": "coco"}, "objects or empty"),
+        ("attack", "soft-prompt", {"point": "image", "ddim_steps": 20}, "apply to point=trajectory"),
+        ("attack", "soft-prompt", {"init": "zeros"}, "random or placeholder"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused(kind, name, params, message):
+    from erasekit.core.registry import get_attack
+
+    spec = get_method(name) if kind == "method" else get_attack(name)
+    with pytest.raises(ConfigError, match=message):
+        spec.make_config(params)

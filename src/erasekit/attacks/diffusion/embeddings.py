@@ -62,6 +62,8 @@ class SoftPromptAttackConfig(AttackConfig):
             raise ConfigError(f"soft-prompt's point must be trajectory or image, got {self.point!r}")
         if self.init not in ("random", "placeholder"):
             raise ConfigError(f"soft-prompt's init must be random or placeholder, got {self.init!r}")
+        if self.point == "image" and (self.ddim_steps != 50 or self.start_guidance != 3.0):
+            raise ConfigError("soft-prompt's ddim_steps and start_guidance apply to point=trajectory only (drop them)")
 
 
 @dataclass

@@ -81,6 +81,11 @@ class ANTConfig(TrajectoryConfig):
             raise ConfigError("ant needs lr > 0 and mask_lr > 0")
         if self.mask_side not in ("lowest", "top"):
             raise ConfigError(f"ant's mask_side must be lowest or top, got {self.mask_side!r}")
+        unused = (self.mask_runs, self.mask_iterations, self.mask_lr, self.mask_side) != (5, 10, 1e-2, "lowest")
+        if self.mask_ratio == 1 and unused:
+            raise ConfigError(
+                "ant's mask_runs, mask_iterations, mask_lr and mask_side build the saliency mask; mask_ratio=1 has none"
+            )
 
 
 class ANTObjective:

@@ -31,8 +31,8 @@ from U[0, 1) once per target prompt and kept across steps, Adam lr 0.1, weight d
 also applied to the adversarial conditioning. The released loop writes the vectors through ``.data``
 of an advanced-indexing copy (``train_receler.py:149``), a silent no-op, so its adversary never
 reached the UNet; erasekit's write is out of place and does. ``adv_space="embedding"`` is erasekit's
-earlier adversary: word-embedding prefix vectors (``attacks/diffusion/soft_prompt.py``, from "a", Adam
-at ``adv_lr`` 1e-3).
+earlier adversary: word-embedding prefix vectors (``attacks/diffusion/soft_prompt.py``, from the
+``filler`` word "a"; its earlier rate was ``adv_lr=1e-3``, its Adam has no weight decay).
 
 The target is the reference's ``f*(∅) − η_ref (f*(c) − f*(∅))`` with η_ref = 1, i.e. ``2 f*(∅) − f*(c)``:
 η = 2 in the ESD form above (the default).
@@ -163,6 +163,10 @@ class ReceleConfig(TrajectoryConfig):
             raise ConfigError(f"receler's mask_source must be auto or attention, got {self.mask_source!r}")
         if self.adv_space not in ("output", "embedding"):
             raise ConfigError(f"receler's adv_space must be output or embedding, got {self.adv_space!r}")
+        if self.adv_space == "embedding" and self.adv_weight_decay != 0.1:
+            raise ConfigError("receler's adv_weight_decay applies to adv_space=output only (drop it)")
+        if self.adv_space == "output" and self.filler != "a":
+            raise ConfigError("receler's filler applies to adv_space=embedding only (drop it or set adv_space=embedding)")
         if self.lora_rank:
             raise ConfigError("receler trains its own erasers; it has no LoRA form (set lora_rank=0)")
 

@@ -189,6 +189,12 @@ class SPMConfig(TrajectoryConfig):
             raise ConfigError(f"spm's anchors must be released, random or vocabulary, got {self.anchors!r}")
         if self.anchor_batch < 1:
             raise ConfigError("spm needs anchor_batch >= 1")
+        if self.anchors == "vocabulary" and self.anchor_batch != 4:
+            raise ConfigError(
+                "spm's anchor_batch applies to random-embedding anchors (anchors=released or random), not vocabulary"
+            )
+        if self.anchors != "vocabulary" and (self.n_anchors != 32 or self.anchor_max_similarity != 0.5):
+            raise ConfigError("spm's n_anchors and anchor_max_similarity apply to anchors=vocabulary only (drop them or set it)")
         if self.lora_rank:
             raise ConfigError("spm trains its own rank-1 adapters; set lora_rank=0")
 
