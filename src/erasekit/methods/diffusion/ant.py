@@ -131,7 +131,7 @@ def gradient_mask(params: dict, objective: ANTObjective, config: ANTConfig) -> d
         sums = {k: torch.zeros_like(p) for k, p in params.items()}
         opt = torch.optim.Adam(list(params.values()), lr=config.mask_lr)
         for i in range(config.mask_iterations):
-            total = sum(objective.loss(i, step_generator(config.seed + 202 + 7919 * run, i)).values())
+            total = torch.stack(list(objective.loss(i, step_generator(config.seed + 202 + 7919 * run, i)).values())).sum()
             grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
             for (k, p), g in zip(params.items(), grads):
                 p.grad = g

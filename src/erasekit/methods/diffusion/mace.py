@@ -130,6 +130,8 @@ class MACEObjective:
         self.bench.predict(b.xt, b.t, self.cond.select(idx % self.cond.tokens.shape[0]))
         total = self.attn.loss
         self.attn.reset(None)
+        if total is None:
+            raise ConfigError("mace found no cross-attention layer (attn2) to read in the denoiser")
         return {"attention": total}
 
 

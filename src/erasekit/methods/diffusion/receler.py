@@ -183,10 +183,8 @@ class ExactMasks:
 def _masked_energy(outs: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
     """``mean_l Σ_{outside} mean_c E_l(h_l)² / #outside`` over the layers' eraser outputs ``[B, HW, C]``
     and masks ``[B, HW]`` (outside = ``1 − M``), the released regulariser."""
-    total = sum(
-        (o * (1 - m[..., None])).pow(2).mean(-1).sum() / ((1 - m).sum() + 1e-9) for o, m in zip(outs, masks)
-    )  # fmt: skip
-    return total / max(1, len(outs))
+    terms = [(o * (1 - m[..., None])).pow(2).mean(-1).sum() / ((1 - m).sum() + 1e-9) for o, m in zip(outs, masks)]
+    return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
 def concept_masks(maps: list[torch.Tensor], latent_side: int, threshold: float) -> list[torch.Tensor]:
@@ -299,8 +297,8 @@ class ReceleObjective:
         self.erasers.capture = []
         self.bench.predict(b.xt, b.t, self.cond.select([self.exact.prompt_of[j]]))
         outs, self.erasers.capture = self.erasers.capture, None
-        mask = self.exact.masks[j : j + 1].to(outs[0].device, outs[0].dtype) if outs else None
-        return _masked_energy(outs, [layer_mask(mask, o.shape[1]) for o in outs])
+        mask = self.exact.masks[j : j + 1]
+        return _masked_energy(outs, [layer_mask(mask.to(o.device, o.dtype), o.shape[1]) for o in outs])
 
     def _adversarial(self, i: int, cond, xt, t, f_c):
         """The step's adversarial conditioning of prompt ``i`` (see the module docstring)."""

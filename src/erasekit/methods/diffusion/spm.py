@@ -268,7 +268,7 @@ class SPMObjective:
         if self.anchor_cond is None:
             anchor = anchor_batch(cond, self.uncond, cfg.anchor_batch, cfg.anchors == "released", gen)
         else:
-            a = int(torch.randint(0, len(self.anchors), (1,), generator=gen))
+            a = int(torch.randint(0, self.anchor_cond.tokens.shape[0], (1,), generator=gen))
             anchor = self.anchor_cond.select([a])
         n = anchor.tokens.shape[0]
         xa, ta = xt.expand(n, *xt.shape[1:]), t.expand(n)  # every anchor at the step's x_t and t
