@@ -27,8 +27,10 @@ product lr × steps of the reference, and (3) the methods' own samplers at the t
 variant each method runs is the one the published table ran (``VARIANTS``: UnlearnCanvas used the methods'
 released code of 2023–24, so UCE runs its 2023 variant, keys from the last word to the end).
 
-Each run is recorded in ``benchmarks/results/validity/<method>-<concept>.json`` as it finishes, and a
-later call skips recorded runs with the same settings (resumable in the background).
+Each run is recorded in ``benchmarks/results/validity/<method>-<concept>.json`` as it finishes, with the
+method's full configuration (``params``), and a later call skips recorded runs with the same settings and
+configuration (resumable in the background); runs recorded before ``params`` was kept are trusted on
+their settings alone, and ``--rerun METHODS`` runs a method's recorded runs again (after its code changed).
 """
 
 from __future__ import annotations
@@ -133,15 +135,31 @@ def run_one(pipe, classifier, method: str, concept: str, domain: str, settings: 
         "concept": concept,
         "domain": domain,
         "settings": settings,
+        "params": full_params(method, settings),
         "seeds_per_prompt": seeds,
         "metrics": {k: round(v, 2) for k, v in grid_metrics(judged, concept, domain).items()},
         "erase_seconds": round(seconds, 2),
     }
 
 
+def full_params(method: str, settings: dict) -> dict:
+    """Every field of the method's configuration at ``settings`` (what a recorded run must match)."""
+    from erasekit.core.registry import get_method
+
+    return dataclasses.asdict(get_method(method).make_config(settings))
+
+
+def is_current(old: dict, method: str, settings: dict, seeds: int) -> bool:
+    """A recorded run can stand: same scaled settings and seeds, and the same full configuration when
+    the run recorded it."""
+    same = old.get("settings") == settings and old.get("seeds_per_prompt") == seeds
+    return same and ("params" not in old or old["params"] == full_params(method, settings))
+
+
 def run_all(
-    methods: list[str], seeds: int, concepts: list[str] | None = None, model: str = "testbed", progress: bool = True
-) -> list[dict]:
+    methods: list[str], seeds: int, concepts: list[str] | None = None, model: str = "testbed", progress: bool = True,
+    rerun: frozenset[str] = frozenset(),
+) -> list[dict]:  # fmt: skip
     """Every (method, concept) run on ``model`` (the shipped testbed, or a testbed pipeline directory such
     as a retrained candidate: its runs go to a folder of their own), reusing recorded ones with the same
     settings and seeds."""
@@ -168,9 +186,9 @@ def run_all(
     for method, concept, domain in tqdm(todo, desc="validity runs", disable=not progress, unit="run"):
         settings = scaled_settings(method)
         path = runs_dir / f"{method}-{concept}.json"
-        if path.exists():
+        if path.exists() and method not in rerun:
             old = read_json(path)
-            if old.get("settings") == settings and old.get("seeds_per_prompt") == seeds:
+            if is_current(old, method, settings, seeds):
                 runs.append(old)
                 continue
         run = run_one(pipe, classifier, method, concept, domain, settings, seeds, model)
@@ -307,6 +325,7 @@ def main() -> None:
     ap.add_argument("--concepts", default=None, help="only these concepts (a quick check; the table needs all)")
     ap.add_argument("--out", default="benchmarks/results/validity.json")
     ap.add_argument("--render", action="store_true", help="only re-render docs/testbed.md from --out")
+    ap.add_argument("--rerun", default="", help="methods whose recorded runs are run again (their code changed)")
     ap.add_argument("--model", default="testbed", help="a testbed pipeline directory (e.g. a retrained candidate); "
                     "docs/testbed.md is written for the shipped testbed only")  # fmt: skip
     args = ap.parse_args()
@@ -317,7 +336,8 @@ def main() -> None:
     t0 = time.time()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     concepts = args.concepts.split(",") if args.concepts else None
-    runs = run_all(methods, args.seeds, concepts, args.model)
+    rerun = frozenset(m.strip() for m in args.rerun.split(",") if m.strip())
+    runs = run_all(methods, args.seeds, concepts, args.model, rerun=rerun)
     testbed = averages(runs)
     published = read_json(PUBLISHED)
     tables = []
