@@ -200,9 +200,10 @@ class Workbench:
         """Run the *teacher* ``stop`` of ``steps`` sampling steps from pure noise with guidance.
 
         Returns ``(x, t)``: the latents reached and the timestep they are at, ``timesteps[stop]`` of the
-        sampler's schedule. That is the timestep a loss on ``x`` must use (ESD's pitfall: the CompVis
-        code counts steps from the other end). ``0 <= stop <= steps``; ``stop == steps`` runs the
-        whole sampler and returns the clean latents with ``t = 0``.
+        sampler's schedule. That is the timestep a loss on ``x`` must use (the CompVis code queries
+        the UNet 40–60 DDPM steps away from where its latent sits; see ``methods/diffusion/esd.py``).
+        ``0 <= stop <= steps``; ``stop == steps`` runs the whole sampler and returns the clean latents
+        with ``t = 0``.
         """
         if not 0 <= stop <= steps:
             raise ConfigError(f"partial denoising stop {stop} must lie in [0, {steps}]")

@@ -10,7 +10,7 @@
       ‖ f_θ′(x_t, E(v ⊕ c), t) − f_θ(x_t, c, t) ‖²       (f_θ: the reference model; f_θ′: the erased one)
 
   Deviations, deliberate: the loss is taken at the timestep the trajectory reached (the CompVis code
-  draws ``t`` from the other end of the schedule, ESD's pitfall, fixed in every method here), and
+  queries 40–60 DDPM steps away from where its latent sits; see ``methods/diffusion/esd.py``), and
   Adam's gradient is zeroed every step (the released loop never zeroes it, so its Adam steps on a
   running sum of gradients). ``--set soft-prompt.n_tokens=5 --set soft-prompt.lr=1e-2 --set
   soft-prompt.point=image`` is erasekit's earlier, stronger form (5 vectors, 10x the lr, ``x_t``

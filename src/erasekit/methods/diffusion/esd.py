@@ -7,16 +7,18 @@ predicts when guided *away* from ``c``:
 
 ``f*`` is the frozen original model, ``x_t`` comes from partially denoising pure noise with ``c``
 (guidance ``start_guidance``) with the *frozen* model for a random number of the ``ddim_steps`` sampler
-steps, and ``t`` is the timestep that partial trajectory actually reached (the CompVis code counts
-steps from the other end of the schedule; mixing conventions silently trains on the wrong noise level).
+steps, and ``t`` is the timestep that partial trajectory actually reached. The CompVis code is off by
+a little: its sampler's ``till_T = k`` stops with ``k`` steps left, so the latent sits at
+``ddim_timesteps[k − 2] ≈ 20k − 39`` while the UNet is queried at a ``t`` drawn from ``[20k, 20k + 20)``
+(``train-esd.py``), about 40–60 DDPM steps apart; erasekit queries at ``timesteps[stop]`` exactly.
 
 Parameter sets (``train_method``): ``esd-x`` = cross-attention (attn2), ``esd-u`` = everything but
 cross-attention, time embedding and output layers, ``esd-x-strict`` = cross-attention to_k/to_v only;
 any set name of the training engine, or ``re:<regex>,<regex>`` is accepted too.
 
 Defaults follow the current diffusers-based reference script: 200 iterations, Adam lr 5e-5, η = 2,
-50 DDIM steps, start guidance 3. The stop step is drawn uniformly from ``[0, ddim_steps)`` (the
-reference draws from ``[1, ddim_steps − 1)``). ESD erases towards the unconditional prediction, so a
+50 DDIM steps, start guidance 3. The stop step is drawn uniformly from ``[0, ddim_steps)``, as the
+reference's ``random.randint(0, 49)``. ESD erases towards the unconditional prediction, so a
 target's anchor is not used. On SD3 / Flux the same loss is written on velocities (an affine
 combination with weights summing to one means the same thing for ε, v and flow targets) and the
 sampler is the pipeline's flow-matching Euler schedule.

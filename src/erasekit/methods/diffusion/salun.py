@@ -18,8 +18,10 @@
    (``pseudo="anchor"`` skips the preserved concepts).
 
 Images are drawn once by the frozen model. Defaults: mask ratio 0.5, w 7.5, α 0.1, Adam lr 1e-5,
-200 steps, the whole denoiser (``full``; the reference masks the full UNet). The reference re-creates
-its data iterator every step (always the first batch); we draw a fresh random batch every step. The
+200 steps, the whole denoiser (``full``; the reference masks the full UNet). The reference walks its
+data loader once per epoch (5 epochs of batch 8, its mask from a full pass over the forget set, α 0.5
+in its README's run); we draw a fresh random batch every step (the mask from ``mask_batches`` batches).
+The
 empty prompt enters the guided mask loss only as the unconditional branch (a port used the concept
 prompt there, which zeroes the guidance term).
 """
