@@ -4,8 +4,9 @@
   OPTML-Group/AdvUnlearn@9d23124 ``train-scripts/utils/attack_util.py``, the command-line defaults of
   ``AdvUnlearn.py``): **one** prefix vector in word-embedding space (``[BOS, v, prompt, EOS...]``),
   started from the embedding of a random vocabulary token, Adam lr 1e-3, 30 steps; every step draws a
-  fresh point ``x_t`` of the *reference* model's own trajectory for the prompt (DDIM, ``ddim_steps``
-  50, guidance 3, stopped at a uniformly drawn step) and minimises
+  fresh point ``x_t`` of the *reference* model's own trajectory for the prompt (the model's sampler at
+  its own step count — SD's 50, as AdvUnlearn's 50 DDIM steps; the testbed's 20 — guidance 3, stopped
+  at a uniformly drawn step) and minimises
 
       ‖ f_θ′(x_t, E(v ⊕ c), t) − f_θ(x_t, c, t) ‖²       (f_θ: the reference model; f_θ′: the erased one)
 
@@ -53,7 +54,10 @@ class SoftPromptAttackConfig(AttackConfig):
         metadata={"help": "x_t: trajectory (the reference model's DDIM trajectory, AdvUnlearn) or image (noised from its image)"},
     )
     init: str = field(default="random", metadata={"help": "start: random (a random vocabulary token, AdvUnlearn) or placeholder"})
-    ddim_steps: int = field(default=50, metadata={"help": "sampler steps of the trajectory (point=trajectory)", "min": 1})
+    ddim_steps: int | None = field(
+        default=None,
+        metadata={"help": "sampler steps of the trajectory (point=trajectory; default: the model's, SD's 50)", "min": 1},
+    )
     start_guidance: float = field(default=3.0, metadata={"help": "guidance of the trajectory (point=trajectory)"})
     seed: int = field(default=0, metadata={"help": "seed of the initial tokens and the noise draws"})
 
@@ -62,7 +66,7 @@ class SoftPromptAttackConfig(AttackConfig):
             raise ConfigError(f"soft-prompt's point must be trajectory or image, got {self.point!r}")
         if self.init not in ("random", "placeholder"):
             raise ConfigError(f"soft-prompt's init must be random or placeholder, got {self.init!r}")
-        if self.point == "image" and (self.ddim_steps != 50 or self.start_guidance != 3.0):
+        if self.point == "image" and (self.ddim_steps is not None or self.start_guidance != 3.0):
             raise ConfigError("soft-prompt's ddim_steps and start_guidance apply to point=trajectory only (drop them)")
 
 
@@ -151,9 +155,10 @@ def _soft_prompt_point(arena, config: SoftPromptAttackConfig, gen: torch.Generat
         b, target = arena.reference_point(gen, ref_cond)
         return b.xt, b.t, target
     ref = arena.ref
-    stop = int(torch.randint(0, config.ddim_steps, (1,), generator=gen))
+    steps = config.ddim_steps or arena.steps
+    stop = int(torch.randint(0, steps, (1,), generator=gen))
     uncond = arena.uncond(ref_cond.tokens.shape[0], reference=True)
-    xt, t = ref.partial_denoise(ref_cond, uncond, config.ddim_steps, stop, config.start_guidance, gen)
+    xt, t = ref.partial_denoise(ref_cond, uncond, steps, stop, config.start_guidance, gen)
     return xt, t, ref.teacher_predict(xt, t, ref_cond).float()
 
 
