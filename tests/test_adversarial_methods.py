@@ -105,6 +105,8 @@ def test_advunlearn_retains_object_prompts_without_preserved_concepts(sd, monkey
         api.erase(sd, "advunlearn", {"targets": [{"concept": "cat"}]}, progress=False, iterations=1, warmup=5,
                   ddim_steps=2, lr=1e-3, retain_set=retain_set)  # fmt: skip
     assert seen["empty"] == [""]
+    with pytest.raises(ConfigError, match="retain_set applies without preserved concepts"):
+        api.erase(sd, "advunlearn", REQUEST, progress=False, iterations=1, retain_set="empty")
     assert len(seen["objects"]) == len(COCO_OBJECTS) - 1 and "a photo of cat" not in seen["objects"]
     assert "a photo of dog" in seen["objects"]
     testbed = ModelProfile(name="testbed").retain_prompts(("star",))

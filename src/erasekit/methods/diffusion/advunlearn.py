@@ -132,6 +132,8 @@ def advunlearn(
     if adapter.objective != "ddpm":
         raise UnsupportedModelError(f"advunlearn trains CLIP text encoders of UNet models; {adapter.name} is not supported")
     retain = request.preserve_prompts()
+    if retain and config.retain_set != "objects":
+        raise ConfigError("advunlearn's retain_set applies without preserved concepts (the request's --preserve are retained)")
     if not retain:
         targets = tuple(ph for t in request.targets for ph in t.phrases())
         retain = profile_of(pipe).retain_prompts(targets) if config.retain_set == "objects" else []
