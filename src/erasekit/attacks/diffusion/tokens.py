@@ -56,45 +56,49 @@ class Slots:
 
 def make_slots(tokenizer, prompts: list[str], k: int, layout: str, concept: str | None = None) -> Slots:
     """Slots for ``prompts`` (see the module docstring for ``layout``)."""
-    texts: list[str] = []
-    positions: list[list[int]] = []
-    all_words: list[list[str | None]] = []
+    if layout == "replace" and concept is None:
+        raise ValueError("layout 'replace' needs the concept")
     if layout == "every3":  # the same number of insertions in every prompt (short ones get theirs at the end)
         k = max(1 + len(tokenizer(p, add_special_tokens=False).input_ids) // 3 for p in prompts)
-    for prompt in prompts:
-        words: list[str | None] = [*prompt.split()]
-        if layout == "prefix":
-            words = [*([None] * k), *words]
-        elif layout == "free":
-            words = [None for _ in range(k)]
-        elif layout == "every3":
-            words = every3_layout(tokenizer, words, k)
-        elif layout == "replace":
-            if concept is None:
-                raise ValueError("layout 'replace' needs the concept")
-            hits = [i for i, w in enumerate(words) if w and w.lower() == concept.lower()]
-            words = [None if i in hits else w for i, w in enumerate(words)] if hits else [*words, None]
-        else:
-            raise ValueError(f"unknown slot layout {layout!r}")
-        pos, cursor = [], 1
-        for w in words:
-            n = 1 if w is None else len(tokenizer(w, add_special_tokens=False).input_ids)
-            if w is None:
-                pos.append(cursor)
-            cursor += n
-        if cursor + 1 > tokenizer.model_max_length:
-            raise ConfigError(
-                f"{len(pos)} attack tokens do not fit in the {tokenizer.model_max_length}-token context with {prompt!r}"
-            )
-        texts.append(" ".join(PLACEHOLDER if w is None else w for w in words))
-        positions.append(pos)
-        all_words.append(words)
+    all_words = [layout_words(tokenizer, prompt.split(), k, layout, concept) for prompt in prompts]
+    positions = [slot_positions(tokenizer, words, prompt) for words, prompt in zip(all_words, prompts)]
     if len({len(p) for p in positions}) != 1:
         raise ConfigError("attack slots differ in number across prompts (replace a concept word that appears once per prompt)")
+    texts = [" ".join(PLACEHOLDER if w is None else w for w in words) for words in all_words]
     return Slots(texts, torch.tensor(positions), all_words)
 
 
-def every3_layout(tokenizer, words: list[str | None], k: int) -> list[str | None]:
+def layout_words(tokenizer, words: list[str], k: int, layout: str, concept: str | None) -> list[str | None]:
+    """A prompt's words with its slots (``None``) laid out as ``layout`` says."""
+    if layout == "prefix":
+        return [*([None] * k), *words]
+    if layout == "free":
+        return [None for _ in range(k)]
+    if layout == "every3":
+        return every3_layout(tokenizer, list(words), k)
+    if layout == "replace":
+        hits = {i for i, w in enumerate(words) if concept is not None and w.lower() == concept.lower()}
+        return [None if i in hits else w for i, w in enumerate(words)] if hits else [*words, None]
+    raise ValueError(f"unknown slot layout {layout!r}")
+
+
+def slot_positions(tokenizer, words: list[str | None], prompt: str) -> list[int]:
+    """Token positions of the slots (BOS at 0, a slot one token); an error when the text does not fit."""
+    pos, cursor = [], 1
+    for w in words:
+        if w is None:
+            pos.append(cursor)
+            cursor += 1
+        else:
+            cursor += len(tokenizer(w, add_special_tokens=False).input_ids)
+    if cursor + 1 > tokenizer.model_max_length:
+        raise ConfigError(
+            f"{len(pos)} attack tokens do not fit in the {tokenizer.model_max_length}-token context with {prompt!r}"
+        )
+    return pos
+
+
+def every3_layout(tokenizer, words: list[str], k: int) -> list[str | None]:
     """P4D-K's layout (``optimize_k.py``: slots at every 4th position from the one after BOS): a slot
     first, then one after every 3 tokens of the prompt, and the rest of the ``k`` slots at the end. A
     word of several tokens is never split: its slot follows the word that reaches 3 tokens."""
