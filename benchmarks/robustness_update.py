@@ -36,7 +36,8 @@ if __name__ == "__main__":
     names = attack_names(args.attacks)
     for run_name in args.runs.split(","):
         path = OUT / f"{run_name.strip()}.json"
-        run = {k: v for k, v in read_json(path).items() if k != STAMP_KEY}
+        recorded = read_json(path)
+        run = {k: v for k, v in recorded.items() if k != STAMP_KEY}
         if run_name.startswith("attacks-oracle-"):
             oracle = oracle or erasekit.load_pipeline("testbed-oracle")
             target, erasure = oracle, None
@@ -47,6 +48,6 @@ if __name__ == "__main__":
             erasure = erasekit.erase(pipe, run["method"], ErasureRequest([Target(run["concept"])]), **run["cost"]["params"])
         run["attacks"].update(attacks_of(target, erasure, run["concept"], names, progress=True))
         run.setdefault("attacks_rerun", []).append({"attacks": names, "date": str(datetime.date.today()), "why": args.why})
-        write_report(path, run, "bench-run")
+        write_report(path, run, recorded.get(STAMP_KEY, "bench-run"))  # a run, or a reference row (bench-attacks)
         print("updated", path, {n: run["attacks"][n]["asr"] for n in names})
     print("wrote", write_robustness(OUT, "docs/robustness.md"))
