@@ -5,7 +5,7 @@
 # mark with its carrier intact in docs/results.md (UCE and ESD leave it: UA 50 % as the base model)
 # -> benchmarks/results/robustness/*.json, docs/robustness.md and docs/robustness.png.
 # Erasure settings are the results table's (benchmarks/testbed_results.sh); attacks run at their
-# default budgets (erasekit attacks) on about 24 trials each. About 3 minutes of attacks per model (quiet machine)
+# default budgets (erasekit attacks) on about 24 trials each. 10-15 minutes of attacks per model
 # on the 2-core CPU. The oracle rows come from the shipped testbed-oracle; when it is retrained, its
 # rows alone are refreshed with: python benchmarks/robustness_oracle.py (the base and oracle rows recorded
 # in the directory are reused by later calls when they hold every attack asked for).

@@ -189,7 +189,7 @@ def _red_team(pipe, erasures, path) -> list[str]:
             )
     write_report(path, {"red_team": record}, "attack")
     lines.append(
-        f"  the whole suite ({len(attack_names('all'))} attacks, about 3 minutes per erasure on 2 cores): erasekit attack --erasure DIR --attack all"
+        f"  the whole suite ({len(attack_names('all'))} attacks, 10-15 minutes per erasure on 2 cores): erasekit attack --erasure DIR --attack all"
     )
     return lines
 
