@@ -212,6 +212,15 @@ class Arena:
     def tokenizer(self):
         return self.pipe.tokenizer
 
+    def vocabulary(self) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """The tokens a token attack may choose (``tokens.allowed_tokens``: ids, words) and their
+        embedding rows ``[V, d]`` (float32, on the model's device)."""
+        from erasekit.attacks.diffusion.tokens import allowed_tokens
+
+        ids, words = allowed_tokens(self.tokenizer(), self.profile.vocabulary, set())
+        table = self.text_encoder().get_input_embeddings().weight.detach()[ids.to(self.device)].float()
+        return ids, words, table
+
     @property
     def testbed_world(self) -> bool:
         """Whether the model's world is the testbed's (every word and concept known)."""

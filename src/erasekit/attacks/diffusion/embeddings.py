@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erasekit.attacks.base import AttackConfig
-from erasekit.attacks.diffusion.tokens import PLACEHOLDER, allowed_tokens, make_slots
+from erasekit.attacks.diffusion.tokens import PLACEHOLDER, make_slots
 from erasekit.core.errors import ConfigError
 from erasekit.core.registry import register_attack
 
@@ -141,10 +141,8 @@ def _soft_prompt_start(arena, config: SoftPromptAttackConfig, n: int, gen: torch
     """Initial vectors ``[n, k, d]``: random vocabulary tokens' embeddings (AdvUnlearn) or the placeholder's."""
     if config.init == "placeholder":
         return word_vector(arena).expand(n, config.n_tokens, -1).clone()
-    ids, _ = allowed_tokens(arena.tokenizer(), arena.profile.vocabulary, set())
-    table = arena.text_encoder().get_input_embeddings().weight.detach()
-    pick = ids[torch.randint(0, len(ids), (n, config.n_tokens), generator=gen)]
-    return table[pick.to(table.device)].float().clone()
+    _, _, table = arena.vocabulary()
+    return table[torch.randint(0, len(table), (n, config.n_tokens), generator=gen).to(table.device)].clone()
 
 
 def _soft_prompt_point(arena, config: SoftPromptAttackConfig, gen: torch.Generator, ref_cond):

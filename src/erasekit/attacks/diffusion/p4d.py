@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erasekit.attacks.base import AttackConfig
-from erasekit.attacks.diffusion.tokens import allowed_tokens, make_slots, project_to_tokens
+from erasekit.attacks.diffusion.tokens import make_slots, project_to_tokens
 from erasekit.core.registry import register_attack
 
 
@@ -38,8 +38,7 @@ def run_p4d(arena, config: P4DConfig, tracker, layout: str) -> dict:
     rows = list(range(len(arena.trials)))
     prompts = [arena.trials[r].prompt for r in rows]
     slots = make_slots(arena.tokenizer(), prompts, config.n_tokens, layout)
-    ids, words = allowed_tokens(arena.tokenizer(), arena.profile.vocabulary, set())
-    table = arena.text_encoder().get_input_embeddings().weight.detach()[ids.to(arena.device)].float()
+    ids, words, table = arena.vocabulary()
     gen = torch.Generator().manual_seed(config.seed)
     start = torch.randint(0, len(ids), (len(rows), slots.k), generator=gen).to(arena.device)
     z = table[start].clone().requires_grad_(True)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erasekit.attacks.base import AttackConfig
-from erasekit.attacks.diffusion.tokens import allowed_tokens, make_slots, project_simplex
+from erasekit.attacks.diffusion.tokens import make_slots, project_simplex
 from erasekit.core.registry import register_attack
 
 
@@ -88,8 +88,7 @@ def unlearndiffatk(arena, config: UnlearnDiffAtkConfig, tracker, progress: bool 
     sweeping fixed timesteps in ascending order and judging after each (as released)."""
     rows = list(range(len(arena.trials)))
     slots = make_slots(arena.tokenizer(), [arena.trials[r].prompt for r in rows], config.n_tokens, "prefix")
-    ids, words = allowed_tokens(arena.tokenizer(), arena.profile.vocabulary, set())
-    table = arena.text_encoder().get_input_embeddings().weight.detach()[ids.to(arena.device)].float()
+    ids, words, table = arena.vocabulary()
     x0 = arena.reference_latents()
     gen = torch.Generator().manual_seed(config.seed)
     probs = torch.full((len(rows), config.n_tokens, len(ids)), 1.0 / len(ids), device=arena.device, requires_grad=True)
