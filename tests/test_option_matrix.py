@@ -75,6 +75,7 @@ def sample(command: str, option: str, kind: str, t: Path, base: list[str]) -> tu
         "set_": ["--set", "lamb=0.1"],
         "concept": ["-c", "forget05" if lm else "circle"],
         "erasure": ["--erasure", str(t / "e")],
+        "guard": ["--guard", str(t / "g")],
         "resume": ["--resume"],
     }
     specific = {

@@ -65,6 +65,10 @@ app.add_typer(testbed_app, name="testbed")
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'testbed', a local diffusers pipeline directory, or a hub id.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else mps, else cpu).")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Weights' precision: float32 (default), float16 or bfloat16.")]
+GuardOpt = Annotated[
+    Optional[Path],
+    typer.Option(help="A guard directory ('erasekit erase --method sld', ...): stacked on --erasure, or applied alone."),
+]
 JudgeOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -192,6 +196,8 @@ def generate(
         Optional[str], typer.Option(help="Negative prompt (the unconditional branch of guidance).")
     ] = None,
     labels: Annotated[bool, typer.Option(help="Caption each image with the testbed classifier's labels (testbed only).")] = True,
+    erasure: Annotated[Optional[Path], typer.Option(help="Erasure directory to apply for the images.")] = None,
+    guard: GuardOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
@@ -212,6 +218,8 @@ def generate(
         labels=labels,
         device=device,
         dtype=dtype,
+        erasure=erasure,
+        guard=guard,
     )
     typer.echo(f"wrote {path}")
 
@@ -356,6 +364,7 @@ def evaluate(
     erasure: Annotated[
         Optional[Path], typer.Option(help="Erasure directory to evaluate (omit to measure the base model).")
     ] = None,
+    guard: GuardOpt = None,
     concept: Annotated[
         Optional[list[str]], typer.Option("--concept", "-c", help="Target concept(s) (default: the erasure's).")
     ] = None,
@@ -398,7 +407,7 @@ def evaluate(
     report = evaluate_api(model, erasure, concept, out=out, seeds=seeds if "seeds" in given else None,
                           contexts=contexts if "contexts" in given else None, steps=steps, guidance=guidance, split=split,
                           oracle=oracle, device=device, dtype=dtype, judge=judge, prompts=prompts, retain_prompts=retain_prompts,
-                          limit=limit, where=where, samples=samples, fidelity=fidelity, cache=cache)  # fmt: skip
+                          limit=limit, where=where, samples=samples, fidelity=fidelity, cache=cache, guard=guard)  # fmt: skip
     for line in evaluation_lines(report, out):
         typer.echo(line)
 
@@ -512,6 +521,7 @@ def attack(
     erasure: Annotated[
         Optional[Path], typer.Option(help="Erasure directory to attack (omit to attack the model itself).")
     ] = None,
+    guard: GuardOpt = None,
     budget: Annotated[Optional[int], typer.Option(min=0, help="Budget in the attack's unit (default: the attack's).")] = None,
     seeds: Annotated[Optional[int], typer.Option(min=1, max=256, help="Seeds per prompt (default: about 24 trials).")] = None,
     prompt: Annotated[
@@ -556,13 +566,14 @@ def attack(
         if clash:
             raise InvalidInputError(
                 f"--replay re-runs the report's own attack, concept, trials and settings, so {flag(clash[0])} does not "
-                "apply; pass only --model, --erasure, --out, --grid, --device and --dtype with it"
+                "apply; pass only --model, --erasure, --guard, --out, --grid, --device and --dtype with it"
             )
-        results = [replay_api(replay, model, erasure, out=out, device=device, dtype=dtype, grid=grid)]
+        results = [replay_api(replay, model, erasure, out=out, device=device, dtype=dtype, grid=grid, guard=guard)]
     else:
         found = attack_api(model, erasure, attack_, concept, budget=budget, seeds=seeds, params=params, prompts=prompt,
                            reference=reference, out=out, steps=steps, guidance=guidance, device=device, dtype=dtype,
-                           grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where, cache=cache)  # fmt: skip
+                           grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where, cache=cache,
+                           guard=guard)  # fmt: skip
         results = found if isinstance(found, list) else [found]
     for r in results:
         typer.echo(r.summary())

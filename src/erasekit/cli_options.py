@@ -25,7 +25,7 @@ SELECTORS = {("demo", "llm"), ("testbed check", "llm"), ("testbed train", "llm")
 SCOPES: dict[str, dict[str, frozenset[str]]] = {
     "generate": {
         "prompt": IMAGE, "out": IMAGE, "model": IMAGE, "n": IMAGE, "seed": IMAGE, "steps": IMAGE, "guidance": IMAGE,
-        "negative_prompt": IMAGE, "labels": IMAGE, "device": IMAGE, "dtype": IMAGE,
+        "negative_prompt": IMAGE, "labels": IMAGE, "erasure": IMAGE, "guard": IMAGE, "device": IMAGE, "dtype": IMAGE,
     },
     "demo": {"out": BOTH, "seeds": IMAGE, "llm": BOTH, "device": BOTH, "dtype": BOTH},
     "erase": {
@@ -35,7 +35,7 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     },
     "export": {"erasure": BOTH, "out": BOTH, "model": BOTH, "force": BOTH, "device": BOTH, "dtype": BOTH},
     "evaluate": {
-        "out": BOTH, "model": BOTH, "erasure": BOTH, "concept": IMAGE, "seeds": IMAGE, "contexts": IMAGE, "steps": IMAGE,
+        "out": BOTH, "model": BOTH, "erasure": BOTH, "guard": BOTH, "concept": IMAGE, "seeds": IMAGE, "contexts": IMAGE, "steps": IMAGE,
         "guidance": IMAGE, "split": LM, "oracle": LM, "judge": IMAGE, "prompts": IMAGE, "retain_prompts": IMAGE,
         "limit": IMAGE, "where": IMAGE, "samples": IMAGE, "fidelity": IMAGE, "cache": IMAGE, "device": BOTH, "dtype": BOTH,
     },
@@ -45,7 +45,7 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
         "limit": IMAGE, "where": IMAGE, "samples": IMAGE, "device": IMAGE, "dtype": IMAGE,
     },
     "attack": {
-        "concept": BOTH, "attack_": BOTH, "out": BOTH, "model": BOTH, "erasure": BOTH, "budget": BOTH, "seeds": IMAGE,
+        "concept": BOTH, "attack_": BOTH, "out": BOTH, "model": BOTH, "erasure": BOTH, "guard": BOTH, "budget": BOTH, "seeds": IMAGE,
         "prompt": IMAGE, "reference": IMAGE, "replay": IMAGE, "grid": IMAGE, "set_": BOTH, "steps": IMAGE, "guidance": IMAGE,
         "judge": IMAGE, "prompt_file": IMAGE, "limit": IMAGE, "where": IMAGE, "cache": IMAGE, "device": BOTH, "dtype": BOTH,
     },

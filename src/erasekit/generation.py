@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from erasekit.core.errors import InvalidInputError, NonFiniteError
+from erasekit.core.guards import guards_of
 from erasekit.core.outputs import write_image
 
 
@@ -119,27 +120,33 @@ def generate(
         check_prompt(pipe, p)
     if sampling.negative_prompt is not None:
         check_prompt(pipe, sampling.negative_prompt, "negative prompt")
+    guarded = bool(guards_of(pipe))
+    if guarded and sampling.negative_prompt is not None:
+        raise InvalidInputError("a guard is applied to this model: it sets the sampling itself, so pass no negative prompt")
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # one bar (ours) per call, not one per batch
     out: list[np.ndarray] = []
     bs = sampling.batch_size
     for i in tqdm(range(0, len(prompts), bs), desc=desc, disable=not progress or len(prompts) <= bs, unit="batch"):
         batch_prompts = prompts[i : i + bs]
-        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + bs]]
-        kwargs: dict = {}
-        if sampling.height is not None or sampling.width is not None:
-            kwargs.update(height=sampling.height, width=sampling.width)
-        if sampling.negative_prompt is not None:
-            kwargs["negative_prompt"] = [sampling.negative_prompt] * len(batch_prompts)
-        result = pipe(
-            prompt=batch_prompts,
-            generator=gens,
-            num_inference_steps=sampling.steps,
-            guidance_scale=sampling.guidance_scale,
-            output_type="np",
-            **kwargs,
-        )
-        images = np.asarray(result.images)
+        if guarded:
+            images = sample_guarded(pipe, batch_prompts, seeds[i : i + bs], sampling)
+        else:
+            gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + bs]]
+            kwargs: dict = {}
+            if sampling.height is not None or sampling.width is not None:
+                kwargs.update(height=sampling.height, width=sampling.width)
+            if sampling.negative_prompt is not None:
+                kwargs["negative_prompt"] = [sampling.negative_prompt] * len(batch_prompts)
+            result = pipe(
+                prompt=batch_prompts,
+                generator=gens,
+                num_inference_steps=sampling.steps,
+                guidance_scale=sampling.guidance_scale,
+                output_type="np",
+                **kwargs,
+            )
+            images = np.asarray(result.images)
         if not np.isfinite(images).all():
             half = getattr(pipe, "dtype", torch.float32) != torch.float32
             raise NonFiniteError(
@@ -150,6 +157,34 @@ def generate(
     if not out:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     return np.concatenate(out)
+
+
+@torch.no_grad()
+def sample_guarded(pipe, prompts: list[str], seeds: list[int], sampling: SamplingConfig) -> np.ndarray:
+    """Images ``float [N, H, W, 3]`` in ``[0, 1]`` of a pipeline with guards (:mod:`erasekit.core.guards`):
+    erasekit's own sampler (the pipeline's scheduler, each seed's diffusers noise, classifier-free
+    guidance; equal to ``pipe(...)`` without guards, tested), through which the guards act on every step.
+    ``sampling`` must be resolved (steps and guidance set)."""
+    from erasekit.models.diffusion import get_adapter
+    from erasekit.training.diffusion import Workbench
+
+    if sampling.steps is None or sampling.guidance_scale is None:
+        raise InvalidInputError("sample_guarded needs resolved sampling (steps and guidance set): pass sampling.resolved(pipe)")
+    bench = Workbench(pipe, get_adapter(pipe), [])
+    denoiser = getattr(pipe, bench.adapter.denoiser)
+    dtype = next(denoiser.parameters()).dtype
+    hw = None
+    if sampling.height is not None or sampling.width is not None:
+        factor = int(getattr(pipe, "vae_scale_factor", 8))
+        side = bench.latents_shape(1)[-1] * factor
+        hw = ((sampling.height or side) // factor, (sampling.width or side) // factor)
+    x = bench.seed_latents(seeds, dtype, hw)
+    cond = bench.cond(prompts).to(dtype)
+    latents = bench.sample_composed([(cond, 1.0)], x, sampling.steps, sampling.guidance_scale, len(prompts))
+    vae = pipe.vae
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    decoded = vae.decode((latents / vae.config.scaling_factor + shift).to(vae.dtype)).sample
+    return (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def make_grid(images: np.ndarray, captions: list[str] | None = None, cols: int | None = None, scale: int = 4) -> Image.Image:

@@ -127,6 +127,7 @@ def attack(
     limit: int | None = None,
     where: list[str] | None = None,
     cache: str | os.PathLike | None = None,
+    guard=None,
 ) -> AttackResult | list[AttackResult]:
     """Attack ``model`` (a name, directory or loaded pipeline) with ``erasure`` applied (an Erasure,
     its directory, or None for the model itself) and report whether ``concept`` comes back.
@@ -142,7 +143,8 @@ def attack(
     On any pipeline: ``judge`` names a registered judge (``NAME[:k=v,...]``, e.g. ``nudenet``; the
     result records how it describes itself) and ``prompt_file`` a prompt set (``limit`` and
     ``where`` select rows) whose prompts join ``prompts`` as the trials' prompts. ``cache``: an image
-    cache directory for the trials' plain images (drawn once across runs and attacks).
+    cache directory for the trials' plain images (drawn once across runs and attacks). ``guard``: a
+    guard (an erasure of kind guard, or its directory) stacked on ``erasure``, or alone.
 
     On a fact-world language model (:func:`erasekit.api.unlearning.attack_lm`) ``concept`` is the
     forget split whose facts should come back (default: the erasure's) and ``attack`` defaults to
@@ -155,13 +157,15 @@ def attack(
         subject = repr(str(model)) if isinstance(model, (str, os.PathLike)) else "the model"
         models.refuse_options(kind, subject, seeds=seeds, prompts=prompts, reference=reference, steps=steps, guidance=guidance,
                               grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where, cache=cache)  # fmt: skip
-        return attack_lm(model, erasure, "fast" if attack is None else attack, concept, budget=budget, params=params, out=out,
-                         device=device, dtype=dtype, progress=progress)  # fmt: skip
+        from erasekit.core.erasure import stacked
+
+        return attack_lm(model, erasure if guard is None else stacked(erasure, guard), "fast" if attack is None else attack,
+                         concept, budget=budget, params=params, out=out, device=device, dtype=dtype, progress=progress)  # fmt: skip
     if seeds is not None and seeds < 1:
         raise InvalidInputError(f"--seeds must be >= 1, got {seeds}")
     specs, configs = _attack_configs("synonyms" if attack is None else attack, budget, params)
     prompts = _with_prompt_file(prompts, prompt_file, limit, where)
-    loaded_pipe, out, loaded = _inputs_checked(model, erasure, out)
+    loaded_pipe, out, loaded = _inputs_checked(model, erasure, out, guard)
     grid = _grid_checked(grid)
     store = None
     if cache is not None:
@@ -178,7 +182,7 @@ def attack(
     results = []
     for spec, config in zip(specs, configs):
         result = run_attack(spec, arena, config, progress=progress, before=before)
-        result.model, result.erasure = models.model_label(root if loaded_pipe else model), _erasure_label(erasure, loaded)
+        result.model, result.erasure = models.model_label(root if loaded_pipe else model), _erasure_label(erasure, loaded, guard)
         if cached is not None:
             result.info["image_cache"] = cached
         results.append(result)
@@ -262,23 +266,29 @@ def attack_results(results: list[AttackResult], out: str | os.PathLike | None, p
     return results[0] if len(results) == 1 else results
 
 
-def _inputs_checked(model, erasure, out):
+def _inputs_checked(model, erasure, out, guard=None):
     """``(loaded_pipe, out, loaded erasure)``: the output path checked (never one of the inputs) and
-    the erasure loaded, before any model is."""
-    from erasekit.core.erasure import Erasure
+    the erasure loaded (with ``guard`` stacked on it), before any model is."""
+    from erasekit.core.erasure import stacked
 
     loaded_pipe = not isinstance(model, (str, os.PathLike))
     if out is not None:
-        out = check_file_output(out, "attack", (".json",), [] if loaded_pipe else _inputs(model, erasure), what="attack report")
-    loaded = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
-    return loaded_pipe, out, loaded
+        inputs = [] if loaded_pipe else _inputs(model, erasure) + ([str(guard)] if isinstance(guard, (str, os.PathLike)) else [])
+        out = check_file_output(out, "attack", (".json",), inputs, what="attack report")
+    return loaded_pipe, out, stacked(erasure, guard)
 
 
-def _erasure_label(erasure, loaded) -> str | None:
-    """How a report names the erasure: its directory, or its method for one passed in memory."""
-    if erasure is None:
-        return None
-    return str(erasure) if isinstance(erasure, (str, os.PathLike)) else f"{loaded.method} erasure (in memory)"
+def _erasure_label(erasure, loaded, guard=None) -> str | None:
+    """How a report names the erasure: its directory, or its method for one passed in memory; a
+    stacked guard (``--guard``) follows as ``+ guard G``."""
+
+    def shown(what, kind: str) -> str:
+        return str(what) if isinstance(what, (str, os.PathLike)) else f"{what.method} {kind} (in memory)"
+
+    if guard is None:
+        return None if erasure is None else shown(erasure, "erasure")
+    g = f"guard {shown(guard, 'guard')}"
+    return g if erasure is None else f"{shown(erasure, 'erasure')} + {g}"
 
 
 def _judge_of(model, concept: str, judge_spec: str | None):
@@ -334,8 +344,10 @@ def replay(
     dtype: str | None = None,
     progress: bool = True,
     grid: str | os.PathLike | None = None,
+    guard=None,
 ) -> AttackResult:
-    """Re-run what an attack found (its JSON) on another model or erasure: transfer between methods.
+    """Re-run what an attack found (its JSON) on another model or erasure (``guard``: stacked on it, or
+    alone): transfer between methods.
 
     Prompts are typed again, inserted vectors written into the same slots, compositions composed
     again, on the same trials (prompts and seeds). Attacks whose finding is a procedure (quantization,
@@ -347,8 +359,8 @@ def replay(
         budget = config.pop("budget", None)
         return attack(model, erasure, spec.name, data["concept"], budget=budget, seeds=len(records) // len(prompts),
                       params=config, prompts=prompts, out=out, device=device, dtype=dtype, progress=progress,
-                      grid=grid)  # fmt: skip
-    loaded_pipe, out, loaded = _inputs_checked(model, erasure, out)
+                      grid=grid, guard=guard)  # fmt: skip
+    loaded_pipe, out, loaded = _inputs_checked(model, erasure, out, guard)
     grid = _grid_checked(grid)
     arena, root = _arena(model, loaded, data["concept"], prompts, len(records) // len(prompts), None, device, dtype)
     seeds = [t.seed for t in arena.trials]
@@ -362,7 +374,7 @@ def replay(
     if rows:
         tracker.report(tracker.budget, rows, _replay_images(arena, rows, found), found)
     result = AttackResult(
-        attack=spec.name, concept=arena.concept, model=models.model_label(root if loaded_pipe else model), erasure=_erasure_label(erasure, loaded),
+        attack=spec.name, concept=arena.concept, model=models.model_label(root if loaded_pipe else model), erasure=_erasure_label(erasure, loaded, guard),
         budget=tracker.budget, budget_unit=spec.budget_unit, records=tracker.records, curve=[tracker.curve()[0], tracker.curve()[-1]],
         seconds=time.time() - t0, judge=judge_label(arena.judge), config=data.get("config", {}), info={"replay_of": _source_label(source)},
     )  # fmt: skip

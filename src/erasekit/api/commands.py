@@ -38,23 +38,35 @@ def generate_grid(
     labels: bool = True,
     device: str | None = None,
     dtype: str | None = None,
+    erasure=None,
+    guard=None,
 ) -> Path:
-    """Generate ``n`` images of ``prompt`` (seeds ``seed..seed+n-1``) and save a grid at ``out``."""
+    """Generate ``n`` images of ``prompt`` (seeds ``seed..seed+n-1``) and save a grid at ``out``;
+    ``erasure`` (an erasure or its directory) and ``guard`` (a guard erasure, stacked on it or alone)
+    are applied for the images and taken off again."""
+    from erasekit.core.erasure import stacked
+
     if n < 1:
         raise InvalidInputError(f"-n must be at least 1, got {n}")
     sampling = SamplingConfig(steps=steps, guidance_scale=guidance, negative_prompt=negative_prompt)
     sampling.validate()
-    out = check_file_output(
-        out, "image", IMAGE_SUFFIXES, model_inputs(model), what="image grid"
-    )  # fail fast, before anything heavy
+    inputs = model_inputs(model) + [str(p) for p in (erasure, guard) if isinstance(p, (str, os.PathLike))]
+    out = check_file_output(out, "image", IMAGE_SUFFIXES, inputs, what="image grid")  # fail fast, before anything heavy
+    applied = stacked(erasure, guard)
     models.check_placement(device, dtype)
     pipe = models.load_pipeline(model, device=device, dtype=dtype)
+    if applied is not None:
+        applied.check_compatible(pipe, hint="generate with the model it was made from")
     judge = load_judge(model) if labels else None
     if judge is not None:
         from erasekit.testbeds.image.world import vocabulary
 
         warn_unknown_words(prompt, set(vocabulary()))
-    images = generate(pipe, [prompt] * n, list(range(seed, seed + n)), sampling)
+    if applied is None:
+        images = generate(pipe, [prompt] * n, list(range(seed, seed + n)), sampling)
+    else:
+        with applied.applied(pipe):
+            images = generate(pipe, [prompt] * n, list(range(seed, seed + n)), sampling)
     captions = None
     if judge is not None:
         pred = judge.predict(images)
@@ -178,6 +190,7 @@ def evaluate(
     samples: int | None = None,
     fidelity: str | None = None,
     cache: str | os.PathLike | None = None,
+    guard=None,
 ) -> dict:
     """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after
     (on a fact-world language model: forget, retain, forget quality, utility and privacy leak against
@@ -195,7 +208,23 @@ def evaluate(
     judge for CLIP score and FD), ``samples`` images per row (default 1), ``cache`` a directory
     that keeps every drawn image (a rerun draws only what is missing):
     :func:`erasekit.evaluation.judged.evaluate_with_judge`.
+
+    ``guard``: a guard (an erasure of kind guard, or its directory; ``erasekit erase --method sld``)
+    stacked on ``erasure`` (:meth:`~erasekit.core.erasure.Erasure.with_guard`), or measured alone.
     """
+    if guard is not None:
+        from erasekit.api.attacking import _erasure_label
+        from erasekit.core.erasure import stacked
+
+        label = _erasure_label(erasure, None, guard)
+        report = evaluate(model, stacked(erasure, guard), concepts, out=out, seeds=seeds, contexts=contexts, steps=steps,
+                          guidance=guidance, device=device, dtype=dtype, progress=progress, split=split, oracle=oracle,
+                          judge=judge, prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where,
+                          samples=samples, fidelity=fidelity, cache=cache)  # fmt: skip
+        report["erasure"] = label
+        if out is not None:  # checked and written by the call above; again with the label that names both
+            write_report(out, report, "evaluation")
+        return report
     kind = models.kind_of_any(model)
     subject = repr(str(model)) if isinstance(model, (str, os.PathLike)) else "the model"
     if kind == models.CAUSAL_LM:

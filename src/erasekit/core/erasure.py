@@ -215,6 +215,28 @@ class Erasure:
         handle.remove()
         return pipe
 
+    def with_guard(self, guard: "Erasure") -> "Erasure":
+        """This erasure with a guard stacked on it (``--erasure E --guard G``): E's weights, LoRA and
+        request, then E's attachment and G's (:class:`~erasekit.core.guards.Stack`), as one erasure
+        named ``E+G``. ``guard`` must be an erasure of kind guard (it changes no weight)."""
+        from erasekit.core.guards import Stack
+
+        check_guard(guard)
+        if guard.family and self.family and guard.family != self.family:
+            raise IncompatibleErasureError(
+                f"--guard: the guard was made for a {guard.family} model, the erasure for {self.family}"
+            )
+        parts = [a for a in (self.attachment, guard.attachment) if a is not None]
+        timings = {
+            k: self.timings.get(k, 0) + guard.timings.get(k, 0) for k in ("seconds",) if k in self.timings or k in guard.timings
+        }
+        return Erasure(
+            method=f"{self.method}+{guard.method}", params={self.method: self.params, guard.method: guard.params},
+            request=self.request, base_model=self.base_model, base_hash=self.base_hash, weights=self.weights,
+            family=self.family, timings={**self.timings, **timings}, info={self.method: self.info, guard.method: guard.info},
+            version=self.version, lora=self.lora, attachment=parts[0] if len(parts) == 1 else Stack(parts),
+        )  # fmt: skip
+
     # -- describing ----------------------------------------------------------------------------------
     def changed_tensors(self) -> list[str]:
         return self.touched()
@@ -304,6 +326,27 @@ class Erasure:
             )
         check_finite(erasure.own_tensors(), f"{directory}")
         return erasure
+
+
+def check_guard(guard: Erasure) -> Erasure:
+    """``guard`` if it is an erasure of kind guard (no weight changes), else a one-line error."""
+    from erasekit.core.errors import ConfigError
+    from erasekit.core.registry import METHODS
+
+    spec = METHODS.get(guard.method.rsplit("+", 1)[-1])
+    if spec is None or spec.kind != "guard" or guard.weights or guard.lora or guard.attachment is None:
+        raise ConfigError(f"--guard: a {guard.method} erasure is not a guard (see 'erasekit methods', kind guard)")
+    return guard
+
+
+def stacked(erasure: "Erasure | str | os.PathLike | None", guard: "Erasure | str | os.PathLike | None") -> "Erasure | None":
+    """What ``--erasure E --guard G`` applies: E (an erasure or its directory; ``None``: none) with the
+    guard G stacked on it (:meth:`Erasure.with_guard`), G alone without E, E alone without G."""
+    loaded = erasure if isinstance(erasure, Erasure) or erasure is None else Erasure.load(erasure)
+    if guard is None:
+        return loaded
+    g = check_guard(guard if isinstance(guard, Erasure) else Erasure.load(guard))
+    return g if loaded is None else loaded.with_guard(g)
 
 
 def _load_attachment(directory: Path, meta: dict | None) -> Attachment | None:

@@ -22,14 +22,16 @@ the flags are restored on exit.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from erasekit.core.errors import ConfigError, UnsupportedModelError
+from erasekit.core.guards import guards_of
 from erasekit.models.diffusion import FamilyAdapter
 from erasekit.models.diffusion.base import Conditioning
 
@@ -211,12 +213,13 @@ class Workbench:
         x = torch.randn(self.latents_shape(n, size), generator=gen).to(self.device, cond.tokens.dtype)
         return self.run_sampler(x, steps, stop, lambda xi, t: self._guided(xi, t, cond, uncond, guidance))
 
-    def run_sampler(self, x: torch.Tensor, steps: int, stop: int, guided) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run ``stop`` of ``steps`` steps of the pipeline's sampler from the initial latents ``x``
-        (pure noise, before ``init_noise_sigma``); ``guided(x_in, t [N]) -> output`` is the (guided)
-        denoiser output. Returns ``(x, t)`` as :meth:`partial_denoise`."""
+    def run_sampler(self, x: torch.Tensor, steps: int, stop: int, guided, scheduler=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``stop`` of ``steps`` steps of the methods' sampler (DDIM for the ddpm objective; or
+        ``scheduler``, e.g. the pipeline's own) from the initial latents ``x`` (pure noise, before
+        ``init_noise_sigma``); ``guided(x_in, t [N]) -> output`` is the (guided) denoiser output.
+        Returns ``(x, t)`` as :meth:`partial_denoise`."""
         n = x.shape[0]
-        sched = copy.deepcopy(self.sample_scheduler)
+        sched = copy.deepcopy(self.sample_scheduler if scheduler is None else scheduler)
         if self.prediction_type == "flow":
             sched.set_timesteps(steps, device=self.device)
             sigmas = sched.sigmas
@@ -233,6 +236,38 @@ class Workbench:
             x = sched.step(out.to(x.dtype), t, x).prev_sample
         t_end = sched.timesteps[stop] if stop < steps else torch.zeros((), dtype=torch.long)
         return x, t_end.expand(n).to(self.device).clone()
+
+    def seed_latents(self, seeds: list[int], dtype: torch.dtype, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """Each seed's initial noise as diffusers draws it (``torch.randn`` of a CPU generator per image,
+        as ``randn_tensor`` with a list of generators); ``hw``: latent height and width (default the model's)."""
+        shape = self.latents_shape(1)
+        if hw is not None:
+            shape = (*shape[:-2], *hw)
+        noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=dtype) for s in seeds]
+        return torch.cat(noise).to(self.device)
+
+    @torch.no_grad()
+    def sample_composed(self, parts: Sequence[tuple[Conditioning, Any]], x: torch.Tensor, steps: int, guidance: float,
+                        batch_size: int) -> torch.Tensor:  # fmt: skip
+        """Clean latents from initial latents ``x`` (``batch_size`` rows at a time) with composed guidance
+        ``ε = f(∅) + g Σ_i w_i (f(c_i)' − f(∅))`` over ``parts = [(c_i, w_i)]`` (one part of weight 1:
+        classifier-free guidance; a weight is a number or a per-row tensor ``[N, 1, ...]``), where the
+        pipeline's guards (:mod:`erasekit.core.guards`) may replace ``∅`` and each ``f(c_i)``. Sampled
+        with the pipeline's own scheduler, as ``pipe(...)`` samples."""
+        guards = guards_of(self.pipe)
+        negatives = [text for text in (g.negative() for g in guards) if text is not None]
+        if len(negatives) > 1:
+            raise ConfigError("two guards replace the unconditional prompt (negative prompts); apply one of them")
+        uncond_one = self.cond(negatives) if negatives else self.adapter.unconditional(self.pipe)
+        extras_one = [self.cond(g.extra_prompts()) if g.extra_prompts() else None for g in guards]
+        out = []
+        for a in range(0, x.shape[0], batch_size):
+            rows = slice(a, a + batch_size)
+            n = x[rows].shape[0]
+            ps = [(c.select(rows), w[rows] if torch.is_tensor(w) else w) for c, w in parts]
+            step = ComposedGuidance(self.teacher_predict, uncond_one, ps, guidance, guards, extras_one, n)
+            out.append(self.run_sampler(x[rows], steps, steps, step, scheduler=self.pipe.scheduler)[0])
+        return torch.cat(out)
 
     @torch.no_grad()
     def sample_latents(
@@ -273,6 +308,49 @@ class Workbench:
         both = self.teacher_predict(torch.cat([x, x]), torch.cat([t, t]), Conditioning.cat([uncond, cond]))
         u, c = both.chunk(2)
         return u + guidance * (c - u)
+
+
+class ComposedGuidance:
+    """One sampling run's guided denoiser output ``(x, t) -> ε`` (see :meth:`Workbench.sample_composed`):
+    every step predicts ``[∅; c_1 … c_k; guards' extra prompts]`` in one batch, lets each guard replace
+    each direction ``d_i = f(c_i) − f(∅)`` in order (a state per guard and part, e.g. SLD's momentum;
+    the step counted by calls), and combines ``f(∅) + g Σ_i w_i d_i``. Without guards, one part of
+    weight 1 at ``g = 1`` returns ``f(c_1)`` alone (one prediction per step)."""
+
+    def __init__(self, predict, uncond: Conditioning, parts: Sequence[tuple[Conditioning, Any]], guidance: float,
+                 guards: tuple, extras: list[Conditioning | None], n: int) -> None:  # fmt: skip
+        self.predict, self.parts, self.g, self.guards, self.n = predict, parts, float(guidance), guards, n
+        zeros = torch.zeros(n, dtype=torch.long)
+        self.uncond = uncond.select(zeros)
+        #: each guard's extra conditionings, one row per image: [m * n] (prompt-major)
+        self.extras = [None if e is None else e.select(torch.arange(e.tokens.shape[0]).repeat_interleave(n)) for e in extras]
+        self.states = [[g.start() for _ in parts] for g in guards]
+        self.step = 0
+        self.plain = len(parts) == 1 and not torch.is_tensor(parts[0][1]) and parts[0][1] == 1.0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        k = 1 + len(self.parts)
+        if not self.guards and self.g == 1.0 and self.plain:
+            out = self.predict(x, t, self.parts[0][0])
+            self.step += 1
+            return out
+        conds = [self.uncond] + [c for c, _ in self.parts] + [e for e in self.extras if e is not None]
+        total = k + sum(e.tokens.shape[0] // self.n for e in self.extras if e is not None)
+        chunks = self.predict(torch.cat([x] * total), torch.cat([t] * total), Conditioning.cat(conds)).chunk(total)
+        u, cs = chunks[0], chunks[1:k]
+        ds = [c - u for c in cs]
+        at = k
+        for gi, guard in enumerate(self.guards):
+            own = self.extras[gi]
+            m = 0 if own is None else own.tokens.shape[0] // self.n
+            extra = list(chunks[at : at + m])
+            at += m
+            for j in range(len(cs)):
+                ds[j], self.states[gi][j] = guard.guide(self.states[gi][j], self.step, self.g, u, cs[j], extra, ds[j])
+        self.step += 1
+        if self.g == 1.0 and self.plain and not self.guards:
+            return cs[0]
+        return u + self.g * sum((w.to(d) if torch.is_tensor(w) else w) * d for (_, w), d in zip(self.parts, ds))
 
 
 @dataclass

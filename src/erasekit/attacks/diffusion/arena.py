@@ -90,38 +90,18 @@ class Arena:
     def initial_latents(self, seeds: list[int], reference: bool = False) -> torch.Tensor:
         """Each seed's initial noise as diffusers draws it (a CPU generator per image)."""
         bench = self.ref if reference else self.bench
-        shape, dtype = bench.latents_shape(1), self.dtype_of(bench)
-        noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=dtype) for s in seeds]
-        return torch.cat(noise).to(bench.device)
+        return bench.seed_latents(seeds, self.dtype_of(bench))
 
     @torch.no_grad()
     def sample(self, parts: list[tuple[Conditioning, float]], x: torch.Tensor, reference: bool = False,
                guidance: float | None = None) -> torch.Tensor:  # fmt: skip
         """Clean latents from initial latents ``x`` with composed guidance
         ``f(∅) + g Σ_i w_i (f(c_i) − f(∅))`` over ``parts = [(c_i, w_i)]`` (one part of weight 1:
-        ordinary classifier-free guidance); a weight is a number or a per-row tensor ``[N, 1, ...]``."""
+        ordinary classifier-free guidance; a weight is a number or a per-row tensor ``[N, 1, ...]``);
+        the attacked model's guards act on every step (:meth:`Workbench.sample_composed`)."""
         bench = self.ref if reference else self.bench
         g = self.guidance if guidance is None else guidance
-        out = []
-        for a in range(0, x.shape[0], self.batch_size):
-            rows = slice(a, a + self.batch_size)
-            xs = x[rows]
-            n = xs.shape[0]
-            ps = [(c.select(rows), w[rows] if torch.is_tensor(w) else w) for c, w in parts]
-            uncond = self.uncond(n, reference)
-
-            def guided(xi, t, ps=ps, uncond=uncond, n=n):
-                conds = [uncond] + [c for c, _ in ps]
-                k = len(conds)
-                pred = bench.teacher_predict(torch.cat([xi] * k), torch.cat([t] * k), Conditioning.cat(conds))
-                chunks = pred.chunk(k)
-                u = chunks[0]
-                if g == 1.0 and len(ps) == 1 and not torch.is_tensor(ps[0][1]) and ps[0][1] == 1.0:
-                    return chunks[1]
-                return u + g * sum((w.to(c) if torch.is_tensor(w) else w) * (c - u) for (_, w), c in zip(ps, chunks[1:]))
-
-            out.append(bench.run_sampler(xs, self.steps, self.steps, guided)[0])
-        return torch.cat(out)
+        return bench.sample_composed(parts, x, self.steps, g, self.batch_size)
 
     def generate(self, cond: Conditioning | list[str], seeds: list[int], x: torch.Tensor | None = None,
                  parts: list[tuple[Conditioning, float]] | None = None, reference: bool = False,

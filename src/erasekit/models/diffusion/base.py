@@ -189,6 +189,12 @@ class FamilyAdapter(ABC):
         before its transformer layers (soft-prompt attacks insert vectors there).
         """
 
+    @torch.no_grad()
+    def unconditional(self, pipe) -> Conditioning:
+        """The conditioning (one row) of the pipeline's unconditional branch when no negative prompt is
+        given: the encoding of ``""`` (a family whose pipeline does otherwise overrides this)."""
+        return self.conditioning(pipe, [""])
+
     @abstractmethod
     def predict(self, denoiser: nn.Module, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The denoiser's raw output for ``latents`` at timesteps ``t`` (``[N]``, scheduler units)."""

@@ -104,6 +104,17 @@ class UNetFamily(FamilyAdapter):
             extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self._time_ids(pipe, len(prompts)).to(tokens)}
         return Conditioning(tokens, extra)
 
+    @torch.no_grad()
+    def unconditional(self, pipe) -> Conditioning:
+        """SDXL's pipeline (``force_zeros_for_empty_prompt``, on by default) samples its unconditional
+        branch with zero token and pooled embeddings, not the encoding of ``""``; the others encode ``""``."""
+        cond = self.conditioning(pipe, [""])
+        if not (self.pooled_from and getattr(pipe.config, "force_zeros_for_empty_prompt", False)):
+            return cond
+        added = cond.extra["added_cond_kwargs"]
+        zeros = {"text_embeds": torch.zeros_like(added["text_embeds"]), "time_ids": added["time_ids"]}
+        return Conditioning(torch.zeros_like(cond.tokens), {"added_cond_kwargs": zeros})
+
     def _time_ids(self, pipe, n: int) -> torch.Tensor:
         """SDXL micro-conditioning at the default size: (original size, crop (0, 0), target size)."""
         size = self.image_size(pipe)

@@ -1,0 +1,158 @@
+"""Guards: sampling-time erasures (negative prompt, SLD), applied through erasekit's samplers.
+
+The defining properties: SLD equals diffusers' ``StableDiffusionPipelineSafe`` image for image, the
+negative-prompt guard equals ``pipe(negative_prompt=...)``, a guard-free run of erasekit's guarded
+sampler equals ``pipe(...)``, and a guard saves, loads, stacks on a weight erasure and comes off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import erasekit
+from erasekit.core.erasure import Erasure
+from erasekit.core.errors import ConfigError, InvalidInputError
+from erasekit.core.guards import Guard, Stack, guards_of
+from erasekit.generation import SamplingConfig, generate, sample_guarded
+from erasekit.testing import tiny_pipeline
+
+PROMPTS = ["a red star", "a blue circle on a white background"]
+SEEDS = [3, 11]
+
+
+def _pipe(family: str = "sd"):
+    return tiny_pipeline(family)
+
+
+def _safe_pipeline(pipe):
+    from diffusers.pipelines.deprecated.stable_diffusion_safe import StableDiffusionPipelineSafe
+
+    return StableDiffusionPipelineSafe(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+                                       scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)  # fmt: skip
+
+
+def _plain(pipe, steps: int, guidance: float, **kw) -> np.ndarray:
+    gens = [torch.Generator("cpu").manual_seed(s) for s in SEEDS]
+    return np.asarray(pipe(prompt=PROMPTS, generator=gens, num_inference_steps=steps, guidance_scale=guidance,
+                           output_type="np", **kw).images)  # fmt: skip
+
+
+@pytest.mark.testbed
+@pytest.mark.parametrize("preset", ["weak", "medium", "strong", "max"])
+def test_sld_equals_diffusers_safe_pipeline(preset, testbed_pipe):
+    """On the testbed (a trained model, where the safety concept's prediction differs from the prompt's)."""
+    from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig
+
+    pipe = testbed_pipe
+    steps, guidance = 20, 7.5
+    theirs = _safe_pipeline(pipe)
+    theirs.safety_concept = "star"
+    gens = [torch.Generator("cpu").manual_seed(s) for s in SEEDS]
+    reference = np.asarray(theirs(prompt=PROMPTS, generator=gens, num_inference_steps=steps, guidance_scale=guidance,
+                                  output_type="np", **getattr(SafetyConfig, preset.upper())).images)  # fmt: skip
+    erasure = erasekit.erase(pipe, "sld", {"targets": ["star"]}, progress=False, config=preset)
+    with erasure.applied(pipe):
+        ours = sample_guarded(pipe, PROMPTS, SEEDS, SamplingConfig(steps=steps, guidance_scale=guidance).resolved(pipe))
+    assert np.abs(ours - reference).max() <= 1e-5
+    plain = _plain(pipe, steps, guidance)
+    assert np.abs(plain - reference).max() > 1e-4, "SLD changed nothing here: the comparison would not catch an error"
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_the_guarded_sampler_equals_the_pipeline_without_guards(family):
+    pipe = _pipe(family)
+    sampling = SamplingConfig(steps=8, guidance_scale=4.0).resolved(pipe)
+    ours = sample_guarded(pipe, PROMPTS, SEEDS, sampling)
+    assert np.abs(ours - _plain(pipe, 8, 4.0)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_negative_prompt_guard_equals_the_pipelines_negative_prompt(family):
+    pipe = _pipe(family)
+    erasure = erasekit.erase(pipe, "negative-prompt", {"targets": ["star"]}, progress=False)
+    with erasure.applied(pipe):
+        assert [g.negative() for g in guards_of(pipe)] == ["star"]
+        ours = generate(pipe, PROMPTS, SEEDS, SamplingConfig(steps=8, guidance_scale=4.0), progress=False)
+    assert not guards_of(pipe)
+    theirs = generate(pipe, PROMPTS, SEEDS, SamplingConfig(steps=8, guidance_scale=4.0, negative_prompt="star"), progress=False)
+    assert np.array_equal(ours, theirs)
+    plain = generate(pipe, PROMPTS, SEEDS, SamplingConfig(steps=8, guidance_scale=4.0), progress=False)
+    assert not np.array_equal(ours, plain)
+
+
+def test_a_guard_saves_loads_and_stacks_on_a_weight_erasure(tmp_path):
+    pipe = _pipe()
+    uce = erasekit.erase(pipe, "uce", {"targets": ["star"]}, progress=False)
+    sld = erasekit.erase(pipe, "sld", {"targets": ["star"]}, progress=False, config="strong", warmup_steps=2)
+    assert sld.weights == {} and sld.metadata()["attachment"]["config"]["warmup_steps"] == 2
+    assert sld.metadata()["attachment"]["config"]["safety_scale"] == 2000  # the preset's, where not overridden
+    sld.save(tmp_path / "g")
+    loaded = Erasure.load(tmp_path / "g")
+    assert loaded.attachment.config() == sld.attachment.config()
+
+    stacked = uce.with_guard(loaded)
+    assert stacked.method == "uce+sld" and stacked.attachment.kind == "sld"
+    assert stacked.touched() == uce.touched()
+    stacked.save(tmp_path / "s")
+    again = Erasure.load(tmp_path / "s")
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    sampling = SamplingConfig(steps=6, guidance_scale=5.0)
+    with again.applied(pipe):
+        assert [g.kind for g in guards_of(pipe)] == ["sld"]
+        both = generate(pipe, PROMPTS, SEEDS, sampling, progress=False)
+    assert not guards_of(pipe)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    with uce.applied(pipe):
+        only_uce = generate(pipe, PROMPTS, SEEDS, sampling, progress=False)
+        with loaded.applied(pipe):
+            assert np.array_equal(generate(pipe, PROMPTS, SEEDS, sampling, progress=False), both)
+    assert not np.array_equal(both, only_uce)
+
+    negative = erasekit.erase(pipe, "negative-prompt", {"targets": ["circle"]}, progress=False)
+    two = stacked.with_guard(negative)
+    assert isinstance(two.attachment, Stack) and two.method == "uce+sld+negative-prompt"
+    two.save(tmp_path / "two")
+    with Erasure.load(tmp_path / "two").applied(pipe):
+        assert [g.kind for g in guards_of(pipe)] == ["sld", "negative-prompt"]
+    assert not guards_of(pipe)
+
+
+def test_guard_refusals():
+    pipe = _pipe()
+    with pytest.raises(ConfigError, match="config must be one of"):
+        erasekit.erase(pipe, "sld", {"targets": ["star"]}, progress=False, config="extreme")
+    with pytest.raises(ConfigError, match="safety_scale must be > 1"):
+        erasekit.erase(pipe, "sld", {"targets": ["star"]}, progress=False, safety_scale=1.0)
+    guard = erasekit.erase(pipe, "negative-prompt", {"targets": ["star"]}, progress=False)
+    with guard.applied(pipe), pytest.raises(InvalidInputError, match="pass no negative prompt"):
+        generate(pipe, PROMPTS, SEEDS, SamplingConfig(steps=2, negative_prompt="circle"), progress=False)
+    uce = erasekit.erase(pipe, "uce", {"targets": ["star"]}, progress=False)
+    with pytest.raises(ConfigError, match="is not a guard"):
+        guard.with_guard(uce)
+    with pytest.raises(Exception, match="flux"):
+        erasekit.erase(tiny_pipeline("flux"), "sld", {"targets": ["star"]}, progress=False)
+
+
+def test_a_guard_without_effect_keeps_the_pipelines_images():
+    """Guard's defaults change nothing: the guarded path (erasekit's sampler) is the pipeline's."""
+    pipe = _pipe()
+
+    class Idle(Guard):
+        kind = "idle-test"
+
+        def config(self):
+            return {}
+
+        @classmethod
+        def restore(cls, config, tensors):
+            return cls()
+
+    plain = generate(pipe, PROMPTS, SEEDS, SamplingConfig(steps=6, guidance_scale=4.0), progress=False)
+    handles = Idle().install(pipe)
+    guarded = generate(pipe, PROMPTS, SEEDS, SamplingConfig(steps=6, guidance_scale=4.0), progress=False)
+    for h in handles:
+        h.remove()
+    assert np.array_equal(plain, guarded)
