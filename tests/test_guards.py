@@ -7,6 +7,8 @@ sampler equals ``pipe(...)``, and a guard saves, loads, stacks on a weight erasu
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -61,7 +63,7 @@ def test_sld_equals_diffusers_safe_pipeline(preset, testbed_pipe):
     assert np.abs(plain - reference).max() > 1e-4, "SLD changed nothing here: the comparison would not catch an error"
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
 def test_the_guarded_sampler_equals_the_pipeline_without_guards(family):
     pipe = _pipe(family)
     sampling = SamplingConfig(steps=8, guidance_scale=4.0).resolved(pipe)
@@ -69,7 +71,7 @@ def test_the_guarded_sampler_equals_the_pipeline_without_guards(family):
     assert np.abs(ours - _plain(pipe, 8, 4.0)).max() <= 1e-5
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
 def test_negative_prompt_guard_equals_the_pipelines_negative_prompt(family):
     pipe = _pipe(family)
     erasure = erasekit.erase(pipe, "negative-prompt", {"targets": ["star"]}, progress=False)
@@ -110,6 +112,11 @@ def test_a_guard_saves_loads_and_stacks_on_a_weight_erasure(tmp_path):
         with loaded.applied(pipe):
             assert np.array_equal(generate(pipe, PROMPTS, SEEDS, sampling, progress=False), both)
     assert not np.array_equal(both, only_uce)
+
+    # image caches key an erasure by its identity: tensors and attachment configuration
+    other = erasekit.erase(pipe, "sld", {"targets": ["star"]}, progress=False, config="max")
+    assert sld.checksum() == other.checksum() and sld.identity() != other.identity()
+    assert stacked.identity() != uce.identity() and loaded.identity() == sld.identity()
 
     negative = erasekit.erase(pipe, "negative-prompt", {"targets": ["circle"]}, progress=False)
     two = stacked.with_guard(negative)
@@ -156,3 +163,25 @@ def test_a_guard_without_effect_keeps_the_pipelines_images():
     for h in handles:
         h.remove()
     assert np.array_equal(plain, guarded)
+
+
+@pytest.mark.testbed
+def test_guards_run_through_bench_evaluate_and_attack_on_the_testbed(testbed_pipe, tmp_path):
+    from erasekit.api.attacking import attack
+
+    runs = erasekit.bench(["sld", "uce+sld"], ["star"], out_dir=tmp_path / "b", report=tmp_path / "r.md", seeds=1, contexts=2,
+                          params={"sld": {"config": "max"}}, progress=False)  # fmt: skip
+    assert [r["method"] for r in runs] == ["sld", "uce+sld"]
+    assert all(r["ua"] > r["base"]["ua"] for r in runs), "SLD (max) on the testbed erases nothing"
+    assert "uce+sld" in (tmp_path / "r.md").read_text()
+
+    guard = erasekit.erase(testbed_pipe, "sld", {"targets": ["star"]}, progress=False, config="max")
+    guard.save(tmp_path / "g")
+    report = erasekit.evaluate("testbed", None, ["star"], seeds=1, contexts=2, progress=False, guard=tmp_path / "g",
+                               out=tmp_path / "ev.json")  # fmt: skip
+    assert report["erasure"] == f"guard {tmp_path / 'g'}"
+    assert json.loads((tmp_path / "ev.json").read_text())["erasure"] == report["erasure"]
+    found = attack("testbed", None, "synonyms", "star", budget=2, seeds=1, guard=tmp_path / "g", progress=False)
+    assert found.erasure == f"guard {tmp_path / 'g'}" and found.asr_before < 1.0
+    with pytest.raises(ConfigError, match="only guards stack"):
+        erasekit.bench(["sld+uce"], ["star"], out_dir=tmp_path / "b2", report=None, progress=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from erasekit import models
 from erasekit.api.commands import model_inputs
-from erasekit.api.erasing import erase
+from erasekit.api.erasing import erase_stacked, stack_parts
 from erasekit.api.judges import load_judge
 from erasekit.core.errors import InvalidInputError, MissingFileError
 from erasekit.core.io import read_json
@@ -119,7 +119,7 @@ def _check_bench_request(methods: list[str], concepts: list[str], params: dict |
     for c in concepts:
         resolve_concept(c)
     for m in methods:
-        get_method(m)
+        stack_parts(m)
     for m, kv in (params or {}).items():  # a typo in --set method.key=value must not be ignored
         get_method(m).make_config(kv)  # an unknown method or parameter, or a bad value, fails here (settings
         # for registered methods outside --methods are checked and kept for scripts that narrow --methods)
@@ -160,8 +160,8 @@ def _bench_runs(pipe, judge, methods, concepts, out_dir, model, seeds, contexts,
             attack_references(pipe, concept, attack_list, out_dir, oracle, device, dtype, progress)
         for method in methods:
             scope = reset_peak_memory(pipe.device)
-            erasure = erase(pipe, method, ErasureRequest([Target(concept)]), model=model, progress=progress, judge=method_judge,
-                            **params.get(method, {}))  # fmt: skip
+            erasure = erase_stacked(pipe, method, ErasureRequest([Target(concept)]), params, judge=method_judge, model=model,
+                                    progress=progress)  # fmt: skip
             run = evaluate_on_testbed(
                 pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=cache
             )

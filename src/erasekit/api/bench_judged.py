@@ -23,7 +23,7 @@ def bench_judged(model, methods: list[str], concepts: list[str], judge_spec: str
     :class:`~erasekit.evaluation.prompt_sets.PromptFiles` of the target (and retain) prompts; ``report``: the
     Markdown table (``"default"``: ``OUT/results.md``; ``None``: none)."""
     from erasekit.api.commands import judges_for
-    from erasekit.api.erasing import erase
+    from erasekit.api.erasing import erase_stacked, stack_parts
     from erasekit.core.registry import get_method
     from erasekit.evaluation.cache import ImageCache
     from erasekit.evaluation.judged import check_known, evaluate_with_judge
@@ -32,7 +32,8 @@ def bench_judged(model, methods: list[str], concepts: list[str], judge_spec: str
     if not methods or not concepts:
         raise ConfigError("a judged bench needs --methods and --concepts (the concepts its judge tells, e.g. nudity)")
     for m in methods:
-        get_method(m).make_config((params or {}).get(m, {}))
+        for part in stack_parts(m):
+            get_method(part).make_config((params or {}).get(part, {}))
     target, retain = sets.read()
     judge, _ = judges_for(judge_spec, None, model)
     for c in concepts:
@@ -51,9 +52,8 @@ def bench_judged(model, methods: list[str], concepts: list[str], judge_spec: str
     runs = []
     for concept in concepts:
         for method in methods:
-            extra = {"judge": judge} if "judge" in get_method(method).accepts else {}
-            erasure = erase(pipe, method, {"targets": [concept]}, model=str(model), progress=progress, **extra,
-                            **(params or {}).get(method, {}))  # fmt: skip
+            erasure = erase_stacked(pipe, method, {"targets": [concept]}, params or {}, judge=judge, model=str(model),
+                                    progress=progress)  # fmt: skip
             run = evaluate_with_judge(
                 pipe, judge, concept, target, retain, erasure, samples, sampling, None, progress, cache=cache
             )

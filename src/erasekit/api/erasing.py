@@ -151,8 +151,13 @@ def erase(
         pipe = models.load_pipeline(pipe)
     adapter = get_adapter(pipe)
     if adapter.name not in spec.families:
+        why = (
+            "; its sampler is guidance-distilled, with no unconditional branch for a guard to act on"
+            if spec.kind == "guard" and adapter.name == "flux"
+            else ""
+        )
         raise UnsupportedModelError(
-            f"method {method!r} does not support the {adapter.name} family (it supports: {', '.join(spec.families)})"
+            f"method {method!r} does not support the {adapter.name} family (it supports: {', '.join(spec.families)}){why}"
         )
     profile = profile_of(pipe)  # what the model's world offers (the testbed's triggers, vocabulary, judge, masks)
     request = profile.with_implicit(request)
@@ -184,6 +189,34 @@ def erase(
     t0 = time.perf_counter()
     result = spec.fn(pipe, request, config, adapter=adapter, progress=progress, **extra)
     return build_erasure(pipe, method, config, request, result, _model_name(pipe, model), adapter.name, time.perf_counter() - t0)
+
+
+def stack_parts(name: str) -> list[str]:
+    """The methods of a bench entry ``name``: one method, or a method with guards stacked on it
+    (``uce+sld``: UCE's erasure with the SLD guard); each registered, every part after the first a guard."""
+    from erasekit.core.errors import ConfigError
+    from erasekit.core.registry import get_method
+
+    first, *guards = name.split("+")
+    get_method(first)
+    for g in guards:
+        if get_method(g).kind != "guard":
+            raise ConfigError(f"--methods {name}: only guards stack after '+' ({g} is a {get_method(g).kind} method)")
+    return [first, *guards]
+
+
+def erase_stacked(pipe, name: str, request, params: dict[str, dict], judge=None, **kw):
+    """The erasure of the bench entry ``name`` (:func:`stack_parts`): each part erased with its own
+    ``params[part]`` (and ``judge`` where it takes one), the guards stacked on the first
+    (:meth:`~erasekit.core.erasure.Erasure.with_guard`)."""
+    from erasekit.core.registry import get_method
+
+    erasure = None
+    for part in stack_parts(name):
+        extra = {"judge": judge} if judge is not None and "judge" in get_method(part).accepts else {}
+        made = erase(pipe, part, request, **kw, **extra, **params.get(part, {}))
+        erasure = made if erasure is None else erasure.with_guard(made)
+    return erasure
 
 
 def build_erasure(pipe, method: str, config, request, result, base_model: str, family: str, seconds: float):

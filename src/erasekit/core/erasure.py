@@ -164,6 +164,14 @@ class Erasure:
         """sha256 of the erasure's own tensors (stored in ``erasure.json``, verified by :meth:`load`)."""
         return hash_tensors(self.own_tensors())
 
+    def identity(self) -> str:
+        """sha256 of what decides the erasure's effect: its tensors (:meth:`checksum`) and its attachment's
+        kind and configuration (two guards without tensors, e.g. SLD at two settings, differ here)."""
+        import json
+
+        attachment = None if self.attachment is None else {"kind": self.attachment.kind, "config": self.attachment.config()}
+        return hashlib.sha256(f"{self.checksum()}|{json.dumps(attachment, sort_keys=True)}".encode()).hexdigest()
+
     def check_compatible(self, pipe, force: bool = False, hint: str = "pass force=True (--force) to apply anyway") -> None:
         """Shapes must match the model's always; the original values must match ``base_hash`` unless ``force``."""
         current = self.originals_of(pipe)

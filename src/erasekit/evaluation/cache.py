@@ -31,11 +31,12 @@ class ImageCache:
 
     @staticmethod
     def model_key(pipe, erasure=None) -> str:
-        """The identity of the drawing model: weights fingerprint and the erasure's checksum."""
+        """The identity of the drawing model: weights fingerprint and the erasure's identity (tensors and
+        attachment configuration, :meth:`~erasekit.core.erasure.Erasure.identity`)."""
         from erasekit.core.erasure import model_fingerprint
 
         return hashlib.sha256(
-            f"{model_fingerprint(pipe)}|{erasure.checksum() if erasure is not None else 'none'}".encode()
+            f"{model_fingerprint(pipe)}|{erasure.identity() if erasure is not None else 'none'}".encode()
         ).hexdigest()
 
     @staticmethod

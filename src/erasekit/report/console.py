@@ -23,6 +23,8 @@ def erasure_lines(result, out: str | os.PathLike) -> list[str]:
     if result.lora:
         rank = next(t.shape[0] for k, t in result.lora.items() if ".lora_A." in k)
         what = f"a rank-{rank} LoRA on {len(result.touched())} tensors"
+    elif not result.weights and result.attachment is not None and hasattr(result.attachment, "guide"):
+        what = "a guard (no weight changed; apply it with --guard DIR)"
     else:
         what = f"{len(result.weights)} tensors changed"
     if hasattr(request, "forget"):  # a forget request (language models)
