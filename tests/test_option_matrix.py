@@ -109,7 +109,7 @@ def sample(command: str, option: str, kind: str, t: Path, base: list[str]) -> tu
         "testbed train": {"workdir": ["--workdir", str(t / "w2")], "out": ["--out", str(t / "p")], "smoke": ["--smoke"],
                           "unet_steps": ["--unet-steps", "5"], "exclude": ["--exclude", "forget01" if lm else "star"],
                           "epochs": ["--epochs", "2"], "text_encoder": ["--text-encoder", "contrastive"],
-                          "padding": ["--padding", "shuffled"],
+                          "padding": ["--padding", "shuffled"], "codec": ["--codec", "testbed"],
                           "retrain_codec": (base + ["--exclude", "star"], base + ["--exclude", "star", "--retrain-codec"])},
     }  # fmt: skip
     value = specific.get(command, {}).get(option, common.get(option))

@@ -689,6 +689,13 @@ def testbed_train(
         bool,
         typer.Option("--retrain-codec", help="With --exclude: train the judge and VAE too instead of reusing the testbed's."),
     ] = False,
+    codec: Annotated[
+        Optional[str],
+        typer.Option(
+            "--codec",
+            help="Reuse this testbed's judge and VAE instead of training them (e.g. testbed; --exclude reuses it by default).",
+        ),
+    ] = None,
     llm: Annotated[
         bool,
         typer.Option(
@@ -721,7 +728,7 @@ def testbed_train(
     given = given_names(ctx)
     path = train_testbed(workdir if "workdir" in given else None, out, resume=resume, smoke=smoke, exclude=exclude,
                          unet_steps=unet_steps, retrain_codec=retrain_codec, epochs=epochs, llm=llm,
-                         text_encoder=text_encoder, padding=padding, log=lambda m: typer.echo(m, err=True))  # fmt: skip
+                         text_encoder=text_encoder, padding=padding, codec=codec, log=lambda m: typer.echo(m, err=True))  # fmt: skip
     typer.echo(f"{'fact-world model' if llm else 'testbed pipeline'} written to {path}")
 
 

@@ -369,6 +369,7 @@ def train_testbed(
     llm: bool = False,
     text_encoder: str | None = None,
     padding: str | None = None,
+    codec: str | None = None,
     log=print,
 ) -> Path:
     """What ``erasekit testbed train`` does: train the image testbed (judge, VAE, text encoder and
@@ -376,13 +377,14 @@ def train_testbed(
     ``retrain_codec``) or, with ``llm``, the fact-world GPT-2 (``exclude``: one forget split, an
     oracle; ``epochs`` overrides its run length). ``text_encoder`` (image testbed): ``joint`` or
     ``contrastive``, ``padding`` (image testbed): ``prompt`` or ``shuffled``
-    (:class:`~erasekit.testbeds.image.train.TrainConfig`). Both directories are checked before anything is
+    (:class:`~erasekit.testbeds.image.train.TrainConfig`); ``codec`` (image testbed): a testbed whose
+    judge and VAE are reused instead of trained (an oracle reuses the shipped one unless ``retrain_codec``). Both directories are checked before anything is
     written; ``resume`` continues from the workdir's checkpoints. Returns the model directory."""
     if llm:
         from erasekit.testbeds.facts.train import LLMTrainConfig, LLMTrainer, check_split
 
         models.refuse_options(models.CAUSAL_LM, "the --llm testbed", unet_steps=unet_steps, retrain_codec=retrain_codec,
-                              text_encoder=text_encoder, padding=padding)  # fmt: skip
+                              text_encoder=text_encoder, padding=padding, codec=codec)  # fmt: skip
         if exclude and len(exclude) > 1:
             raise InvalidInputError("--llm --exclude takes one forget split (forget01, forget05 or forget10)")
         workdir = Path("runs/testbed-llm") if workdir is None else Path(workdir)
@@ -406,9 +408,13 @@ def train_testbed(
         cfg = dataclasses.replace(cfg, text_encoder=text_encoder)
     if padding is not None:
         cfg = dataclasses.replace(cfg, padding=padding)
+    if codec is not None and retrain_codec:
+        raise InvalidInputError("--codec reuses a testbed's judge and VAE, --retrain-codec trains them: pass one of them")
+    if retrain_codec and not exclude:
+        raise InvalidInputError("--retrain-codec applies with --exclude (a full training trains the judge and VAE anyway)")
     if exclude:
         cfg.exclude = check_exclusions(exclude)
-        if not retrain_codec:
-            cfg.codec_from = "testbed"
-            models.resolve_model(cfg.codec_from)  # the shipped weights must be there before any work
+    if codec is not None or (exclude and not retrain_codec):
+        cfg.codec_from = codec or "testbed"
+        models.resolve_model(cfg.codec_from)  # the reused weights must be there before any work
     return Trainer(workdir, cfg, log=log).run(resume=resume, out=out)
