@@ -185,3 +185,73 @@ def test_guards_run_through_bench_evaluate_and_attack_on_the_testbed(testbed_pip
     assert found.erasure == f"guard {tmp_path / 'g'}" and found.asr_before < 1.0
     with pytest.raises(ConfigError, match="only guards stack"):
         erasekit.bench(["sld+uce"], ["star"], out_dir=tmp_path / "b2", report=None, progress=False)
+
+
+# -- LEACE on the prompt embeddings -----------------------------------------------------------------
+def _labelled_states(seed: int = 0, n: int = 400, d: int = 12, k: int = 2):
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.zeros(n, k)
+    cls = torch.randint(0, k + 1, (n,), generator=gen)  # class k = neutral (all zeros)
+    for j in range(k):
+        z[cls == j, j] = 1.0
+    mix = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    x = (
+        torch.randn(n, d, generator=gen, dtype=torch.float64) @ mix
+        + z.double() @ torch.randn(k, d, generator=gen, dtype=torch.float64) * 2
+    )
+    return x, z
+
+
+@pytest.mark.parametrize("shrinkage", [True, False])
+def test_leace_fit_equals_the_concept_erasure_package(shrinkage):
+    from concept_erasure import LeaceFitter
+
+    from erasekit.methods.diffusion.leace_prompt import fit_leace
+
+    x, z = _labelled_states()
+    fitter = LeaceFitter(x.shape[1], z.shape[1], dtype=torch.float64, shrinkage=shrinkage)  # its defaults otherwise
+    fitter.update(x, z)
+    ref = fitter.eraser
+    ours = fit_leace(x, z, shrinkage=shrinkage)
+    eye = torch.eye(x.shape[1], dtype=torch.float64)
+    assert torch.allclose(eye - ours["left"] @ ours["right"], ref.P, atol=1e-5)
+    assert torch.allclose(ours["bias"], ref.bias, atol=1e-5)
+    erased = x - ((x - ours["bias"]) @ ours["right"].T) @ ours["left"].T
+    assert torch.allclose(erased, ref(x), atol=1e-5)
+    # the guarantee: every class has the same mean afterwards (no linear classifier beats a constant)
+    means = [erased[z[:, j] == 1].mean(0) for j in range(z.shape[1])] + [erased[z.sum(1) == 0].mean(0)]
+    assert all(torch.allclose(m, means[-1], atol=1e-6) for m in means)
+    assert not torch.allclose(x[z[:, 0] == 1].mean(0), x[z.sum(1) == 0].mean(0), atol=0.1)
+
+
+def test_leace_prompt_guard_hides_the_concept_from_what_the_unet_reads(tmp_path):
+    from erasekit.core.request import ErasureRequest
+    from erasekit.methods.diffusion.leace_prompt import fit_prompts
+    from erasekit.models.diffusion import get_adapter
+    from erasekit.models.profile import profile_of
+
+    pipe = _pipe()
+    adapter = get_adapter(pipe)
+    erasure = erasekit.erase(pipe, "leace-prompt", {"targets": ["star"]}, progress=False)
+    assert erasure.weights == {} and erasure.info["rank"] == 1
+    erasure.save(tmp_path / "l")
+    loaded = Erasure.load(tmp_path / "l")
+    request = ErasureRequest(["star"])
+    prompts, z = fit_prompts(request, profile_of(pipe).retain_prompts(avoid=("star",)))
+    with torch.no_grad():
+        before = adapter.conditioning(pipe, prompts).tokens
+        with loaded.applied(pipe):
+            after = adapter.conditioning(pipe, prompts).tokens
+            images = generate(pipe, PROMPTS, SEEDS, SamplingConfig(steps=4, guidance_scale=4.0), progress=False)
+        again = adapter.conditioning(pipe, prompts).tokens
+    assert torch.equal(before, again)  # removed with the erasure
+    target = z[:, 0] == 1
+
+    def gap(states):  # distance between the mean token state of the target prompts and of the neutral ones
+        flat = states.double()
+        return (flat[target].mean((0, 1)) - flat[~target].mean((0, 1))).norm()
+
+    assert gap(before) > 1e-3 and gap(after) < 1e-4 * gap(before)  # what the UNet reads: class means now equal
+    assert not np.array_equal(images, generate(pipe, PROMPTS, SEEDS, SamplingConfig(steps=4, guidance_scale=4.0), progress=False))
+    with pytest.raises(Exception, match="sdxl"):
+        erasekit.erase(tiny_pipeline("sdxl"), "leace-prompt", {"targets": ["star"]}, progress=False)

@@ -34,6 +34,12 @@ from erasekit.core.attachments import Attachment, register_attachment, restore_a
 GUARDS_ATTR = "_erasekit_guards"
 
 
+def guard_text(request, text: str | None) -> str:
+    """``text``, or the request's target concepts joined by ``", "`` (the default text of the guards
+    that prompt with the concept: the negative prompt, SLD's safety concept)."""
+    return text if text is not None else ", ".join(t.concept for t in request.targets)
+
+
 def guards_of(pipe) -> tuple["Guard", ...]:
     """The guards installed on ``pipe``, in the order they were applied."""
     return tuple(getattr(pipe, GUARDS_ATTR, ()) or ())

@@ -6,6 +6,7 @@ from erasekit.methods.diffusion import (  # noqa: F401  (each module registers i
     advunlearn,
     ant,
     esd,
+    leace_prompt,
     mace,
     negative_prompt,
     rece,

@@ -17,7 +17,7 @@ import torch
 from erasekit.core.attachments import register_attachment
 from erasekit.core.config import MethodConfig
 from erasekit.core.errors import ConfigError
-from erasekit.core.guards import Guard
+from erasekit.core.guards import Guard, guard_text
 from erasekit.core.registry import MethodResult, register_method
 from erasekit.core.request import ErasureRequest
 from erasekit.generation import check_prompt
@@ -30,11 +30,6 @@ class NegativePromptConfig(MethodConfig):
     def validate(self) -> None:
         if self.text is not None and not self.text.strip():
             raise ConfigError("text must be a non-empty negative prompt (or leave it unset for the target concepts)")
-
-
-def guard_text(request: ErasureRequest, text: str | None) -> str:
-    """``text``, or the request's target concepts joined by ``", "`` (the default of the text guards)."""
-    return text if text is not None else ", ".join(t.concept for t in request.targets)
 
 
 @register_attachment

@@ -34,11 +34,10 @@ import torch
 from erasekit.core.attachments import register_attachment
 from erasekit.core.config import MethodConfig
 from erasekit.core.errors import ConfigError
-from erasekit.core.guards import Guard
+from erasekit.core.guards import Guard, guard_text
 from erasekit.core.registry import MethodResult, register_method
 from erasekit.core.request import ErasureRequest
 from erasekit.generation import check_prompt
-from erasekit.methods.diffusion.negative_prompt import guard_text
 
 #: diffusers' ``SafetyConfig`` (the paper's four configurations).
 PRESETS: dict[str, dict[str, float]] = {
