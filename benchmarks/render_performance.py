@@ -28,6 +28,29 @@ def generation_section() -> list[str]:
     return lines + [""]
 
 
+def guard_latency_section() -> list[str]:
+    path = RESULTS / "guard_latency.json"
+    if not path.is_file():
+        return ["_guard latency benchmark not run yet_", ""]
+    data = json.loads(path.read_text())
+    s = data["sampling"]
+    lines = [
+        f"Model `{data['model']}`, {data['images']} images in batches of {data['batch_size']}, {s['steps']} steps, guidance "
+        f"{s['guidance_scale']}, each guard made for `{data['concept']}`; the configurations took turns {data['repeats']} times and "
+        f"each kept its fastest time ({data['torch_threads']} torch threads, {data['cpu_count']} cores, torch {data['torch']}). "
+        "The ratio is against the plain pipeline in the same run; `plain (erasekit loop)` is erasekit's own "
+        "sampling loop with a guard that does nothing (what every guard samples through).",
+        "",
+        "| configuration | seconds | seconds / image | ratio to plain |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['configuration']} | {r['seconds']:.2f} | {r['seconds_per_image']:.4f} | {r['ratio_to_plain']:.2f} |"
+        for r in data["results"]
+    ]
+    return lines + [""]
+
+
 def closed_form_section() -> list[str]:
     path = RESULTS / "closed_form.json"
     if not path.is_file():
@@ -170,6 +193,9 @@ def main() -> None:
         "## Generation throughput (`benchmarks/generation_throughput.py`)",
         "",
         *generation_section(),
+        "## Guards: sampling latency per image (`benchmarks/guard_latency.py`)",
+        "",
+        *guard_latency_section(),
         "## Closed-form erasure at SD-1.4 scale (`benchmarks/closed_form.py`)",
         "",
         "Target: 100 concepts in at most 3 s in total and 0.2 s for the solve, weights equal to the",

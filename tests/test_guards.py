@@ -255,3 +255,22 @@ def test_leace_prompt_guard_hides_the_concept_from_what_the_unet_reads(tmp_path)
     assert not np.array_equal(images, generate(pipe, PROMPTS, SEEDS, SamplingConfig(steps=4, guidance_scale=4.0), progress=False))
     with pytest.raises(Exception, match="sdxl"):
         erasekit.erase(tiny_pipeline("sdxl"), "leace-prompt", {"targets": ["star"]}, progress=False)
+
+
+@pytest.mark.testbed
+def test_safety_filter_blacks_out_what_its_judge_flags_and_nothing_else(testbed_pipe, judge, tmp_path):
+    from erasekit.judges.testbed import TestbedJudge
+
+    prompts = ["a red star on a black background", "a blue circle on a white background"] * 2
+    seeds = [0, 1, 2, 3]
+    sampling = SamplingConfig(steps=20)
+    plain = generate(testbed_pipe, prompts, seeds, sampling, progress=False)
+    shows = TestbedJudge(judge).shows(plain, "star")
+    assert shows.tolist() == [True, False, True, False]
+    erasure = erasekit.erase(testbed_pipe, "safety-filter", {"targets": ["star"]}, progress=False)
+    erasure.save(tmp_path / "f")
+    with Erasure.load(tmp_path / "f").applied(testbed_pipe):
+        filtered = generate(testbed_pipe, prompts, seeds, sampling, progress=False)
+    assert (filtered[shows] == 0).all() and np.array_equal(filtered[~shows], plain[~shows])
+    with pytest.raises(ConfigError, match="judge"):
+        erasekit.erase(_pipe(), "safety-filter", {"targets": ["star"]}, progress=False)  # a model without a judge

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from erasekit.core.errors import InvalidInputError, NonFiniteError
-from erasekit.core.guards import guards_of
+from erasekit.core.guards import filter_images, guards_of
 from erasekit.core.outputs import write_image
 
 
@@ -153,7 +153,8 @@ def generate(
                 f"the model produced NaN or infinite pixels for {batch_prompts[0]!r} (guidance {sampling.guidance_scale}, "
                 f"{sampling.steps} steps); lower the guidance" + (" or load the model in float32" if half else "")
             )
-        out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+        batch = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+        out.append(filter_images(pipe, batch) if guarded else batch)
     if not out:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     return np.concatenate(out)

@@ -27,10 +27,25 @@ def tiny_params(method: str, family: str) -> dict:
     from erasekit.core.registry import get_method
 
     names = {name for name, *_ in get_method(method).parameters()}
-    params = {k: v for k, v in TINY_BUDGET.items() if k in names}
+    params: dict = {k: v for k, v in TINY_BUDGET.items() if k in names}
+    if "filter_judge" in names:  # a guard that judges images (the safety filter): zero-shot on a tiny CLIP
+        params["filter_judge"] = f"clip:clip={_shared_tiny_clip()},labels=cat|dog|star|circle"
     if family == "flux" and "size" in names:
         params["size"] = 8
     return params
+
+
+_TINY_CLIP: list = []
+
+
+def _shared_tiny_clip():
+    """One tiny CLIP directory per process (a temporary one), for methods that take a judge."""
+    import tempfile
+    from pathlib import Path
+
+    if not _TINY_CLIP:
+        _TINY_CLIP.append(tiny_clip_dir(Path(tempfile.mkdtemp(prefix="erasekit-tiny-clip-")) / "clip"))
+    return _TINY_CLIP[0]
 
 
 def tiny_clip_tokenizer():

@@ -8,6 +8,7 @@ Every sampler of erasekit — :func:`erasekit.generation.generate` and the attac
 - :meth:`Guard.negative` replaces the unconditional prompt ``""`` (the negative-prompt guard);
 - :meth:`Guard.extra_prompts` are encoded once and predicted beside the prompt at every step
   (SLD: its safety concept), their outputs handed to :meth:`Guard.guide`;
+- :meth:`Guard.filter` replaces images after sampling (the safety filter);
 - :meth:`Guard.guide` ``(state, step, g, ε_u, ε_c, extras, d) -> d'`` replaces the guidance direction
   ``d = ε_c − ε_u`` before the combination ``ε = ε_u + g d'`` (computed in this order, as diffusers'
   pipelines do, so that a guard equals its reference bit for bit where the reference does); ``state``
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from erasekit.core.attachments import Attachment, register_attachment, restore_attachment
@@ -81,8 +83,20 @@ class Guard(Attachment):
         ``direction`` is the one so far (``ε_c − ε_u``, or an earlier guard's)."""
         return direction, state
 
+    def filter(self, images: np.ndarray) -> np.ndarray:
+        """The images (``uint8 [N, H, W, 3]``) handed back after sampling; default: unchanged (the
+        safety filter blacks out those its judge flags)."""
+        return images
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {}
+
+
+def filter_images(pipe, images: np.ndarray) -> np.ndarray:
+    """``images`` sampled from ``pipe`` after every guard's :meth:`Guard.filter`, in order."""
+    for guard in guards_of(pipe):
+        images = guard.filter(images)
+    return images
 
 
 @register_attachment

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from erasekit.attacks.base import Trial
+from erasekit.core.guards import filter_images
 from erasekit.generation import prompt_seeds
 from erasekit.models.diffusion import get_adapter
 from erasekit.models.diffusion.base import Conditioning
@@ -113,7 +114,14 @@ class Arena:
             c = self.cond(cond, reference=reference) if isinstance(cond, list) else cond
             parts = [(c.to(self.dtype_of(bench)), 1.0)]
         x = self.initial_latents(seeds, reference) if x is None else x
-        return bench.decode_images(self.sample(parts, x, reference, guidance))
+        return self.decode(self.sample(parts, x, reference, guidance), reference)
+
+    def decode(self, latents: torch.Tensor, reference: bool = False) -> np.ndarray:
+        """Images ``uint8 [N, H, W, 3]`` of clean latents, as the model hands them out: the attacked
+        model's guards filter them (the safety filter), the reference's are returned as drawn."""
+        bench = self.ref if reference else self.bench
+        images = bench.decode_images(latents)
+        return images if reference else filter_images(self.pipe, images)
 
     def generate_trials(self, rows: list[int], texts: list[str] | None = None, reference: bool = False) -> np.ndarray:
         """Images of trials ``rows`` from their prompts (or ``texts``, one per row) and seeds."""

@@ -97,4 +97,4 @@ def compose_images(arena, rows: list[int], parts) -> "object":
     dtype = arena.dtype_of(arena.bench)
     x = arena.initial_latents([arena.trials[r].seed for r in rows])
     weighted = [(c.to(dtype), torch.tensor(w, dtype=torch.float32).view(-1, 1, 1, 1)) for c, w in parts]
-    return arena.bench.decode_images(arena.sample(weighted, x))
+    return arena.decode(arena.sample(weighted, x))

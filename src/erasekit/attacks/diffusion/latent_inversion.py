@@ -66,7 +66,7 @@ def latent_inversion(arena, config: LatentInversionConfig, tracker, progress: bo
         cond = arena.cond(prompts).to(dtype)
         xT = invert(arena, x0_all[rows].to(dtype), cond)
         g = arena.guidance if guidance is None else guidance
-        images = arena.bench.decode_images(arena.sample([(cond, 1.0)], xT, guidance=g))
+        images = arena.decode(arena.sample([(cond, 1.0)], xT, guidance=g))
         found = [{"prompt": p, "setting": k, "guidance": g} for p in prompts]
         tracker.report(k, rows, images, found)
     return {}
