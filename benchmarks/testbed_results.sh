@@ -33,7 +33,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ERASEKIT=${ERASEKIT:-erasekit}
 $ERASEKIT bench \
-  --methods "${METHODS:-uce,time,rece,speed,mace,esd,ablating,salun,te-unlearn,advunlearn,ant,receler,spm,negative-prompt,sld,leace-prompt}" \
+  --methods "${METHODS:-uce,time,rece,speed,mace,esd,ablating,salun,te-unlearn,advunlearn,ant,receler,spm,negative-prompt,sld,leace-prompt,safety-filter}" \
   --concepts "${CONCEPTS:-star,striped,zorbo}" \
   --seeds "${SEEDS:-2}" --contexts "${CONTEXTS:-6}" \
   --set mace.iterations=50 --set mace.lr=1e-3 --set mace.lamb=300 \
