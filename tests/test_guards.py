@@ -274,3 +274,19 @@ def test_safety_filter_blacks_out_what_its_judge_flags_and_nothing_else(testbed_
     assert (filtered[shows] == 0).all() and np.array_equal(filtered[~shows], plain[~shows])
     with pytest.raises(ConfigError, match="judge"):
         erasekit.erase(_pipe(), "safety-filter", {"targets": ["star"]}, progress=False)  # a model without a judge
+
+
+def test_a_language_model_guard_stacks_on_an_unlearning(lm_dir, tmp_path):
+    """--guard is one mechanism for both kinds: the refusal guard stacked on a gradient-ascent run."""
+    from erasekit.api.attacking import attack
+
+    lm = erasekit.load_lm(lm_dir)
+    ga = erasekit.unlearn(lm, "ga", "forget10", progress=False, epochs=1)
+    guard = erasekit.unlearn(lm, "refusal-guard", "forget10", progress=False)
+    ga.save(tmp_path / "ga")
+    guard.save(tmp_path / "guard")
+    stacked = attack(lm_dir, tmp_path / "ga", "paraphrase", budget=0, guard=tmp_path / "guard", progress=False)
+    assert stacked.asr_before == 0.0  # the refusal guard answers no plain question about a forgotten author
+    assert "ga" in stacked.erasure and "refusal-guard" in stacked.erasure
+    with pytest.raises(ConfigError, match="not a guard"):
+        attack(lm_dir, tmp_path / "guard", "paraphrase", budget=0, guard=tmp_path / "ga", progress=False)
