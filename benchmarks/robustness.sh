@@ -2,7 +2,9 @@
 # The robustness table: every attack against UCE (closed form), ESD-x (fine-tuning) and SPM (adapter)
 # erasures of star, zorbo and the watermark, next to the base model and the oracle (testbed-oracle);
 # plus ablating on the watermark (METHODS=ablating CONCEPTS=watermark), the method that erases the
-# mark with its carrier intact in docs/results.md (UCE and ESD leave it: UA 50 % as the base model)
+# mark with its carrier intact in docs/results.md (UCE and ESD leave it: UA 50 % as the base model);
+# and the guards where they erase (docs/guards.md): METHODS=leace-prompt CONCEPTS=zorbo, METHODS=sld
+# CONCEPTS=star (SLD at its max configuration, the one that erases on the testbed)
 # -> benchmarks/results/robustness/*.json, docs/robustness.md and docs/robustness.png.
 # Erasure settings are the results table's (benchmarks/testbed_results.sh); attacks run at their
 # default budgets (erasekit attacks) on about 24 trials each. 10-15 minutes of attacks per model
@@ -19,4 +21,6 @@ $erasekit bench \
   --attacks "${ATTACKS:-all}" --robustness docs/robustness.md \
   --set esd.ddim_steps=20 --set esd.iterations=150 --set esd.lr=1e-4 \
   --set spm.ddim_steps=20 --set spm.iterations=200 --set spm.lr=1e-2 --set spm.anchor_weight=10 \
-  --set ablating.sample_steps=20 --set ablating.iterations=200 --set ablating.lr=2.5e-5 --set ablating.n_images=8
+  --set ablating.sample_steps=20 --set ablating.iterations=200 --set ablating.lr=2.5e-5 --set ablating.n_images=8 \
+  --set sld.config=max \
+  "$@"

@@ -71,6 +71,18 @@ def test_the_guarded_sampler_equals_the_pipeline_without_guards(family):
     assert np.abs(ours - _plain(pipe, 8, 4.0)).max() <= 1e-5
 
 
+@pytest.mark.parametrize("scheduler", ["PNDMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler"])
+def test_the_guarded_sampler_follows_the_pipelines_own_scheduler(scheduler):
+    """SD 1.x ships PNDM (which sets steps + 1 timesteps), others DPM-Solver or a stochastic sampler."""
+    import diffusers
+
+    pipe = _pipe()
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    sampling = SamplingConfig(steps=8, guidance_scale=4.0).resolved(pipe)
+    ours = sample_guarded(pipe, PROMPTS, SEEDS, sampling)
+    assert np.abs(ours - _plain(pipe, 8, 4.0)).max() <= 1e-5
+
+
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
 def test_negative_prompt_guard_equals_the_pipelines_negative_prompt(family):
     pipe = _pipe(family)

@@ -179,9 +179,10 @@ def sample_guarded(pipe, prompts: list[str], seeds: list[int], sampling: Samplin
         factor = int(getattr(pipe, "vae_scale_factor", 8))
         side = bench.latents_shape(1)[-1] * factor
         hw = ((sampling.height or side) // factor, (sampling.width or side) // factor)
-    x = bench.seed_latents(seeds, dtype, hw)
+    generators: list[torch.Generator] = []
+    x = bench.seed_latents(seeds, dtype, hw, generators)
     cond = bench.cond(prompts).to(dtype)
-    latents = bench.sample_composed([(cond, 1.0)], x, sampling.steps, sampling.guidance_scale, len(prompts))
+    latents = bench.sample_composed([(cond, 1.0)], x, sampling.steps, sampling.guidance_scale, len(prompts), generators)
     vae = pipe.vae
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     decoded = vae.decode((latents / vae.config.scaling_factor + shift).to(vae.dtype)).sample

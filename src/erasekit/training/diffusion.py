@@ -22,6 +22,7 @@ the flags are restored on exit.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -213,13 +214,17 @@ class Workbench:
         x = torch.randn(self.latents_shape(n, size), generator=gen).to(self.device, cond.tokens.dtype)
         return self.run_sampler(x, steps, stop, lambda xi, t: self._guided(xi, t, cond, uncond, guidance))
 
-    def run_sampler(self, x: torch.Tensor, steps: int, stop: int, guided, scheduler=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_sampler(self, x: torch.Tensor, steps: int, stop: int, guided, scheduler=None,
+                    generators: list[torch.Generator] | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Run ``stop`` of ``steps`` steps of the methods' sampler (DDIM for the ddpm objective; or
         ``scheduler``, e.g. the pipeline's own) from the initial latents ``x`` (pure noise, before
-        ``init_noise_sigma``); ``guided(x_in, t [N]) -> output`` is the (guided) denoiser output.
-        Returns ``(x, t)`` as :meth:`partial_denoise`."""
+        ``init_noise_sigma``); ``guided(x_in, t [N]) -> output`` is the (guided) denoiser output;
+        ``generators`` (one per row) feed a stochastic scheduler's noise, as diffusers' pipelines pass
+        theirs. Returns ``(x, t)`` as :meth:`partial_denoise`."""
         n = x.shape[0]
         sched = copy.deepcopy(self.sample_scheduler if scheduler is None else scheduler)
+        takes = set(inspect.signature(sched.step).parameters)
+        step_kwargs = {"generator": generators} if generators is not None and "generator" in takes else {}
         if self.prediction_type == "flow":
             sched.set_timesteps(steps, device=self.device)
             sigmas = sched.sigmas
@@ -230,30 +235,38 @@ class Workbench:
             return x, t_end.expand(n).clone()
         sched.set_timesteps(steps)
         x = x * sched.init_noise_sigma
-        for i in range(stop):
+        # a full run walks every timestep the scheduler set (PNDM sets steps + 1), as diffusers' loop does
+        for i in range(len(sched.timesteps) if stop >= steps else stop):
             t = sched.timesteps[i]
             out = guided(sched.scale_model_input(x, t), t.expand(n).to(self.device))
-            x = sched.step(out.to(x.dtype), t, x).prev_sample
+            x = sched.step(out.to(x.dtype), t, x, **step_kwargs).prev_sample
         t_end = sched.timesteps[stop] if stop < steps else torch.zeros((), dtype=torch.long)
         return x, t_end.expand(n).to(self.device).clone()
 
-    def seed_latents(self, seeds: list[int], dtype: torch.dtype, hw: tuple[int, int] | None = None) -> torch.Tensor:
+    def seed_latents(self, seeds: list[int], dtype: torch.dtype, hw: tuple[int, int] | None = None,
+                     generators: list[torch.Generator] | None = None) -> torch.Tensor:  # fmt: skip
         """Each seed's initial noise as diffusers draws it (``torch.randn`` of a CPU generator per image,
-        as ``randn_tensor`` with a list of generators); ``hw``: latent height and width (default the model's)."""
+        as ``randn_tensor`` with a list of generators); ``hw``: latent height and width (default the
+        model's). The generators, having drawn it, are appended to ``generators`` when given (a
+        stochastic scheduler draws its noise from them next, as in diffusers' pipelines)."""
         shape = self.latents_shape(1)
         if hw is not None:
             shape = (*shape[:-2], *hw)
-        noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=dtype) for s in seeds]
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        noise = [torch.randn(shape, generator=g, dtype=dtype) for g in gens]
+        if generators is not None:
+            generators.extend(gens)
         return torch.cat(noise).to(self.device)
 
     @torch.no_grad()
     def sample_composed(self, parts: Sequence[tuple[Conditioning, Any]], x: torch.Tensor, steps: int, guidance: float,
-                        batch_size: int) -> torch.Tensor:  # fmt: skip
+                        batch_size: int, generators: list[torch.Generator] | None = None) -> torch.Tensor:  # fmt: skip
         """Clean latents from initial latents ``x`` (``batch_size`` rows at a time) with composed guidance
         ``ε = f(∅) + g Σ_i w_i (f(c_i)' − f(∅))`` over ``parts = [(c_i, w_i)]`` (one part of weight 1:
         classifier-free guidance; a weight is a number or a per-row tensor ``[N, 1, ...]``), where the
         pipeline's guards (:mod:`erasekit.core.guards`) may replace ``∅`` and each ``f(c_i)``. Sampled
-        with the pipeline's own scheduler, as ``pipe(...)`` samples."""
+        with the pipeline's own scheduler, as ``pipe(...)`` samples (a stochastic one draws from
+        ``generators``, one per row of ``x``, as :meth:`seed_latents` leaves them)."""
         guards = guards_of(self.pipe)
         negatives = [text for text in (g.negative() for g in guards) if text is not None]
         if len(negatives) > 1:
@@ -266,7 +279,8 @@ class Workbench:
             n = x[rows].shape[0]
             ps = [(c.select(rows), w[rows] if torch.is_tensor(w) else w) for c, w in parts]
             step = ComposedGuidance(self.teacher_predict, uncond_one, ps, guidance, guards, extras_one, n)
-            out.append(self.run_sampler(x[rows], steps, steps, step, scheduler=self.pipe.scheduler)[0])
+            gens = generators[rows] if generators is not None else None
+            out.append(self.run_sampler(x[rows], steps, steps, step, scheduler=self.pipe.scheduler, generators=gens)[0])
         return torch.cat(out)
 
     @torch.no_grad()
@@ -348,8 +362,6 @@ class ComposedGuidance:
             for j in range(len(cs)):
                 ds[j], self.states[gi][j] = guard.guide(self.states[gi][j], self.step, self.g, u, cs[j], extra, ds[j])
         self.step += 1
-        if self.g == 1.0 and self.plain and not self.guards:
-            return cs[0]
         return u + self.g * sum((w.to(d) if torch.is_tensor(w) else w) * d for (_, w), d in zip(self.parts, ds))
 
 

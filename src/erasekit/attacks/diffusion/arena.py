@@ -88,21 +88,22 @@ class Arena:
         return self._uncond[key].select(torch.zeros(n, dtype=torch.long))
 
     # -- sampling ------------------------------------------------------------------------------------
-    def initial_latents(self, seeds: list[int], reference: bool = False) -> torch.Tensor:
-        """Each seed's initial noise as diffusers draws it (a CPU generator per image)."""
+    def initial_latents(self, seeds: list[int], reference: bool = False, generators: list | None = None) -> torch.Tensor:
+        """Each seed's initial noise as diffusers draws it (a CPU generator per image, appended to
+        ``generators`` when given: a stochastic scheduler draws its noise from them next)."""
         bench = self.ref if reference else self.bench
-        return bench.seed_latents(seeds, self.dtype_of(bench))
+        return bench.seed_latents(seeds, self.dtype_of(bench), generators=generators)
 
     @torch.no_grad()
     def sample(self, parts: list[tuple[Conditioning, float]], x: torch.Tensor, reference: bool = False,
-               guidance: float | None = None) -> torch.Tensor:  # fmt: skip
+               guidance: float | None = None, generators: list | None = None) -> torch.Tensor:  # fmt: skip
         """Clean latents from initial latents ``x`` with composed guidance
         ``f(∅) + g Σ_i w_i (f(c_i) − f(∅))`` over ``parts = [(c_i, w_i)]`` (one part of weight 1:
         ordinary classifier-free guidance; a weight is a number or a per-row tensor ``[N, 1, ...]``);
         the attacked model's guards act on every step (:meth:`Workbench.sample_composed`)."""
         bench = self.ref if reference else self.bench
         g = self.guidance if guidance is None else guidance
-        return bench.sample_composed(parts, x, self.steps, g, self.batch_size)
+        return bench.sample_composed(parts, x, self.steps, g, self.batch_size, generators)
 
     def generate(self, cond: Conditioning | list[str], seeds: list[int], x: torch.Tensor | None = None,
                  parts: list[tuple[Conditioning, float]] | None = None, reference: bool = False,
@@ -113,8 +114,11 @@ class Arena:
         if parts is None:
             c = self.cond(cond, reference=reference) if isinstance(cond, list) else cond
             parts = [(c.to(self.dtype_of(bench)), 1.0)]
-        x = self.initial_latents(seeds, reference) if x is None else x
-        return self.decode(self.sample(parts, x, reference, guidance), reference)
+        generators: list | None = None
+        if x is None:
+            generators = []
+            x = self.initial_latents(seeds, reference, generators)
+        return self.decode(self.sample(parts, x, reference, guidance, generators), reference)
 
     def decode(self, latents: torch.Tensor, reference: bool = False) -> np.ndarray:
         """Images ``uint8 [N, H, W, 3]`` of clean latents, as the model hands them out: the attacked
