@@ -221,6 +221,8 @@ def evaluate(
                           guidance=guidance, device=device, dtype=dtype, progress=progress, split=split, oracle=oracle,
                           judge=judge, prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where,
                           samples=samples, fidelity=fidelity, cache=cache)  # fmt: skip
+        if models.kind_of_any(model) == models.CAUSAL_LM:  # its report names the erasure by method ("ga+refusal-guard")
+            return report
         report["erasure"] = label
         if out is not None:  # checked and written by the call above; again with the label that names both
             write_report(out, report, "evaluation")
@@ -357,6 +359,30 @@ def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, s
     return report
 
 
+def _image_train_config(smoke: bool, unet_steps, text_encoder, padding, exclude, codec, retrain_codec):
+    """The image testbed's :class:`~erasekit.testbeds.image.train.TrainConfig` from the job's options,
+    each checked before any work (an oracle reuses the shipped judge and VAE unless ``retrain_codec``)."""
+    from erasekit.testbeds.image.train import TrainConfig, check_exclusions
+
+    cfg = TrainConfig.smoke() if smoke else TrainConfig()
+    if unet_steps is not None:
+        cfg.unet_steps = unet_steps
+    if text_encoder is not None:  # each checked on construction, before any work
+        cfg = dataclasses.replace(cfg, text_encoder=text_encoder)
+    if padding is not None:
+        cfg = dataclasses.replace(cfg, padding=padding)
+    if codec is not None and retrain_codec:
+        raise InvalidInputError("--codec reuses a testbed's judge and VAE, --retrain-codec trains them: pass one of them")
+    if retrain_codec and not exclude:
+        raise InvalidInputError("--retrain-codec applies with --exclude (a full training trains the judge and VAE anyway)")
+    if exclude:
+        cfg.exclude = check_exclusions(exclude)
+    if codec is not None or (exclude and not retrain_codec):
+        cfg.codec_from = codec or "testbed"
+        models.resolve_model(cfg.codec_from)  # the reused weights must be there before any work
+    return cfg
+
+
 def train_testbed(
     workdir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
@@ -395,26 +421,11 @@ def train_testbed(
         if epochs is not None:
             lm_cfg.epochs = epochs
         return LLMTrainer(workdir, lm_cfg, log=log).run(resume=resume, out=out)
-    from erasekit.testbeds.image.train import TrainConfig, Trainer, check_exclusions
+    from erasekit.testbeds.image.train import Trainer
 
     models.refuse_options(models.DIFFUSION, "the image testbed", epochs=epochs)
     workdir = Path("runs/testbed") if workdir is None else Path(workdir)
     check_dir_output(workdir, "testbed-train", what="testbed training directory")  # both checked before anything is written
     check_dir_output(out or workdir / "pipeline", "pipeline", what="testbed pipeline directory")
-    cfg = TrainConfig.smoke() if smoke else TrainConfig()
-    if unet_steps is not None:
-        cfg.unet_steps = unet_steps
-    if text_encoder is not None:  # each checked on construction, before any work
-        cfg = dataclasses.replace(cfg, text_encoder=text_encoder)
-    if padding is not None:
-        cfg = dataclasses.replace(cfg, padding=padding)
-    if codec is not None and retrain_codec:
-        raise InvalidInputError("--codec reuses a testbed's judge and VAE, --retrain-codec trains them: pass one of them")
-    if retrain_codec and not exclude:
-        raise InvalidInputError("--retrain-codec applies with --exclude (a full training trains the judge and VAE anyway)")
-    if exclude:
-        cfg.exclude = check_exclusions(exclude)
-    if codec is not None or (exclude and not retrain_codec):
-        cfg.codec_from = codec or "testbed"
-        models.resolve_model(cfg.codec_from)  # the reused weights must be there before any work
+    cfg = _image_train_config(smoke, unet_steps, text_encoder, padding, exclude, codec, retrain_codec)
     return Trainer(workdir, cfg, log=log).run(resume=resume, out=out)
