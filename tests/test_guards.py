@@ -302,3 +302,72 @@ def test_a_language_model_guard_stacks_on_an_unlearning(lm_dir, tmp_path):
     assert "ga" in stacked.erasure and "refusal-guard" in stacked.erasure
     with pytest.raises(ConfigError, match="not a guard"):
         attack(lm_dir, tmp_path / "guard", "paraphrase", budget=0, guard=tmp_path / "ga", progress=False)
+
+
+# -- SAFREE ------------------------------------------------------------------------------------------
+def test_safree_pieces_follow_the_released_formulas():
+    from erasekit.methods.diffusion.safree import projector, step_budget
+
+    a = torch.randn(16, 3, dtype=torch.float64)
+    p = projector(a)
+    assert torch.allclose(p @ p, p, atol=1e-10) and torch.allclose(p, p.T, atol=1e-10) and torch.allclose(p @ a, a, atol=1e-10)
+    # t' = round(up_t * sigmoid(2k (10 beta - tau))): nudity k = 2.5, tau = 5.333; artist k = 3.5, tau = 5.5
+    assert step_budget(torch.tensor(0.0), 10, "nudity") == 0 and step_budget(torch.tensor(1.0), 10, "nudity") == 10
+    assert step_budget(torch.tensor(0.5333), 10, "nudity") == 5 and step_budget(torch.tensor(0.55), 10, "artist") == 5
+
+
+def test_safree_projects_the_trigger_tokens_of_what_the_text_encoder_encodes(tmp_path):
+    from erasekit.methods.diffusion.safree import projector
+    from erasekit.models.diffusion import get_adapter
+
+    pipe = _pipe()
+    erasure = erasekit.erase(pipe, "safree", {"targets": ["star"]}, progress=False, svf=False)
+    erasure.save(tmp_path / "s")
+    guard = Erasure.load(tmp_path / "s").attachment
+    tok, enc = pipe.tokenizer, pipe.text_encoder
+    ids = tok(["a red star"], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        x = enc(ids).last_hidden_state[0].double()
+        n = 3  # a, red, star
+        masked = ids.repeat(n, 1)
+        masked[torch.arange(n), torch.arange(1, n + 1)] = 0
+        pooled = enc(masked).pooler_output.double()
+        keyword = enc(
+            tok(["star"], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        ).pooler_output
+    p_c = projector(keyword.double().T)
+    eye = torch.eye(p_c.shape[0], dtype=torch.float64)
+    dist = ((eye - p_c) @ pooled.T).norm(dim=0)
+    trigger = [i for i in range(n) if dist[i] >= 1.01 * (dist.sum() - dist[i]) / (n - 1)]
+    expected = x.clone()
+    for i in trigger:
+        expected[1 + i] = (eye - p_c) @ projector(pooled.T) @ x[1 + i]
+    adapter = get_adapter(pipe)
+    guard.install(pipe)
+    try:
+        with torch.no_grad():
+            cond = adapter.conditioning(pipe, ["a red star"])
+        used, _ = guard.condition(None, 0, cond)
+        assert torch.allclose(cond.tokens[0].double(), x, atol=1e-6)  # the hook hands the original states on
+        assert torch.allclose(used.tokens[0].double(), expected, atol=1e-5)
+        assert trigger, "no trigger token: the comparison would not test the projection"
+        assert guard.negative() == "star"
+    finally:
+        pipe._erasekit_guards = ()
+        enc._forward_hooks.clear()
+    with pytest.raises(Exception, match="did not come from the text encoder"):
+        fresh = Erasure.load(tmp_path / "s").attachment
+        fresh.condition(None, 0, cond)
+
+
+@pytest.mark.testbed
+def test_safree_uses_the_projection_for_the_steps_its_filter_allows(testbed_pipe):
+    erasure = erasekit.erase(testbed_pipe, "safree", {"targets": ["star"]}, progress=False)
+    prompts = ["a red star on a black background", "a blue circle on a white background"]
+    sampling = SamplingConfig(steps=20)
+    plain = generate(testbed_pipe, prompts, [0, 1], sampling, progress=False)
+    with erasure.applied(testbed_pipe):
+        guarded = generate(testbed_pipe, prompts, [0, 1], sampling, progress=False)
+        budgets = [erasure.attachment._seen[k][2] for k in list(erasure.attachment._seen)[-3:]]
+    assert not np.array_equal(guarded[0], plain[0])
+    assert max(budgets) > min(budgets)  # the filter gives the star prompt more projected steps than the circle's

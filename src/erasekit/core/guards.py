@@ -8,6 +8,7 @@ Every sampler of erasekit — :func:`erasekit.generation.generate` and the attac
 - :meth:`Guard.negative` replaces the unconditional prompt ``""`` (the negative-prompt guard);
 - :meth:`Guard.extra_prompts` are encoded once and predicted beside the prompt at every step
   (SLD: its safety concept), their outputs handed to :meth:`Guard.guide`;
+- :meth:`Guard.condition` replaces a prompt's conditioning at a step (SAFREE's projected prompt);
 - :meth:`Guard.filter` replaces images after sampling (the safety filter);
 - :meth:`Guard.guide` ``(state, step, g, ε_u, ε_c, extras, d) -> d'`` replaces the guidance direction
   ``d = ε_c − ε_u`` before the combination ``ε = ε_u + g d'`` (computed in this order, as diffusers'
@@ -76,6 +77,12 @@ class Guard(Attachment):
     def start(self) -> Any:
         """Fresh per-run state (``None``: stateless)."""
         return None
+
+    def condition(self, state: Any, step: int, cond: Any) -> tuple[Any, Any]:
+        """``(conditioning, state')``: what the denoiser reads for a prompt's rows at sampling step
+        ``step`` (0-based), from the rows' own ``cond`` (SAFREE: its projected prompt for the first
+        steps); ``state`` starts as ``None`` for each sampling run. Default: ``cond`` unchanged."""
+        return cond, state
 
     def guide(self, state: Any, step: int, g: float, uncond: torch.Tensor, cond: torch.Tensor, extras: list[torch.Tensor],
               direction: torch.Tensor) -> tuple[torch.Tensor, Any]:  # fmt: skip

@@ -326,8 +326,8 @@ class Workbench:
 
 class ComposedGuidance:
     """One sampling run's guided denoiser output ``(x, t) -> ε`` (see :meth:`Workbench.sample_composed`):
-    every step predicts ``[∅; c_1 … c_k; guards' extra prompts]`` in one batch, lets each guard replace
-    each direction ``d_i = f(c_i) − f(∅)`` in order (a state per guard and part, e.g. SLD's momentum;
+    every step lets each guard replace each part's conditioning (:meth:`Guard.condition`), predicts
+    ``[∅; c_1 … c_k; guards' extra prompts]`` in one batch, lets each guard replace each direction ``d_i = f(c_i) − f(∅)`` in order (a state per guard and part, e.g. SLD's momentum;
     the step counted by calls), and combines ``f(∅) + g Σ_i w_i d_i``. Without guards, one part of
     weight 1 at ``g = 1`` returns ``f(c_1)`` alone (one prediction per step)."""
 
@@ -339,6 +339,7 @@ class ComposedGuidance:
         #: each guard's extra conditionings, one row per image: [m * n] (prompt-major)
         self.extras = [None if e is None else e.select(torch.arange(e.tokens.shape[0]).repeat_interleave(n)) for e in extras]
         self.states = [[g.start() for _ in parts] for g in guards]
+        self.cond_states: list[list[Any]] = [[None for _ in parts] for _ in guards]
         self.step = 0
         self.plain = len(parts) == 1 and not torch.is_tensor(parts[0][1]) and parts[0][1] == 1.0
 
@@ -348,7 +349,12 @@ class ComposedGuidance:
             out = self.predict(x, t, self.parts[0][0])
             self.step += 1
             return out
-        conds = [self.uncond] + [c for c, _ in self.parts] + [e for e in self.extras if e is not None]
+        parts = []
+        for j, (c, _) in enumerate(self.parts):
+            for gi, guard in enumerate(self.guards):
+                c, self.cond_states[gi][j] = guard.condition(self.cond_states[gi][j], self.step, c)
+            parts.append(c)
+        conds = [self.uncond, *parts] + [e for e in self.extras if e is not None]
         total = k + sum(e.tokens.shape[0] // self.n for e in self.extras if e is not None)
         chunks = self.predict(torch.cat([x] * total), torch.cat([t] * total), Conditioning.cat(conds)).chunk(total)
         u, cs = chunks[0], chunks[1:k]

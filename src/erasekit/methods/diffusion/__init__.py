@@ -12,6 +12,7 @@ from erasekit.methods.diffusion import (  # noqa: F401  (each module registers i
     rece,
     receler,
     safety_filter,
+    safree,
     salun,
     sld,
     speed,
