@@ -24,7 +24,9 @@ registered without their ``safree`` argument and every branch falls through to a
 How it runs in erasekit: a forward hook on the text encoder computes, for every prompt it encodes, the
 projected states and ``t'`` and returns the original states; erasekit's sampler (a guard, docs/guards.md)
 looks each conditioning row up when a sampling run starts and swaps in the projected states for steps
-``0 … t'``. A conditioning row the text encoder did not produce (no ids to mask) is refused. SD 1.x/2.x
+``0 … t'``. A conditioning row the text encoder did not produce (no ids to mask) is refused; vectors an
+attack inserts into the token embeddings (a soft prompt) change the states that are projected but not
+the masked prompts, which come from the prompt's own tokens. SD 1.x/2.x
 (one CLIP text encoder) only. Published settings are for 50 DPM-Solver steps; ``up_t`` counts steps.
 """
 
@@ -145,7 +147,7 @@ class SAFREEGuard(Guard):
                 continue
             masked = row.repeat(n, 1)
             masked[torch.arange(n), torch.arange(1, n + 1)] = 0  # token id 0 in place of each word, as released
-            pooled = encoder(masked).pooler_output.double()  # [n, d]
+            pooled = self._plain_pooled(encoder, masked)  # [n, d]
             dist = ((eye - p_c) @ pooled.T).norm(dim=0)
             others = (dist.sum() - dist) / (n - 1) if n > 1 else dist
             trigger = (dist >= (1 + self.alpha) * others) if n > 1 else torch.zeros(1, dtype=torch.bool, device=dist.device)
@@ -158,6 +160,19 @@ class SAFREEGuard(Guard):
             positions = 1 + trigger.nonzero().flatten()
             out_states.append((positions.cpu(), every[positions].to(states.dtype)))
         return out_states, torch.tensor(budgets)
+
+    @staticmethod
+    def _plain_pooled(encoder, ids: torch.Tensor) -> torch.Tensor:
+        """Pooled outputs of ``ids`` with the token embedding's own forward hooks held back: an attack
+        that inserts vectors there (a soft prompt) writes them into *its* encode, not into the masked
+        prompts, which SAFREE builds from the prompt's tokens."""
+        embedding = encoder.get_input_embeddings()
+        held = dict(embedding._forward_hooks)
+        embedding._forward_hooks.clear()
+        try:
+            return encoder(ids).pooler_output.double()
+        finally:
+            embedding._forward_hooks.update(held)
 
     # -- the sampler guard ---------------------------------------------------------------------------
     def negative(self) -> str | None:
