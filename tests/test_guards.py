@@ -371,3 +371,14 @@ def test_safree_uses_the_projection_for_the_steps_its_filter_allows(testbed_pipe
         budgets = [erasure.attachment._seen[k][2] for k in list(erasure.attachment._seen)[-3:]]
     assert not np.array_equal(guarded[0], plain[0])
     assert max(budgets) > min(budgets)  # the filter gives the star prompt more projected steps than the circle's
+
+
+@pytest.mark.testbed
+def test_token_attacks_run_against_safree(testbed_pipe, tmp_path):
+    """A soft prompt inserts vectors at the token embedding; SAFREE re-encodes masked prompts inside the
+    text encoder's hook, which must not see those vectors (they have the attack's batch size)."""
+    from erasekit.api.attacking import attack
+
+    erasekit.erase(testbed_pipe, "safree", {"targets": ["star"]}, progress=False).save(tmp_path / "s")
+    found = attack("testbed", None, ["soft-prompt", "p4d-k"], "star", budget=1, seeds=1, guard=tmp_path / "s", progress=False)
+    assert [r.attack for r in found] == ["soft-prompt", "p4d-k"] and all(r.trials == 12 for r in found)
