@@ -382,3 +382,71 @@ def test_token_attacks_run_against_safree(testbed_pipe, tmp_path):
     erasekit.erase(testbed_pipe, "safree", {"targets": ["star"]}, progress=False).save(tmp_path / "s")
     found = attack("testbed", None, ["soft-prompt", "p4d-k"], "star", budget=1, seeds=1, guard=tmp_path / "s", progress=False)
     assert [r.attack for r in found] == ["soft-prompt", "p4d-k"] and all(r.trials == 12 for r in found)
+
+
+# -- SAeUron -----------------------------------------------------------------------------------------
+def test_topk_sae_learns_a_sparse_code():
+    from erasekit.methods.diffusion.saeuron import SAeUronConfig, TopKSAE, train_sae
+
+    gen = torch.Generator().manual_seed(0)
+    atoms = torch.randn(64, 16, generator=gen)
+    idx = torch.randint(0, 64, (2048, 3), generator=gen)
+    x = atoms[idx].sum(1) * (1 + torch.rand(2048, 1, generator=gen))  # 3 atoms of 64 per vector
+    sae, stats = train_sae(x, SAeUronConfig(expansion=8, k=8, train_steps=300, batch=512, lr=3e-3), progress=False)
+    assert isinstance(sae, TopKSAE) and stats["fvu"] < 0.3
+    z = sae.encode(x[:10])
+    assert ((z != 0).sum(-1) <= 8).all()
+    assert torch.allclose(sae.w_dec.norm(dim=1), torch.ones(sae.w_dec.shape[0]), atol=1e-5)
+
+
+def test_saeuron_guard_edits_only_selected_features_and_keeps_the_rest(tmp_path):
+    pipe = _pipe()
+    params = dict(train_steps=20, batch=256, images=1, steps=4, positions_per_map=16)  # default block: up_blocks.0.attentions.1
+    erasure = erasekit.erase(pipe, "saeuron", {"targets": ["star"]}, progress=False, **params)
+    guard = erasure.attachment
+    assert erasure.weights == {} and all(n >= 1 for n in erasure.info["features_per_step"])
+    erasure.save(tmp_path / "s")
+    loaded = Erasure.load(tmp_path / "s")
+    sampling = SamplingConfig(steps=4, guidance_scale=4.0)
+    plain = generate(pipe, PROMPTS, SEEDS, sampling, progress=False)
+    with loaded.applied(pipe):
+        edited = generate(pipe, PROMPTS, SEEDS, sampling, progress=False)
+    assert np.array_equal(generate(pipe, PROMPTS, SEEDS, sampling, progress=False), plain)  # removed
+    assert not np.array_equal(edited, plain)
+    # with no feature selected the hook hands the block's output on unchanged
+    guard.selected = torch.zeros_like(guard.selected)
+    with erasure.applied(pipe):
+        assert np.array_equal(generate(pipe, PROMPTS, SEEDS, sampling, progress=False), plain)
+    with pytest.raises(ConfigError, match="has no block"):
+        erasekit.erase(pipe, "saeuron", {"targets": ["star"]}, progress=False, block="unet.up_blocks.9.attentions.0")
+
+
+@pytest.mark.parametrize("error", ["corrected", "released"])
+def test_saeuron_intervention_is_the_stated_formula(error):
+    from erasekit.methods.diffusion.saeuron import SAeUronGuard, TopKSAE
+
+    torch.manual_seed(0)
+    sae = TopKSAE(6, 24, 4)
+    state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+    selected = torch.zeros(1, 24, dtype=torch.bool)
+    selected[0, :12] = True
+    mean_target, mean_all = torch.rand(1, 24) + 0.5, torch.full((1, 24), 0.01)
+    guard = SAeUronGuard("unet.block", state, 4, torch.tensor([999.0]), selected, mean_target, mean_all, -1.0, error)
+
+    class Pipe:
+        unet = torch.nn.Module()
+
+    Pipe.unet.block = torch.nn.Identity()
+    handles = guard.install(Pipe)
+    x_map = torch.randn(2, 6, 3, 3)
+    out = Pipe.unet.block(x_map)
+    for h in handles:
+        h.remove()
+    x = x_map.permute(0, 2, 3, 1).reshape(-1, 6)
+    with torch.no_grad():
+        z = sae.encode(x)
+        edit = selected[0] & (z > mean_all[0])
+        z_new = torch.where(edit, z * -1.0 * mean_target[0], z)
+        want = x + (sae.decode(z_new) - sae.decode(z)) if error == "corrected" else sae.decode(z_new) + (sae.decode(z) - x)
+    assert edit.any()
+    assert torch.allclose(out.permute(0, 2, 3, 1).reshape(-1, 6), want, atol=1e-5)

@@ -19,7 +19,8 @@ EXTRA_WORDS = ("painting", "by", "art", "photo", "person", "cat", "dog", "car", 
 #: The smallest budgets that still run every code path of a method (a method takes the names it has).
 TINY_BUDGET = dict(iterations=2, ddim_steps=3, before_step=1, n_images=2, sample_steps=2, batch_size=1, mask_batches=1, warmup=1,
                    attack_steps=1, adv_warmup=1, adv_steps=1, adv_every=1, rank=2, epochs=1, mask_runs=1,
-                   mask_iterations=1, anchor_batch=2, retain_batch=2)  # fmt: skip
+                   mask_iterations=1, anchor_batch=2, retain_batch=2, train_steps=2, positions_per_map=4, images=1,
+                   steps=2)  # fmt: skip
 
 
 def tiny_params(method: str, family: str) -> dict:

@@ -11,6 +11,7 @@ from erasekit.methods.diffusion import (  # noqa: F401  (each module registers i
     negative_prompt,
     rece,
     receler,
+    saeuron,
     safety_filter,
     safree,
     salun,
