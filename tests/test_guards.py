@@ -386,13 +386,13 @@ def test_token_attacks_run_against_safree(testbed_pipe, tmp_path):
 
 # -- SAeUron -----------------------------------------------------------------------------------------
 def test_topk_sae_learns_a_sparse_code():
-    from erasekit.methods.diffusion.saeuron import SAeUronConfig, TopKSAE, train_sae
+    from erasekit.training.sae import SAEConfig, TopKSAE, train_sae
 
     gen = torch.Generator().manual_seed(0)
     atoms = torch.randn(64, 16, generator=gen)
     idx = torch.randint(0, 64, (2048, 3), generator=gen)
     x = atoms[idx].sum(1) * (1 + torch.rand(2048, 1, generator=gen))  # 3 atoms of 64 per vector
-    sae, stats = train_sae(x, SAeUronConfig(expansion=8, k=8, train_steps=300, batch=512, lr=3e-3), progress=False)
+    sae, stats = train_sae(x, SAEConfig(expansion=8, k=8, train_steps=300, batch=512, lr=3e-3), progress=False)
     assert isinstance(sae, TopKSAE) and stats["fvu"] < 0.3
     z = sae.encode(x[:10])
     assert ((z != 0).sum(-1) <= 8).all()
@@ -423,7 +423,8 @@ def test_saeuron_guard_edits_only_selected_features_and_keeps_the_rest(tmp_path)
 
 @pytest.mark.parametrize("error", ["corrected", "released"])
 def test_saeuron_intervention_is_the_stated_formula(error):
-    from erasekit.methods.diffusion.saeuron import SAeUronGuard, TopKSAE
+    from erasekit.methods.diffusion.saeuron import SAeUronGuard
+    from erasekit.training.sae import TopKSAE
 
     torch.manual_seed(0)
     sae = TopKSAE(6, 24, 4)
@@ -450,3 +451,45 @@ def test_saeuron_intervention_is_the_stated_formula(error):
         want = x + (sae.decode(z_new) - sae.decode(z)) if error == "corrected" else sae.decode(z_new) + (sae.decode(z) - x)
     assert edit.any()
     assert torch.allclose(out.permute(0, 2, 3, 1).reshape(-1, 6), want, atol=1e-5)
+
+
+# -- Concept Steerers ---------------------------------------------------------------------------------
+def test_concept_steerers_add_the_steering_vector_to_the_prompt_and_subtract_it_from_the_unconditional(tmp_path):
+    from erasekit.methods.diffusion.concept_steerers import layer_states
+    from erasekit.models.diffusion import get_adapter
+
+    pipe = _pipe()
+    adapter = get_adapter(pipe)
+    erasure = erasekit.erase(pipe, "concept-steerers", {"targets": ["star"]}, progress=False, train_steps=30, batch=256)
+    erasure.save(tmp_path / "c")
+    guard = Erasure.load(tmp_path / "c").attachment
+    assert guard.path.endswith(".2") and guard.steer.shape == (pipe.tokenizer.model_max_length, 32)  # 3 layers: index 2
+    plain = layer_states(pipe, guard.path, ["a red star"])[0]
+    handles = guard.install(pipe)
+    try:
+        steered = layer_states(pipe, guard.path, ["a red star"])[0]
+        assert torch.allclose(steered, plain + guard.steer, atol=1e-5)  # +s on what the prompt encodes
+        from erasekit.core.attachments import get_module
+
+        seen: list[torch.Tensor] = []
+        probe = get_module(pipe, guard.path).register_forward_hook(
+            lambda _m, _i, out: seen.append((out[0] if isinstance(out, tuple) else out).detach())
+        )
+        guard.unconditional(pipe, adapter)  # the unconditional "" gets -s
+        probe.remove()
+        for h in handles:
+            h.remove()
+        empty = layer_states(pipe, guard.path, [""])[0]
+        assert torch.allclose(seen[0][0], empty - guard.steer, atol=1e-5)
+        handles = []
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.allclose(layer_states(pipe, guard.path, ["a red star"])[0], plain)  # taken off again
+    sampling = SamplingConfig(steps=4, guidance_scale=4.0)
+    before = generate(pipe, PROMPTS, SEEDS, sampling, progress=False)
+    with erasure.applied(pipe):
+        assert not np.array_equal(generate(pipe, PROMPTS, SEEDS, sampling, progress=False), before)
+    guard_np = erasekit.erase(pipe, "negative-prompt", {"targets": ["star"]}, progress=False)
+    with erasure.applied(pipe), guard_np.applied(pipe), pytest.raises(ConfigError, match="two guards replace"):
+        generate(pipe, PROMPTS, SEEDS, sampling, progress=False)

@@ -5,7 +5,8 @@ applied like any erasure) whose ``install`` registers it on the pipeline instead
 Every sampler of erasekit — :func:`erasekit.generation.generate` and the attack arena's — asks
 :func:`guards_of` for the pipeline's guards and lets them act on each classifier-free-guidance step:
 
-- :meth:`Guard.negative` replaces the unconditional prompt ``""`` (the negative-prompt guard);
+- :meth:`Guard.negative` replaces the unconditional prompt ``""`` (the negative-prompt guard), and
+  :meth:`Guard.unconditional` its whole conditioning (Concept Steerers);
 - :meth:`Guard.extra_prompts` are encoded once and predicted beside the prompt at every step
   (SLD: its safety concept), their outputs handed to :meth:`Guard.guide`;
 - :meth:`Guard.condition` replaces a prompt's conditioning at a step (SAFREE's projected prompt);
@@ -68,6 +69,11 @@ class Guard(Attachment):
 
     def negative(self) -> str | None:
         """The text that replaces the unconditional prompt ``""``, or ``None`` to keep it."""
+        return None
+
+    def unconditional(self, pipe, adapter) -> Any:
+        """The unconditional branch's conditioning (one row), or ``None`` to keep the pipeline's (Concept
+        Steerers: ``""`` steered the other way)."""
         return None
 
     def extra_prompts(self) -> list[str]:

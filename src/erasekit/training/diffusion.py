@@ -269,9 +269,10 @@ class Workbench:
         ``generators``, one per row of ``x``, as :meth:`seed_latents` leaves them)."""
         guards = guards_of(self.pipe)
         negatives = [text for text in (g.negative() for g in guards) if text is not None]
-        if len(negatives) > 1:
-            raise ConfigError("two guards replace the unconditional prompt (negative prompts); apply one of them")
-        uncond_one = self.cond(negatives) if negatives else self.adapter.unconditional(self.pipe)
+        overrides = [u for u in (g.unconditional(self.pipe, self.adapter) for g in guards) if u is not None]
+        if len(negatives) + len(overrides) > 1:
+            raise ConfigError("two guards replace the unconditional branch (negative prompts, steering); apply one of them")
+        uncond_one = overrides[0] if overrides else self.cond(negatives) if negatives else self.adapter.unconditional(self.pipe)
         extras_one = [self.cond(g.extra_prompts()) if g.extra_prompts() else None for g in guards]
         out = []
         for a in range(0, x.shape[0], batch_size):

@@ -5,6 +5,7 @@ from erasekit.methods.diffusion import (  # noqa: F401  (each module registers i
     ablating,
     advunlearn,
     ant,
+    concept_steerers,
     esd,
     leace_prompt,
     mace,

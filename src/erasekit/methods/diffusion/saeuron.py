@@ -38,7 +38,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from erasekit.core.attachments import Attachment, get_module, register_attachment
@@ -47,6 +46,7 @@ from erasekit.core.errors import ConfigError, IncompatibleErasureError
 from erasekit.core.registry import MethodResult, register_method
 from erasekit.core.request import ErasureRequest
 from erasekit.methods.diffusion.closed_form import PROMPT_AUGMENTATIONS
+from erasekit.training.sae import SAEConfig, TopKSAE, train_sae
 
 
 @dataclass
@@ -80,92 +80,6 @@ class SAeUronConfig(MethodConfig):
     def validate(self) -> None:
         if self.error not in ("corrected", "released"):
             raise ConfigError(f"error must be corrected or released, got {self.error!r}")
-
-
-class TopKSAE(nn.Module):
-    """``z = TopK(ReLU(W_enc (x − b_dec) + b_enc))``, ``x̂ = z W_dec + b_dec`` (untied, unit-norm decoder rows)."""
-
-    def __init__(self, d_in: int, n_latents: int, k: int) -> None:
-        super().__init__()
-        self.k = k
-        self.encoder = nn.Linear(d_in, n_latents)
-        nn.init.zeros_(self.encoder.bias)
-        self.w_dec = nn.Parameter(self.encoder.weight.detach().clone())  # [n_latents, d_in]
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
-        self.normalise_decoder()
-
-    @torch.no_grad()
-    def normalise_decoder(self) -> None:
-        self.w_dec.div_(self.w_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.w_dec.dtype).eps))
-
-    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.encoder(x - self.b_dec))
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The sparse code: the ``k`` largest pre-activations of each vector, the rest 0."""
-        pre = self.pre_acts(x)
-        top = pre.topk(self.k, dim=-1)
-        return torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.w_dec + self.b_dec
-
-
-def geometric_median(x: torch.Tensor, iterations: int = 100) -> torch.Tensor:
-    """Weiszfeld's iterations (the release's ``b_dec`` initialisation)."""
-    m = x.mean(0)
-    for _ in range(iterations):
-        w = 1 / (x - m).norm(dim=1).clamp_min(1e-8)
-        m = (w[:, None] * x).sum(0) / w.sum()
-    return m
-
-
-def train_sae(x: torch.Tensor, config: SAeUronConfig, progress: bool = True) -> tuple[TopKSAE, dict]:
-    """A :class:`TopKSAE` trained on the vectors ``x [N, d]`` (float32) with FVU + AuxK; returns it and
-    the final FVU and dead share."""
-    gen = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    d = x.shape[1]
-    sae = TopKSAE(d, d * config.expansion, config.k).to(x.device)
-    first = x[torch.randperm(len(x), generator=gen)[: config.batch].to(x.device)]
-    with torch.no_grad():
-        sae.b_dec.copy_(geometric_median(first))
-    opt = torch.optim.Adam(sae.parameters(), lr=config.lr, eps=6.25e-10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / config.train_steps)
-    since_fired = torch.zeros(d * config.expansion, dtype=torch.long, device=x.device)
-    k_aux = d // 2
-    fvu = torch.tensor(float("nan"))
-    for _ in tqdm(range(config.train_steps), desc="saeuron: SAE", disable=not progress, unit="step"):
-        batch = x[torch.randint(0, len(x), (min(config.batch, len(x)),), generator=gen).to(x.device)]
-        pre = sae.pre_acts(batch)
-        top = pre.topk(sae.k, dim=-1)
-        z = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-        recon = sae.decode(z)
-        total = (batch - batch.mean(0)).pow(2).sum()
-        fvu = (recon - batch).pow(2).sum() / total
-        fired = torch.zeros_like(since_fired, dtype=torch.bool)
-        fired[top.indices.flatten()] = True
-        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + len(batch))
-        dead = since_fired >= config.dead_tokens
-        loss = fvu
-        if dead.any() and config.auxk_alpha > 0:
-            aux_pre = pre.masked_fill(~dead, 0.0)
-            aux_top = aux_pre.topk(min(k_aux, int(dead.sum())), dim=-1)
-            aux_z = torch.zeros_like(pre).scatter(-1, aux_top.indices, aux_top.values)
-            residual = batch - recon.detach()
-            aux = (aux_z @ sae.w_dec - residual).pow(2).sum() / total
-            loss = loss + config.auxk_alpha * min(int(dead.sum()) / k_aux, 1.0) * aux
-        opt.zero_grad()
-        loss.backward()
-        with torch.no_grad():  # keep the decoder rows unit-norm: drop the gradient along each row
-            g = sae.w_dec.grad
-            if g is not None:
-                g.sub_((g * sae.w_dec).sum(1, keepdim=True) * sae.w_dec)
-        nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        sae.normalise_decoder()
-    return sae.eval(), {"fvu": float(fvu), "dead_share": float((since_fired >= config.dead_tokens).float().mean())}
 
 
 def feature_scores(mean_target: torch.Tensor, mean_other: torch.Tensor) -> torch.Tensor:
@@ -334,7 +248,9 @@ def saeuron(pipe, request: ErasureRequest, config: SAeUronConfig, adapter, progr
     timesteps = run_prompts(pipe, adapter, block, prompts, config.images, steps, guidance, keep, progress,
                             "saeuron: activations")  # fmt: skip
     data = torch.cat(vectors)
-    sae, stats = train_sae(data.to(pipe.device), config, progress)
+    sae_config = SAEConfig(config.expansion, config.k, config.train_steps, config.batch, config.lr, config.auxk_alpha,
+                           config.dead_tokens, config.seed)  # fmt: skip
+    sae, stats = train_sae(data.to(pipe.device), sae_config, progress, "saeuron: SAE")
     sums = torch.zeros(len(prompts), len(timesteps), sae.w_dec.shape[0])
 
     def code(p: int, step: int, maps: torch.Tensor) -> None:  # the spatially averaged code, averaged over seeds
