@@ -60,10 +60,11 @@ class ConceptSteerersConfig(MethodConfig):
 
 def encoder_layers(pipe) -> tuple[str, int]:
     """``(dotted path of the CLIP encoder's layer list, its length)`` (transformers 4 or 5 naming)."""
-    names = [n for n, m in pipe.text_encoder.named_modules() if n.rsplit(".", 1)[-1] == "layers" and len(m)]
-    if len(names) != 1:
+    found = [(n, m) for n, m in pipe.text_encoder.named_modules() if n.rsplit(".", 1)[-1] == "layers"]
+    lists = [(n, m) for n, m in found if isinstance(m, torch.nn.ModuleList) and len(m)]
+    if len(lists) != 1:
         raise ConfigError("concept-steerers: the text encoder has no single layer list (is it a CLIP text model?)")
-    return names[0], len(get_module(pipe, f"text_encoder.{names[0]}"))
+    return lists[0][0], len(lists[0][1])
 
 
 @register_attachment
