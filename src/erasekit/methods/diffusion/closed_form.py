@@ -38,6 +38,13 @@ from erasekit.models.diffusion import Encoded, FamilyAdapter
 PROMPT_AUGMENTATIONS = ("a photo of {}", "an image of {}", "a picture of {}")
 
 
+def augmented_prompts(request) -> list[tuple[int, str]]:
+    """``(target index, prompt)`` for every phrase of every target, bare and in the request's templates
+    (default :data:`PROMPT_AUGMENTATIONS`): the concept prompts the guards fit or train on."""
+    templates = ["{}", *(request.templates or PROMPT_AUGMENTATIONS)]
+    return [(k, tpl.format(phrase)) for k, t in enumerate(request.targets) for phrase in t.phrases() for tpl in templates]
+
+
 def math_device(device: torch.device) -> torch.device:
     """Where the closed-form float64 algebra runs: the keys' own device (CUDA included), except Apple
     MPS, which has no float64, where it runs on the CPU."""

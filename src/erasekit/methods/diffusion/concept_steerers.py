@@ -36,7 +36,7 @@ from erasekit.core.errors import ConfigError, MissingFileError
 from erasekit.core.guards import Guard, guard_text
 from erasekit.core.registry import MethodResult, register_method
 from erasekit.core.request import ErasureRequest
-from erasekit.methods.diffusion.closed_form import PROMPT_AUGMENTATIONS
+from erasekit.methods.diffusion.closed_form import augmented_prompts
 from erasekit.training.sae import SAEConfig, train_sae
 
 
@@ -109,9 +109,7 @@ class SteeringGuard(Guard):
 
 def training_prompts(request: ErasureRequest, neutral: list[str], prompt_file: str | None) -> list[str]:
     """The target phrases bare and in the templates, the neutral prompts and the file's lines."""
-    templates = list(request.templates) or list(PROMPT_AUGMENTATIONS)
-    prompts = [p for t in request.targets for ph in t.phrases() for p in (ph, *(tpl.format(ph) for tpl in templates))]
-    prompts += neutral
+    prompts = [p for _, p in augmented_prompts(request)] + neutral
     if prompt_file is not None:
         path = Path(prompt_file)
         if not path.is_file():

@@ -32,7 +32,7 @@ from erasekit.core.config import MethodConfig
 from erasekit.core.errors import ConfigError
 from erasekit.core.registry import MethodResult, register_method
 from erasekit.core.request import ErasureRequest
-from erasekit.methods.diffusion.closed_form import PROMPT_AUGMENTATIONS
+from erasekit.methods.diffusion.closed_form import PROMPT_AUGMENTATIONS, augmented_prompts
 
 
 def read_layer(pipe) -> str:
@@ -118,13 +118,9 @@ def fit_prompts(request: ErasureRequest, neutral: list[str]) -> tuple[list[str],
     """The fitting prompts and their labels ``[n, k]``: every phrase of target ``k`` bare and in the
     request's templates (default: "a photo of {}", "an image of {}", "a picture of {}"), then the
     neutral prompts and the anchors' (label 0)."""
+    pairs = augmented_prompts(request)
+    prompts, labels = [p for _, p in pairs], [k for k, _ in pairs]
     templates = list(request.templates) or list(PROMPT_AUGMENTATIONS)
-    prompts, labels = [], []
-    for k, t in enumerate(request.targets):
-        for phrase in t.phrases():
-            for p in (phrase, *(tpl.format(phrase) for tpl in templates)):
-                prompts.append(p)
-                labels.append(k)
     anchors = [tpl.format(t.anchor) for t in request.targets if t.anchor for tpl in ("{}", *templates)]
     others = [*neutral, *anchors, *request.preserve_prompts()]
     z = torch.zeros(len(prompts) + len(others), len(request.targets))

@@ -45,7 +45,7 @@ from erasekit.core.config import MethodConfig
 from erasekit.core.errors import ConfigError, IncompatibleErasureError
 from erasekit.core.registry import MethodResult, register_method
 from erasekit.core.request import ErasureRequest
-from erasekit.methods.diffusion.closed_form import PROMPT_AUGMENTATIONS
+from erasekit.methods.diffusion.closed_form import augmented_prompts
 from erasekit.training.sae import SAEConfig, TopKSAE, train_sae
 
 
@@ -171,8 +171,7 @@ class SAeUronGuard(Attachment):
 def collection_prompts(request: ErasureRequest, neutral: list[str]) -> tuple[list[str], list[str]]:
     """``(target prompts, neutral prompts)``: each phrase of each target bare and in the templates
     (default "a photo of {}", ...); the retain objects, anchors and preserved concepts."""
-    templates = list(request.templates) or list(PROMPT_AUGMENTATIONS)
-    target = [p for t in request.targets for phrase in t.phrases() for p in (phrase, *(tpl.format(phrase) for tpl in templates))]
+    target = [p for _, p in augmented_prompts(request)]
     anchors = [t.anchor for t in request.targets if t.anchor]
     return target, [*neutral, *anchors, *request.preserve_prompts()]
 
