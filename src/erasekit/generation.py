@@ -176,6 +176,8 @@ def sample_guarded(pipe, prompts: list[str], seeds: list[int], sampling: Samplin
     dtype = next(denoiser.parameters()).dtype
     hw = None
     if sampling.height is not None or sampling.width is not None:
+        if bench.adapter.name == "sdxl":  # its micro-conditioning (time ids) would still name the default size
+            raise InvalidInputError("with a guard, SDXL samples at its own size: pass no height or width")
         factor = int(getattr(pipe, "vae_scale_factor", 8))
         side = bench.latents_shape(1)[-1] * factor
         hw = ((sampling.height or side) // factor, (sampling.width or side) // factor)
