@@ -116,4 +116,4 @@ def train_sae(x: torch.Tensor, config: SAEConfig, progress: bool = True, desc: s
         opt.step()
         sched.step()
         sae.normalise_decoder()
-    return sae.eval(), {"fvu": float(fvu), "dead_share": float((since_fired >= config.dead_tokens).float().mean())}
+    return sae.eval(), {"fvu": float(fvu.detach()), "dead_share": float((since_fired >= config.dead_tokens).float().mean())}
