@@ -27,7 +27,8 @@
 # (10 of 50 steps -> 4 of 20; at 10 of 20 the testbed has drawn the shape before the guard acts: star UA 0);
 # safree's most projected steps likewise (up_t 10 of 50 -> 4 of 20). saeuron's SAE trains 300 steps of 4096
 # vectors: the testbed's maps give about 10 000 vectors (16 positions x 20 steps x 2 seeds x ~15 prompts), so
-# 300 steps are already about 120 passes over them (the default 2 000 is sized for SD's millions).
+# 300 steps are already about 120 passes over them (the default 2 000 is sized for SD's millions); the same for
+# concept-steerers' SAE on the text encoder's states of the ~20 fitting prompts.
 # The single runs quoted here (other than the table's) are in benchmarks/results/testbed_checks.json
 # (python benchmarks/testbed_checks.py).
 # METHODS=... CONCEPTS=... restrict the grid (the report keeps every run recorded before). The watermark
@@ -36,7 +37,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ERASEKIT=${ERASEKIT:-erasekit}
 $ERASEKIT bench \
-  --methods "${METHODS:-uce,time,rece,speed,mace,esd,ablating,salun,te-unlearn,advunlearn,ant,receler,spm,negative-prompt,sld,leace-prompt,safety-filter,safree,saeuron}" \
+  --methods "${METHODS:-uce,time,rece,speed,mace,esd,ablating,salun,te-unlearn,advunlearn,ant,receler,spm,negative-prompt,sld,leace-prompt,safety-filter,safree,saeuron,concept-steerers}" \
   --concepts "${CONCEPTS:-star,striped,zorbo}" \
   --seeds "${SEEDS:-2}" --contexts "${CONTEXTS:-6}" \
   --set mace.iterations=50 --set mace.lr=1e-3 --set mace.lamb=300 \
@@ -48,5 +49,5 @@ $ERASEKIT bench \
   --set ant.ddim_steps=20 --set ant.before_step=3 --set ant.iterations=100 \
   --set receler.ddim_steps=20 --set receler.iterations=100 --set receler.rank=32 --set receler.adv_warmup=20 --set receler.adv_every=5 --set receler.lr=3e-3 --set receler.reg_weight=0.01 \
   --set spm.ddim_steps=20 --set spm.iterations=200 --set spm.lr=1e-2 --set spm.anchor_weight=10 \
-  --set sld.warmup_steps=4 --set safree.up_t=4 --set saeuron.train_steps=300 \
+  --set sld.warmup_steps=4 --set safree.up_t=4 --set saeuron.train_steps=300 --set concept-steerers.train_steps=300 \
   "$@"
