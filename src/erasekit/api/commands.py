@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -62,11 +63,8 @@ def generate_grid(
         from erasekit.testbeds.image.world import vocabulary
 
         warn_unknown_words(prompt, set(vocabulary()))
-    if applied is None:
+    with applied.applied(pipe) if applied is not None else contextlib.nullcontext():
         images = generate(pipe, [prompt] * n, list(range(seed, seed + n)), sampling)
-    else:
-        with applied.applied(pipe):
-            images = generate(pipe, [prompt] * n, list(range(seed, seed + n)), sampling)
     captions = None
     if judge is not None:
         pred = judge.predict(images)

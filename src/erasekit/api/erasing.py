@@ -207,14 +207,11 @@ def stack_parts(name: str) -> list[str]:
 
 def erase_stacked(pipe, name: str, request, params: dict[str, dict], judge=None, **kw):
     """The erasure of the bench entry ``name`` (:func:`stack_parts`): each part erased with its own
-    ``params[part]`` (and ``judge`` where it takes one), the guards stacked on the first
-    (:meth:`~erasekit.core.erasure.Erasure.with_guard`)."""
-    from erasekit.core.registry import get_method
-
+    ``params[part]`` (``judge`` goes to the parts that take one, as :func:`erase` serves it), the
+    guards stacked on the first (:meth:`~erasekit.core.erasure.Erasure.with_guard`)."""
     erasure = None
     for part in stack_parts(name):
-        extra = {"judge": judge} if judge is not None and "judge" in get_method(part).accepts else {}
-        made = erase(pipe, part, request, **kw, **extra, **params.get(part, {}))
+        made = erase(pipe, part, request, judge=judge, **kw, **params.get(part, {}))
         erasure = made if erasure is None else erasure.with_guard(made)
     return erasure
 

@@ -55,6 +55,17 @@ def restore_attachment(kind: str, config: dict, tensors: dict[str, torch.Tensor]
     return ATTACHMENT_KINDS[kind].restore(config, tensors)
 
 
+def find_module(pipe, component: str, name: str, what: str) -> str:
+    """The path ``component.dotted.path`` of the one module of ``component`` whose own name is ``name``
+    (transformers 5 flattens ``text_model.final_layer_norm`` to ``final_layer_norm``, so the prefix
+    varies); ``what`` names the caller in the error when there is none or more than one."""
+    root = getattr(pipe, component, None)
+    found = [n for n, _ in root.named_modules() if n.rsplit(".", 1)[-1] == name] if isinstance(root, torch.nn.Module) else []
+    if len(found) != 1:
+        raise IncompatibleErasureError(f"{what}: the model's {component} has no single module {name!r}")
+    return f"{component}.{found[0]}"
+
+
 def get_module(pipe, path: str) -> torch.nn.Module:
     """The module ``component.dotted.path`` of a pipeline."""
     component, _, rest = path.partition(".")

@@ -235,13 +235,13 @@ class Erasure:
                 f"--guard: the guard was made for a {guard.family} model, the erasure for {self.family}"
             )
         parts = [a for a in (self.attachment, guard.attachment) if a is not None]
-        timings = {
-            k: self.timings.get(k, 0) + guard.timings.get(k, 0) for k in ("seconds",) if k in self.timings or k in guard.timings
-        }
+        timings = dict(self.timings)
+        if "seconds" in self.timings or "seconds" in guard.timings:  # what making both cost
+            timings["seconds"] = self.timings.get("seconds", 0) + guard.timings.get("seconds", 0)
         return Erasure(
             method=f"{self.method}+{guard.method}", params={self.method: self.params, guard.method: guard.params},
             request=self.request, base_model=self.base_model, base_hash=self.base_hash, weights=self.weights,
-            family=self.family, timings={**self.timings, **timings}, info={self.method: self.info, guard.method: guard.info},
+            family=self.family, timings=timings, info={self.method: self.info, guard.method: guard.info},
             version=self.version, lora=self.lora, attachment=parts[0] if len(parts) == 1 else Stack(parts),
         )  # fmt: skip
 

@@ -16,9 +16,10 @@ Every sampler of erasekit — :func:`erasekit.generation.generate` and the attac
   pipelines do, so that a guard equals its reference bit for bit where the reference does); ``state``
   (from :meth:`Guard.start`) lives for one sampling run of a batch (SLD's momentum).
 
-A guard acts only where a sampler combines unconditional and conditional outputs; white-box attacks
-that call the denoiser directly (no guidance) optimise against the unguarded denoiser, and their
-finds are judged on images sampled with the guard.
+These act where a sampler combines unconditional and conditional outputs: white-box attacks that call
+the denoiser directly (no guidance) optimise past them, and their finds are judged on images sampled
+with the guard. A guard may also add module hooks (LEACE, SAFREE, Concept Steerers on the text
+encoder, SAeUron on a UNet block), which act wherever the module runs, attacks' own calls included.
 
 :class:`Stack` puts several attachments on one model (``--erasure E --guard G``: E's attachment, if
 any, then G's), so that a stacked erasure is again one :class:`~erasekit.core.erasure.Erasure`.

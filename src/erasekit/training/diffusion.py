@@ -337,8 +337,9 @@ class ComposedGuidance:
         self.predict, self.parts, self.g, self.guards, self.n = predict, parts, float(guidance), guards, n
         zeros = torch.zeros(n, dtype=torch.long)
         self.uncond = uncond.select(zeros)
-        #: each guard's extra conditionings, one row per image: [m * n] (prompt-major)
+        #: each guard's extra conditionings, one row per image: [m * n] (prompt-major), and its m
         self.extras = [None if e is None else e.select(torch.arange(e.tokens.shape[0]).repeat_interleave(n)) for e in extras]
+        self.counts = [0 if e is None else e.tokens.shape[0] for e in extras]
         self.states = [[g.start() for _ in parts] for g in guards]
         self.cond_states: list[list[Any]] = [[None for _ in parts] for _ in guards]
         self.step = 0
@@ -356,16 +357,14 @@ class ComposedGuidance:
                 c, self.cond_states[gi][j] = guard.condition(self.cond_states[gi][j], self.step, c)
             parts.append(c)
         conds = [self.uncond, *parts] + [e for e in self.extras if e is not None]
-        total = k + sum(e.tokens.shape[0] // self.n for e in self.extras if e is not None)
+        total = k + sum(self.counts)
         chunks = self.predict(torch.cat([x] * total), torch.cat([t] * total), Conditioning.cat(conds)).chunk(total)
         u, cs = chunks[0], chunks[1:k]
         ds = [c - u for c in cs]
         at = k
         for gi, guard in enumerate(self.guards):
-            own = self.extras[gi]
-            m = 0 if own is None else own.tokens.shape[0] // self.n
-            extra = list(chunks[at : at + m])
-            at += m
+            extra = list(chunks[at : at + self.counts[gi]])
+            at += self.counts[gi]
             for j in range(len(cs)):
                 ds[j], self.states[gi][j] = guard.guide(self.states[gi][j], self.step, self.g, u, cs[j], extra, ds[j])
         self.step += 1

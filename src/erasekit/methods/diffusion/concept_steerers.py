@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from erasekit.core.attachments import get_module, register_attachment
+from erasekit.core.attachments import find_module, get_module, register_attachment
 from erasekit.core.config import MethodConfig
 from erasekit.core.errors import ConfigError, MissingFileError
 from erasekit.core.guards import Guard, guard_text
@@ -59,12 +59,9 @@ class ConceptSteerersConfig(MethodConfig):
 
 
 def encoder_layers(pipe) -> tuple[str, int]:
-    """``(dotted path of the CLIP encoder's layer list, its length)`` (transformers 4 or 5 naming)."""
-    found = [(n, m) for n, m in pipe.text_encoder.named_modules() if n.rsplit(".", 1)[-1] == "layers"]
-    lists = [(n, m) for n, m in found if isinstance(m, torch.nn.ModuleList) and len(m)]
-    if len(lists) != 1:
-        raise ConfigError("concept-steerers: the text encoder has no single layer list (is it a CLIP text model?)")
-    return lists[0][0], len(lists[0][1])
+    """``(path of the CLIP encoder's layer list, its length)``."""
+    path = find_module(pipe, "text_encoder", "layers", "concept-steerers")
+    return path.split(".", 1)[1], len(get_module(pipe, path))  # type: ignore[arg-type]
 
 
 @register_attachment

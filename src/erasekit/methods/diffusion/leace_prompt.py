@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from erasekit.core.attachments import Attachment, get_module, register_attachment
+from erasekit.core.attachments import Attachment, find_module, get_module, register_attachment
 from erasekit.core.config import MethodConfig
 from erasekit.core.errors import ConfigError
 from erasekit.core.registry import MethodResult, register_method
@@ -36,12 +36,8 @@ from erasekit.methods.diffusion.closed_form import PROMPT_AUGMENTATIONS, augment
 
 
 def read_layer(pipe) -> str:
-    """The path of the module whose output the UNet reads (SD: CLIP's final layer norm; transformers 5
-    names it ``final_layer_norm``, earlier versions ``text_model.final_layer_norm``)."""
-    names = [n for n, _ in pipe.text_encoder.named_modules() if n.rsplit(".", 1)[-1] == "final_layer_norm"]
-    if len(names) != 1:
-        raise ConfigError("leace-prompt: the text encoder has no single final_layer_norm (is it a CLIP text model?)")
-    return f"text_encoder.{names[0]}"
+    """The path of the module whose output the UNet reads (SD: CLIP's final layer norm)."""
+    return find_module(pipe, "text_encoder", "final_layer_norm", "leace-prompt")
 
 
 @dataclass
