@@ -26,7 +26,11 @@ from erasekit.core.guards import Guard
 from erasekit.core.io import write_json
 from erasekit.generation import recommended_sampling
 
-GUARDS = {"negative-prompt": {}, "sld": {}, "sld (max)": {"config": "max"}, "leace-prompt": {}}
+#: Every guard, with the testbed settings of docs/results.md (sld's warm-up and safree's up_t scaled to
+#: 20 steps; the SAEs trained briefly: their sampling cost does not depend on how well they are trained).
+GUARDS = {"negative-prompt": {}, "sld": {"warmup_steps": 4}, "sld (max)": {"config": "max"}, "leace-prompt": {},
+          "safree": {"up_t": 4}, "saeuron": {"train_steps": 100}, "concept-steerers": {"train_steps": 100},
+          "safety-filter": {}}  # fmt: skip
 
 
 class _Idle(Guard):
