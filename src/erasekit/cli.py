@@ -174,11 +174,34 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     _quiet_libraries()
+    _launched_check(ctx.invoked_subcommand)
+
+
+def _launched_check(command: str | None) -> None:
+    """Under torchrun / accelerate launch: refuse a command that does not shard (one line, exit 2), and
+    keep every rank but 0 quiet (rank 0 prints and writes; :mod:`erasekit.core.parallel`)."""
+    from erasekit.core import parallel
+
+    try:
+        shards = parallel.launched()
+    except ErasekitError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if shards is None:
+        return
+    if command not in parallel.SHARDED_COMMANDS:
+        typer.echo(f"error: '{command}' runs in one process; torchrun / accelerate launch shard "
+                   f"{', '.join(parallel.SHARDED_COMMANDS)} (run it without the launcher)", err=True)  # fmt: skip
+        raise typer.Exit(2)
+    if not shards.main:  # rank 0 speaks for all: a unit failing on another rank fails rank 0 with its message
+        quiet = open(os.devnull, "w")  # noqa: SIM115 - for the life of this rank's process
+        sys.stdout = sys.stderr = quiet
 
 
 @app.command()
@@ -391,7 +414,7 @@ def evaluate(
     ] = None,
     cache: Annotated[
         Optional[Path],
-        typer.Option(help="With --prompts: keep every drawn image here; a rerun (or a killed run) draws only what is missing."),
+        typer.Option(help="Keep every drawn image here; a rerun (or a killed run, sharded or not) draws only what is missing."),
     ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -453,6 +476,16 @@ def bench(
     limit: LimitOpt = None,
     where: WhereOpt = None,
     samples: Annotated[Optional[int], typer.Option(min=1, max=64, help="With --prompts: images per row (default 1).")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Skip the runs recorded under --out with the same settings (finish a grid cut short)."),
+    ] = False,
+    backend: Annotated[
+        str, typer.Option("--backend", help="local (this process, or the ranks torchrun starts) or ray (each run a Ray task).")
+    ] = "local",
+    address: Annotated[
+        Optional[str], typer.Option("--address", help="With --backend ray: 'auto' (the cluster running here) or ray://HOST:PORT.")
+    ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
@@ -480,7 +513,8 @@ def bench(
     runs = bench_api(listed(methods_), listed(concepts), out_dir=out, report=report if report is not None else "default",
                      model=model, seeds=seeds if "seeds" in given else None, contexts=contexts if "contexts" in given else None,
                      params=params, device=device, dtype=dtype, attacks=listed(attacks_), robustness=robustness, judge=judge,
-                     prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where, samples=samples)  # fmt: skip
+                     prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where, samples=samples, resume=resume,
+                     backend=backend, address=address)  # fmt: skip
     for line in bench_lines(runs):
         typer.echo(line)
     typer.echo(f"wrote {len(runs)} runs" + (f" and {robustness}" if attacks_ else ""))

@@ -42,7 +42,8 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     "bench": {
         "methods_": BOTH, "concepts": BOTH, "out": BOTH, "report": BOTH, "model": BOTH, "seeds": IMAGE, "contexts": IMAGE,
         "set_": BOTH, "attacks_": BOTH, "robustness": BOTH, "judge": IMAGE, "prompts": IMAGE, "retain_prompts": IMAGE,
-        "limit": IMAGE, "where": IMAGE, "samples": IMAGE, "device": IMAGE, "dtype": IMAGE,
+        "limit": IMAGE, "where": IMAGE, "samples": IMAGE, "resume": IMAGE, "backend": IMAGE, "address": IMAGE, "device": IMAGE,
+        "dtype": IMAGE,
     },
     "attack": {
         "concept": BOTH, "attack_": BOTH, "out": BOTH, "model": BOTH, "erasure": BOTH, "guard": BOTH, "budget": BOTH, "seeds": IMAGE,

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from tqdm.auto import tqdm
 
+from erasekit.core import parallel
 from erasekit.core.errors import InvalidInputError, NonFiniteError
 from erasekit.core.guards import filter_images, guards_of
 from erasekit.core.outputs import write_image
@@ -125,39 +125,45 @@ def generate(
         raise InvalidInputError("a guard is applied to this model: it sets the sampling itself, so pass no negative prompt")
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # one bar (ours) per call, not one per batch
-    out: list[np.ndarray] = []
     bs = sampling.batch_size
-    for i in tqdm(range(0, len(prompts), bs), desc=desc, disable=not progress or len(prompts) <= bs, unit="batch"):
-        batch_prompts = prompts[i : i + bs]
-        if guarded:
-            images = sample_guarded(pipe, batch_prompts, seeds[i : i + bs], sampling)
-        else:
-            gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + bs]]
-            kwargs: dict = {}
-            if sampling.height is not None or sampling.width is not None:
-                kwargs.update(height=sampling.height, width=sampling.width)
-            if sampling.negative_prompt is not None:
-                kwargs["negative_prompt"] = [sampling.negative_prompt] * len(batch_prompts)
-            result = pipe(
-                prompt=batch_prompts,
-                generator=gens,
-                num_inference_steps=sampling.steps,
-                guidance_scale=sampling.guidance_scale,
-                output_type="np",
-                **kwargs,
-            )
-            images = np.asarray(result.images)
-        if not np.isfinite(images).all():
-            half = getattr(pipe, "dtype", torch.float32) != torch.float32
-            raise NonFiniteError(
-                f"the model produced NaN or infinite pixels for {batch_prompts[0]!r} (guidance {sampling.guidance_scale}, "
-                f"{sampling.steps} steps); lower the guidance" + (" or load the model in float32" if half else "")
-            )
-        batch = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
-        out.append(filter_images(pipe, batch) if guarded else batch)
+    batches = [(prompts[i : i + bs], seeds[i : i + bs]) for i in range(0, len(prompts), bs)]
+    shards = parallel.current()  # under torchrun / accelerate: batch k drawn by rank k mod N, gathered
+    out = shards.map(batches, lambda b: _draw_batch(pipe, b[0], b[1], sampling, guarded), desc=desc,
+                     progress=progress and len(prompts) > bs, unit="batch")  # fmt: skip
     if not out:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     return np.concatenate(out)
+
+
+def _draw_batch(pipe, batch_prompts: list[str], batch_seeds: list[int], sampling: SamplingConfig, guarded: bool) -> np.ndarray:
+    """One batch's images ``uint8 [n, H, W, 3]``: erasekit's guarded sampler or ``pipe(...)`` with
+    each seed's generator; non-finite pixels are refused."""
+    if guarded:
+        images = sample_guarded(pipe, batch_prompts, batch_seeds, sampling)
+    else:
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in batch_seeds]
+        kwargs: dict = {}
+        if sampling.height is not None or sampling.width is not None:
+            kwargs.update(height=sampling.height, width=sampling.width)
+        if sampling.negative_prompt is not None:
+            kwargs["negative_prompt"] = [sampling.negative_prompt] * len(batch_prompts)
+        result = pipe(
+            prompt=batch_prompts,
+            generator=gens,
+            num_inference_steps=sampling.steps,
+            guidance_scale=sampling.guidance_scale,
+            output_type="np",
+            **kwargs,
+        )
+        images = np.asarray(result.images)
+    if not np.isfinite(images).all():
+        half = getattr(pipe, "dtype", torch.float32) != torch.float32
+        raise NonFiniteError(
+            f"the model produced NaN or infinite pixels for {batch_prompts[0]!r} (guidance {sampling.guidance_scale}, "
+            f"{sampling.steps} steps); lower the guidance" + (" or load the model in float32" if half else "")
+        )
+    batch = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+    return filter_images(pipe, batch) if guarded else batch
 
 
 @torch.no_grad()

@@ -8,10 +8,13 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from erasekit import models
 from erasekit.api.judges import model_judge
 from erasekit.attacks.base import AttackResult, Tracker
 from erasekit.attacks.diffusion.arena import Arena, with_copies
+from erasekit.core import parallel
 from erasekit.core.errors import ConfigError, InvalidInputError
 from erasekit.core.outputs import check_file_output, write_report
 from erasekit.core.registry import AttackSpec, all_attacks, get_attack
@@ -154,6 +157,8 @@ def attack(
     if kind == models.CAUSAL_LM:
         from erasekit.api.unlearning import attack_lm
 
+        parallel.refuse_sharded("attacking a language model")
+
         subject = repr(str(model)) if isinstance(model, (str, os.PathLike)) else "the model"
         models.refuse_options(kind, subject, seeds=seeds, prompts=prompts, reference=reference, steps=steps, guidance=guidance,
                               grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where, cache=cache)  # fmt: skip
@@ -176,16 +181,16 @@ def attack(
         if loaded is None or not loaded.request.concepts:
             raise ConfigError("nothing to attack: pass --concept NAME (or an --erasure whose request names one)")
         concept = loaded.request.concepts[0]
+    shards = parallel.join(device)
     arena, root = _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps, guidance, judge)
     images, cached = plain_trial_images(arena, loaded, store)
     before = (images, arena.shows(images))
-    results = []
-    for spec, config in zip(specs, configs):
-        result = run_attack(spec, arena, config, progress=progress, before=before)
+    # under torchrun / accelerate each attack is one rank's (they share no randomness: each seeds its own generator)
+    results = shards.map(list(zip(specs, configs)), lambda sc: run_attack(sc[0], arena, sc[1], progress=progress, before=before))
+    for result in results:
         result.model, result.erasure = models.model_label(root if loaded_pipe else model), _erasure_label(erasure, loaded, guard)
         if cached is not None:
             result.info["image_cache"] = cached
-        results.append(result)
     save_trial_grid(results, grid)
     _name_grid(results, grid, out)
     return attack_results(results, out)
@@ -207,8 +212,10 @@ def plain_trial_images(arena: Arena, erasure, cache) -> tuple:
     :class:`~erasekit.evaluation.cache.ImageCache` ``cache`` where drawn before (keyed by the attacked model's weights, the
     erasure, prompt, seed and the arena's sampler)."""
     rows = list(range(len(arena.trials)))
-    if cache is None:
-        return arena.generate_trials(rows), None
+    if cache is None:  # batches of the arena's size, batch k drawn by rank k mod N under torchrun / accelerate
+        batches = [rows[i : i + arena.batch_size] for i in range(0, len(rows), arena.batch_size)]
+        drawn = parallel.current().map(batches, arena.generate_trials)
+        return (np.concatenate(drawn) if drawn else arena.generate_trials([])), None
     store = cache
     model = store.model_key(arena.pipe, erasure)
     sampler = SamplingConfig(steps=arena.steps, guidance_scale=arena.guidance)
@@ -353,6 +360,7 @@ def replay(
     again, on the same trials (prompts and seeds). Attacks whose finding is a procedure (quantization,
     relearning, latent inversion) are run again with the same settings. The result uses the same ASR
     definition, judged on the new model (``asr_before``: its plain prompts)."""
+    parallel.refuse_sharded("replaying an attack")
     data, spec, records, prompts = _replay_source(source)
     if spec.name in PROCEDURES:
         config = {k: v for k, v in data.get("config", {}).items() if k in {n for n, *_ in spec.parameters()}}

@@ -9,6 +9,7 @@ from erasekit import models
 from erasekit.api.commands import model_inputs
 from erasekit.api.erasing import erase_stacked, stack_parts
 from erasekit.api.judges import load_judge
+from erasekit.core import parallel
 from erasekit.core.errors import InvalidInputError, MissingFileError
 from erasekit.core.io import read_json
 from erasekit.core.outputs import check_dir_output, check_file_output, claim_collection, write_report
@@ -39,6 +40,9 @@ def bench(
     limit: int | None = None,
     where: list[str] | None = None,
     samples: int | None = None,
+    resume: bool = False,
+    backend: str = "local",
+    address: str | None = None,
 ) -> list[dict]:
     """Erase every concept with every method (one concept at a time), evaluate each, write JSON and a report.
 
@@ -58,13 +62,25 @@ def bench(
     On any pipeline with ``judge`` and a prompt file ``prompts`` (``retain_prompts``, ``limit``,
     ``where``, ``samples`` as for :func:`erasekit.api.commands.evaluate`):
     :func:`erasekit.api.bench_judged.bench_judged` (``report="default"``: ``OUT/results.md``).
+
+    On the testbed, ``resume`` skips every run recorded in ``out_dir`` with the same settings
+    (:func:`run_key`), and the runs may be spread: under torchrun / accelerate each process makes
+    its share (:mod:`erasekit.core.parallel`); ``backend="ray"`` submits each run as a Ray task to
+    the cluster at ``address`` (default: a local one; :mod:`erasekit.api.bench_ray`). The results
+    are the sequential bench's either way.
     """
     kind = models.model_kind(model)
+    if backend not in ("local", "ray"):
+        raise InvalidInputError(f"--backend {backend!r}: use local (this process, or the ranks torchrun starts) or ray")
+    if address is not None and backend != "ray":
+        raise InvalidInputError("--address names a Ray cluster: pass it with --backend ray")
     if kind == models.CAUSAL_LM:
         from erasekit.api.bench_llm import bench_llm
 
         models.refuse_options(kind, repr(str(model)), seeds=seeds, contexts=contexts, device=device, dtype=dtype, judge=judge,
-                              prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where, samples=samples)  # fmt: skip
+                              prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where, samples=samples,
+                              resume=resume or None, backend=None if backend == "local" else backend)  # fmt: skip
+        parallel.refuse_sharded("a language-model bench")
         return bench_llm(model, methods, concepts, attacks, params, out_dir=out_dir or "benchmarks/results/llm",
                          report="docs/results.md" if report == "default" else report,
                          robustness=robustness, progress=progress, oracle=None if oracle == "default" else oracle)  # fmt: skip
@@ -73,6 +89,9 @@ def bench(
         from erasekit.evaluation.prompt_sets import PromptFiles
 
         check_judged_bench_options(seeds, contexts, attacks)
+        models.refuse_mode("a judged bench (--prompts)", "it applies to the testbed bench", resume=resume or None,
+                           backend=None if backend == "local" else backend)  # fmt: skip
+        parallel.join(device)
         return bench_judged(model, methods or ["uce"], concepts or [], judge, PromptFiles(prompts, retain_prompts, limit, where),
                             out_dir or "bench-results", report, params, samples or 1, device=device, dtype=dtype,
                             progress=progress)  # fmt: skip
@@ -81,11 +100,11 @@ def bench(
     return _bench_testbed(methods or DEFAULT_METHODS, concepts or DEFAULT_CONCEPTS, out_dir or "benchmarks/results/testbed",
                           "docs/results.md" if report == "default" else report, model, 4 if seeds is None else seeds,
                           12 if contexts is None else contexts, params, device, dtype, progress, attacks, robustness,
-                          "testbed-oracle" if oracle == "default" else oracle)  # fmt: skip
+                          "testbed-oracle" if oracle == "default" else oracle, resume, backend, address)  # fmt: skip
 
 
 def _bench_testbed(methods, concepts, out_dir, report, model, seeds: int, contexts: int, params, device, dtype, progress, attacks,
-                   robustness, oracle) -> list[dict]:  # fmt: skip
+                   robustness, oracle, resume: bool = False, backend: str = "local", address: str | None = None) -> list[dict]:  # fmt: skip
     """:func:`bench` on the image testbed."""
     if isinstance(attacks, str):
         attacks = [a for a in attacks.split(",") if a.strip()] or None
@@ -97,9 +116,17 @@ def _bench_testbed(methods, concepts, out_dir, report, model, seeds: int, contex
     judge = load_judge(model)
     if judge is None:
         raise MissingFileError(f"bench needs a testbed judge; {model!r} has none")
-    pipe = models.load_pipeline(model, device=device, dtype=dtype)
-    runs = _bench_runs(pipe, judge, methods, concepts, out_dir, model, seeds, contexts, params or {}, attack_list, oracle,
-                       device, dtype, progress)  # fmt: skip
+    if backend == "ray":
+        from erasekit.api.bench_ray import ray_runs
+
+        parallel.refuse_sharded("--backend ray (Ray spreads the runs itself)")
+        runs = ray_runs(methods, concepts, out_dir, model, seeds, contexts, params or {}, attack_list, oracle, device, dtype,
+                        progress, resume, address)  # fmt: skip
+    else:
+        parallel.join(device)
+        pipe = models.load_pipeline(model, device=device, dtype=dtype)
+        runs = _bench_runs(pipe, judge, methods, concepts, out_dir, model, seeds, contexts, params or {}, attack_list, oracle,
+                           device, dtype, progress, resume)  # fmt: skip
     all_runs = _recorded_runs(out_dir, runs)
     write_report(out_dir / "results.json", {"runs": all_runs}, "bench-results")
     if report is not None:
@@ -145,33 +172,80 @@ def _check_bench_outputs(
     return out_dir, report, robustness
 
 
+def bench_units(methods: list[str], concepts: list[str], attacking: bool) -> list[tuple[str, str | None]]:
+    """The bench's units of work in order: per concept, its reference row (``(concept, None)``: the
+    base model and oracle attacked, when ``attacking``), then one run per method ``(concept, method)``.
+    Each unit's result depends only on the unit (every method and attack seeds its own generators),
+    so any process, Ray worker or later call may make it (:mod:`erasekit.core.parallel`)."""
+    units: list[tuple[str, str | None]] = []
+    for concept in concepts:
+        units += ([(concept, None)] if attacking else []) + [(concept, m) for m in methods]
+    return units
+
+
+def run_key(model, method: str, concept: str, seeds: int, contexts: int, params: dict, attacks: list[str]) -> str:
+    """What decides a bench run's numbers (model, method and the settings of its parts, concept, samples,
+    attacks), hashed: ``--resume`` skips a run recorded with the same key."""
+    import hashlib
+    import json
+
+    parts = {p: params.get(p, {}) for p in method.split("+")}
+    text = json.dumps([str(model), method, concept, seeds, contexts, parts, sorted(attacks)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _bench_runs(pipe, judge, methods, concepts, out_dir, model, seeds, contexts, params, attack_list, oracle, device, dtype,
-                progress) -> list[dict]:  # fmt: skip
-    """Erase, evaluate (and attack) each concept with each method; one JSON per run."""
-    from erasekit.core.request import ErasureRequest, Target
-    from erasekit.evaluation import evaluate_on_testbed
+                progress, resume: bool = False) -> list[dict]:  # fmt: skip
+    """Erase, evaluate (and attack) each concept with each method; one JSON per run, written by the
+    process that made it (under torchrun / accelerate each unit is one rank's; every rank gets every run)."""
     from erasekit.judges.testbed import TestbedJudge
 
     method_judge = TestbedJudge(judge)  # for methods that validate or filter with a judge (loaded once, not per run)
     cache: dict = {}
-    runs = []
-    for concept in concepts:
-        if attack_list:
+    setting = dict(model=model, seeds=seeds, contexts=contexts, params=params, attacks=attack_list)
+
+    def unit(u: tuple[str, str | None]) -> dict | None:
+        concept, method = u
+        if method is None:
             attack_references(pipe, concept, attack_list, out_dir, oracle, device, dtype, progress)
-        for method in methods:
-            scope = reset_peak_memory(pipe.device)
-            erasure = erase_stacked(pipe, method, ErasureRequest([Target(concept)]), params, judge=method_judge, model=model,
-                                    progress=progress)  # fmt: skip
-            run = evaluate_on_testbed(
-                pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=cache
-            )
-            run.update(method=method, concept=concept, model=str(model), judge=method_judge.describe(), peak_memory_mib=peak_memory_mib(pipe.device),
-                       peak_memory_scope=scope)  # fmt: skip
-            if attack_list:
-                run["attacks"] = attacks_of(pipe, erasure, concept, attack_list, progress)
-            write_report(out_dir / f"{method}-{concept}.json", run, "bench-run")
-            runs.append(run)
-    return runs
+            return None
+        if resume and (done := recorded_run(out_dir, method, concept, run_key(method=method, concept=concept, **setting))):
+            return done
+        return bench_run(pipe, judge, method_judge, method, concept, out_dir, progress=progress, base_cache=cache, **setting)
+
+    done = parallel.current().map(bench_units(methods, concepts, bool(attack_list)), unit, desc="bench", progress=progress)
+    return [r for r in done if r is not None]
+
+
+def bench_run(pipe, judge, method_judge, method: str, concept: str, out_dir: Path, model, seeds: int, contexts: int,
+              params: dict, attacks: list[str], progress: bool, base_cache: dict | None = None) -> dict:  # fmt: skip
+    """One run: erase ``concept`` with ``method``, evaluate it (and attack it), write ``METHOD-CONCEPT.json``."""
+    from erasekit.core.request import ErasureRequest, Target
+    from erasekit.evaluation import evaluate_on_testbed
+
+    scope = reset_peak_memory(pipe.device)
+    erasure = erase_stacked(pipe, method, ErasureRequest([Target(concept)]), params, judge=method_judge, model=model,
+                            progress=progress)  # fmt: skip
+    run = evaluate_on_testbed(
+        pipe, judge, [concept], erasure=erasure, seeds=seeds, n_contexts=contexts, progress=progress, base_cache=base_cache
+    )
+    run.update(method=method, concept=concept, model=str(model), judge=method_judge.describe(), peak_memory_mib=peak_memory_mib(pipe.device),
+               peak_memory_scope=scope, run_key=run_key(model, method, concept, seeds, contexts, params, attacks))  # fmt: skip
+    if attacks:
+        run["attacks"] = attacks_of(pipe, erasure, concept, attacks, progress)
+    write_report(out_dir / f"{method}-{concept}.json", run, "bench-run")
+    return run
+
+
+def recorded_run(out_dir: Path, method: str, concept: str, key: str) -> dict | None:
+    """The run ``METHOD-CONCEPT.json`` recorded in ``out_dir`` when its ``run_key`` is ``key`` (else ``None``)."""
+    from erasekit.core.outputs import stamp_of
+
+    path = out_dir / f"{method}-{concept}.json"
+    if not path.is_file() or stamp_of(path) != "bench-run":
+        return None
+    run = _unstamped(read_json(path))
+    return run if run.get("run_key") == key else None
 
 
 def _recorded_runs(out_dir: Path, runs: list[dict]) -> list[dict]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from erasekit import models
 from erasekit.api.judges import describe_labels, load_judge, model_judge
+from erasekit.core import parallel
 from erasekit.core.errors import InvalidInputError, MissingFileError
 from erasekit.core.outputs import IMAGE_SUFFIXES, check_dir_output, check_file_output, write_report
 from erasekit.evaluation.prompt_sets import PromptFiles
@@ -233,8 +234,10 @@ def evaluate(
         models.refuse_options(kind, subject, concepts=concepts, seeds=seeds, contexts=contexts, steps=steps, guidance=guidance,
                               judge=judge, prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where,
                               samples=samples, fidelity=fidelity, cache=cache)  # fmt: skip
+        parallel.refuse_sharded("evaluating a language model")
         return evaluate_lm(model, erasure, split=split, oracle=oracle, out=out, device=device, dtype=dtype)
     models.refuse_options(kind, subject, split=split, oracle=oracle)
+    parallel.join(device)  # under torchrun / accelerate: the images are drawn in shards (erasekit.core.parallel)
     if judge is not None or prompts is not None or retain_prompts is not None:
         models.refuse_mode("a judged evaluation (--prompts)", "it sizes the testbed evaluation (no --prompts); use --samples",
                            seeds=seeds, contexts=contexts)  # fmt: skip
@@ -242,9 +245,9 @@ def evaluate(
         return _evaluate_judged(model, erasure, concepts, out, judge, sets, samples or 1, fidelity, steps, guidance, device, dtype,
                                 progress, cache)  # fmt: skip
     models.refuse_mode("the testbed evaluation (no --prompts)", "it applies to a judged evaluation with --prompts FILE",
-                       limit=limit, where=where, samples=samples, fidelity=fidelity, cache=cache)  # fmt: skip
+                       limit=limit, where=where, samples=samples, fidelity=fidelity)  # fmt: skip
     return _evaluate_images(model, erasure, concepts, out, 4 if seeds is None else seeds, 12 if contexts is None else contexts,
-                            steps, guidance, device, dtype, progress)  # fmt: skip
+                            steps, guidance, device, dtype, progress, cache)  # fmt: skip
 
 
 def _judged_concept(concepts, loaded) -> str:
@@ -316,11 +319,13 @@ def _evaluate_judged(model, erasure, concepts, out, judge_spec, sets: PromptFile
     return report
 
 
-def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, steps, guidance, device, dtype, progress) -> dict:
-    """:func:`evaluate` on an image pipeline."""
+def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, steps, guidance, device, dtype, progress,
+                     cache=None) -> dict:  # fmt: skip
+    """:func:`evaluate` on an image pipeline (``cache``: an image cache directory, or ``None``)."""
     from erasekit.core.erasure import Erasure
     from erasekit.core.errors import ConfigError
     from erasekit.evaluation import evaluate_on_testbed
+    from erasekit.evaluation.cache import ImageCache
     from erasekit.evaluation.prompts import resolve_concept
     from erasekit.judges.testbed import TestbedJudge
 
@@ -340,12 +345,13 @@ def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, s
     for t in targets:
         resolve_concept(t)
     root, judge = model_judge(model, "evaluation")
+    store = None if cache is None else ImageCache(cache)
     pipe = model if loaded_pipe else models.load_pipeline(model, device=device, dtype=dtype)
     if loaded is not None:  # before any image is generated
         loaded.check_compatible(pipe, hint="evaluate it on the model it was made from")
     report = evaluate_on_testbed(
         pipe, judge, targets, erasure=loaded, seeds=seeds, n_contexts=contexts,
-        sampling=SamplingConfig(steps=steps, guidance_scale=guidance), progress=progress,
+        sampling=SamplingConfig(steps=steps, guidance_scale=guidance), progress=progress, cache=store,
     )  # fmt: skip
     report["model"] = models.model_label(root if loaded_pipe else model)
     report["judge"] = TestbedJudge(judge).describe()

@@ -15,7 +15,10 @@ when it writes. The rules:
 * *Collections* (the demo's folder, bench results, training checkpoints, a testbed training run)
   are written file by file; erasekit never deletes anything in them it did not write.
 
-Writes themselves are atomic (:func:`~erasekit.core.io.atomic_path`).
+Writes themselves are atomic (:func:`~erasekit.core.io.atomic_path`). Under torchrun / accelerate
+(:mod:`erasekit.core.parallel`) rank 0 alone writes; the other ranks check every path alike and
+return it unwritten, except inside :func:`~erasekit.core.parallel.solo`, where a rank writes its
+own unit's files.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from erasekit.core import parallel
 from erasekit.core.errors import OutputPathError
 from erasekit.core.io import atomic_path, write_json
 
@@ -286,9 +290,12 @@ def claim_collection(
     if kind not in COLLECTION_KINDS:
         raise ValueError(f"{kind!r} is not a collection kind")
     p = check_dir_output(path, kind, protect, what)
-    p.mkdir(parents=True, exist_ok=True)
-    if read_manifest(p) is None:
-        write_manifest(p, kind, files=False)
+    shards = parallel.current()
+    if shards.main:  # under torchrun / accelerate rank 0 makes it, the others wait for it
+        p.mkdir(parents=True, exist_ok=True)
+        if read_manifest(p) is None:
+            write_manifest(p, kind, files=False)
+    shards.barrier()
     return p
 
 
@@ -296,6 +303,8 @@ def claim_collection(
 def write_report(path: str | os.PathLike, data: dict, kind: str, protect: Iterable[str | os.PathLike] = ()) -> Path:
     """Write a JSON report stamped as erasekit's ``kind`` output (atomically; checked like any output)."""
     p = check_file_output(path, kind, (".json",), protect, what=f"{kind} report")
+    if not parallel.writes():  # another rank (rank 0) writes it: erasekit.core.parallel
+        return p
     write_json(p, {STAMP_KEY: kind, **{k: v for k, v in data.items() if k != STAMP_KEY}})
     return p
 
@@ -313,6 +322,8 @@ def write_markdown(path: str | os.PathLike, text: str, kind: str) -> Path:
     Named sections that another writer keeps in the existing file (:func:`write_section`) and
     ``text`` does not hold are carried over at its end."""
     p = check_file_output(path, kind, (".md",), what=f"{kind} table")
+    if not parallel.writes():
+        return p
     old = _sections(p.read_text(encoding="utf-8")) if p.is_file() else {}
     kept = "".join(block for name, block in old.items() if name not in _sections(text))
     with atomic_path(p) as tmp:
@@ -323,6 +334,8 @@ def write_markdown(path: str | os.PathLike, text: str, kind: str) -> Path:
 def write_html(path: str | os.PathLike, text: str, kind: str) -> Path:
     """Write an HTML page whose first line stamps it as erasekit's ``kind`` output (atomically)."""
     p = check_file_output(path, kind, (".html",), what=f"{kind} page")
+    if not parallel.writes():
+        return p
     with atomic_path(p) as tmp:
         tmp.write_text(markdown_stamp(kind) + text, encoding="utf-8")
     return p
@@ -332,6 +345,8 @@ def write_section(path: str | os.PathLike, name: str, text: str, kind: str) -> P
     """Put ``text`` as the section ``name`` of the Markdown output ``path`` (replacing that section,
     else appending it; a new file holds only the section), leaving the rest of the file as it is."""
     p = check_file_output(path, kind, (".md",), what=f"{kind} table")
+    if not parallel.writes():
+        return p
     block = f"<!-- section: {name} -->\n{text.rstrip()}\n<!-- /section: {name} -->\n"
     body = p.read_text(encoding="utf-8") if p.is_file() else markdown_stamp(kind)
     if name in _sections(body):
@@ -346,6 +361,8 @@ def write_section(path: str | os.PathLike, name: str, text: str, kind: str) -> P
 def write_image(image, path: str | os.PathLike, kind: str = "image") -> Path:
     """Save a PIL image (format from the suffix: PNG, JPEG or WebP) stamped as erasekit's ``kind`` output."""
     p = check_file_output(path, kind, IMAGE_SUFFIXES, what="image")
+    if not parallel.writes():
+        return p
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[p.suffix.lower()]
     with atomic_path(p) as tmp:
         image.save(tmp, format=fmt, exif=image_exif(kind))

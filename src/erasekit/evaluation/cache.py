@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from erasekit.core import parallel
 from erasekit.core.outputs import claim_collection
 from erasekit.generation import SamplingConfig, generate
 
@@ -61,23 +62,33 @@ class ImageCache:
         step = max(1, sampling.batch_size)
 
         def draw(rows: list[int]) -> np.ndarray:
-            return generate(pipe, [prompts[i] for i in rows], [seeds[i] for i in rows], sampling, progress, desc)
+            return generate(pipe, [prompts[i] for i in rows], [seeds[i] for i in rows], sampling, False)
 
-        return self.through(keys, draw, step)
+        return self.through(keys, draw, step, desc, progress)
 
-    def through(self, keys: list[str], draw, batch_size: int = 32) -> np.ndarray:
-        """The images of ``keys``: read where cached, else ``draw(rows)`` (the missing rows, in batches
-        of ``batch_size``), each batch saved as soon as it is drawn."""
-        images: list[np.ndarray | None] = [self._read(k) for k in keys]
-        missing = [i for i, img in enumerate(images) if img is None]
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        for start in range(0, len(missing), batch_size):
-            rows = missing[start : start + batch_size]
-            for i, img in zip(rows, draw(rows)):
-                self._write(keys[i], img)
-                images[i] = img
-        return np.stack([img for img in images if img is not None]) if images else np.zeros((0, 0, 0, 3), np.uint8)
+    def through(self, keys: list[str], draw, batch_size: int = 32, desc: str = "generate", progress: bool = False) -> np.ndarray:
+        """The images of ``keys``: batches of ``batch_size`` rows formed over all of them (as an uncached
+        run forms them), each read where cached, its missing rows drawn with ``draw(rows)`` and saved
+        as soon as they are drawn. Under torchrun / accelerate batch ``k`` is rank ``k mod N``'s
+        (:mod:`erasekit.core.parallel`): every rank saves what it draws, so a killed run resumes."""
+
+        def batch(rows: list[int]) -> tuple[list[np.ndarray], int]:
+            images: list[np.ndarray | None] = [self._read(keys[i]) for i in rows]
+            missing = [j for j, img in enumerate(images) if img is None]
+            if missing:
+                for j, img in zip(missing, draw([rows[j] for j in missing])):
+                    self._write(keys[rows[j]], img)
+                    images[j] = img
+            return [img for img in images if img is not None], len(missing)
+
+        step = max(1, batch_size)
+        batches = [list(range(i, min(i + step, len(keys)))) for i in range(0, len(keys), step)]
+        done = parallel.current().map(batches, batch, desc=desc, progress=progress, unit="batch")
+        drawn = sum(n for _, n in done)
+        self.hits += len(keys) - drawn
+        self.misses += drawn
+        images = [img for imgs, _ in done for img in imgs]
+        return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
 
     def stats(self) -> dict:
         return {"hits": self.hits, "drawn": self.misses}

@@ -43,9 +43,13 @@ class EvalPlan:
     def flat_seeds(self) -> list[int]:
         return prompt_seeds(len(self.prompts), self.seeds)
 
-    def generate(
-        self, pipe, sampling: SamplingConfig | None = None, progress: bool = False, desc: str = "generate"
-    ) -> np.ndarray:
+    def generate(self, pipe, sampling: SamplingConfig | None = None, progress: bool = False, desc: str = "generate",
+                 cache=None, erasure=None) -> np.ndarray:  # fmt: skip
+        """Every prompt's images (prompt-major); through the image ``cache`` when given (``erasure``:
+        the one applied to ``pipe``, part of its keys)."""
+        if cache is not None:
+            return cache.generate(pipe, self.flat_prompts, self.flat_seeds, (sampling or SamplingConfig()), erasure,
+                                  progress=progress, desc=desc)  # fmt: skip
         return generate(pipe, self.flat_prompts, self.flat_seeds, sampling, progress=progress, desc=desc)
 
 
@@ -55,8 +59,8 @@ def evaluation_plan(targets: list[str], n_contexts: int, seeds: int) -> EvalPlan
     return EvalPlan(plans, list(dict.fromkeys(p.prompt for plan in plans.values() for p in plan)), seeds)
 
 
-def _images_and_preds(pipe, judge, plan: EvalPlan, sampling: SamplingConfig, progress: bool, desc: str):
-    images = plan.generate(pipe, sampling, progress=progress, desc=desc)
+def _images_and_preds(pipe, judge, plan: EvalPlan, sampling: SamplingConfig, progress: bool, desc: str, cache=None, erasure=None):
+    images = plan.generate(pipe, sampling, progress=progress, desc=desc, cache=cache, erasure=erasure)
     pred = judge.predict(images)
     with torch.no_grad():
         feats = torch.cat([judge.embed(to_model_input(images[i : i + 512])) for i in range(0, len(images), 512)])
@@ -158,8 +162,11 @@ def evaluate_on_testbed(
     sampling: SamplingConfig | None = None,
     progress: bool = True,
     base_cache: dict | None = None,
+    cache=None,
 ) -> dict:
-    """The evaluation report (see module docstring); ``base_cache`` reuses base-model images across calls."""
+    """The evaluation report (see module docstring); ``base_cache`` reuses base-model images across
+    calls; ``cache``: an :class:`~erasekit.evaluation.cache.ImageCache` that keeps every drawn image (a
+    rerun, or a killed run resumed, draws only what is missing)."""
     t0 = time.time()
     sampling = (sampling or SamplingConfig()).resolved(pipe)
     plan = evaluation_plan(targets, n_contexts, seeds)
@@ -169,7 +176,7 @@ def evaluate_on_testbed(
     if base_cache is not None and key in base_cache:
         base_images, base_pred, base_feats = base_cache[key]
     else:
-        base_images, base_pred, base_feats = _images_and_preds(pipe, judge, plan, sampling, progress, "base model")
+        base_images, base_pred, base_feats = _images_and_preds(pipe, judge, plan, sampling, progress, "base model", cache)
         if base_cache is not None:
             base_cache[key] = (base_images, base_pred, base_feats)
     report: dict = {}
@@ -178,7 +185,7 @@ def evaluate_on_testbed(
 
     if erasure is not None:
         with erasure.applied(pipe):
-            images, pred, feats = _images_and_preds(pipe, judge, plan, sampling, progress, "erased model")
+            images, pred, feats = _images_and_preds(pipe, judge, plan, sampling, progress, "erased model", cache, erasure)
         per_target = [target_metrics(t, plans[t], rows, pred) for t in targets]
         other = np.concatenate([rows[p.prompt] for plan in plans.values() for p in plan if p.group == "other"])
         other = np.unique(other)
@@ -216,6 +223,8 @@ def evaluate_on_testbed(
         "images_per_model": len(prompts) * seeds,
         "contexts": n_contexts,
     }
+    if cache is not None:
+        report["image_cache"] = cache.stats()
     report["sampling"] = sampling.to_dict()
     report["eval_seconds"] = round(time.time() - t0, 1)
     report["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

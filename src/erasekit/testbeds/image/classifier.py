@@ -76,12 +76,15 @@ class TestbedClassifier(nn.Module):
 
 
 def to_model_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 HWC images -> float NCHW in [-1, 1]; float NCHW input passes through."""
+    """uint8 HWC images -> float NCHW in [-1, 1]; float NCHW input passes through. The result is
+    contiguous: a channels-last view gives features that depend on where the array lies in memory
+    (a copy of the same images differed in the 7th digit on the CPU), and sharded evaluation needs
+    the same numbers from gathered copies (:mod:`erasekit.core.parallel`)."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if images.dtype == torch.uint8:
-        return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return images.float()
+        return (images.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
+    return images.float().contiguous()
 
 
 def label_targets(labels: world.LabelBatch) -> dict[str, torch.Tensor]:
