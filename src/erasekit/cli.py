@@ -87,6 +87,9 @@ WhereOpt = Annotated[
     typer.Option("--where", help="With --prompts: keep rows with column=value (repeatable), e.g. categories=sexual."),
 ]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Denoising steps (default: the model's recommendation).")]
+BatchSizeOpt = Annotated[
+    Optional[int], typer.Option("--batch-size", min=1, max=4096, help="Images drawn per batch (default 128; lower it on a GPU).")
+]
 
 
 def _finite(value: float | None) -> float | None:
@@ -416,6 +419,7 @@ def evaluate(
         Optional[Path],
         typer.Option(help="Keep every drawn image here; a rerun (or a killed run, sharded or not) draws only what is missing."),
     ] = None,
+    batch_size: BatchSizeOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
@@ -430,7 +434,8 @@ def evaluate(
     report = evaluate_api(model, erasure, concept, out=out, seeds=seeds if "seeds" in given else None,
                           contexts=contexts if "contexts" in given else None, steps=steps, guidance=guidance, split=split,
                           oracle=oracle, device=device, dtype=dtype, judge=judge, prompts=prompts, retain_prompts=retain_prompts,
-                          limit=limit, where=where, samples=samples, fidelity=fidelity, cache=cache, guard=guard)  # fmt: skip
+                          limit=limit, where=where, samples=samples, fidelity=fidelity, cache=cache, guard=guard,
+                          batch_size=batch_size)  # fmt: skip
     for line in evaluation_lines(report, out):
         typer.echo(line)
 
@@ -584,6 +589,7 @@ def attack(
     ] = None,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
+    batch_size: BatchSizeOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
@@ -595,7 +601,7 @@ def attack(
     params = dict(_set_items(set_, "key=value (e.g. lr=0.01)"))
     if replay is not None:
         searched = {"attack_", "concept", "budget", "seeds", "prompt", "reference", "set_", "steps", "guidance", "judge",
-                    "prompt_file", "limit", "where", "cache"}  # fmt: skip
+                    "prompt_file", "limit", "where", "cache", "batch_size"}  # fmt: skip
         clash = [p for p in given_options(ctx) if p.name in searched]
         if clash:
             raise InvalidInputError(
@@ -607,7 +613,7 @@ def attack(
         found = attack_api(model, erasure, attack_, concept, budget=budget, seeds=seeds, params=params, prompts=prompt,
                            reference=reference, out=out, steps=steps, guidance=guidance, device=device, dtype=dtype,
                            grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where, cache=cache,
-                           guard=guard)  # fmt: skip
+                           guard=guard, batch_size=batch_size)  # fmt: skip
         results = found if isinstance(found, list) else [found]
     for r in results:
         typer.echo(r.summary())

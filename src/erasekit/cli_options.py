@@ -37,7 +37,8 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     "evaluate": {
         "out": BOTH, "model": BOTH, "erasure": BOTH, "guard": BOTH, "concept": IMAGE, "seeds": IMAGE, "contexts": IMAGE, "steps": IMAGE,
         "guidance": IMAGE, "split": LM, "oracle": LM, "judge": IMAGE, "prompts": IMAGE, "retain_prompts": IMAGE,
-        "limit": IMAGE, "where": IMAGE, "samples": IMAGE, "fidelity": IMAGE, "cache": IMAGE, "device": BOTH, "dtype": BOTH,
+        "limit": IMAGE, "where": IMAGE, "samples": IMAGE, "fidelity": IMAGE, "cache": IMAGE, "batch_size": IMAGE, "device": BOTH,
+        "dtype": BOTH,
     },
     "bench": {
         "methods_": BOTH, "concepts": BOTH, "out": BOTH, "report": BOTH, "model": BOTH, "seeds": IMAGE, "contexts": IMAGE,
@@ -48,7 +49,8 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     "attack": {
         "concept": BOTH, "attack_": BOTH, "out": BOTH, "model": BOTH, "erasure": BOTH, "guard": BOTH, "budget": BOTH, "seeds": IMAGE,
         "prompt": IMAGE, "reference": IMAGE, "replay": IMAGE, "grid": IMAGE, "set_": BOTH, "steps": IMAGE, "guidance": IMAGE,
-        "judge": IMAGE, "prompt_file": IMAGE, "limit": IMAGE, "where": IMAGE, "cache": IMAGE, "device": BOTH, "dtype": BOTH,
+        "judge": IMAGE, "prompt_file": IMAGE, "limit": IMAGE, "where": IMAGE, "cache": IMAGE, "batch_size": IMAGE, "device": BOTH,
+        "dtype": BOTH,
     },
     "methods": {},
     "attacks": {},

@@ -131,6 +131,7 @@ def attack(
     where: list[str] | None = None,
     cache: str | os.PathLike | None = None,
     guard=None,
+    batch_size: int | None = None,
 ) -> AttackResult | list[AttackResult]:
     """Attack ``model`` (a name, directory or loaded pipeline) with ``erasure`` applied (an Erasure,
     its directory, or None for the model itself) and report whether ``concept`` comes back.
@@ -148,6 +149,9 @@ def attack(
     ``where`` select rows) whose prompts join ``prompts`` as the trials' prompts. ``cache``: an image
     cache directory for the trials' plain images (drawn once across runs and attacks). ``guard``: a
     guard (an erasure of kind guard, or its directory) stacked on ``erasure``, or alone.
+    ``batch_size``: images drawn per batch (default 128). Under torchrun / accelerate launch the
+    plain trial images are drawn in shards and each attack of a list is one rank's; the results
+    are the one-process results (:mod:`erasekit.core.parallel`).
 
     On a fact-world language model (:func:`erasekit.api.unlearning.attack_lm`) ``concept`` is the
     forget split whose facts should come back (default: the erasure's) and ``attack`` defaults to
@@ -161,13 +165,16 @@ def attack(
 
         subject = repr(str(model)) if isinstance(model, (str, os.PathLike)) else "the model"
         models.refuse_options(kind, subject, seeds=seeds, prompts=prompts, reference=reference, steps=steps, guidance=guidance,
-                              grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where, cache=cache)  # fmt: skip
+                              grid=grid, judge=judge, prompt_file=prompt_file, limit=limit, where=where, cache=cache,
+                              batch_size=batch_size)  # fmt: skip
         from erasekit.core.erasure import stacked
 
         return attack_lm(model, erasure if guard is None else stacked(erasure, guard), "fast" if attack is None else attack,
                          concept, budget=budget, params=params, out=out, device=device, dtype=dtype, progress=progress)  # fmt: skip
     if seeds is not None and seeds < 1:
         raise InvalidInputError(f"--seeds must be >= 1, got {seeds}")
+    if batch_size is not None and batch_size < 1:
+        raise InvalidInputError(f"--batch-size must be at least 1, got {batch_size}")
     specs, configs = _attack_configs("synonyms" if attack is None else attack, budget, params)
     prompts = _with_prompt_file(prompts, prompt_file, limit, where)
     loaded_pipe, out, loaded = _inputs_checked(model, erasure, out, guard)
@@ -182,7 +189,7 @@ def attack(
             raise ConfigError("nothing to attack: pass --concept NAME (or an --erasure whose request names one)")
         concept = loaded.request.concepts[0]
     shards = parallel.join(device)
-    arena, root = _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps, guidance, judge)
+    arena, root = _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps, guidance, judge, batch_size)
     images, cached = plain_trial_images(arena, loaded, store)
     before = (images, arena.shows(images))
     # under torchrun / accelerate each attack is one rank's (they share no randomness: each seeds its own generator)
@@ -436,7 +443,8 @@ def _replay_images(arena: Arena, rows: list[int], found: list[dict]):
     return np.stack(images)
 
 
-def _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps=None, guidance=None, judge_spec=None):
+def _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps=None, guidance=None, judge_spec=None,
+           batch_size=None):  # fmt: skip
     """The arena for ``model`` with ``loaded`` applied (to a copy), and the model's root. The judge is
     the model's own (the testbed classifier), or the registered judge ``judge_spec`` names."""
     from erasekit.models.profile import profile_of
@@ -452,7 +460,9 @@ def _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, ste
     texts = trial_prompts(concept, profile.name == "testbed", prompts)
     n_seeds = seeds or max(1, math.ceil(DEFAULT_TRIALS / len(texts)))
     ref = reference_model(pipe, reference, device, dtype) or pipe
-    sampling = SamplingConfig(steps=steps, guidance_scale=guidance).resolved(pipe)
+    sampling = SamplingConfig(steps=steps, guidance_scale=guidance, batch_size=batch_size or SamplingConfig.batch_size).resolved(
+        pipe
+    )
     arena = Arena(attacked_pipeline(pipe, loaded), ref, tj, concept, texts, n_seeds, sampling.steps, sampling.guidance_scale,
                   batch_size=sampling.batch_size, profile=profile, erasure=loaded, base=pipe)  # fmt: skip
     return arena, root

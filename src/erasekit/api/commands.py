@@ -190,6 +190,7 @@ def evaluate(
     fidelity: str | None = None,
     cache: str | os.PathLike | None = None,
     guard=None,
+    batch_size: int | None = None,
 ) -> dict:
     """Measure erasure (UA), retention (IRA, CRA), fidelity and cost on the testbed, before and after
     (on a fact-world language model: forget, retain, forget quality, utility and privacy leak against
@@ -210,6 +211,10 @@ def evaluate(
 
     ``guard``: a guard (an erasure of kind guard, or its directory; ``erasekit erase --method sld``)
     stacked on ``erasure`` (:meth:`~erasekit.core.erasure.Erasure.with_guard`), or measured alone.
+    ``batch_size``: images drawn per batch (default 128; lower it for large models on a GPU).
+
+    Under torchrun / accelerate launch the images are drawn in shards, batch ``k`` by rank ``k mod
+    N``, and the report is the one-process report (:mod:`erasekit.core.parallel`).
     """
     if guard is not None:
         from erasekit.api.attacking import _erasure_label
@@ -219,7 +224,7 @@ def evaluate(
         report = evaluate(model, stacked(erasure, guard), concepts, out=out, seeds=seeds, contexts=contexts, steps=steps,
                           guidance=guidance, device=device, dtype=dtype, progress=progress, split=split, oracle=oracle,
                           judge=judge, prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where,
-                          samples=samples, fidelity=fidelity, cache=cache)  # fmt: skip
+                          samples=samples, fidelity=fidelity, cache=cache, batch_size=batch_size)  # fmt: skip
         if models.kind_of_any(model) == models.CAUSAL_LM:  # its report names the erasure by method ("ga+refusal-guard")
             return report
         report["erasure"] = label
@@ -233,21 +238,24 @@ def evaluate(
 
         models.refuse_options(kind, subject, concepts=concepts, seeds=seeds, contexts=contexts, steps=steps, guidance=guidance,
                               judge=judge, prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where,
-                              samples=samples, fidelity=fidelity, cache=cache)  # fmt: skip
+                              samples=samples, fidelity=fidelity, cache=cache, batch_size=batch_size)  # fmt: skip
         parallel.refuse_sharded("evaluating a language model")
         return evaluate_lm(model, erasure, split=split, oracle=oracle, out=out, device=device, dtype=dtype)
     models.refuse_options(kind, subject, split=split, oracle=oracle)
     parallel.join(device)  # under torchrun / accelerate: the images are drawn in shards (erasekit.core.parallel)
+    if batch_size is not None and batch_size < 1:
+        raise InvalidInputError(f"--batch-size must be at least 1, got {batch_size}")
+    sampling = SamplingConfig(steps=steps, guidance_scale=guidance, batch_size=batch_size or SamplingConfig.batch_size)
     if judge is not None or prompts is not None or retain_prompts is not None:
         models.refuse_mode("a judged evaluation (--prompts)", "it sizes the testbed evaluation (no --prompts); use --samples",
                            seeds=seeds, contexts=contexts)  # fmt: skip
         sets = PromptFiles(prompts, retain_prompts, limit, where)
-        return _evaluate_judged(model, erasure, concepts, out, judge, sets, samples or 1, fidelity, steps, guidance, device, dtype,
+        return _evaluate_judged(model, erasure, concepts, out, judge, sets, samples or 1, fidelity, sampling, device, dtype,
                                 progress, cache)  # fmt: skip
     models.refuse_mode("the testbed evaluation (no --prompts)", "it applies to a judged evaluation with --prompts FILE",
                        limit=limit, where=where, samples=samples, fidelity=fidelity)  # fmt: skip
     return _evaluate_images(model, erasure, concepts, out, 4 if seeds is None else seeds, 12 if contexts is None else contexts,
-                            steps, guidance, device, dtype, progress, cache)  # fmt: skip
+                            sampling, device, dtype, progress, cache)  # fmt: skip
 
 
 def _judged_concept(concepts, loaded) -> str:
@@ -280,8 +288,8 @@ def judges_for(judge_spec: str | None, fidelity_spec: str | None, model):
     return judge, fidelity
 
 
-def _evaluate_judged(model, erasure, concepts, out, judge_spec, sets: PromptFiles, samples: int, fidelity_spec, steps, guidance,
-                     device, dtype, progress, cache=None) -> dict:  # fmt: skip
+def _evaluate_judged(model, erasure, concepts, out, judge_spec, sets: PromptFiles, samples: int, fidelity_spec,
+                     sampling: SamplingConfig, device, dtype, progress, cache=None) -> dict:  # fmt: skip
     """:func:`evaluate` with a judge on prompt files (any pipeline)."""
     from erasekit.core.erasure import Erasure
     from erasekit.evaluation.judged import check_known, evaluate_with_judge
@@ -307,7 +315,7 @@ def _evaluate_judged(model, erasure, concepts, out, judge_spec, sets: PromptFile
     pipe = model if loaded_pipe else models.load_pipeline(model, device=device, dtype=dtype)
     if loaded is not None:
         loaded.check_compatible(pipe, hint="evaluate it on the model it was made from")
-    report = evaluate_with_judge(pipe, judge, concept, target, retain, loaded, samples, SamplingConfig(steps=steps, guidance_scale=guidance),
+    report = evaluate_with_judge(pipe, judge, concept, target, retain, loaded, samples, sampling,
                                  fidelity, progress, grid, cache)  # fmt: skip
     report.update(model=models.model_label(getattr(pipe, "name_or_path", "") if loaded_pipe else model), prompt_set=sets.describe(),
                   erasure=None)  # fmt: skip
@@ -319,7 +327,7 @@ def _evaluate_judged(model, erasure, concepts, out, judge_spec, sets: PromptFile
     return report
 
 
-def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, steps, guidance, device, dtype, progress,
+def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, sampling: SamplingConfig, device, dtype, progress,
                      cache=None) -> dict:  # fmt: skip
     """:func:`evaluate` on an image pipeline (``cache``: an image cache directory, or ``None``)."""
     from erasekit.core.erasure import Erasure
@@ -351,7 +359,7 @@ def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, s
         loaded.check_compatible(pipe, hint="evaluate it on the model it was made from")
     report = evaluate_on_testbed(
         pipe, judge, targets, erasure=loaded, seeds=seeds, n_contexts=contexts,
-        sampling=SamplingConfig(steps=steps, guidance_scale=guidance), progress=progress, cache=store,
+        sampling=sampling, progress=progress, cache=store,
     )  # fmt: skip
     report["model"] = models.model_label(root if loaded_pipe else model)
     report["judge"] = TestbedJudge(judge).describe()
