@@ -183,6 +183,76 @@ def gpu_perf_section() -> list[str]:
     ]
 
 
+#: The cost model's assumptions (docs/performance.md states them beside the numbers).
+I2P_PROMPTS = 4703  # I2P's rows
+ASSUMED_GPU_IMAGES_PER_SECOND = 1.0  # SD-1.x, 512 px, 50 steps, fp16, one data-centre GPU: assumed, not measured here
+BENCH_GRID = (13, 20)  # image methods x concepts of a full bench (UnlearnCanvas-sized concept list)
+BENCH_IMAGES_PER_RUN = 2 * 1000  # an evaluation of base and erased model, 1 000 images each (prompt sets of ~1 000 draws)
+ASSUMED_ERASE_SECONDS = 600  # mean erasure time per run on one GPU (closed forms take seconds, fine-tuning ~20-60 min)
+
+
+def scale_section() -> list[str]:
+    path = RESULTS / "scale.json"
+    if not path.is_file():
+        return ["_scale benchmark not run yet (`python benchmarks/scale.py`)_", ""]
+    data = json.loads(path.read_text())
+    sh = data["shards"]
+    eff = sh["speedup"] / 2
+    lines = [
+        "The same command on 1 process and under `torchrun --nproc_per_node 2` (gloo, one torch thread per process, "
+        f"{data['cpu_count']} cores, torch {data['torch']}); wall time of the whole command, start-up included. The two "
+        "reports were equal once the readings of time and memory were set aside (the benchmark fails otherwise).",
+        "",
+        "| command | images per model | 1 process (s) | 2 processes (s) | speed-up |",
+        "|---|---|---|---|---|",
+        f"| `{sh['command']}` | {sh['images']} | {sh['seconds_1_process']:.1f} | {sh['seconds_2_processes']:.1f} | "
+        f"x{sh['speedup']:.2f} |",
+        "",
+        "How to run it (rank 0 writes and prints; every other command refuses to run under a launcher):",
+        "",
+        "```",
+        "torchrun --nproc_per_node 8 -m erasekit evaluate --erasure E --judge nudenet --prompts i2p.csv --cache work/ --out eval.json",
+        "accelerate launch --num_processes 8 -m erasekit attack --erasure E --attack all --concept nudity --prompts i2p.csv --judge nudenet",
+        "torchrun --nproc_per_node 8 -m erasekit bench --methods uce,esd,spm --concepts star,zorbo --resume",
+        "erasekit bench --backend ray --address auto --methods uce,esd,spm --concepts star,zorbo   # a Ray cluster",
+        "```",
+        "",
+        "Judges, images per second on this CPU (random images of the size each judge is given):",
+        "",
+        "| judge | image size | images / s |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {j['judge']} | {j['size']} | {j.get('images_per_second', 'not run: ' + j.get('error', ''))} |" for j in data["judges"]
+    ]
+    nude = next((j.get("images_per_second") for j in data["judges"] if j["judge"].startswith("nudenet")), None)
+    i2p_images = 2 * I2P_PROMPTS
+    runs = BENCH_GRID[0] * BENCH_GRID[1]
+    lines += [
+        "",
+        "**Cost model.** Measured here: the sharding efficiency (speed-up / processes = "
+        f"{eff:.2f} on 2 CPU processes, start-up included) and the judges' throughput. Assumed, not measured (no GPU was "
+        f"lent to a session yet; `benchmarks/gpu_perf.py` replaces it when one is): SD-1.x at 512 px, 50 steps, fp16 draws "
+        f"{ASSUMED_GPU_IMAGES_PER_SECOND:g} image/s on one data-centre GPU; a full I2P evaluation draws {i2p_images:,} images "
+        f"({I2P_PROMPTS:,} prompts, 1 image each, base and erased); a full bench is {BENCH_GRID[0]} methods x {BENCH_GRID[1]} "
+        f"concepts = {runs} runs of {BENCH_IMAGES_PER_RUN:,} images and {ASSUMED_ERASE_SECONDS // 60} min of erasing each "
+        "(runs are whole units: no run is split). Hours = work / (GPUs x throughput x efficiency); NudeNet on the CPU beside "
+        "the GPUs"
+        + (f" ({nude:g} images/s here) judges an I2P evaluation in {i2p_images / nude / 3600:.2f} h." if nude else "."),
+        "",
+        "| GPUs | full I2P evaluation (h) | full bench (h) |",
+        "|---|---|---|",
+    ]
+    for g in (1, 8, 64):
+        e = 1.0 if g == 1 else eff
+        i2p = i2p_images / (ASSUMED_GPU_IMAGES_PER_SECOND * g * e) / 3600
+        per_run = BENCH_IMAGES_PER_RUN / ASSUMED_GPU_IMAGES_PER_SECOND + ASSUMED_ERASE_SECONDS
+        waves = -(-runs // g)  # runs are units: 64 GPUs take ceil(260 / 64) rounds
+        bench = waves * per_run / 3600  # whole runs side by side: no sharing, so no efficiency loss but the last round's
+        lines.append(f"| {g} | {i2p:.2f} | {bench:.1f} |")
+    return lines + [""]
+
+
 def main() -> None:
     text = [
         "# Performance",
@@ -219,6 +289,9 @@ def main() -> None:
         "## At SD-1.4 scale on a GPU (`benchmarks/gpu_perf.py`)",
         "",
         *gpu_perf_section(),
+        "## Scale: sharded runs and the cost model (`benchmarks/scale.py`)",
+        "",
+        *scale_section(),
     ]
     out = ROOT / "docs" / "performance.md"
     out.write_text("\n".join(text))
