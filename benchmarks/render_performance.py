@@ -212,7 +212,7 @@ def scale_section() -> list[str]:
         "",
         "```",
         "torchrun --nproc_per_node 8 -m erasekit evaluate --erasure E --judge nudenet --prompts i2p.csv --cache work/ --out eval.json",
-        "accelerate launch --num_processes 8 -m erasekit attack --erasure E --attack all --concept nudity --prompts i2p.csv --judge nudenet",
+        "accelerate launch --multi_gpu --num_processes 8 -m erasekit attack --erasure E --attack all --concept nudity --prompts i2p.csv --judge nudenet",
         "torchrun --nproc_per_node 8 -m erasekit bench --methods uce,esd,spm --concepts star,zorbo --resume",
         "erasekit bench --backend ray --address auto --methods uce,esd,spm --concepts star,zorbo   # a Ray cluster",
         "```",

@@ -19,11 +19,15 @@ from erasekit.core import parallel
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # the same threads on 1 process and on each rank
 
 
-def _erasekit(cwd: Path, *args: str, ranks: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``erasekit ARGS`` in ``cwd``: one process, or ``ranks`` gloo ranks under torchrun."""
+def _erasekit(cwd: Path, *args: str, ranks: int = 1, timeout: int = 300, accelerate: bool = False) -> subprocess.CompletedProcess:
+    """``erasekit ARGS`` in ``cwd``: one process, or ``ranks`` gloo ranks under torchrun (or ``accelerate
+    launch --multi_gpu``, accelerate's torch.distributed launcher, which on a CPU-only machine starts gloo ranks)."""
     head = [sys.executable, "-m", "erasekit"]
     if ranks > 1:
         head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "-m", "erasekit"]
+    if ranks > 1 and accelerate:
+        head = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(ranks),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "erasekit"]  # fmt: skip
     env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     done = subprocess.run([*head, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -118,6 +122,8 @@ def test_evaluate_gives_the_same_json_on_two_ranks(work):
     done = _erasekit(work, *args, "--out", "two.json", ranks=2)
     _same(work / "one.json", work / "two.json")
     assert done.stdout.count("wrote two.json") == 1  # rank 0 speaks for both
+    _erasekit(work, *args, "--out", "acc.json", ranks=2, accelerate=True)
+    _same(work / "one.json", work / "acc.json")
 
 
 @pytest.mark.testbed

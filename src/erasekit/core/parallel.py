@@ -2,7 +2,7 @@
 ``torchrun`` or ``accelerate launch`` starts, with the same numbers for any number of processes::
 
     torchrun --nproc_per_node 2 -m erasekit evaluate --erasure E --out eval.json
-    accelerate launch --num_processes 8 -m erasekit bench --methods uce,esd --concepts star
+    accelerate launch --multi_gpu --num_processes 8 -m erasekit bench --methods uce,esd --concepts star
 
 A launcher tells each process its ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; the first job a
 process runs joins the process group (:func:`join`, through ``accelerate.PartialState``: gloo on the
