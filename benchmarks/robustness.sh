@@ -4,7 +4,8 @@
 # plus ablating on the watermark (METHODS=ablating CONCEPTS=watermark), the method that erases the
 # mark with its carrier intact in docs/results.md (UCE and ESD leave it: UA 50 % as the base model);
 # and the guards where they erase (docs/guards.md): METHODS=leace-prompt CONCEPTS=zorbo, METHODS=sld
-# CONCEPTS=star (SLD at its max configuration, the one that erases on the testbed)
+# CONCEPTS=star (SLD at its max configuration, the one that erases on the testbed), METHODS=concept-steerers
+# CONCEPTS=zorbo (add --set concept-steerers.train_steps=300, the results table's setting)
 # -> benchmarks/results/robustness/*.json, docs/robustness.md and docs/robustness.png.
 # Erasure settings are the results table's (benchmarks/testbed_results.sh); attacks run at their
 # default budgets (erasekit attacks) on about 24 trials each. 10-15 minutes of attacks per model

@@ -171,6 +171,7 @@ def attack(
 
         return attack_lm(model, erasure if guard is None else stacked(erasure, guard), "fast" if attack is None else attack,
                          concept, budget=budget, params=params, out=out, device=device, dtype=dtype, progress=progress)  # fmt: skip
+    shards = parallel.join(device)  # before any output is claimed: rank 0 makes folders, the others wait
     if seeds is not None and seeds < 1:
         raise InvalidInputError(f"--seeds must be >= 1, got {seeds}")
     if batch_size is not None and batch_size < 1:
@@ -188,7 +189,6 @@ def attack(
         if loaded is None or not loaded.request.concepts:
             raise ConfigError("nothing to attack: pass --concept NAME (or an --erasure whose request names one)")
         concept = loaded.request.concepts[0]
-    shards = parallel.join(device)
     arena, root = _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps, guidance, judge, batch_size)
     images, cached = plain_trial_images(arena, loaded, store)
     before = (images, arena.shows(images))

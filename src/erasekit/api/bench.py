@@ -112,6 +112,9 @@ def _bench_testbed(methods, concepts, out_dir, report, model, seeds: int, contex
     out_dir, report, robustness = _check_bench_outputs(methods, concepts, out_dir, report, robustness, model, bool(attacks))
     models.check_placement(device, dtype)
     attack_list = _attack_list(attacks)
+    if backend == "ray":
+        parallel.refuse_sharded("--backend ray (Ray spreads the runs itself)")
+    parallel.join(device)  # before the results folder is claimed: rank 0 makes it, the others wait
     claim_collection(out_dir, "bench", what="bench results directory")
     judge = load_judge(model)
     if judge is None:
@@ -119,11 +122,9 @@ def _bench_testbed(methods, concepts, out_dir, report, model, seeds: int, contex
     if backend == "ray":
         from erasekit.api.bench_ray import ray_runs
 
-        parallel.refuse_sharded("--backend ray (Ray spreads the runs itself)")
         runs = ray_runs(methods, concepts, out_dir, model, seeds, contexts, params or {}, attack_list, oracle, device, dtype,
                         progress, resume, address)  # fmt: skip
     else:
-        parallel.join(device)
         pipe = models.load_pipeline(model, device=device, dtype=dtype)
         runs = _bench_runs(pipe, judge, methods, concepts, out_dir, model, seeds, contexts, params or {}, attack_list, oracle,
                            device, dtype, progress, resume)  # fmt: skip
