@@ -70,16 +70,13 @@ def bench(
     are the sequential bench's either way.
     """
     kind = models.model_kind(model)
-    if backend not in ("local", "ray"):
-        raise InvalidInputError(f"--backend {backend!r}: use local (this process, or the ranks torchrun starts) or ray")
-    if address is not None and backend != "ray":
-        raise InvalidInputError("--address names a Ray cluster: pass it with --backend ray")
+    _check_backend(backend, address)
     if kind == models.CAUSAL_LM:
         from erasekit.api.bench_llm import bench_llm
 
         models.refuse_options(kind, repr(str(model)), seeds=seeds, contexts=contexts, device=device, dtype=dtype, judge=judge,
                               prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where, samples=samples,
-                              resume=resume or None, backend=None if backend == "local" else backend)  # fmt: skip
+                              **_testbed_only(resume, backend))  # fmt: skip
         parallel.refuse_sharded("a language-model bench")
         return bench_llm(model, methods, concepts, attacks, params, out_dir=out_dir or "benchmarks/results/llm",
                          report="docs/results.md" if report == "default" else report,
@@ -89,8 +86,7 @@ def bench(
         from erasekit.evaluation.prompt_sets import PromptFiles
 
         check_judged_bench_options(seeds, contexts, attacks)
-        models.refuse_mode("a judged bench (--prompts)", "it applies to the testbed bench", resume=resume or None,
-                           backend=None if backend == "local" else backend)  # fmt: skip
+        models.refuse_mode("a judged bench (--prompts)", "it applies to the testbed bench", **_testbed_only(resume, backend))
         parallel.join(device)
         return bench_judged(model, methods or ["uce"], concepts or [], judge, PromptFiles(prompts, retain_prompts, limit, where),
                             out_dir or "bench-results", report, params, samples or 1, device=device, dtype=dtype,
@@ -101,6 +97,19 @@ def bench(
                           "docs/results.md" if report == "default" else report, model, 4 if seeds is None else seeds,
                           12 if contexts is None else contexts, params, device, dtype, progress, attacks, robustness,
                           "testbed-oracle" if oracle == "default" else oracle, resume, backend, address)  # fmt: skip
+
+
+def _testbed_only(resume: bool, backend: str) -> dict:
+    """The testbed bench's own options as given (``None``: left at its default), for the refusals of the other benches."""
+    return {"resume": resume or None, "backend": None if backend == "local" else backend}
+
+
+def _check_backend(backend: str, address: str | None) -> None:
+    """``backend`` is ``local`` or ``ray``, and ``address`` comes only with ``ray``."""
+    if backend not in ("local", "ray"):
+        raise InvalidInputError(f"--backend {backend!r}: use local (this process, or the ranks torchrun starts) or ray")
+    if address is not None and backend != "ray":
+        raise InvalidInputError("--address names a Ray cluster: pass it with --backend ray")
 
 
 def _bench_testbed(methods, concepts, out_dir, report, model, seeds: int, contexts: int, params, device, dtype, progress, attacks,

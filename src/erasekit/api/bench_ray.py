@@ -72,38 +72,46 @@ def run_unit(unit: tuple[str, str | None], setting: dict, cwd: str) -> dict | No
 def ray_runs(methods, concepts, out_dir: Path, model, seeds: int, contexts: int, params: dict, attacks: list[str], oracle,
              device, dtype, progress: bool, resume: bool, address: str | None) -> list[dict]:  # fmt: skip
     """Every unit of the bench as a Ray task (module docstring); the runs in unit order."""
-    from tqdm.auto import tqdm
-
     from erasekit.api.bench import bench_units, recorded_run, run_key
 
     ray = _ray()
     setting = dict(model=str(model), seeds=seeds, contexts=contexts, params=params, attacks=attacks, oracle=oracle,
                    device=device, dtype=dtype, out_dir=str(out_dir))  # fmt: skip
     units = bench_units(methods, concepts, bool(attacks))
-    keys = {u: run_key(model, u[1], u[0], seeds, contexts, params, attacks) for u in units if u[1] is not None}
-    recorded = {u: recorded_run(out_dir, u[1], u[0], k) if resume else None for u, k in keys.items()}
-    todo = [u for u in units if u[1] is None or recorded.get(u) is None]
+    recorded: dict = {}
+    for concept, method in units:
+        if resume and method is not None:
+            recorded[(concept, method)] = recorded_run(out_dir, method, concept, run_key(model, method, concept, seeds, contexts,
+                                                                                         params, attacks))  # fmt: skip
+    todo = [u for u in units if recorded.get(u) is None]
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         task = ray.remote(num_cpus=1, num_gpus=_num_gpus(ray, device))(run_unit)
-        refs = {u: task.remote(u, setting, os.getcwd()) for u in todo}
-        pending = {ref: u for u, ref in refs.items()}
-        done: dict = {}
-        with tqdm(total=len(todo), desc="bench (ray)", disable=not progress, unit="run") as bar:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                unit = pending.pop(ready[0])
-                try:
-                    done[unit] = ray.get(ready[0])
-                except Exception as e:  # a task's error arrives wrapped (RayTaskError): name the unit and its cause
-                    cause = getattr(e, "cause", e)
-                    raise ErasekitError(f"the bench run {unit[1] or 'references'} / {unit[0]} failed on Ray: {type(cause).__name__}: "
-                                        f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}") from None  # fmt: skip
-                bar.update(1)
+        done = _collected(ray, {task.remote(u, setting, os.getcwd()): u for u in todo}, progress)
     finally:
         if started:
             ray.shutdown()
-    runs = [recorded[u] if recorded.get(u) is not None else done[u] for u in units if u[1] is not None]
+    runs = [recorded.get(u) or done[u] for u in units if u[1] is not None]
     return [r for r in runs if r is not None]
+
+
+def _collected(ray, pending: dict, progress: bool) -> dict:
+    """Each task's result by its unit, as the tasks finish; a failed task is one line naming its run."""
+    from tqdm.auto import tqdm
+
+    done: dict = {}
+    with tqdm(total=len(pending), desc="bench (ray)", disable=not progress, unit="run") as bar:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            unit = pending.pop(ready[0])
+            try:
+                done[unit] = ray.get(ready[0])
+            except Exception as e:  # a task's error arrives wrapped (RayTaskError): name the unit and its cause
+                cause = getattr(e, "cause", e)
+                text = str(cause).strip().splitlines()
+                raise ErasekitError(f"the bench run {unit[1] or 'references'} / {unit[0]} failed on Ray: "
+                                    f"{type(cause).__name__}: {text[0] if text else ''}") from None  # fmt: skip
+            bar.update(1)
+    return done
