@@ -217,20 +217,10 @@ def evaluate(
     N``, and the report is the one-process report (:mod:`erasekit.core.parallel`).
     """
     if guard is not None:
-        from erasekit.api.attacking import _erasure_label
-        from erasekit.core.erasure import stacked
-
-        label = _erasure_label(erasure, None, guard)
-        report = evaluate(model, stacked(erasure, guard), concepts, out=out, seeds=seeds, contexts=contexts, steps=steps,
-                          guidance=guidance, device=device, dtype=dtype, progress=progress, split=split, oracle=oracle,
-                          judge=judge, prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where,
-                          samples=samples, fidelity=fidelity, cache=cache, batch_size=batch_size)  # fmt: skip
-        if models.kind_of_any(model) == models.CAUSAL_LM:  # its report names the erasure by method ("ga+refusal-guard")
-            return report
-        report["erasure"] = label
-        if out is not None:  # checked and written by the call above; again with the label that names both
-            write_report(out, report, "evaluation")
-        return report
+        return _evaluate_guarded(model, erasure, guard, out, concepts=concepts, seeds=seeds, contexts=contexts, steps=steps,
+                                 guidance=guidance, device=device, dtype=dtype, progress=progress, split=split, oracle=oracle,
+                                 judge=judge, prompts=prompts, retain_prompts=retain_prompts, limit=limit, where=where,
+                                 samples=samples, fidelity=fidelity, cache=cache, batch_size=batch_size)  # fmt: skip
     kind = models.kind_of_any(model)
     subject = repr(str(model)) if isinstance(model, (str, os.PathLike)) else "the model"
     if kind == models.CAUSAL_LM:
@@ -286,6 +276,26 @@ def judges_for(judge_spec: str | None, fidelity_spec: str | None, model):
             f"--fidelity {fidelity_spec!r}: the fidelity judge must score images against their prompts (clip-score)"
         )
     return judge, fidelity
+
+
+def _evaluate_guarded(model, erasure, guard, out, **options) -> dict:
+    """:func:`evaluate` of ``guard`` stacked on ``erasure`` (or alone); the report names both and is
+    written once (its path checked before any work against the model, erasure and guard)."""
+    from erasekit.api.attacking import _erasure_label
+    from erasekit.core.erasure import stacked
+
+    lm = models.kind_of_any(model) == models.CAUSAL_LM  # its report names the erasure by method ("ga+refusal-guard")
+    if out is not None and not lm:
+        inputs = model_inputs(model) if isinstance(model, (str, os.PathLike)) else []
+        inputs += [str(p) for p in (erasure, guard) if isinstance(p, (str, os.PathLike))]
+        out = check_file_output(out, "evaluation", (".json",), inputs, what="evaluation report")
+    report = evaluate(model, stacked(erasure, guard), out=out if lm else None, **options)
+    if lm:
+        return report
+    report["erasure"] = _erasure_label(erasure, None, guard)
+    if out is not None:
+        write_report(out, report, "evaluation")
+    return report
 
 
 def _evaluate_judged(model, erasure, concepts, out, judge_spec, sets: PromptFiles, samples: int, fidelity_spec,
