@@ -128,16 +128,20 @@ def test_evaluate_gives_the_same_json_on_two_ranks(work):
 
 @pytest.mark.testbed
 @pytest.mark.slow
-def test_attack_gives_the_same_json_on_two_ranks(work):
-    args = ["attack", "--erasure", "uce", "--attack", "arithmetic,synonyms,latent-inversion", "--budget", "2", "--seeds", "1"]
+def test_attack_gives_the_same_json_on_two_ranks_and_resumes_with_its_cache(work):
+    common = ["attack", "--erasure", "uce", "--budget", "2", "--seeds", "1", "--batch-size", "4"]  # 3 batches of trials
+    args = [*common, "--attack", "arithmetic,synonyms,latent-inversion"]
     _erasekit(work, *args, "-o", "a1.json")
     _erasekit(work, *args, "-o", "a2.json", ranks=2)
     _same(work / "a1.json", work / "a2.json")
-    assert [a["attack"] for a in json.loads((work / "a2.json").read_text())["attacks"]] == [
-        "arithmetic",
-        "synonyms",
-        "latent-inversion",
-    ]
+    names = [a["attack"] for a in json.loads((work / "a2.json").read_text())["attacks"]]
+    assert names == ["arithmetic", "synonyms", "latent-inversion"]
+    # a run cut short after one attack: with --cache the next run keeps that attack's result and makes the others
+    _erasekit(work, *common, "--attack", "synonyms", "--cache", "ac", "-o", "s.json")
+    _erasekit(work, *args, "--cache", "ac", "-o", "a3.json", ranks=2)
+    _same(work / "a1.json", work / "a3.json")
+    restored = [a["info"]["image_cache"]["attack_restored"] for a in json.loads((work / "a3.json").read_text())["attacks"]]
+    assert restored == [False, True, False]
 
 
 @pytest.mark.testbed

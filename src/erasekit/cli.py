@@ -582,7 +582,8 @@ def attack(
     limit: LimitOpt = None,
     where: WhereOpt = None,
     cache: Annotated[
-        Optional[Path], typer.Option(help="Keep the trials' plain images here; a rerun (or another attack) draws them once.")
+        Optional[Path],
+        typer.Option(help="Keep the trials' plain images and every finished attack here; a rerun (or a killed run) makes only what is missing."),
     ] = None,
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="Attack parameter as key=value (repeatable, one attack).")

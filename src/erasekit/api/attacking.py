@@ -147,7 +147,8 @@ def attack(
     On any pipeline: ``judge`` names a registered judge (``NAME[:k=v,...]``, e.g. ``nudenet``; the
     result records how it describes itself) and ``prompt_file`` a prompt set (``limit`` and
     ``where`` select rows) whose prompts join ``prompts`` as the trials' prompts. ``cache``: an image
-    cache directory for the trials' plain images (drawn once across runs and attacks). ``guard``: a
+    cache directory for the trials' plain images (drawn once across runs and attacks) and every finished
+    attack (a rerun, or a killed run, makes only the attacks it has not finished). ``guard``: a
     guard (an erasure of kind guard, or its directory) stacked on ``erasure``, or alone.
     ``batch_size``: images drawn per batch (default 128). Under torchrun / accelerate launch the
     plain trial images are drawn in shards and each attack of a list is one rank's; the results
@@ -193,11 +194,12 @@ def attack(
     images, cached = plain_trial_images(arena, loaded, store)
     before = (images, arena.shows(images))
     # under torchrun / accelerate each attack is one rank's (they share no randomness: each seeds its own generator)
-    results = shards.map(list(zip(specs, configs)), lambda sc: run_attack(sc[0], arena, sc[1], progress=progress, before=before))
-    for result in results:
+    made = shards.map(list(zip(specs, configs)), lambda sc: kept_attack(sc[0], sc[1], arena, loaded, store, progress, before))
+    results = [r for r, _ in made]
+    for result, restored in made:
         result.model, result.erasure = models.model_label(root if loaded_pipe else model), _erasure_label(erasure, loaded, guard)
         if cached is not None:
-            result.info["image_cache"] = cached
+            result.info["image_cache"] = {**cached, "attack_restored": restored}
     save_trial_grid(results, grid)
     _name_grid(results, grid, out)
     return attack_results(results, out)
@@ -212,6 +214,28 @@ def _attack_configs(attack: str | list[str], budget: int | None, params: dict | 
     if len(specs) == 1:  # the config checks the budget (>= 0, and at most the options of a bounded attack)
         return specs, [specs[0].make_config({**(params or {}), **({"budget": budget} if budget is not None else {})})]
     return specs, [s.make_config({} if budget is None else {"budget": min(budget, s.budget_max)}) for s in specs]
+
+
+def kept_attack(spec: AttackSpec, config, arena: Arena, erasure, store, progress: bool, before) -> tuple[AttackResult, bool]:
+    """``(result, restored)``: :func:`run_attack`, or with an image cache ``store`` the result it kept
+    from an earlier run of the same attack (model, erasure, reference, trials, sampler, judge and
+    settings); a result made now is kept there, so a killed run resumes with the attacks it finished."""
+    if store is None:
+        return run_attack(spec, arena, config, progress=progress, before=before), False
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    key = hashlib.sha256(json.dumps(
+        ["attack", store.model_key(arena.pipe, erasure), store.model_key(arena.reference), spec.name, asdict(config),
+         [(t.prompt, t.seed) for t in arena.trials], arena.steps, arena.guidance, judge_label(arena.judge)],
+        sort_keys=True, default=str).encode()).hexdigest()  # fmt: skip
+    kept = store.result(key)
+    if kept is not None:
+        return AttackResult.from_dict(kept[0], arena.trials, kept[1]), True
+    result = run_attack(spec, arena, config, progress=progress, before=before)
+    store.keep(key, result.to_dict(), result.images)
+    return result, False
 
 
 def plain_trial_images(arena: Arena, erasure, cache) -> tuple:

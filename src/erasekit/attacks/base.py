@@ -221,6 +221,19 @@ class AttackResult:
             "found": [r.to_dict() for r in self.records],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict, trials: list[Trial], images: np.ndarray) -> "AttackResult":
+        """The result :meth:`to_dict` wrote, on ``trials`` (their order), with each trial's judged image
+        (an attack kept in an image cache, read back by a rerun: ``erasekit attack --cache``)."""
+        found = data["found"]
+        if [(r["prompt"], r["seed"]) for r in found] != [(t.prompt, t.seed) for t in trials] or len(images) != len(trials):
+            raise ValueError("the stored attack's trials are not these trials")
+        records = [TrialRecord(t, bool(r["shown_before"]), bool(r["success"]), r["budget_used"], dict(r["found"]), img,
+                               float(r["seconds"])) for t, r, img in zip(trials, found, images)]  # fmt: skip
+        return cls(attack=data["attack"], concept=data["concept"], model=data["model"], erasure=data["erasure"],
+                   budget=int(data["budget"]), budget_unit=data["budget_unit"], records=records, curve=data["curve"],
+                   seconds=float(data["seconds"]), judge=data["judge"], config=data["config"], info=dict(data["info"]))  # fmt: skip
+
     def summary(self) -> str:
         lo, hi = self.asr_ci
         return (

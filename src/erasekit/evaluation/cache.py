@@ -1,5 +1,6 @@
 """A cache of generated images, so that a judged evaluation run again (after a kill, with another
-judge, or with more rows) does not draw again what it has drawn.
+judge, or with more rows) does not draw again what it has drawn; and of finished attacks (their
+result and judged images, ``results/KEY.json``), so that a killed ``erasekit attack`` resumes.
 
 An image is keyed by everything that decides it: the model's weights (a fingerprint), the erasure
 applied (its checksum, or none), the prompt, the seed, and the sampler (scheduler, steps, guidance,
@@ -89,6 +90,32 @@ class ImageCache:
         self.misses += drawn
         images = [img for imgs, _ in done for img in imgs]
         return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
+
+    def result(self, key: str) -> tuple[dict, np.ndarray] | None:
+        """A result kept with :meth:`keep` (its JSON and its images), or ``None`` when absent or damaged."""
+        from erasekit.core.io import read_json
+
+        path = self.root / "results" / f"{key}.json"
+        if not path.is_file():
+            return None
+        try:
+            data = read_json(path)
+            images = [self._read(f"{key}-{i}") for i in range(int(data["images"]))]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if any(img is None for img in images):
+            return None
+        return data["result"], np.stack([img for img in images if img is not None])
+
+    def keep(self, key: str, result: dict, images: np.ndarray) -> None:
+        """Keep a finished unit's result (JSON) and its images under ``key``: images first, so a result
+        found is whole."""
+        from erasekit.core.io import write_json
+
+        for i, img in enumerate(images):
+            self._write(f"{key}-{i}", img)
+        (self.root / "results").mkdir(parents=True, exist_ok=True)
+        write_json(self.root / "results" / f"{key}.json", {"images": len(images), "result": result})
 
     def stats(self) -> dict:
         return {"hits": self.hits, "drawn": self.misses}
