@@ -583,7 +583,9 @@ def attack(
     where: WhereOpt = None,
     cache: Annotated[
         Optional[Path],
-        typer.Option(help="Keep the trials' plain images and every finished attack here; a rerun (or a killed run) makes only what is missing."),
+        typer.Option(
+            help="Keep the trials' plain images and every finished attack here; a rerun (or a killed run) makes only what is missing."
+        ),
     ] = None,
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="Attack parameter as key=value (repeatable, one attack).")
