@@ -194,8 +194,12 @@ def test_the_attack_reads_its_plain_images_from_the_cache(erased_sd, clip_dir, p
     )
     first = api.attacking.attack(pipe, erasure, "soft-prompt", "cat", **args)
     second = api.attacking.attack(pipe, erasure, "synonyms", "cat", **args)
-    assert first.info["image_cache"] == {"hits": 0, "drawn": 2} and second.info["image_cache"] == {"hits": 2, "drawn": 0}
+    assert first.info["image_cache"] == {"hits": 0, "drawn": 2, "attack_restored": False}
+    assert second.info["image_cache"] == {"hits": 2, "drawn": 0, "attack_restored": False}
     assert first.asr_before == second.asr_before  # the same plain images, judged alike
+    again = api.attacking.attack(pipe, erasure, "soft-prompt", "cat", **args)  # the finished attack is read back
+    assert again.info["image_cache"]["attack_restored"] is True
+    assert again.to_dict()["found"] == first.to_dict()["found"] and (again.images == first.images).all()
 
 
 def test_kid_is_the_unbiased_polynomial_mmd():
