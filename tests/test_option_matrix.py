@@ -114,6 +114,8 @@ def sample(command: str, option: str, kind: str, t: Path, base: list[str]) -> tu
                           "unet_steps": ["--unet-steps", "5"], "exclude": ["--exclude", "forget01" if lm else "star"],
                           "epochs": ["--epochs", "2"], "text_encoder": ["--text-encoder", "contrastive"],
                           "padding": ["--padding", "shuffled"], "codec": ["--codec", "testbed"],
+                          "token_loss": (base + ["--text-encoder", "contrastive"],
+                                         base + ["--text-encoder", "contrastive", "--token-loss", "1"]),
                           "retrain_codec": (base + ["--exclude", "star"], base + ["--exclude", "star", "--retrain-codec"])},
     }  # fmt: skip
     value = specific.get(command, {}).get(option, common.get(option))

@@ -11,9 +11,20 @@ from typer.testing import CliRunner
 from erasekit.cli import app
 from erasekit.core.errors import ConfigError
 from erasekit.core.io import load_tensors
+from erasekit.testbeds.image import world
 from erasekit.testbeds.image.model import build_text_encoder
 from erasekit.testbeds.image.tokenizer import build_tokenizer
-from erasekit.testbeds.image.train import STAGES, TrainConfig, Trainer, padding_mask, shuffle_padding
+from erasekit.testbeds.image.train import (
+    STAGES,
+    TOKEN_DOMAIN_VALUES,
+    TrainConfig,
+    Trainer,
+    padding_mask,
+    shuffle_padding,
+    token_loss,
+    token_targets,
+    token_value_table,
+)
 
 
 def test_smoke_training_writes_a_loadable_pipeline_and_resumes(tmp_path):
@@ -68,6 +79,63 @@ def test_unknown_text_encoder_training_is_refused():
         TrainConfig(text_encoder="frozen")
     result = CliRunner().invoke(app, ["testbed", "train", "--smoke", "--text-encoder", "frozen"])
     assert result.exit_code == 2 and "text_encoder must be one of" in result.output
+
+
+def test_token_targets_name_what_was_said_at_or_before_each_position():
+    """The per-token loss's targets: from a concept word on, its domain's value (a synonym names its
+    canonical value; a later word of the same domain replaces it), -1 before it and in the padding."""
+    tok = build_tokenizer()
+    table = token_value_table(tok)
+    character = next(iter(world.CHARACTERS))
+    captions = ["a red stripy star on a black background", "an image of a box in dotted style", "a shape", character]
+    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    y = token_targets(ids, table, tok.eos_token_id)
+    shape, style, colour, background, char = range(5)
+    assert list(TOKEN_DOMAIN_VALUES)[char] == "character"
+    v = world.value_index
+    # <bos> a red stripy star on a black background <eos> <pad>...
+    assert y[0, :11, shape].tolist() == [-1] * 4 + [v("shape", "star")] * 6 + [-1]
+    assert y[0, :11, style].tolist() == [-1] * 3 + [v("style", "striped")] * 7 + [-1]
+    assert y[0, :11, colour].tolist() == [-1] * 2 + [v("colour", "red")] * 8 + [-1]
+    assert y[0, :11, background].tolist() == [-1] * 7 + [v("background", "black")] * 3 + [-1]
+    assert y[1, :11, shape].tolist() == [-1] * 5 + [v("shape", "square")] * 5 + [-1]
+    assert y[1, :11, style].tolist() == [-1] * 7 + [v("style", "dotted")] * 3 + [-1]
+    assert (y[2] == -1).all()  # an anchor names nothing
+    assert y[3, :4, char].tolist() == [-1, 0, 0, -1] and (y[3, :, :char] == -1).all()
+    assert (y[:, tok.model_max_length - 1] == -1).all()
+    again = tok(["a red star in striped style of a dotted shape"], return_tensors="pt").input_ids
+    assert token_targets(again, table, tok.eos_token_id)[0, -1, style] == v("style", "dotted")  # the last word said wins
+    heads = torch.nn.Linear(4, sum(len(x) for x in TOKEN_DOMAIN_VALUES.values()))
+    states = torch.randn(ids.shape[0], ids.shape[1], 4, requires_grad=True)
+    loss = token_loss(states, heads, y, [len(x) for x in TOKEN_DOMAIN_VALUES.values()])
+    loss.backward()
+    assert torch.isfinite(loss) and states.grad[2].abs().sum() == 0  # a row without targets gets no gradient
+
+
+@pytest.mark.testbed
+def test_the_token_loss_trains_the_encoders_word_states(tmp_path):
+    """text_token_loss > 0: the text stage records its per-token loss, and the encoder it writes differs
+    from the InfoNCE-only one trained from the same seed and data."""
+    encoders = {}
+    for weight in (0.0, 1.0):
+        cfg = TrainConfig.smoke()
+        cfg.text_encoder, cfg.codec_from, cfg.text_token_loss = "contrastive", "testbed", weight
+        work = tmp_path / str(weight)
+        Trainer(work, cfg, progress=False, log=lambda m: None).run(stages=STAGES[: STAGES.index("text") + 1])
+        info = json.loads((work / "text.done").read_text())
+        assert ("final_token_loss" in info) == bool(weight)
+        encoders[weight] = load_tensors(work / "text-encoder.safetensors")
+    assert math.isfinite(info["final_token_loss"])
+    assert any(not torch.equal(encoders[0.0][k], encoders[1.0][k]) for k in encoders[0.0])
+
+
+def test_the_token_loss_needs_a_pretrained_encoder():
+    with pytest.raises(ConfigError, match="text_encoder='contrastive'"):
+        TrainConfig(text_token_loss=1.0)
+    with pytest.raises(ConfigError, match="weight >= 0"):
+        TrainConfig(text_encoder="contrastive", text_token_loss=float("nan"))
+    result = CliRunner().invoke(app, ["testbed", "train", "--smoke", "--token-loss", "1"])
+    assert result.exit_code == 2 and "--token-loss trains a pre-trained text encoder" in result.output
 
 
 def test_padding_mask_marks_the_positions_after_the_first_end_token():

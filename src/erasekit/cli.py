@@ -760,6 +760,14 @@ def testbed_train(
             help="What the UNet trains on after a caption's end: prompt (its own padding) or shuffled (another caption's).",
         ),
     ] = None,
+    token_loss: Annotated[
+        Optional[float],
+        typer.Option(
+            "--token-loss",
+            min=0.0,
+            help="With --text-encoder contrastive: weight of a per-token loss (each state names the attributes said so far).",
+        ),
+    ] = None,
 ) -> None:
     """Train the testbed from scratch (judge, VAE, text encoder + UNet) on the CPU; over an hour on 2 cores.
 
@@ -771,7 +779,8 @@ def testbed_train(
     given = given_names(ctx)
     path = train_testbed(workdir if "workdir" in given else None, out, resume=resume, smoke=smoke, exclude=exclude,
                          unet_steps=unet_steps, retrain_codec=retrain_codec, epochs=epochs, llm=llm,
-                         text_encoder=text_encoder, padding=padding, codec=codec, log=lambda m: typer.echo(m, err=True))  # fmt: skip
+                         text_encoder=text_encoder, padding=padding, codec=codec, token_loss=token_loss,
+                         log=lambda m: typer.echo(m, err=True))  # fmt: skip
     typer.echo(f"{'fact-world model' if llm else 'testbed pipeline'} written to {path}")
 
 

@@ -64,6 +64,7 @@ SCOPES: dict[str, dict[str, frozenset[str]]] = {
     "testbed train": {
         "workdir": BOTH, "out": BOTH, "resume": BOTH, "smoke": BOTH, "unet_steps": IMAGE, "exclude": BOTH,
         "retrain_codec": IMAGE, "codec": IMAGE, "llm": BOTH, "epochs": LM, "text_encoder": IMAGE, "padding": IMAGE,
+        "token_loss": IMAGE,
     },
 }  # fmt: skip
 

@@ -381,7 +381,7 @@ def _evaluate_images(model, erasure, concepts, out, seeds: int, contexts: int, s
     return report
 
 
-def _image_train_config(smoke: bool, unet_steps, text_encoder, padding, exclude, codec, retrain_codec):
+def _image_train_config(smoke: bool, unet_steps, text_encoder, padding, exclude, codec, retrain_codec, token_loss=None):
     """The image testbed's :class:`~erasekit.testbeds.image.train.TrainConfig` from the job's options,
     each checked before any work (an oracle reuses the shipped judge and VAE unless ``retrain_codec``)."""
     from erasekit.testbeds.image.train import TrainConfig, check_exclusions
@@ -393,6 +393,10 @@ def _image_train_config(smoke: bool, unet_steps, text_encoder, padding, exclude,
         cfg = dataclasses.replace(cfg, text_encoder=text_encoder)
     if padding is not None:
         cfg = dataclasses.replace(cfg, padding=padding)
+    if token_loss is not None:
+        if cfg.text_encoder != "contrastive":
+            raise InvalidInputError("--token-loss trains a pre-trained text encoder: pass it with --text-encoder contrastive")
+        cfg = dataclasses.replace(cfg, text_token_loss=token_loss)
     if codec is not None and retrain_codec:
         raise InvalidInputError("--codec reuses a testbed's judge and VAE, --retrain-codec trains them: pass one of them")
     if retrain_codec and not exclude:
@@ -418,13 +422,15 @@ def train_testbed(
     text_encoder: str | None = None,
     padding: str | None = None,
     codec: str | None = None,
+    token_loss: float | None = None,
     log=print,
 ) -> Path:
     """What ``erasekit testbed train`` does: train the image testbed (judge, VAE, text encoder and
     UNet; ``exclude``: an oracle without those concepts, reusing the shipped judge and VAE unless
     ``retrain_codec``) or, with ``llm``, the fact-world GPT-2 (``exclude``: one forget split, an
     oracle; ``epochs`` overrides its run length). ``text_encoder`` (image testbed): ``joint`` or
-    ``contrastive``, ``padding`` (image testbed): ``prompt`` or ``shuffled``
+    ``contrastive``, ``padding`` (image testbed): ``prompt`` or ``shuffled``, ``token_loss`` (with
+    ``contrastive``): the weight of the encoder's per-token objective
     (:class:`~erasekit.testbeds.image.train.TrainConfig`); ``codec`` (image testbed): a testbed whose
     judge and VAE are reused instead of trained (an oracle reuses the shipped one unless ``retrain_codec``). Both directories are checked before anything is
     written; ``resume`` continues from the workdir's checkpoints. Returns the model directory."""
@@ -432,7 +438,7 @@ def train_testbed(
         from erasekit.testbeds.facts.train import LLMTrainConfig, LLMTrainer, check_split
 
         models.refuse_options(models.CAUSAL_LM, "the --llm testbed", unet_steps=unet_steps, retrain_codec=retrain_codec,
-                              text_encoder=text_encoder, padding=padding, codec=codec)  # fmt: skip
+                              text_encoder=text_encoder, padding=padding, codec=codec, token_loss=token_loss)  # fmt: skip
         if exclude and len(exclude) > 1:
             raise InvalidInputError("--llm --exclude takes one forget split (forget01, forget05 or forget10)")
         workdir = Path("runs/testbed-llm") if workdir is None else Path(workdir)
@@ -449,5 +455,5 @@ def train_testbed(
     workdir = Path("runs/testbed") if workdir is None else Path(workdir)
     check_dir_output(workdir, "testbed-train", what="testbed training directory")  # both checked before anything is written
     check_dir_output(out or workdir / "pipeline", "pipeline", what="testbed pipeline directory")
-    cfg = _image_train_config(smoke, unet_steps, text_encoder, padding, exclude, codec, retrain_codec)
+    cfg = _image_train_config(smoke, unet_steps, text_encoder, padding, exclude, codec, retrain_codec, token_loss)
     return Trainer(workdir, cfg, log=log).run(resume=resume, out=out)

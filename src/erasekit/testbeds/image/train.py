@@ -12,7 +12,9 @@ periodic checkpoints (safetensors, never pickle) so ``resume=True`` continues wh
 6. ``text``       - with ``text_encoder="contrastive"`` only: the CLIPTextModel pre-trained as CLIP's
                     text tower, by a symmetric InfoNCE loss between its pooled (EOS) state and a small
                     image tower's embedding of the caption's image (images of identical labels count
-                    as positives); the UNet stage then keeps it frozen, as Stable Diffusion keeps CLIP;
+                    as positives), plus, with ``text_token_loss`` > 0, a per-token loss that makes
+                    every position's state name the attributes said so far (:func:`token_targets`);
+                    the UNet stage then keeps it frozen, as Stable Diffusion keeps CLIP;
 7. ``unet``       - UNet2DConditionModel trained on v-prediction (SD's schedule rescaled to zero
                     terminal SNR) with the text encoder (jointly, or frozen after ``text``), captions
                     resampled every step, 10 % empty captions for classifier-free guidance, min-SNR-5
@@ -77,6 +79,12 @@ class TrainConfig:
     text_steps: int = 1_000
     text_batch: int = 256
     text_lr: float = 1e-3
+    #: Weight λ of the per-token objective beside InfoNCE (``contrastive`` only; 0: InfoNCE alone, as
+    #: the first candidate). InfoNCE trains the encoder only through its pooled (EOS) state, so the
+    #: states the UNet reads at the words carried the attributes weakly (docs/testbed.md, *The retrained
+    #: candidate*); the token loss asks every position to name, through a linear probe per domain, the
+    #: value of each attribute said at or before it (:func:`token_targets`).
+    text_token_loss: float = 0.0
     #: What the UNet sees at the positions after a caption's end token while it trains: ``prompt``
     #: (the caption's own padding states, the shipped testbed) or ``shuffled`` (the padding states of
     #: another caption in the batch, so that the padding carries nothing the UNet could learn to read
@@ -113,6 +121,10 @@ class TrainConfig:
             raise ConfigError(f"text_encoder must be one of {', '.join(TEXT_ENCODER_TRAINING)}, got {self.text_encoder!r}")
         if self.padding not in PADDING_TRAINING:
             raise ConfigError(f"padding must be one of {', '.join(PADDING_TRAINING)}, got {self.padding!r}")
+        if not self.text_token_loss >= 0:
+            raise ConfigError(f"text_token_loss must be a weight >= 0, got {self.text_token_loss!r}")
+        if self.text_token_loss and self.text_encoder != "contrastive":
+            raise ConfigError("the per-token loss trains a pre-trained text encoder: pass it with text_encoder='contrastive'")
 
 
 class Trainer:
@@ -295,6 +307,13 @@ class Trainer:
         positives: images whose labels are identical (the world repeats label combinations, so a batch
         holds true duplicates that plain InfoNCE would push apart). The image tower and the projections
         are discarded; only the encoder is kept (``text-encoder.safetensors``), as SD keeps CLIP's text tower.
+
+        With λ = ``text_token_loss`` > 0 the loss is L + λ · mean CE(W_d h_t, y_{t,d}) over every
+        position t up to the end token and every domain d with a target (:func:`token_targets`): the
+        state h_t must name, through a linear probe W_d (discarded too), the value of d last said at or
+        before t (synonyms alike). This is a deliberate stand-in for what a CLIP trained on 400 M pairs
+        has and a 1 000-step InfoNCE on the world does not: word states that carry their word's meaning
+        for the positions after them, which is what the UNet reads once the padding is shuffled.
         Checkpoints every ``checkpoint_every`` steps (``ckpt-text``) let ``resume`` continue the stage.
         """
         cfg = self.cfg
@@ -311,6 +330,10 @@ class Trainer:
         scale.logit = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         modules = {"text_encoder": text_encoder, "image_tower": image_tower, "text_proj": text_proj, "image_proj": image_proj,
                    "logit_scale": scale}  # fmt: skip
+        table = token_value_table(tokenizer)
+        sizes = [len(values) for values in TOKEN_DOMAIN_VALUES.values()]
+        if cfg.text_token_loss:
+            modules["token_heads"] = torch.nn.Linear(width, sum(sizes))
         params = [p for m in modules.values() for p in m.parameters()]
         opt = torch.optim.AdamW(params, lr=cfg.text_lr, weight_decay=0.1)
         start = self._load_ckpt("text", modules, opt) if resume else 0
@@ -319,6 +342,7 @@ class Trainer:
         key = np.stack([labels.shape, labels.style, labels.colour, labels.background, labels.watermark, labels.character], 1)
         rng = np.random.default_rng(cfg.seed + 5 + start)
         losses: list[float] = []
+        token_losses: list[float] = []
         bar = tqdm(range(start, cfg.text_steps), desc="text", disable=not self.progress, mininterval=2, initial=start,
                    total=cfg.text_steps)  # fmt: skip
         for step in bar:
@@ -327,13 +351,20 @@ class Trainer:
             idx = rng.integers(0, len(labels), cfg.text_batch)
             captions = [world.caption_for(labels, int(i), rng) for i in idx]
             ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-            t = F.normalize(text_proj(text_encoder(ids).pooler_output), dim=-1)
+            out = text_encoder(ids)
+            t = F.normalize(text_proj(out.pooler_output), dim=-1)
             x = images[torch.as_tensor(idx)].permute(0, 3, 1, 2).float() / 127.5 - 1.0
             v = F.normalize(image_proj(image_tower.embed(x)), dim=-1)
             same = torch.as_tensor((key[idx][:, None, :] == key[idx][None, :, :]).all(-1), dtype=torch.float32)
             targets = same / same.sum(1, keepdim=True)
             logits = scale.logit.exp().clamp(max=100) * t @ v.T
             loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
+            if cfg.text_token_loss:
+                token = token_loss(
+                    out.last_hidden_state, modules["token_heads"], token_targets(ids, table, tokenizer.eos_token_id), sizes
+                )
+                token_losses.append(token.item())
+                loss = loss + cfg.text_token_loss * token
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -347,6 +378,9 @@ class Trainer:
             "final_loss": float(np.mean(losses[-100:])) if losses else None,
             "steps": cfg.text_steps,
             "logit_scale": float(scale.logit.detach().exp()),
+            **(
+                {"final_token_loss": float(np.mean(token_losses[-100:])) if token_losses else None} if cfg.text_token_loss else {}
+            ),
         }
 
     def stage_unet(self, resume: bool) -> dict:
@@ -503,6 +537,51 @@ def padding_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     is_eos = ids == eos_id
     first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), ids.shape[1])
     return torch.arange(ids.shape[1]) > first[:, None]
+
+
+#: The domains a caption's words name, with their label values (index order = the labels').
+TOKEN_DOMAIN_VALUES: dict[str, tuple[str, ...]] = {**world.DOMAIN_VALUES, "character": tuple(world.CHARACTERS)}
+
+
+def token_value_table(tokenizer) -> torch.Tensor:
+    """``(V, D)`` long: for each token id, the label index its word names in each of the D domains of
+    :data:`TOKEN_DOMAIN_VALUES` (a synonym names its canonical value), -1 where it names none."""
+    domains = list(TOKEN_DOMAIN_VALUES)
+    table = torch.full((len(tokenizer), len(domains)), -1, dtype=torch.long)
+    for word in world.vocabulary():
+        concept = world.canonical(word)
+        if concept is None:
+            continue
+        domain = world.domain_of(concept)
+        table[tokenizer.convert_tokens_to_ids(word + "</w>"), domains.index(domain)] = TOKEN_DOMAIN_VALUES[domain].index(concept)
+    return table
+
+
+def token_targets(ids: torch.Tensor, table: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """``(B, L, D)`` targets of the per-token loss: y[b, t, d] = the value of domain d named by the
+    last word of d at a position ≤ t in row b, -1 where none has been named yet and in the padding
+    (after the first end token; the end token itself keeps the caption's values). A causal encoder's
+    state at t has read exactly the positions ≤ t, so every target is knowable there."""
+    named = table[ids]  # (B, L, D)
+    pos = torch.arange(ids.shape[1]).view(1, -1, 1).expand_as(named)
+    last = torch.where(named >= 0, pos, -1).cummax(dim=1).values
+    target = named.gather(1, last.clamp(min=0))
+    target[last < 0] = -1
+    target[padding_mask(ids, eos_id)] = -1
+    return target
+
+
+def token_loss(states: torch.Tensor, heads: torch.nn.Linear, targets: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Mean cross-entropy of the linear probes ``heads`` (one block of ``sizes[d]`` outputs per
+    domain) on ``states`` ``(B, L, W)`` over every (position, domain) with a target ≥ 0."""
+    logits = heads(states).split(sizes, dim=-1)
+    total, count = states.new_zeros(()), 0
+    for d, block in enumerate(logits):
+        keep = targets[..., d] >= 0
+        if keep.any():
+            total = total + F.cross_entropy(block[keep], targets[..., d][keep], reduction="sum")
+            count += int(keep.sum())
+    return total / max(count, 1)
 
 
 def shuffle_padding(cond: torch.Tensor, ids: torch.Tensor, eos_id: int, gen: torch.Generator) -> torch.Tensor:
