@@ -126,10 +126,12 @@ def generate(
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # one bar (ours) per call, not one per batch
     bs = sampling.batch_size
-    batches = [(prompts[i : i + bs], seeds[i : i + bs]) for i in range(0, len(prompts), bs)]
-    shards = parallel.current()  # under torchrun / accelerate: batch k drawn by rank k mod N, gathered
-    out = shards.map(batches, lambda b: _draw_batch(pipe, b[0], b[1], sampling, guarded), desc=desc,
-                     progress=progress and len(prompts) > bs, unit="batch")  # fmt: skip
+
+    def draw(rows: list[int]) -> np.ndarray:
+        return _draw_batch(pipe, [prompts[i] for i in rows], [seeds[i] for i in rows], sampling, guarded)
+
+    # under torchrun / accelerate: batch k drawn by rank k mod N, gathered
+    out = parallel.current().map_batches(len(prompts), bs, draw, desc=desc, progress=progress and len(prompts) > bs)
     if not out:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     return np.concatenate(out)

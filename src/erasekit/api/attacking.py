@@ -175,8 +175,9 @@ def attack(
     shards = parallel.join(device)  # before any output is claimed: rank 0 makes folders, the others wait
     if seeds is not None and seeds < 1:
         raise InvalidInputError(f"--seeds must be >= 1, got {seeds}")
-    if batch_size is not None and batch_size < 1:
-        raise InvalidInputError(f"--batch-size must be at least 1, got {batch_size}")
+    SamplingConfig(
+        steps=steps, guidance_scale=guidance, batch_size=SamplingConfig.batch_size if batch_size is None else batch_size
+    ).validate()
     specs, configs = _attack_configs("synonyms" if attack is None else attack, budget, params)
     prompts = _with_prompt_file(prompts, prompt_file, limit, where)
     loaded_pipe, out, loaded = _inputs_checked(model, erasure, out, guard)
@@ -222,14 +223,11 @@ def kept_attack(spec: AttackSpec, config, arena: Arena, erasure, store, progress
     settings); a result made now is kept there, so a killed run resumes with the attacks it finished."""
     if store is None:
         return run_attack(spec, arena, config, progress=progress, before=before), False
-    import hashlib
-    import json
     from dataclasses import asdict
 
-    key = hashlib.sha256(json.dumps(
-        ["attack", store.model_key(arena.pipe, erasure), store.model_key(arena.reference), spec.name, asdict(config),
-         [(t.prompt, t.seed) for t in arena.trials], arena.steps, arena.guidance, judge_label(arena.judge)],
-        sort_keys=True, default=str).encode()).hexdigest()  # fmt: skip
+    key = store.unit_key("attack", store.model_key(arena.pipe, erasure), store.model_key(arena.reference), spec.name,
+                         asdict(config), [(t.prompt, t.seed) for t in arena.trials], arena.steps, arena.guidance,
+                         judge_label(arena.judge))  # fmt: skip
     kept = store.result(key)
     if kept is not None:
         return AttackResult.from_dict(kept[0], arena.trials, kept[1]), True
@@ -242,10 +240,8 @@ def plain_trial_images(arena: Arena, erasure, cache) -> tuple:
     """``(images, cache stats or None)`` of every trial's plain prompt in ``arena``, read from the
     :class:`~erasekit.evaluation.cache.ImageCache` ``cache`` where drawn before (keyed by the attacked model's weights, the
     erasure, prompt, seed and the arena's sampler)."""
-    rows = list(range(len(arena.trials)))
     if cache is None:  # batches of the arena's size, batch k drawn by rank k mod N under torchrun / accelerate
-        batches = [rows[i : i + arena.batch_size] for i in range(0, len(rows), arena.batch_size)]
-        drawn = parallel.current().map(batches, arena.generate_trials)
+        drawn = parallel.current().map_batches(len(arena.trials), arena.batch_size, arena.generate_trials)
         return (np.concatenate(drawn) if drawn else arena.generate_trials([])), None
     store = cache
     model = store.model_key(arena.pipe, erasure)

@@ -233,9 +233,9 @@ def evaluate(
         return evaluate_lm(model, erasure, split=split, oracle=oracle, out=out, device=device, dtype=dtype)
     models.refuse_options(kind, subject, split=split, oracle=oracle)
     parallel.join(device)  # under torchrun / accelerate: the images are drawn in shards (erasekit.core.parallel)
-    if batch_size is not None and batch_size < 1:
-        raise InvalidInputError(f"--batch-size must be at least 1, got {batch_size}")
-    sampling = SamplingConfig(steps=steps, guidance_scale=guidance, batch_size=batch_size or SamplingConfig.batch_size)
+    sampling = SamplingConfig(steps=steps, guidance_scale=guidance,
+                              batch_size=SamplingConfig.batch_size if batch_size is None else batch_size)  # fmt: skip
+    sampling.validate()  # before any model loads
     if judge is not None or prompts is not None or retain_prompts is not None:
         models.refuse_mode("a judged evaluation (--prompts)", "it sizes the testbed evaluation (no --prompts); use --samples",
                            seeds=seeds, contexts=contexts)  # fmt: skip

@@ -104,6 +104,15 @@ class Shards:
             raise ErasekitError(f"rank {k % self.world} failed on its part of the work: {message}")
         return [merged[k][1] for k in range(len(units))]
 
+    def map_batches(
+        self, n: int, size: int, fn: Callable[[list[int]], R], desc: str = "", progress: bool = False, unit: str = "batch"
+    ) -> list[R]:
+        """:meth:`map` over the batches of rows ``0..n-1``: batch ``k`` is rows ``[k·size, (k+1)·size)``
+        (the last one shorter), formed as one process forms them, so batch ``k``'s draws do not depend
+        on the number of ranks; ``fn`` receives a batch's row indices."""
+        step = max(1, size)
+        return self.map([list(range(i, min(i + step, n))) for i in range(0, n, step)], fn, desc, progress, unit)
+
 
 def _gathered(done: dict[int, tuple[bool, Any]], world: int) -> dict[int, tuple[bool, Any]]:
     """The union of every rank's ``done`` (``torch.distributed.all_gather_object``)."""

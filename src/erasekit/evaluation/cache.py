@@ -46,7 +46,13 @@ class ImageCache:
         """The key of one image: model, prompt, seed and sampler."""
         sampler = {"scheduler": scheduler, "steps": sampling.steps, "guidance": sampling.guidance_scale,
                    "negative": sampling.negative_prompt, "height": sampling.height, "width": sampling.width}  # fmt: skip
-        return hashlib.sha256(json.dumps([model_key, prompt, int(seed), sampler], sort_keys=True).encode()).hexdigest()
+        return ImageCache.unit_key(model_key, prompt, int(seed), sampler)
+
+    @staticmethod
+    def unit_key(*parts) -> str:
+        """A key from JSON-able ``parts`` (SHA-256 of their sorted JSON; other objects by ``str``): an
+        image's (:meth:`key`) or a kept result's (:meth:`keep`)."""
+        return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.png"
@@ -60,12 +66,11 @@ class ImageCache:
         model = self.model_key(pipe, erasure)
         scheduler = type(getattr(pipe, "scheduler", None)).__name__
         keys = [self.key(model, p, s, sampling, scheduler) for p, s in zip(prompts, seeds)]
-        step = max(1, sampling.batch_size)
 
         def draw(rows: list[int]) -> np.ndarray:
             return generate(pipe, [prompts[i] for i in rows], [seeds[i] for i in rows], sampling, False)
 
-        return self.through(keys, draw, step, desc, progress)
+        return self.through(keys, draw, sampling.batch_size, desc, progress)
 
     def through(self, keys: list[str], draw, batch_size: int = 32, desc: str = "generate", progress: bool = False) -> np.ndarray:
         """The images of ``keys``: batches of ``batch_size`` rows formed over all of them (as an uncached
@@ -82,9 +87,7 @@ class ImageCache:
                     images[j] = img
             return [img for img in images if img is not None], len(missing)
 
-        step = max(1, batch_size)
-        batches = [list(range(i, min(i + step, len(keys)))) for i in range(0, len(keys), step)]
-        done = parallel.current().map(batches, batch, desc=desc, progress=progress, unit="batch")
+        done = parallel.current().map_batches(len(keys), batch_size, batch, desc=desc, progress=progress)
         drawn = sum(n for _, n in done)
         self.hits += len(keys) - drawn
         self.misses += drawn
