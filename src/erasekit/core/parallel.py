@@ -27,6 +27,7 @@ On a single process (no launcher, or ``WORLD_SIZE=1``) every function here is th
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -191,7 +192,17 @@ def join(device: str | None = None, job: str = "this job") -> Shards:
         )
     state = PartialState(cpu=cpu)
     _joined = Shards(state.process_index, state.num_processes, state.local_process_index)
+    atexit.register(_leave)
     return _joined
+
+
+def _leave() -> None:
+    """Leave the process group before the interpreter exits (at exit; a group left to the interpreter's
+    teardown can abort the process when a peer has already gone)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def refuse_sharded(what: str) -> None:
