@@ -14,8 +14,10 @@
 3. Keep the epoch whose validation images show the concept least, when a judge is given (on the
    testbed: the testbed classifier); without a judge, the last epoch.
 
-Defaults: ``epochs = 1``, ``reg = 1e-3`` — the reference's setting for objects and styles; the
-reference uses 3 epochs with λ_r = 0.1 for nudity and 2 for unsafe concepts. Deliberate choice: the
+Defaults: ``epochs = 1``, ``reg = 1e-3`` — the reference's setting for styles and most objects; its
+README uses λ_r = 0.1 for the easy objects, and 3 epochs with λ_r = 0.1 for nudity and 2 for unsafe
+concepts. The re-erasure guide is " " (its scripts for art pass ``--guided_concepts art``:
+``--set rece.adv_guide=art``); η_p is not rounded to 3 decimals as the reference prints it. Deliberate choice: the
 reference recomputes every layer's values inside a loop over layers; here the statistics are built
 once per epoch and shared by all layers (same result). UNet families only.
 """
@@ -40,7 +42,7 @@ from erasekit.models.diffusion import FamilyAdapter
 class RECEConfig(MethodConfig):
     epochs: int = field(default=1, metadata={"help": "adversarial re-erasure rounds (reference: 1 objects/styles, 3 nudity)"})
     reg: float = field(
-        default=1e-3, metadata={"help": "λ_r of the adversarial embedding (reference: 1e-3 objects/styles, 0.1 nudity)"}
+        default=1e-3, metadata={"help": "λ_r of the adversarial embedding (reference: 1e-3 styles, 0.1 easy objects and nudity)"}
     )
     adv_lamb: float = field(default=0.1, metadata={"help": "λ of each re-erasure"})
     adv_erase_scale: float = field(default=1.0, metadata={"help": "η_e of each re-erasure"})

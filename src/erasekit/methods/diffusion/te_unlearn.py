@@ -8,9 +8,13 @@ the token embeddings stay frozen):
     L = − ‖ f(x_t, E_θ(c), t) − target(x₀, ε, t) ‖²
 
 Images: PNG/JPEG files in ``image_dir`` (the paper uses ~4 real images), or, by default,
-``n_images`` images the frozen model draws from the concept prompt. Defaults follow the reference:
-4 images, Adam lr 1e-5, 5 epochs of batch 1 (``iterations`` = 20), CLIP layers as above (both text
-encoders on SDXL). Gradient ascent is unbounded; the reference stops after a few epochs, and so do we.
+``n_images`` images the frozen model draws from the concept prompt. Defaults: 4 images, lr 1e-5, CLIP
+layers as above (both text encoders on SDXL), as the reference. Deliberate difference: the reference
+(fmp453/few-shot-erasing ``train.py``) runs 5 epochs of batch 2 (10 updates, each image seen 5 times)
+with Adam betas (0.9, 0.98), eps 1e-6; erasekit runs 20 updates of batch 1 (each image also seen 5
+times) with Adam's default betas, the setting its testbed measurements (docs/results.md) were made
+with — ``--set te-unlearn.batch_size=2 --set te-unlearn.iterations=10`` runs the reference's update
+count. Gradient ascent is unbounded; the reference stops after a few epochs, and so do we.
 """
 
 from __future__ import annotations
