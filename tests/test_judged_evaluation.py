@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from erasekit import api
 from erasekit.cli import app
-from erasekit.core.errors import ConfigError
+from erasekit.core.errors import ConfigError, UnsupportedModelError
 from erasekit.core.registry import all_attacks, get_attack
 from erasekit.evaluation.judged import generate_rows, row_draws
 from erasekit.evaluation.prompt_sets import PromptRow, read_prompt_set
@@ -221,3 +221,33 @@ def test_kid_is_the_unbiased_polynomial_mmd():
     assert abs(kernel_distance(same, shifted)) < 0.05 < kernel_distance(same, shifted + 2)
     with pytest.raises(ValueError, match="at least two"):
         kernel_distance(a[:1], b)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_token_attacks_search_in_the_families_own_text_features(family, clip_dir, prompt_files):
+    """Ring-A-Bell and token search score candidates through every text encoder of the family (SDXL's
+    two, SD3's three), where their targets live: they ran on SD only before (a shape mismatch)."""
+    target, _ = prompt_files
+    pipe = tiny_pipeline(family)
+    names = ["ring-a-bell", "token-search"] if family == "sdxl" else ["ring-a-bell"]
+    for name in names:
+        result = api.attacking.attack(pipe, None, name, "cat", budget=2, seeds=1, judge=f"clip:clip={clip_dir}",
+                                      prompt_file=target, steps=2, progress=False)  # fmt: skip
+        assert result.trials == 2 and len(result.records) == 2
+        scores = result.info["best_distance" if name == "ring-a-bell" else "final_similarity"]
+        assert len(scores) == 2 and all(np.isfinite(scores))  # one search per prompt, in the family's feature space
+
+
+def test_embedding_attacks_are_refused_on_families_without_a_hookable_text_encoder(clip_dir, prompt_files, monkeypatch):
+    """SD3 and Flux encode through their pipelines' encode_prompt: the attacks that edit token embeddings
+    are refused in one line, before any image is drawn."""
+    import erasekit.api.attacking as attacking
+
+    target, _ = prompt_files
+    drawn = []
+    monkeypatch.setattr(attacking, "plain_trial_images", lambda *a: drawn.append(1))
+    with pytest.raises(UnsupportedModelError) as err:
+        attacking.attack(tiny_pipeline("flux"), None, "synonyms,soft-prompt,token-search", "cat", budget=2, seeds=1,
+                         judge=f"clip:clip={clip_dir}", prompt_file=target, steps=2, progress=False)  # fmt: skip
+    assert str(err.value).startswith("soft-prompt, token-search cannot attack flux models (they apply to sd, sdxl")
+    assert "\n" not in str(err.value) and not drawn

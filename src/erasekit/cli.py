@@ -633,7 +633,9 @@ def attacks() -> None:
     from erasekit.core.registry import all_attacks
 
     for spec in all_attacks():
-        tags = ", ".join(t for t, on in (("fast", spec.fast), ("text encoder only", not spec.denoiser and spec.family == "diffusion"),
+        diffusion = spec.family == "diffusion"
+        tags = ", ".join(t for t, on in (("fast", spec.fast), ("text encoder only", not spec.denoiser and diffusion),
+                                         (" and ".join(spec.kinds) + " only", diffusion and len(spec.kinds) < 4),
                                          ("language models", spec.family == "causal-lm")) if on)  # fmt: skip
         typer.echo(
             f"{spec.name:<18} {spec.kind:<9} budget {spec.default_budget} {spec.budget_unit:<12} {spec.summary}"

@@ -15,7 +15,7 @@ from erasekit.api.judges import model_judge
 from erasekit.attacks.base import AttackResult, Tracker
 from erasekit.attacks.diffusion.arena import Arena, with_copies
 from erasekit.core import parallel
-from erasekit.core.errors import ConfigError, InvalidInputError
+from erasekit.core.errors import ConfigError, InvalidInputError, UnsupportedModelError
 from erasekit.core.outputs import check_file_output, write_report
 from erasekit.core.registry import AttackSpec, all_attacks, get_attack
 from erasekit.generation import SamplingConfig
@@ -192,6 +192,7 @@ def attack(
             raise ConfigError("nothing to attack: pass --concept NAME (or an --erasure whose request names one)")
         concept = loaded.request.concepts[0]
     arena, root = _arena(model, loaded, concept, prompts, seeds, reference, device, dtype, steps, guidance, judge, batch_size)
+    _check_families(specs, arena.bench.adapter.name)
     images, cached = plain_trial_images(arena, loaded, store)
     before = (images, arena.shows(images))
     # under torchrun / accelerate each attack is one rank's (they share no randomness: each seeds its own generator)
@@ -204,6 +205,18 @@ def attack(
     save_trial_grid(results, grid)
     _name_grid(results, grid, out)
     return attack_results(results, out)
+
+
+def _check_families(specs: list, family: str) -> None:
+    """Refuse, before any image is drawn, the attacks that do not apply to a ``family`` pipeline
+    (``AttackSpec.kinds``: an attack that edits the token embeddings needs a hookable text encoder)."""
+    refused = [s for s in specs if family not in s.kinds]
+    if refused:
+        names = ", ".join(s.name for s in refused)
+        raise UnsupportedModelError(
+            f"{names} cannot attack {family} models (they apply to {', '.join(refused[0].kinds)}: they edit the token "
+            f"embeddings of a text encoder erasekit can hook); choose other attacks: 'erasekit attacks' lists them"
+        )
 
 
 def _attack_configs(attack: str | list[str], budget: int | None, params: dict | None) -> tuple[list, list]:

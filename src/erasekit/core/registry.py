@@ -181,11 +181,13 @@ class AttackSpec(ConfiguredSpec):
     #: Which trials it runs on: ``all`` of the arena's, or the ``held-out`` half (a language-model
     #: attack that teaches the model the other half, relearning).
     trials: str = "all"
+    #: The diffusion families it applies to (:func:`register_attack`).
+    families: tuple[str, ...] = DIFFUSION_FAMILIES
 
     @property
     def kinds(self) -> tuple[str, ...]:
         """The kinds of model the attack applies to (the registry's one axis)."""
-        return DIFFUSION_FAMILIES if self.family == "diffusion" else ("causal-lm",)
+        return self.families if self.family == "diffusion" else ("causal-lm",)
 
     @property
     def default_budget(self) -> int:
@@ -204,14 +206,16 @@ ATTACKS: dict[str, dict[str, AttackSpec]] = {f: {} for f in ATTACK_FAMILIES}
 
 
 def register_attack(name: str, config_cls: type, budget_unit: str, kind: str, denoiser: bool = True, fast: bool = False,
-                    family: str = "diffusion", trials: str = "all"):  # fmt: skip
+                    family: str = "diffusion", trials: str = "all", families: tuple[str, ...] = DIFFUSION_FAMILIES):  # fmt: skip
     """Decorator registering an attack under ``name`` (summary: the docstring's first line). Every
     attack, of either family, is ``fn(arena, config, tracker, progress) -> info | None``: the job
     builds the arena and the tracker over its trials, the attack reports what it finds to the tracker.
 
     Refused at import: a duplicate name, an unknown kind, a config that is not a ``MethodConfig``
     with an integer ``budget`` field, ``trials`` other than ``all`` (or ``held-out`` for a
-    language-model attack).
+    language-model attack), ``families`` that are not diffusion families. ``families``: the pipeline
+    families a diffusion attack applies to (an attack that edits the token embeddings needs a family
+    whose text encoder erasekit can hook).
     """
     from erasekit.core.config import MethodConfig
 
@@ -232,7 +236,10 @@ def register_attack(name: str, config_cls: type, budget_unit: str, kind: str, de
             raise ValueError(f"attack {name!r}: its config must be a MethodConfig dataclass")
         if typing.get_type_hints(config_cls).get("budget") is not int:
             raise ValueError(f"attack {name!r}: its config needs an int field 'budget'")
-        ATTACKS[family][name] = AttackSpec(name, config_cls, _summary(fn), fn, budget_unit, kind, denoiser, fast, family, trials)
+        if not families or not set(families) <= set(DIFFUSION_FAMILIES):
+            raise ValueError(f"attack {name!r}: families must be some of {DIFFUSION_FAMILIES}, got {families!r}")
+        ATTACKS[family][name] = AttackSpec(name, config_cls, _summary(fn), fn, budget_unit, kind, denoiser, fast, family, trials,
+                                           tuple(families))  # fmt: skip
         return fn
 
     return deco

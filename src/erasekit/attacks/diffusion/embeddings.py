@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erasekit.attacks.base import AttackConfig
-from erasekit.attacks.diffusion.tokens import PLACEHOLDER, make_slots
+from erasekit.attacks.diffusion.tokens import HOOKED_FAMILIES, PLACEHOLDER, make_slots
 from erasekit.core.errors import ConfigError
 from erasekit.core.registry import register_attack
 
@@ -111,7 +111,9 @@ def judge_vectors(arena, tracker, spent: int, layout: str, k: int, vectors: torc
     tracker.report(spent, rows, images, found)
 
 
-@register_attack("soft-prompt", SoftPromptAttackConfig, budget_unit="iterations", kind="embedding", fast=True)
+@register_attack(
+    "soft-prompt", SoftPromptAttackConfig, budget_unit="iterations", kind="embedding", fast=True, families=HOOKED_FAMILIES
+)
 def soft_prompt(arena, config: SoftPromptAttackConfig, tracker, progress: bool = True) -> dict:
     """Prefix embeddings matching the erased model's prediction to the original's (AdvUnlearn's attack)."""
     rows = list(range(len(arena.trials)))
@@ -160,7 +162,7 @@ def _soft_prompt_point(arena, config: SoftPromptAttackConfig, gen: torch.Generat
     return xt, t, ref.teacher_predict(xt, t, ref_cond).float()
 
 
-@register_attack("concept-inversion", ConceptInversionConfig, budget_unit="steps", kind="embedding")
+@register_attack("concept-inversion", ConceptInversionConfig, budget_unit="steps", kind="embedding", families=HOOKED_FAMILIES)
 def concept_inversion(arena, config: ConceptInversionConfig, tracker, progress: bool = True) -> dict:
     """One new word embedding learned against the erased model on the original model's images (CCE)."""
     rows = list(range(len(arena.trials)))

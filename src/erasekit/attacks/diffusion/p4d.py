@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erasekit.attacks.base import AttackConfig
-from erasekit.attacks.diffusion.tokens import make_slots, project_to_tokens
+from erasekit.attacks.diffusion.tokens import HOOKED_FAMILIES, make_slots, project_to_tokens
 from erasekit.core.registry import register_attack
 
 
@@ -64,13 +64,13 @@ def run_p4d(arena, config: P4DConfig, tracker, layout: str) -> dict:
     return {"final_loss": float(loss.detach())}
 
 
-@register_attack("p4d-n", P4DConfig, budget_unit="iterations", kind="prompt")
+@register_attack("p4d-n", P4DConfig, budget_unit="iterations", kind="prompt", families=HOOKED_FAMILIES)
 def p4d_n(arena, config: P4DConfig, tracker, progress: bool = True) -> dict:
     """P4D-N: 16 free tokens matching the erased model's prediction to the original's for the prompt."""
     return run_p4d(arena, config, tracker, "free")
 
 
-@register_attack("p4d-k", P4DConfig, budget_unit="iterations", kind="prompt")
+@register_attack("p4d-k", P4DConfig, budget_unit="iterations", kind="prompt", families=HOOKED_FAMILIES)
 def p4d_k(arena, config: P4DConfig, tracker, progress: bool = True) -> dict:
     """P4D-K: a token inserted after every 3 words of the prompt, same objective as P4D-N."""
     return run_p4d(arena, config, tracker, "every3")

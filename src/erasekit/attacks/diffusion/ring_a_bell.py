@@ -8,8 +8,9 @@ Models?"): a model-agnostic attack that needs only a text encoder.
    crossover 0.5, mutation 0.25, elitism 10 %), where the concept's own words are banned, so the
    prompt found never names the concept.
 
-``E`` is the reference (original) model's first text encoder (SD's CLIP), as the paper uses the
-public CLIP rather than the erased model. Pairs here: the trial prompts and the same prompts with
+``E`` is the reference (original) model's text encoding (SD's CLIP; SDXL's and SD3's encoders
+together, the token features its denoiser reads), as the paper uses the public CLIP rather than the
+erased model. Pairs here: the trial prompts and the same prompts with
 the concept replaced by the anchor word (a character's name by ``a shape``; for the watermark the
 white background by gray). Budget unit: generations (the paper runs 3 000 on SD 1.4).
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erasekit.attacks.base import AttackConfig
-from erasekit.attacks.diffusion.tokens import allowed_tokens, banned_words, encode_tokens
+from erasekit.attacks.diffusion.tokens import allowed_tokens, banned_words, encode_choice, token_texts
 from erasekit.attacks.diffusion.variants import swap_word
 from erasekit.core.registry import register_attack
 
@@ -54,7 +55,6 @@ def without_concept(arena, prompt: str, anchor: str) -> str:
 def ring_a_bell(arena, config: RingABellConfig, tracker, progress: bool = True) -> dict:
     """Genetic search for concept-free tokens whose text features match prompt + η · concept vector."""
     tok = arena.tokenizer()
-    te = arena.text_encoder(reference=True)
     prompts = arena.prompts
     with_c = arena.cond(prompts, reference=True).tokens.float()
     without_c = arena.cond([without_concept(arena, p, config.anchor) for p in prompts], reference=True).tokens.float()
@@ -67,7 +67,7 @@ def ring_a_bell(arena, config: RingABellConfig, tracker, progress: bool = True) 
     n_elite = max(1, N // 10)
 
     def fitness(pop: torch.Tensor) -> torch.Tensor:  # [P, N], lower is better
-        feats = encode_tokens(te, tok, ids[pop.reshape(-1, k)]).view(P, N, *target.shape[1:])
+        feats = encode_choice(arena, words, pop.reshape(-1, k)).view(P, N, *target.shape[1:])
         return (feats - target[:, None]).pow(2).flatten(2).sum(-1).cpu()  # the search itself runs on the CPU
 
     score = fitness(pop)
@@ -90,7 +90,7 @@ def ring_a_bell(arena, config: RingABellConfig, tracker, progress: bool = True) 
         score = fitness(pop)
         if tracker.due(gen_i):
             best = pop.gather(1, score.argmin(1)[:, None, None].expand(-1, 1, k))[:, 0]
-            texts = [" ".join(words[j] for j in row.tolist()) for row in best]
+            texts = token_texts(words, best)
             arena.report_texts(tracker, gen_i, [texts[t.prompt_index] for t in arena.trials])
             if not tracker.pending():
                 break

@@ -6,10 +6,12 @@ features and the trial prompt's, with the concept's own words banned (so a word 
 
 Every iteration takes the gradient of the loss with respect to the one-hot tokens, keeps the
 ``top_k`` most promising replacements per position, evaluates ``candidates`` random single-token
-swaps and keeps the best if it improves. ``E`` is the reference (original) model's first text
-encoder, flattened over the token features the denoiser reads (MMA compares CLIP's features of the
-target prompt; here the whole sequence, which is what the denoiser sees). Budget unit: iterations
-(the paper runs 1 000).
+swaps and keeps the best if it improves. ``E`` is the reference (original) model's text encoding,
+flattened over the token features the denoiser reads (MMA compares CLIP's features of the target
+prompt; here the whole sequence, which is what the denoiser sees; on SDXL and SD3 every encoder's
+features together). The tokens are the first tokenizer's and the gradient flows through the first
+text encoder (the one whose embeddings the one-hot tokens index); the swaps are then scored through
+every encoder. SD and SDXL only (:data:`~erasekit.attacks.diffusion.tokens.HOOKED_FAMILIES`). Budget unit: iterations (the paper runs 1 000).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erasekit.attacks.base import AttackConfig
-from erasekit.attacks.diffusion.tokens import allowed_tokens, banned_words, encode_tokens, sequence_ids
+from erasekit.attacks.diffusion.tokens import HOOKED_FAMILIES, allowed_tokens, banned_words, encode_choice, token_texts
 from erasekit.core.registry import register_attack
 
 
@@ -32,7 +34,9 @@ class TokenSearchConfig(AttackConfig):
     seed: int = field(default=0, metadata={"help": "seed of the initial tokens and swaps"})
 
 
-@register_attack("token-search", TokenSearchConfig, budget_unit="iterations", kind="prompt", denoiser=False)
+@register_attack(
+    "token-search", TokenSearchConfig, budget_unit="iterations", kind="prompt", denoiser=False, families=HOOKED_FAMILIES
+)
 def token_search(arena, config: TokenSearchConfig, tracker, progress: bool = True) -> dict:
     """GCG over prompt tokens (concept words banned) matching the prompt's text features (MMA)."""
     tok = arena.tokenizer()
@@ -45,25 +49,20 @@ def token_search(arena, config: TokenSearchConfig, tracker, progress: bool = Tru
     cur = torch.randint(0, V, (P, k), generator=gen)
 
     def loss_of(choice: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        feats = encode_tokens(te, tok, ids[choice]).flatten(1)
-        return (1 - (torch.nn.functional.normalize(feats, dim=-1) * tgt).sum(-1)).cpu()  # the search runs on the CPU
+        feats = encode_choice(arena, words, choice).flatten(1)
+        return (1 - (torch.nn.functional.normalize(feats, dim=-1) * tgt.to(feats)).sum(-1)).cpu()  # the search runs on the CPU
 
     best = loss_of(cur, target)
     ids_dev = ids.to(table.device)
     for it in range(1, config.budget + 1):
         onehot = torch.nn.functional.one_hot(cur, V).float().to(table.device).requires_grad_(True)
         emb_table = table[ids_dev].float()
-        full = sequence_ids(tok, ids[cur]).to(table.device)
 
-        def hook(_m, _i, out, onehot=onehot):
+        def hook(out, onehot=onehot):  # the k word positions (after BOS) take the one-hot tokens' embeddings
             return torch.cat([out[:, :1], (onehot @ emb_table).to(out.dtype), out[:, 1 + k :]], dim=1)
 
-        handle = te.get_input_embeddings().register_forward_hook(hook)
-        try:
-            feats = te(full).last_hidden_state.float().flatten(1)
-        finally:
-            handle.remove()
-        loss = (1 - (torch.nn.functional.normalize(feats, dim=-1) * target).sum(-1)).sum()
+        feats = arena.cond(token_texts(words, cur), token_hook=hook, reference=True, grad=True).tokens.float().flatten(1)
+        loss = (1 - (torch.nn.functional.normalize(feats, dim=-1) * target.to(feats)).sum(-1)).sum()
         grad = torch.autograd.grad(loss, [onehot])[0]  # [P, k, V]
         top = (-grad).topk(min(config.top_k, V), dim=-1).indices.cpu()  # [P, k, top_k]
         B = config.candidates
@@ -78,7 +77,7 @@ def token_search(arena, config: TokenSearchConfig, tracker, progress: bool = Tru
         cur[better] = cand[torch.arange(P), j][better]
         best = torch.where(better, s_best, best)
         if tracker.due(it):
-            texts = [" ".join(words[x] for x in row.tolist()) for row in cur]
+            texts = token_texts(words, cur)
             arena.report_texts(tracker, it, [texts[t.prompt_index] for t in arena.trials])
             if not tracker.pending():
                 break

@@ -20,6 +20,11 @@ from erasekit.core.errors import ConfigError
 
 PLACEHOLDER = "a"  # one token in CLIP's and the testbed's vocabularies; its embedding is overwritten
 
+#: The families whose first text encoder's token embeddings an attack can edit (a forward hook on its
+#: embedding layer): the UNet families' CLIP encoders. SD3 and Flux encode prompts through their
+#: pipelines' own ``encode_prompt``, which erasekit does not hook, so embedding attacks refuse them.
+HOOKED_FAMILIES: tuple[str, ...] = ("sd", "sdxl")
+
 
 @dataclass
 class Slots:
@@ -167,22 +172,15 @@ def project_simplex(x: torch.Tensor) -> torch.Tensor:
     return (v - theta).clamp(min=0).to(x.dtype)
 
 
-def sequence_ids(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
-    """Input ids ``[N, T]`` of prompts made of exactly ``tokens [N, k]``: BOS, the tokens, EOS, padding."""
-    n, k = tokens.shape
-    length = tokenizer.model_max_length
-    if k + 2 > length:
-        raise ConfigError(f"{k} tokens do not fit in the {length}-token context")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((n, length), pad, dtype=torch.long)
-    ids[:, 0] = tokenizer.bos_token_id
-    ids[:, 1 : k + 1] = tokens.cpu()
-    ids[:, k + 1] = tokenizer.eos_token_id
-    return ids
+def token_texts(words: list[str], choice: torch.Tensor) -> list[str]:
+    """The prompts made of the words ``words[j]`` of each row of ``choice [N, k]`` (indices into ``words``)."""
+    return [" ".join(words[j] for j in row.tolist()) for row in choice]
 
 
-def encode_tokens(text_encoder, tokenizer, tokens: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """The text encoder's token features ``[N, T, d]`` for prompts made of ``tokens [N, k]`` (no grad)."""
-    ids = sequence_ids(tokenizer, tokens).to(text_encoder.device)
-    with torch.no_grad():
-        return torch.cat([text_encoder(ids[i : i + batch]).last_hidden_state.float() for i in range(0, len(ids), batch)])
+def encode_choice(arena, words: list[str], choice: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """The reference model's conditioning token features ``[N, T, d]`` of the prompts made of the words
+    of ``choice [N, k]`` (float32, no grad): through every text encoder of the family (SDXL's two, SD3's
+    three), so they live where the attack's targets, ``arena.cond(...).tokens``, live. Each word is one
+    token of the first tokenizer (:func:`allowed_tokens`), so its prompt encodes exactly those tokens."""
+    texts = token_texts(words, choice)
+    return torch.cat([arena.cond(texts[i : i + batch], reference=True).tokens.float() for i in range(0, len(texts), batch)])

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erasekit.attacks.base import AttackConfig
-from erasekit.attacks.diffusion.tokens import make_slots, project_simplex
+from erasekit.attacks.diffusion.tokens import HOOKED_FAMILIES, make_slots, project_simplex
 from erasekit.core.registry import register_attack
 
 
@@ -82,7 +82,7 @@ def sweep(budget: int, timesteps: int, num_train_timesteps: int) -> list[tuple[f
     return [(float(t), per + (1 if j >= n - extra else 0)) for j, t in enumerate(grid)]
 
 
-@register_attack("unlearndiffatk", UnlearnDiffAtkConfig, budget_unit="iterations", kind="prompt")
+@register_attack("unlearndiffatk", UnlearnDiffAtkConfig, budget_unit="iterations", kind="prompt", families=HOOKED_FAMILIES)
 def unlearndiffatk(arena, config: UnlearnDiffAtkConfig, tracker, progress: bool = True) -> dict:
     """Prefix tokens optimised on the erased model's denoising loss on the reference model's images,
     sweeping fixed timesteps in ascending order and judging after each (as released)."""

@@ -186,6 +186,8 @@ def _synonym_rows(judged: _Judged, prompts: list[GatePrompt]) -> list[dict]:
     for word in dict.fromkeys(g.word for g in prompts if g.kind == "synonym"):
         group = [g for g in prompts if g.kind == "synonym" and g.word == word]
         concept = world.canonical(str(word))
+        if concept is None:
+            raise ValueError(f"gate prompt word {word!r} names no concept of the world")
         domain = world.domain_of(concept)
         syn = float(np.mean([judged.correct(g)[domain].mean() for g in group]))
         canon_prompts = [GatePrompt(str(g.canonical_prompt), "grid", g.expected) for g in group]

@@ -141,6 +141,8 @@ class Trainer:
         """The pipeline directory whose judge and VAE this run reuses (``codec_from``: a model name or path)."""
         from erasekit.models import resolve_model
 
+        if self.cfg.codec_from is None:
+            raise ConfigError("this run trains its own judge and VAE (no codec_from)")
         return Path(resolve_model(self.cfg.codec_from))
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -571,7 +573,7 @@ def token_targets(ids: torch.Tensor, table: torch.Tensor, eos_id: int) -> torch.
     return target
 
 
-def token_loss(states: torch.Tensor, heads: torch.nn.Linear, targets: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+def token_loss(states: torch.Tensor, heads: torch.nn.Module, targets: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Mean cross-entropy of the linear probes ``heads`` (one block of ``sizes[d]`` outputs per
     domain) on ``states`` ``(B, L, W)`` over every (position, domain) with a target ≥ 0."""
     logits = heads(states).split(sizes, dim=-1)
