@@ -251,3 +251,13 @@ def test_embedding_attacks_are_refused_on_families_without_a_hookable_text_encod
                          judge=f"clip:clip={clip_dir}", prompt_file=target, steps=2, progress=False)  # fmt: skip
     assert str(err.value).startswith("soft-prompt, token-search cannot attack flux models (they apply to sd, sdxl")
     assert "\n" not in str(err.value) and not drawn
+
+
+@pytest.mark.parametrize("name", ["ring-a-bell", "token-search"])
+def test_token_searches_refuse_more_tokens_than_the_context_holds(name, clip_dir, prompt_files):
+    """The encoders would truncate them (and token search's one-hot rows would no longer line up)."""
+    target, _ = prompt_files
+    pipe = tiny_pipeline("sd")
+    with pytest.raises(ConfigError, match=r"^\d+ tokens do not fit in the \d+-token context$"):
+        api.attacking.attack(pipe, None, name, "cat", budget=1, seeds=1, params={"n_tokens": pipe.tokenizer.model_max_length},
+                             judge=f"clip:clip={clip_dir}", prompt_file=target, steps=2, progress=False)  # fmt: skip

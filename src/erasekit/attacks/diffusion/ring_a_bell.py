@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erasekit.attacks.base import AttackConfig
-from erasekit.attacks.diffusion.tokens import allowed_tokens, banned_words, encode_choice, token_texts
+from erasekit.attacks.diffusion.tokens import allowed_tokens, banned_words, check_fits, encode_choice, token_texts
 from erasekit.attacks.diffusion.variants import swap_word
 from erasekit.core.registry import register_attack
 
@@ -55,6 +55,7 @@ def without_concept(arena, prompt: str, anchor: str) -> str:
 def ring_a_bell(arena, config: RingABellConfig, tracker, progress: bool = True) -> dict:
     """Genetic search for concept-free tokens whose text features match prompt + η · concept vector."""
     tok = arena.tokenizer()
+    check_fits(tok, config.n_tokens)
     prompts = arena.prompts
     with_c = arena.cond(prompts, reference=True).tokens.float()
     without_c = arena.cond([without_concept(arena, p, config.anchor) for p in prompts], reference=True).tokens.float()

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 import torch
 
 from erasekit.attacks.base import AttackConfig
-from erasekit.attacks.diffusion.tokens import HOOKED_FAMILIES, allowed_tokens, banned_words, encode_choice, token_texts
+from erasekit.attacks.diffusion.tokens import (
+    HOOKED_FAMILIES,
+    allowed_tokens,
+    banned_words,
+    check_fits,
+    encode_choice,
+    token_texts,
+)
 from erasekit.core.registry import register_attack
 
 
@@ -40,6 +47,7 @@ class TokenSearchConfig(AttackConfig):
 def token_search(arena, config: TokenSearchConfig, tracker, progress: bool = True) -> dict:
     """GCG over prompt tokens (concept words banned) matching the prompt's text features (MMA)."""
     tok = arena.tokenizer()
+    check_fits(tok, config.n_tokens)
     te = arena.text_encoder(reference=True)
     target = torch.nn.functional.normalize(arena.cond(arena.prompts, reference=True).tokens.float().flatten(1), dim=-1)
     ids, words = allowed_tokens(tok, arena.profile.vocabulary, banned_words(arena.concept, arena.testbed_world))

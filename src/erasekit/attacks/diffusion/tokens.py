@@ -172,6 +172,13 @@ def project_simplex(x: torch.Tensor) -> torch.Tensor:
     return (v - theta).clamp(min=0).to(x.dtype)
 
 
+def check_fits(tokenizer, k: int) -> None:
+    """Refuse ``k`` searched tokens that, with BOS and EOS, do not fit in the tokenizer's context (the
+    encoders would truncate them)."""
+    if k + 2 > tokenizer.model_max_length:
+        raise ConfigError(f"{k} tokens do not fit in the {tokenizer.model_max_length}-token context")
+
+
 def token_texts(words: list[str], choice: torch.Tensor) -> list[str]:
     """The prompts made of the words ``words[j]`` of each row of ``choice [N, k]`` (indices into ``words``)."""
     return [" ".join(words[j] for j in row.tolist()) for row in choice]
