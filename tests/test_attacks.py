@@ -18,7 +18,7 @@ import erasekit
 from erasekit.api.attacking import attack_names, run_attack
 from erasekit.attacks.base import Tracker, Trial, checkpoints
 from erasekit.attacks.diffusion.arena import Arena
-from erasekit.attacks.diffusion.tokens import allowed_tokens, banned_words, make_slots, project_simplex
+from erasekit.attacks.diffusion.tokens import allowed_tokens, banned_words, make_slots, project_simplex, replace_layout
 from erasekit.core.errors import ConfigError
 from erasekit.core.registry import all_attacks, get_attack
 from erasekit.evaluation import judges as judging
@@ -258,6 +258,24 @@ def test_slots_write_their_positions(testbed_pipe):
     assert three.positions[0].tolist() == [1, 5] and three.fill([["x", "y"]]) == ["x a red star y"]
     ids, words = allowed_tokens(tok, _world_vocab(), banned_words("star", True))
     assert "star" not in words and "pentagram" not in words and "circle" in words and len(ids) == len(words)
+
+
+def test_replace_layout_takes_a_name_of_several_words_as_one_slot():
+    # audit A9: "Brad Pitt" used to keep the name in the prompt and append the slot after it
+    assert replace_layout("a photo of Brad Pitt.".split(), ["brad", "pitt"]) == ["a", "photo", "of", None, "."]
+    assert replace_layout("Brad and brad pitt".split(), ["Brad", "Pitt"]) == ["Brad", "and", None]
+    assert replace_layout("a red star".split(), ["star"]) == ["a", "red", None]
+    assert replace_layout("a red circle".split(), ["star"]) == ["a", "red", "circle", None]  # not said: at the end
+    assert replace_layout("Brad, Pitt".split(), ["brad", "pitt"]) == ["Brad,", "Pitt", None]  # only a trailing mark
+
+
+@pytest.mark.testbed
+def test_replace_slots_sit_where_the_concept_was(testbed_pipe):
+    slots = make_slots(testbed_pipe.tokenizer, ["a red filled star", "filled star on a black background"], 1, "replace", "filled star")
+    assert slots.positions.tolist() == [[3], [1]]
+    assert slots.fill([["x"], ["y"]]) == ["a red x", "y on a black background"]
+    batch = slots.rows([1, 1, 0])  # a drawn batch (repeats allowed) keeps each prompt's own positions
+    assert batch.positions.tolist() == [[1], [1], [3]] and batch.texts[2] == slots.texts[0]
 
 
 def _world_vocab():

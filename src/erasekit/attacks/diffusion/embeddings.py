@@ -178,11 +178,8 @@ def concept_inversion(arena, config: ConceptInversionConfig, tracker, progress: 
         for it in range(1, config.budget + 1):
             idx = torch.randint(0, len(rows), (config.batch_size,), generator=gen)  # with replacement, as CCE's repeats
             b = bench.noised(x0[idx.to(x0.device)], bench.sample_t(len(idx), gen), gen)
-            texts = [slots.texts[i] for i in idx.tolist()]
-            sub = make_slots(
-                arena.tokenizer(), [arena.trials[i].prompt for i in idx.tolist()], 1, "replace", concept=arena.concept
-            )
-            cond = arena.cond(texts, token_hook=sub.hook(v), grad=True)
+            sub = slots.rows(idx.tolist())
+            cond = arena.cond(sub.texts, token_hook=sub.hook(v), grad=True)
             loss = (bench.predict(b.xt, b.t, cond).float() - bench.target(b).float()).pow(2).mean()
             v.grad = torch.autograd.grad(loss, [v])[0]
             opt.step()

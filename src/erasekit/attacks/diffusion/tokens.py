@@ -5,7 +5,7 @@ A *slot* is a placeholder word in a prompt whose token embedding an attack repla
 out per prompt (``prefix``: k words before the prompt, as UnlearnDiffAtk; ``every3``: one right
 after BOS and one after every three of the prompt's tokens, ``⌊L/3⌋ + 1`` for ``L`` tokens, as P4D-K;
 ``free``: k words and nothing else, as P4D-N / Ring-A-Bell / MMA;
-``replace``: the concept word itself, as concept inversion). Positions are counted in tokens, BOS
+``replace``: the concept's words, one slot for a name of several words, as concept inversion). Positions are counted in tokens, BOS
 at 0, each placeholder one token.
 """
 
@@ -50,6 +50,10 @@ class Slots:
 
         return write
 
+    def rows(self, idx: list[int]) -> Slots:
+        """The slots of the prompts ``idx`` (in that order, repeats allowed)."""
+        return Slots([self.texts[i] for i in idx], self.positions[idx], [self.words[i] for i in idx])
+
     def fill(self, tokens: list[list[str]]) -> list[str]:
         """The texts with row ``i``'s placeholders replaced by the words ``tokens[i]``."""
         out = []
@@ -82,9 +86,34 @@ def layout_words(tokenizer, words: list[str], k: int, layout: str, concept: str 
     if layout == "every3":
         return every3_layout(tokenizer, list(words), k)
     if layout == "replace":
-        hits = {i for i, w in enumerate(words) if concept is not None and w.lower() == concept.lower()}
-        return [None if i in hits else w for i, w in enumerate(words)] if hits else [*words, None]
+        return replace_layout(words, (concept or "").split())
     raise ValueError(f"unknown slot layout {layout!r}")
+
+
+_TRAILING = ".,;:!?"
+
+
+def replace_layout(words: list[str], concept: list[str]) -> list[str | None]:
+    """Concept inversion's layout: every occurrence of the concept's words (a name of several words,
+    such as "Brad Pitt", counts once; case and trailing punctuation ignored, the punctuation kept as a
+    word after the slot) becomes one slot; a prompt that does not say the concept gets its slot at the
+    end."""
+    n, key = len(concept), [c.lower() for c in concept]
+    if n == 0:
+        return [*words, None]
+    out: list[str | None] = []
+    i = 0
+    while i < len(words):
+        span = words[i : i + n]
+        bare = [w.lower() for w in span[:-1]] + [span[-1].lower().rstrip(_TRAILING)]
+        if bare == key:
+            tail = span[-1][len(span[-1].rstrip(_TRAILING)) :]
+            out += [None, tail] if tail else [None]
+            i += n
+        else:
+            out.append(words[i])
+            i += 1
+    return out if None in out else [*words, None]
 
 
 def slot_positions(tokenizer, words: list[str | None], prompt: str) -> list[int]:
