@@ -99,6 +99,27 @@ def test_partial_denoise_reports_the_timestep_it_reached():
     assert int(t_end[0]) == 0
     with pytest.raises(ConfigError):
         bench.partial_denoise(cond, uncond, 10, 11, 3.0, torch.Generator())
+    with pytest.raises(ConfigError, match="unconditional"):
+        bench.partial_denoise(cond, None, 10, 3, 3.0, torch.Generator())
+
+
+def test_partial_denoise_steps_with_classifier_free_guidance():
+    """One step of the guided sampler is DDIM on ``f(∅) + g (f(c) − f(∅))`` (what ESD, ANT and the soft
+    prompt's trajectory start from)."""
+    pipe = tiny_pipeline("sd")
+    bench = Workbench(pipe, get_adapter(pipe), ["unet"])
+    cond, uncond = bench.cond(["cat", "dog"]), bench.cond(["", ""])
+    x, t = bench.partial_denoise(cond, uncond, 10, 1, 3.0, torch.Generator().manual_seed(0))
+    sched = copy.deepcopy(bench.sample_scheduler)
+    sched.set_timesteps(10)
+    x0 = torch.randn(bench.latents_shape(2), generator=torch.Generator().manual_seed(0)) * sched.init_noise_sigma
+    t0 = sched.timesteps[0].expand(2)
+    with torch.no_grad():
+        u, c = bench.teacher_predict(x0, t0, uncond), bench.teacher_predict(x0, t0, cond)
+    want = sched.step(u + 3.0 * (c - u), sched.timesteps[0], x0).prev_sample
+    assert torch.allclose(x, want, atol=1e-5) and int(t[0]) == int(sched.timesteps[1])
+    plain, _ = bench.partial_denoise(cond, None, 10, 1, 1.0, torch.Generator().manual_seed(0))  # g = 1: f(c) alone
+    assert torch.allclose(plain, sched.step(c, sched.timesteps[0], x0).prev_sample, atol=1e-5)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeypatch):

@@ -211,8 +211,11 @@ class Workbench:
         if not 0 <= stop <= steps:
             raise ConfigError(f"partial denoising stop {stop} must lie in [0, {steps}]")
         n = cond.tokens.shape[0]
+        if uncond is None and guidance != 1.0:
+            raise ConfigError(f"guidance {guidance} needs an unconditional branch; pass uncond or guidance 1")
         x = torch.randn(self.latents_shape(n, size), generator=gen).to(self.device, cond.tokens.dtype)
-        return self.run_sampler(x, steps, stop, lambda xi, t: self._guided(xi, t, cond, uncond, guidance))
+        guided = ComposedGuidance(self.teacher_predict, uncond, [(cond, 1.0)], guidance, (), [], n)
+        return self.run_sampler(x, steps, stop, guided)
 
     def run_sampler(self, x: torch.Tensor, steps: int, stop: int, guided, scheduler=None,
                     generators: list[torch.Generator] | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -317,26 +320,21 @@ class Workbench:
         x = vae.decode((latents / vae.config.scaling_factor + shift).to(self.device, vae.dtype)).sample
         return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
-    def _guided(self, x, t, cond, uncond, guidance):
-        if uncond is None or guidance == 1.0:
-            return self.teacher_predict(x, t, cond)
-        both = self.teacher_predict(torch.cat([x, x]), torch.cat([t, t]), Conditioning.cat([uncond, cond]))
-        u, c = both.chunk(2)
-        return u + guidance * (c - u)
-
 
 class ComposedGuidance:
     """One sampling run's guided denoiser output ``(x, t) -> ε`` (see :meth:`Workbench.sample_composed`):
     every step lets each guard replace each part's conditioning (:meth:`Guard.condition`), predicts
     ``[∅; c_1 … c_k; guards' extra prompts]`` in one batch, lets each guard replace each direction ``d_i = f(c_i) − f(∅)`` in order (a state per guard and part, e.g. SLD's momentum;
     the step counted by calls), and combines ``f(∅) + g Σ_i w_i d_i``. Without guards, one part of
-    weight 1 at ``g = 1`` returns ``f(c_1)`` alone (one prediction per step)."""
+    weight 1 at ``g = 1`` returns ``f(c_1)`` alone (one prediction per step; ``uncond`` may then be
+    None). ``uncond`` has one row (every image's) or ``n`` (one per image)."""
 
-    def __init__(self, predict, uncond: Conditioning, parts: Sequence[tuple[Conditioning, Any]], guidance: float,
+    def __init__(self, predict, uncond: Conditioning | None, parts: Sequence[tuple[Conditioning, Any]], guidance: float,
                  guards: tuple, extras: list[Conditioning | None], n: int) -> None:  # fmt: skip
         self.predict, self.parts, self.g, self.guards, self.n = predict, parts, float(guidance), guards, n
-        zeros = torch.zeros(n, dtype=torch.long)
-        self.uncond = uncond.select(zeros)
+        if uncond is not None and uncond.tokens.shape[0] != n:
+            uncond = uncond.select(torch.zeros(n, dtype=torch.long))
+        self.uncond = uncond
         #: each guard's extra conditionings, one row per image: [m * n] (prompt-major), and its m
         self.extras = [None if e is None else e.select(torch.arange(e.tokens.shape[0]).repeat_interleave(n)) for e in extras]
         self.counts = [0 if e is None else e.tokens.shape[0] for e in extras]
@@ -351,6 +349,8 @@ class ComposedGuidance:
             out = self.predict(x, t, self.parts[0][0])
             self.step += 1
             return out
+        if self.uncond is None:
+            raise ConfigError("guided sampling needs an unconditional branch")
         parts = []
         for j, (c, _) in enumerate(self.parts):
             for gi, guard in enumerate(self.guards):
