@@ -14,7 +14,12 @@ a little: its sampler's ``till_T = k`` stops with ``k`` steps left, so the laten
 
 Parameter sets (``train_method``): ``esd-x`` = cross-attention (attn2), ``esd-u`` = everything but
 cross-attention, time embedding and output layers, ``esd-x-strict`` = cross-attention to_k/to_v only;
-any set name of the training engine, or ``re:<regex>,<regex>`` is accepted too.
+any set name of the training engine, or ``re:<regex>,<regex>`` is accepted too. ``esd-u`` is the
+paper's set, as the CompVis ``train-esd.py`` selects it (every parameter but names starting ``out.``
+or containing ``attn2`` / ``time_embed``: norms trained, time embedding and output conv frozen). The
+later diffusers rewrite (``esd_sd.py``) trains every Linear/Conv2d outside attn2 instead (time
+embedding and ``conv_out`` included, norms excluded); erasekit keeps the set the published results
+used.
 
 Defaults follow the current diffusers-based reference script: 200 iterations, Adam lr 5e-5, η = 2,
 50 DDIM steps, start guidance 3. The stop step is drawn uniformly from ``[0, ddim_steps)``, as the
