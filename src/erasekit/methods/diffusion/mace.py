@@ -37,9 +37,14 @@ Three stages on the cross-attention key/value maps (``attn2.to_k`` / ``attn2.to_
    concept's keys (method audit 4, M3); ``--set fuse_ridge=1e-3`` is erasekit's earlier tiny ridge
    (100 %: the fusion then follows every LoRA exactly on its keys).
 
-Defaults follow the reference configs where erasekit can: LoRA rank 1, 50 steps per concept, Adam lr
-1e-4, 8 images per concept, fusion preserve scale γ 1e-3, mapping concept "" (BOS). Deliberate
-differences: the reference's celebrity, art and explicit-content configs keep CFR regular with COCO
+Defaults, against the reference configs (method audit 4, M4 and M20): LoRA rank 1, 50 steps per
+concept and 8 images per concept as released; lr 1e-4 as the celebrity and art configs (the object
+configs, whose cache-free λ erasekit takes, use 1e-5); Adam without clipping (released: AdamW, weight
+decay 0.01, gradients clipped at 1.0); fusion preserve scale γ 1e-3 (no config uses it: the object
+configs set 0, which erasekit's preserved prompts would then not reach); CFR on the bare concept plus
+3 templates, or the request's templates (released: 30 augmented prompts without the bare concept);
+mapping concept "" (BOS) for a target without an anchor (every released config names one: pass the
+request's anchor, e.g. ``--anchor "a person"``). Deliberate differences: the reference's celebrity, art and explicit-content configs keep CFR regular with COCO
 and domain caches at λ 0; erasekit ships no such cache, so CFR uses the reference's setting without
 caches (its object configs): λ 1e3, plus the request's preserved prompts (η_p 0.1 by default). With λ
 0.5 and no cache, editing the EOS and padding keys every prompt shares cost the testbed's other
