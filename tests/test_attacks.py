@@ -271,7 +271,9 @@ def test_replace_layout_takes_a_name_of_several_words_as_one_slot():
 
 @pytest.mark.testbed
 def test_replace_slots_sit_where_the_concept_was(testbed_pipe):
-    slots = make_slots(testbed_pipe.tokenizer, ["a red filled star", "filled star on a black background"], 1, "replace", "filled star")
+    slots = make_slots(
+        testbed_pipe.tokenizer, ["a red filled star", "filled star on a black background"], 1, "replace", "filled star"
+    )
     assert slots.positions.tolist() == [[3], [1]]
     assert slots.fill([["x"], ["y"]]) == ["a red x", "y on a black background"]
     batch = slots.rows([1, 1, 0])  # a drawn batch (repeats allowed) keeps each prompt's own positions
