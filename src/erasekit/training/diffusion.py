@@ -211,10 +211,8 @@ class Workbench:
         if not 0 <= stop <= steps:
             raise ConfigError(f"partial denoising stop {stop} must lie in [0, {steps}]")
         n = cond.tokens.shape[0]
-        if uncond is None and guidance != 1.0:
-            raise ConfigError(f"guidance {guidance} needs an unconditional branch; pass uncond or guidance 1")
-        x = torch.randn(self.latents_shape(n, size), generator=gen).to(self.device, cond.tokens.dtype)
         guided = ComposedGuidance(self.teacher_predict, uncond, [(cond, 1.0)], guidance, (), [], n)
+        x = torch.randn(self.latents_shape(n, size), generator=gen).to(self.device, cond.tokens.dtype)
         return self.run_sampler(x, steps, stop, guided)
 
     def run_sampler(self, x: torch.Tensor, steps: int, stop: int, guided, scheduler=None,
@@ -332,6 +330,9 @@ class ComposedGuidance:
     def __init__(self, predict, uncond: Conditioning | None, parts: Sequence[tuple[Conditioning, Any]], guidance: float,
                  guards: tuple, extras: list[Conditioning | None], n: int) -> None:  # fmt: skip
         self.predict, self.parts, self.g, self.guards, self.n = predict, parts, float(guidance), guards, n
+        self.plain = len(parts) == 1 and not torch.is_tensor(parts[0][1]) and parts[0][1] == 1.0
+        if uncond is None and (guards or self.g != 1.0 or not self.plain):
+            raise ConfigError(f"guidance {guidance} needs an unconditional branch; pass uncond or guidance 1")
         if uncond is not None and uncond.tokens.shape[0] != n:
             uncond = uncond.select(torch.zeros(n, dtype=torch.long))
         self.uncond = uncond
@@ -341,7 +342,6 @@ class ComposedGuidance:
         self.states = [[g.start() for _ in parts] for g in guards]
         self.cond_states: list[list[Any]] = [[None for _ in parts] for _ in guards]
         self.step = 0
-        self.plain = len(parts) == 1 and not torch.is_tensor(parts[0][1]) and parts[0][1] == 1.0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         k = 1 + len(self.parts)
@@ -349,13 +349,12 @@ class ComposedGuidance:
             out = self.predict(x, t, self.parts[0][0])
             self.step += 1
             return out
-        if self.uncond is None:
-            raise ConfigError("guided sampling needs an unconditional branch")
         parts = []
         for j, (c, _) in enumerate(self.parts):
             for gi, guard in enumerate(self.guards):
                 c, self.cond_states[gi][j] = guard.condition(self.cond_states[gi][j], self.step, c)
             parts.append(c)
+        assert self.uncond is not None  # the constructor refuses None unless the plain path above is taken
         conds = [self.uncond, *parts] + [e for e in self.extras if e is not None]
         total = k + sum(self.counts)
         chunks = self.predict(torch.cat([x] * total), torch.cat([t] * total), Conditioning.cat(conds)).chunk(total)

@@ -4,9 +4,9 @@ projections from continuous variables back to real tokens.
 A *slot* is a placeholder word in a prompt whose token embedding an attack replaces. Slots are laid
 out per prompt (``prefix``: k words before the prompt, as UnlearnDiffAtk; ``every3``: one right
 after BOS and one after every three of the prompt's tokens, ``⌊L/3⌋ + 1`` for ``L`` tokens, as P4D-K;
-``free``: k words and nothing else, as P4D-N / Ring-A-Bell / MMA;
-``replace``: the concept's words, one slot for a name of several words, as concept inversion). Positions are counted in tokens, BOS
-at 0, each placeholder one token.
+``free``: k words and nothing else, as P4D-N / Ring-A-Bell / MMA; ``replace``: the concept's words,
+one slot for a name of several words, as concept inversion). Positions are counted in tokens, BOS at
+0, each placeholder one token.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ configs set 0, which erasekit's preserved prompts would then not reach); CFR on 
 3 templates, or the request's templates (released: 30 augmented prompts without the bare concept);
 mapping concept "" (BOS) for a target without an anchor (every released config names one: pass the
 request's anchor, e.g. ``--anchor "a person"``). Deliberate differences: the reference's celebrity,
-art and explicit-content configs keep CFR regular with COCO and domain caches at λ 0; erasekit ships no such cache, so CFR uses the reference's setting without
-caches (its object configs): λ 1e3, plus the request's preserved prompts (η_p 0.1 by default). With λ
+art and explicit-content configs keep CFR regular with COCO and domain caches at λ 0; erasekit ships
+no such cache, so CFR uses the reference's setting without caches (its object configs): λ 1e3, plus the request's preserved prompts (η_p 0.1 by default). With λ
 0.5 and no cache, editing the EOS and padding keys every prompt shares cost the testbed's other
 characters most of their retention (zorbo: IRA 6 %, check ``zorbo-mace-lamb0.5`` of
 benchmarks/results/testbed_checks.json); λ is relative to the keys' scale, and the
